@@ -1,0 +1,118 @@
+// The pybind11 module nvwavenet._C: the Params struct, build facts, and the engines' entry points.
+// Pointers cross as integers (tensor.data_ptr()), so nothing here depends on libtorch.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "nvwavenet.h"
+#include "sizes.h"
+
+namespace py = pybind11;
+using nvwavenet::DType;
+using nvwavenet::Params;
+
+namespace {
+
+std::vector<int> parse_archs(const std::string& text) {
+  std::vector<int> archs;
+  std::stringstream stream(text);
+  std::string item;
+  while (std::getline(stream, item, ';')) {
+    if (!item.empty()) archs.push_back(std::stoi(item));
+  }
+  return archs;
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = NVWAVENET_VERSION;
+#ifdef NVWAVENET_WITH_CUDA
+  std::vector<std::tuple<int, int, int>> sizes;
+#define NVWAVENET_LIST_SIZE(R, S, A) sizes.emplace_back(R, S, A);
+  NVWAVENET_FOR_EACH_SIZE(NVWAVENET_LIST_SIZE)
+#undef NVWAVENET_LIST_SIZE
+  info["cuda"] = true;
+  info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
+  info["sizes"] = sizes;
+  info["precisions"] = std::vector<std::string>{"float32", "float16"};
+#else
+  info["cuda"] = false;
+  info["cuda_archs"] = std::vector<int>{};
+  info["sizes"] = std::vector<std::tuple<int, int, int>>{};
+  info["precisions"] = std::vector<std::string>{};
+#endif
+  return info;
+}
+
+}  // namespace
+
+// A pointer field read and written from Python as an integer address.
+#define POINTER_FIELD(cls, field, type)                                              \
+  def_property(                                                                      \
+      #field, [](const Params& p) { return reinterpret_cast<std::uintptr_t>(p.field); }, \
+      [](Params& p, std::uintptr_t address) { p.field = reinterpret_cast<type>(address); })
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "nvwavenet's compiled engines";
+  py::enum_<DType>(m, "DType")
+      .value("float32", DType::Float32)
+      .value("float16", DType::Float16)
+      .value("bfloat16", DType::BFloat16);
+
+  py::class_<Params>(m, "Params")
+      .def(py::init<>())
+      .def_readwrite("R", &Params::R)
+      .def_readwrite("S", &Params::S)
+      .def_readwrite("A", &Params::A)
+      .def_readwrite("L", &Params::L)
+      .def_readwrite("max_dilation", &Params::max_dilation)
+      .def_readwrite("use_embed_tanh", &Params::use_embed_tanh)
+      .def_readwrite("batch", &Params::batch)
+      .def_readwrite("num_samples", &Params::num_samples)
+      .def_readwrite("weight_dtype", &Params::weight_dtype)
+      .POINTER_FIELD(Params, embed_prev, const void*)
+      .POINTER_FIELD(Params, embed_curr, const void*)
+      .POINTER_FIELD(Params, dilate_w, const void*)
+      .POINTER_FIELD(Params, dilate_b, const void*)
+      .POINTER_FIELD(Params, res_w, const void*)
+      .POINTER_FIELD(Params, res_b, const void*)
+      .POINTER_FIELD(Params, skip_w, const void*)
+      .POINTER_FIELD(Params, skip_b, const void*)
+      .POINTER_FIELD(Params, out_w, const void*)
+      .POINTER_FIELD(Params, out_b, const void*)
+      .POINTER_FIELD(Params, end_w, const void*)
+      .POINTER_FIELD(Params, end_b, const void*)
+      .POINTER_FIELD(Params, cond, const void*)
+      .def_readwrite("cond_dtype", &Params::cond_dtype)
+      .def_readwrite("cond_stride_channel", &Params::cond_stride_channel)
+      .def_readwrite("cond_stride_batch", &Params::cond_stride_batch)
+      .def_readwrite("cond_stride_layer", &Params::cond_stride_layer)
+      .def_readwrite("cond_stride_time", &Params::cond_stride_time)
+      .POINTER_FIELD(Params, selectors, const float*)
+      .def_readwrite("selectors_stride_batch", &Params::selectors_stride_batch)
+      .def_readwrite("selectors_stride_time", &Params::selectors_stride_time)
+      .POINTER_FIELD(Params, teacher, const int32_t*)
+      .def_readwrite("teacher_stride_batch", &Params::teacher_stride_batch)
+      .def_readwrite("teacher_stride_time", &Params::teacher_stride_time)
+      .POINTER_FIELD(Params, samples, int32_t*)
+      .def_readwrite("samples_stride_batch", &Params::samples_stride_batch)
+      .def_readwrite("samples_stride_time", &Params::samples_stride_time)
+      .POINTER_FIELD(Params, logits, float*)
+      .def_readwrite("logits_stride_batch", &Params::logits_stride_batch)
+      .def_readwrite("logits_stride_class", &Params::logits_stride_class)
+      .def_readwrite("logits_stride_time", &Params::logits_stride_time)
+      .POINTER_FIELD(Params, queues, float*)
+      .POINTER_FIELD(Params, history, int32_t*)
+      .def_readwrite("position", &Params::position)
+      .POINTER_FIELD(Params, workspace, void*)
+      .def_readwrite("workspace_bytes", &Params::workspace_bytes)
+      .POINTER_FIELD(Params, stream, void*)
+      .def_readwrite("num_threads", &Params::num_threads);
+
+  m.def("build_info", &build_info, "What was compiled: CUDA kernels, architectures, sizes, precisions.");
+}

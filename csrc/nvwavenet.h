@@ -1,0 +1,91 @@
+// The one params struct behind every engine (the CPU engine and each CUDA kernel variant).
+//
+// Plain C++ with no torch or CUDA types, so the module builds against any PyTorch or none. The
+// Python side (nvwavenet/engines.py) owns every buffer as a torch tensor and fills this struct
+// with raw pointers: host pointers for the CPU engine, device pointers for the CUDA kernels.
+// What one call computes is SPEC section 1 for `num_samples` steps of `batch` streams.
+#pragma once
+
+#include <cstdint>
+
+namespace nvwavenet {
+
+enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
+
+// Values match nvwavenet.Impl.
+enum class Variant : int32_t { Auto = 0, SingleBlock = 1, DualBlock = 2, Persistent = 3 };
+
+// Layer l has dilation 1 << (l % (log2(max_dilation) + 1)); it owns rows
+// [layer_queue_offset(l), layer_queue_offset(l) + dilation) of a stream's queue block.
+inline int layer_dilation(int layer, int max_dilation) {
+  int cycle = 1;
+  while ((1 << (cycle - 1)) < max_dilation) ++cycle;
+  return 1 << (layer % cycle);
+}
+
+inline int64_t layer_queue_offset(int layer, int max_dilation) {
+  int64_t offset = 0;
+  for (int l = 0; l < layer; ++l) offset += layer_dilation(l, max_dilation);
+  return offset;
+}
+
+struct Params {
+  // Network sizes: A audio classes, R residual, S skip channels, L layers.
+  int32_t R = 0, S = 0, A = 0, L = 0;
+  int32_t max_dilation = 1;
+  bool use_embed_tanh = false;
+
+  // Work: `batch` streams, `num_samples` steps each.
+  int32_t batch = 0;
+  int64_t num_samples = 0;
+
+  // Weights, contiguous, row-major [out][in], all in weight_dtype.
+  DType weight_dtype = DType::Float32;
+  const void* embed_prev = nullptr;  // [A][R]
+  const void* embed_curr = nullptr;  // [A][R]
+  const void* dilate_w = nullptr;    // [L][2R][2R]: columns [0, R) multiply x_l[t - d_l], [R, 2R) x_l[t]
+  const void* dilate_b = nullptr;    // [L][2R]: rows [0, R) feed tanh, [R, 2R) feed sigmoid
+  const void* res_w = nullptr;       // [L-1][R][R]
+  const void* res_b = nullptr;       // [L-1][R]
+  const void* skip_w = nullptr;      // [L][S][R]
+  const void* skip_b = nullptr;      // [L][S]
+  const void* out_w = nullptr;       // [A][S]
+  const void* out_b = nullptr;       // [A]
+  const void* end_w = nullptr;       // [A][A]
+  const void* end_b = nullptr;       // [A]
+
+  // Conditioning, logical [2R][batch][L][num_samples], any element strides, in cond_dtype.
+  const void* cond = nullptr;
+  DType cond_dtype = DType::Float32;
+  int64_t cond_stride_channel = 0, cond_stride_batch = 0, cond_stride_layer = 0, cond_stride_time = 0;
+
+  // Uniform numbers u_t in [0, 1), float32 [batch][num_samples].
+  const float* selectors = nullptr;
+  int64_t selectors_stride_batch = 0, selectors_stride_time = 0;
+
+  // Optional teacher forcing, int32 [batch][num_samples]: fed back as the past instead of the
+  // drawn sample (the drawn one is still written). nullptr: free running.
+  const int32_t* teacher = nullptr;
+  int64_t teacher_stride_batch = 0, teacher_stride_time = 0;
+
+  // Outputs: drawn classes, int32 [batch][num_samples]; optional logits, float32 [batch][A][num_samples].
+  int32_t* samples = nullptr;
+  int64_t samples_stride_batch = 0, samples_stride_time = 0;
+  float* logits = nullptr;
+  int64_t logits_stride_batch = 0, logits_stride_class = 0, logits_stride_time = 0;
+
+  // Generation state, read and updated in place (nvwavenet/state.py):
+  // queues float32 [batch][sum_l d_l][R], slot `position % d_l` of layer l holds x_l[t - d_l];
+  // history int32 [batch][2] = y_{t-2}, y_{t-1}; position = steps generated before this call.
+  float* queues = nullptr;
+  int32_t* history = nullptr;
+  int64_t position = 0;
+
+  // Engine resources: device scratch owned by Python, the CUDA stream, CPU threads (0: default).
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+  void* stream = nullptr;
+  int32_t num_threads = 0;
+};
+
+}  // namespace nvwavenet

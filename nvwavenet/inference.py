@@ -1,0 +1,142 @@
+"""``NVWaveNet`` and ``Impl``: the NV-WaveNet PyTorch wrapper's API, on every device.
+
+``NVWaveNet(**weights).infer(cond_input, Impl.AUTO)`` takes the wrapper's own argument names, so
+weights exported by existing training code drop straight in. A CPU ``cond_input`` runs the CPU
+path; a CUDA one runs the kernel variant that ``implementation`` names.
+"""
+from __future__ import annotations
+
+import enum
+
+import torch
+
+from . import reference
+from .engines import build_info
+from .network import WaveNetWeights
+from .sampling import draw_selectors
+from .state import check_state, new_state
+from .validation import check_cond_input, check_selectors, check_teacher_forcing
+
+__all__ = ["Impl", "NVWaveNet"]
+
+_NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class Impl(enum.IntEnum):
+    """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
+
+    A CPU ``cond_input`` always runs the CPU path, whatever is asked for.
+    """
+
+    AUTO = 0
+    SINGLE_BLOCK = 1
+    DUAL_BLOCK = 2
+    PERSISTENT = 3
+
+
+class NVWaveNet:
+    """Autoregressive generation for one Deep Voice WaveNet (``../shared/SPEC.md`` section 1).
+
+    The positional arguments are NV-WaveNet's, shapes as in the SPEC; a trailing conv dimension of
+    size 1 is accepted, and ``res_weights``/``res_biases`` may hold L - 1 or L layers. Keyword-only:
+    ``conv_out_bias``/``conv_end_bias`` (A each, zero when None) and ``dtype``, the precision of
+    the CUDA kernels (float32, float16 or bfloat16; products and softmax accumulate in float32).
+    The CPU path computes in float32.
+    """
+
+    def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
+                 dilate_weights, dilate_biases, max_dilation, res_weights, res_biases,
+                 skip_weights, skip_biases, use_embed_tanh, *, conv_out_bias=None,
+                 conv_end_bias=None, dtype: torch.dtype = torch.float32):
+        if dtype not in _NETWORK_DTYPES:
+            raise TypeError(f"dtype: expected torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+        self.weights = WaveNetWeights.from_nv_wavenet_args(
+            embedding_prev, embedding_curr, conv_out_weight, conv_end_weight, dilate_weights,
+            dilate_biases, max_dilation, res_weights, res_biases, skip_weights, skip_biases,
+            use_embed_tanh, conv_out_bias=conv_out_bias, conv_end_bias=conv_end_bias)
+        self.dtype = dtype
+
+    # Sizes, under the names NV-WaveNet's documentation uses.
+    @property
+    def A(self) -> int:
+        return self.weights.n_classes
+
+    @property
+    def R(self) -> int:
+        return self.weights.n_residual
+
+    @property
+    def S(self) -> int:
+        return self.weights.n_skip
+
+    @property
+    def num_layers(self) -> int:
+        return self.weights.n_layers
+
+    @property
+    def max_dilation(self) -> int:
+        return self.weights.max_dilation
+
+    @property
+    def receptive_field(self) -> int:
+        return self.weights.receptive_field
+
+    def __repr__(self) -> str:
+        return (f"NVWaveNet(A={self.A}, R={self.R}, S={self.S}, layers={self.num_layers}, "
+                f"max_dilation={self.max_dilation}, dtype={self.dtype})")
+
+    def init_state(self, batch_size: int, device="cpu") -> dict:
+        """A fresh generation state for ``batch_size`` streams (see :mod:`nvwavenet.state`).
+
+        Pass it to :meth:`infer` as ``state=``: each call continues where the last one ended, and
+        the state is updated in place.
+        """
+        return new_state(self.weights, batch_size, dtype=torch.float32, device=torch.device(device))
+
+    def infer(self, cond_input: torch.Tensor, implementation: Impl = Impl.AUTO, *,
+              selectors: torch.Tensor | None = None, generator: torch.Generator | None = None,
+              teacher_forcing: torch.Tensor | None = None, return_logits: bool = False,
+              state: dict | None = None):
+        """Generate one sample per step of ``cond_input`` ``(2R, batch, L, samples)``.
+
+        Returns int32 classes ``(batch, samples)`` on ``cond_input``'s device, and with
+        ``return_logits=True`` also float32 logits ``(batch, A, samples)``.
+
+        - ``selectors``: the uniform numbers ``u_t``, float ``(batch, samples)`` in [0, 1); drawn
+          from ``generator`` (or torch's default one) when None.
+        - ``teacher_forcing``: int classes ``(batch, samples)`` fed back as the past instead of the
+          drawn samples (which are still returned).
+        - ``state``: from :meth:`init_state`; generation continues from it and updates it.
+        """
+        if not isinstance(implementation, Impl):
+            raise TypeError(f"implementation: expected an nvwavenet.Impl, got {implementation!r}")
+        if not isinstance(return_logits, bool):
+            raise TypeError(f"return_logits: expected a bool, got {type(return_logits).__name__}")
+        batch, samples = check_cond_input(self.weights, cond_input)
+        device = cond_input.device
+        u = (draw_selectors(batch, samples, generator, device) if selectors is None
+             else check_selectors(selectors, batch, samples, device))
+        teacher = (None if teacher_forcing is None else
+                   check_teacher_forcing(teacher_forcing, self.A, batch, samples, device))
+        if state is None:
+            state = self.init_state(batch, device)
+        check_state(state, self.weights, batch, device)
+
+        if device.type == "cpu":
+            return self._infer_cpu(cond_input, u, teacher, return_logits, state)
+        if device.type == "cuda":
+            return self._infer_cuda(cond_input, implementation, u, teacher, return_logits, state)
+        raise ValueError(f"cond_input: expected a CPU or CUDA tensor, got one on {device}")
+
+    def _infer_cpu(self, cond_input, u, teacher, return_logits, state):
+        return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
+                                     return_logits=return_logits, state=state, dtype=torch.float32)
+
+    def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):
+        info = build_info()
+        if not info["cuda"]:
+            raise RuntimeError(
+                "cond_input is on CUDA, but this nvwavenet build has no CUDA kernels "
+                "(nvcc was not found when it was built). Reinstall with nvcc on the PATH, or pass "
+                "a CPU tensor to run the CPU path.")
+        raise RuntimeError("the CUDA kernels are not wired into NVWaveNet.infer yet")

@@ -1,0 +1,180 @@
+"""The training model: a convolutional WaveNet whose export is exactly what the engines compute.
+
+Constructor arguments and submodule names follow NV-WaveNet's training model (``upsample``,
+``cond_layers.conv``, ``dilate_layers.N.conv``, ``res_layers.N.conv``, ``skip_layers.N.conv``,
+``embed``, ``conv_out.conv``, ``conv_end.conv``), so its state dicts load as they are.
+
+One thing differs on purpose: alignment. NV-WaveNet's training forward predicts sample ``t`` from
+the network output at ``t - 1``, which saw conditioning ``t - 1``, while its inference uses
+conditioning ``t``. Here the input is shifted instead of the output: position ``t`` embeds sample
+``t - 1`` (``A // 2`` before the start, as in inference) and adds conditioning ``t``, so the
+teacher-forced inference step equals this forward at every position (SPEC section 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .network import layer_dilations, receptive_field
+
+__all__ = ["WaveNet"]
+
+
+class Conv(nn.Module):
+    """A 1-D convolution, causal (left-padded) when asked, under NV-WaveNet's ``.conv`` name."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1,
+                 bias: bool = True, w_init_gain: str = "linear", is_causal: bool = False):
+        super().__init__()
+        self.is_causal = is_causal
+        self.left_pad = dilation * (kernel_size - 1) if is_causal else 0
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias,
+                              padding=0 if is_causal else dilation * (kernel_size - 1) // 2)
+        nn.init.xavier_uniform_(self.conv.weight, gain=nn.init.calculate_gain(w_init_gain))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (self.left_pad, 0)) if self.left_pad else x)
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+class WaveNet(nn.Module):
+    """Deep Voice WaveNet for training, with NV-WaveNet's constructor arguments.
+
+    ``n_in_channels``/``n_out_channels`` are the audio classes A (equal, for export), the residual
+    and skip widths are R and S, and mel frames of ``n_cond_channels`` are upsampled by a
+    ``ConvTranspose1d(upsamp_window, upsamp_stride)`` and mapped by a 1x1 conv to ``2R * L``
+    conditioning channels (layer-major).
+    """
+
+    def __init__(self, n_in_channels: int, n_layers: int, max_dilation: int, n_residual_channels: int,
+                 n_skip_channels: int, n_out_channels: int, n_cond_channels: int, upsamp_window: int,
+                 upsamp_stride: int):
+        super().__init__()
+        for name, value in [("n_in_channels", n_in_channels), ("n_layers", n_layers),
+                            ("n_residual_channels", n_residual_channels), ("n_skip_channels", n_skip_channels),
+                            ("n_out_channels", n_out_channels), ("n_cond_channels", n_cond_channels),
+                            ("upsamp_window", upsamp_window), ("upsamp_stride", upsamp_stride)]:
+            _check_positive(name, value)
+        self.dilations = layer_dilations(n_layers, max_dilation)
+        self.n_in_channels = n_in_channels
+        self.n_layers = n_layers
+        self.max_dilation = max_dilation
+        self.n_residual_channels = n_residual_channels
+        self.n_skip_channels = n_skip_channels
+        self.n_out_channels = n_out_channels
+        self.n_cond_channels = n_cond_channels
+        self.upsamp_window = upsamp_window
+        self.upsamp_stride = upsamp_stride
+        R = n_residual_channels
+
+        self.upsample = nn.ConvTranspose1d(n_cond_channels, n_cond_channels, upsamp_window, upsamp_stride)
+        self.cond_layers = Conv(n_cond_channels, 2 * R * n_layers, w_init_gain="tanh")
+        self.embed = nn.Embedding(n_in_channels, R)
+        self.dilate_layers = nn.ModuleList(
+            Conv(R, 2 * R, kernel_size=2, dilation=d, w_init_gain="tanh", is_causal=True) for d in self.dilations)
+        # The last layer's residual output would never be used.
+        self.res_layers = nn.ModuleList(Conv(R, R, w_init_gain="linear") for _ in range(n_layers - 1))
+        self.skip_layers = nn.ModuleList(Conv(R, n_skip_channels, w_init_gain="relu") for _ in range(n_layers))
+        self.conv_out = Conv(n_skip_channels, n_out_channels, bias=False, w_init_gain="relu")
+        self.conv_end = Conv(n_out_channels, n_out_channels, bias=False, w_init_gain="linear")
+
+    @property
+    def receptive_field(self) -> int:
+        return receptive_field(self.n_layers, self.max_dilation)
+
+    def config(self) -> dict:
+        """The constructor arguments, e.g. to save beside the weights."""
+        return {name: getattr(self, name) for name in (
+            "n_in_channels", "n_layers", "max_dilation", "n_residual_channels", "n_skip_channels",
+            "n_out_channels", "n_cond_channels", "upsamp_window", "upsamp_stride")}
+
+    def upsampled_length(self, n_frames: int) -> int:
+        """Conditioning samples that ``n_frames`` mel frames upsample to."""
+        return (n_frames - 1) * self.upsamp_stride + self.upsamp_window
+
+    def _check_features(self, features) -> None:
+        if not isinstance(features, torch.Tensor) or not features.is_floating_point():
+            raise TypeError(f"features: expected a float tensor (batch, {self.n_cond_channels}, frames), "
+                            f"got {type(features).__name__ if not isinstance(features, torch.Tensor) else features.dtype}")
+        if features.dim() != 3 or features.shape[1] != self.n_cond_channels:
+            raise ValueError(f"features: expected shape (batch, {self.n_cond_channels}, frames), "
+                             f"got {tuple(features.shape)}")
+
+    def _cond_acts(self, features: torch.Tensor, num_samples: int | None) -> torch.Tensor:
+        """Conditioning (batch, L, 2R, samples) from mel frames (batch, n_cond_channels, frames)."""
+        self._check_features(features)
+        upsampled = self.upsample(features)
+        if num_samples is not None:
+            if upsampled.shape[2] < num_samples:
+                raise ValueError(
+                    f"features: {features.shape[2]} frames upsample to {upsampled.shape[2]} samples, "
+                    f"fewer than the {num_samples} samples to predict")
+            upsampled = upsampled[:, :, :num_samples]
+        acts = self.cond_layers(upsampled)
+        return acts.view(acts.shape[0], self.n_layers, 2 * self.n_residual_channels, acts.shape[2])
+
+    def get_cond_input(self, features: torch.Tensor, num_samples: int | None = None) -> torch.Tensor:
+        """The conditioning that ``NVWaveNet.infer`` takes: ``(2R, batch, L, samples)``.
+
+        ``samples`` is every upsampled position unless ``num_samples`` cuts it shorter.
+        """
+        return self._cond_acts(features, num_samples).permute(2, 0, 1, 3)
+
+    def forward(self, features: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, A, T)``; ``logits[..., t]`` predicts ``samples[..., t]`` from
+        ``samples[..., :t]`` and the conditioning at ``t``."""
+        if not isinstance(samples, torch.Tensor) or samples.dim() != 2:
+            raise ValueError(f"samples: expected integer classes of shape (batch, T), got "
+                             f"{tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__}")
+        if samples.shape[0] != features.shape[0]:
+            raise ValueError(f"samples: expected the batch of features ({features.shape[0]}), got {samples.shape[0]}")
+        cond = self._cond_acts(features, samples.shape[1])
+        start = torch.full_like(samples[:, :1], self.n_in_channels // 2)
+        previous = torch.cat([start, samples[:, :-1]], dim=1).long()
+        x = self.embed(previous).transpose(1, 2)
+        R = self.n_residual_channels
+        skip = 0
+        for layer, dilate in enumerate(self.dilate_layers):
+            pre = dilate(x) + cond[:, layer]
+            h = torch.tanh(pre[:, :R]) * torch.sigmoid(pre[:, R:])
+            if layer < self.n_layers - 1:
+                x = x + self.res_layers[layer](h)
+            skip = skip + self.skip_layers[layer](h)
+        return self.conv_end(F.relu(self.conv_out(F.relu(skip))))
+
+    def export_weights(self) -> dict:
+        """Keyword arguments for ``NVWaveNet(**weights)`` that compute exactly this model.
+
+        The model embeds only the previous sample, so ``embedding_prev`` is zero and there is no
+        tanh after the embedding.
+        """
+        if self.n_in_channels != self.n_out_channels:
+            raise ValueError(f"n_in_channels ({self.n_in_channels}) and n_out_channels "
+                             f"({self.n_out_channels}) must be equal to export: the engines feed "
+                             "each drawn class back through the embedding")
+        def weights_of(modules):
+            return [m.conv.weight.detach().clone() for m in modules]
+
+        def biases_of(modules):
+            return [m.conv.bias.detach().clone() for m in modules]
+
+        return {
+            "embedding_prev": torch.zeros_like(self.embed.weight.detach()),
+            "embedding_curr": self.embed.weight.detach().clone(),
+            "conv_out_weight": self.conv_out.conv.weight.detach().clone(),
+            "conv_end_weight": self.conv_end.conv.weight.detach().clone(),
+            "dilate_weights": weights_of(self.dilate_layers),
+            "dilate_biases": biases_of(self.dilate_layers),
+            "max_dilation": self.max_dilation,
+            "res_weights": weights_of(self.res_layers),
+            "res_biases": biases_of(self.res_layers),
+            "skip_weights": weights_of(self.skip_layers),
+            "skip_biases": biases_of(self.skip_layers),
+            "use_embed_tanh": False,
+        }
+

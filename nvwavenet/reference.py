@@ -1,0 +1,166 @@
+"""The ground truth: SPEC section 1 written plainly in PyTorch, batch-vectorised, float64 by default.
+
+Two generation algorithms, which must agree with each other and with every fast path:
+
+- :func:`naive` recomputes the whole dilated stack over the receptive field for every new sample
+  (the baseline of the Fast WaveNet paper: the work per sample grows with the receptive field);
+- :func:`incremental` keeps one queue of ``d_l`` past states per layer and does O(L) work per
+  sample (Fast WaveNet's algorithm), resumable through a state dict (:mod:`nvwavenet.state`).
+
+Both take the conditioning ``(2R, batch, L, samples)`` and the uniform numbers ``(batch, samples)``,
+and return int32 samples ``(batch, samples)`` and, with ``return_logits=True``, the logits
+``(batch, A, samples)``. ``teacher_forcing`` feeds the given samples back as the past instead of
+the drawn ones (the drawn ones are still returned), which is how paths are compared position by
+position.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+from .network import WaveNetWeights
+from .sampling import select_classes
+from .state import check_state, layer_offsets, new_state
+from .validation import check_cond_input, check_selectors, check_teacher_forcing
+
+__all__ = ["naive", "incremental", "init_state"]
+
+_ANY_FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def init_state(weights: WaveNetWeights, batch: int, *, dtype=torch.float64, device="cpu") -> dict:
+    """A fresh state for :func:`incremental` (see :mod:`nvwavenet.state`)."""
+    return new_state(weights, batch, dtype=dtype, device=device)
+
+
+def _prepare(weights: WaveNetWeights, dtype: torch.dtype, device: torch.device):
+    """The weights in ``dtype`` on ``device``, shaped for row-vector (batch-major) products."""
+    w = weights.to(device, dtype)
+    # One product per layer: [x_l[t - d_l], x_l[t]] @ [W_prev | W_curr]^T.
+    both_taps = torch.cat([w.dilate_w[..., 0], w.dilate_w[..., 1]], dim=2)
+    return types.SimpleNamespace(
+        w=w,
+        dilate_t=both_taps.transpose(1, 2).contiguous(),
+        res_t=w.res_w.transpose(1, 2).contiguous(),
+        skip_t=w.skip_w.transpose(1, 2).contiguous(),
+        out_t=w.out_w.t().contiguous(),
+        end_t=w.end_w.t().contiguous(),
+    )
+
+
+def _embed(net, y_prev2: torch.Tensor, y_prev1: torch.Tensor) -> torch.Tensor:
+    x = net.w.embed_prev[y_prev2] + net.w.embed_curr[y_prev1]
+    return torch.tanh(x) if net.w.use_embed_tanh else x
+
+
+def _head(net, skip: torch.Tensor) -> torch.Tensor:
+    hidden = torch.relu(torch.addmm(net.w.out_b, torch.relu(skip), net.out_t))
+    return torch.addmm(net.w.end_b, hidden, net.end_t)
+
+
+def _gate(pre_activation: torch.Tensor, n_residual: int) -> torch.Tensor:
+    return torch.tanh(pre_activation[..., :n_residual]) * torch.sigmoid(pre_activation[..., n_residual:])
+
+
+def _inputs(weights, cond_input, selectors, teacher_forcing, dtype):
+    if dtype not in _ANY_FLOAT:
+        raise TypeError(f"dtype: expected a floating-point torch.dtype, got {dtype}")
+    batch, samples = check_cond_input(weights, cond_input, dtypes=_ANY_FLOAT)
+    u = check_selectors(selectors, batch, samples, cond_input.device)
+    teacher = (None if teacher_forcing is None else
+               check_teacher_forcing(teacher_forcing, weights.n_classes, batch, samples, cond_input.device))
+    return batch, samples, u, teacher
+
+
+def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: torch.Tensor, *,
+                teacher_forcing: torch.Tensor | None = None, return_logits: bool = False,
+                state: dict | None = None, dtype: torch.dtype = torch.float64):
+    """Queue-based generation, O(L) per sample; continues from ``state`` and updates it in place."""
+    batch, samples, u, teacher = _inputs(weights, cond_input, selectors, teacher_forcing, dtype)
+    device = cond_input.device
+    if state is None:
+        state = init_state(weights, batch, dtype=dtype, device=device)
+    check_state(state, weights, batch, device)
+    net = _prepare(weights, dtype, device)
+    R = weights.n_residual
+    layers = list(zip(weights.dilations, layer_offsets(weights.dilations)))
+    # (samples, L, batch, 2R): one contiguous slice per step.
+    cond_steps = cond_input.permute(3, 2, 1, 0).to(dtype).contiguous()
+    queues = state["queues"]
+    history = state["history"].long()
+    position = int(state["position"])
+    out = torch.empty(batch, samples, dtype=torch.int32, device=device)
+    logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
+
+    for t in range(samples):
+        x = _embed(net, history[:, 0], history[:, 1])
+        skip = torch.zeros(batch, weights.n_skip, dtype=dtype, device=device)
+        for layer, (dilation, offset) in enumerate(layers):
+            slot = offset + (position + t) % dilation
+            past = queues[:, slot].to(dtype)
+            pre = torch.addmm(net.w.dilate_b[layer] + cond_steps[t, layer], torch.cat([past, x], dim=1),
+                              net.dilate_t[layer])
+            queues[:, slot] = x.to(queues.dtype)
+            h = _gate(pre, R)
+            if layer < weights.n_layers - 1:
+                x = x + torch.addmm(net.w.res_b[layer], h, net.res_t[layer])
+            skip = skip + torch.addmm(net.w.skip_b[layer], h, net.skip_t[layer])
+        logits = _head(net, skip)
+        drawn = select_classes(logits, u[:, t])
+        out[:, t] = drawn.to(torch.int32)
+        if logits_out is not None:
+            logits_out[:, :, t] = logits
+        fed_back = drawn if teacher is None else teacher[:, t].long()
+        history = torch.stack([history[:, 1], fed_back], dim=1)
+
+    state["history"].copy_(history.to(torch.int32))
+    state["position"].fill_(position + samples)
+    return (out, logits_out) if return_logits else out
+
+
+def naive(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: torch.Tensor, *,
+          teacher_forcing: torch.Tensor | None = None, return_logits: bool = False,
+          dtype: torch.dtype = torch.float64):
+    """Generation that recomputes the dilated stack over the whole receptive field per sample.
+
+    Each layer is a valid (unpadded) dilated convolution over the window, so the window shrinks by
+    ``d_l`` per layer to exactly the positions later layers still need, ending at the current one.
+    States at positions before 0 are zero at every layer, as in SPEC section 1.
+    """
+    batch, samples, u, teacher = _inputs(weights, cond_input, selectors, teacher_forcing, dtype)
+    device = cond_input.device
+    net = _prepare(weights, dtype, device)
+    R, field = weights.n_residual, weights.receptive_field
+    # (batch, L, 2R, field + samples): conditioning at position p sits at index p + field.
+    cond = F.pad(cond_input.permute(1, 2, 0, 3).to(dtype), (field, 0))
+    # y_j sits at index j + field + 2, with A // 2 before the start.
+    past = torch.full((batch, field + 2 + samples), weights.n_classes // 2, dtype=torch.long, device=device)
+    out = torch.empty(batch, samples, dtype=torch.int32, device=device)
+    logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
+    window = torch.arange(-field + 1, 1, device=device)
+
+    for t in range(samples):
+        positions = window + t
+        # x_0[p] embeds y_{p-2} and y_{p-1}.
+        x = _embed(net, past[:, positions + field], past[:, positions + field + 1])
+        x = (x * (positions >= 0).unsqueeze(-1).to(dtype)).transpose(1, 2)  # (batch, R, field)
+        skip = torch.zeros(batch, weights.n_skip, dtype=dtype, device=device)
+        for layer, dilation in enumerate(weights.dilations):
+            positions = positions[dilation:]
+            pre = F.conv1d(x, net.w.dilate_w[layer], net.w.dilate_b[layer], dilation=dilation)
+            pre = pre + cond[:, layer, :, positions + field]
+            h = _gate(pre.transpose(1, 2), R)  # (batch, window, R)
+            skip = skip + torch.addmm(net.w.skip_b[layer], h[:, -1], net.skip_t[layer])
+            if layer < weights.n_layers - 1:
+                x = x[:, :, dilation:] + (h @ net.res_t[layer] + net.w.res_b[layer]).transpose(1, 2)
+                x = x * (positions >= 0).to(dtype)
+        logits = _head(net, skip)
+        drawn = select_classes(logits, u[:, t])
+        out[:, t] = drawn.to(torch.int32)
+        if logits_out is not None:
+            logits_out[:, :, t] = logits
+        past[:, t + field + 2] = drawn if teacher is None else teacher[:, t].long()
+
+    return (out, logits_out) if return_logits else out

@@ -1,0 +1,68 @@
+"""Checks of generation inputs against a network, shared by the reference and every engine.
+
+Each message names the argument, what was expected and what was given (SPEC section 2).
+"""
+from __future__ import annotations
+
+import torch
+
+from .network import WaveNetWeights
+
+__all__ = ["check_cond_input", "check_selectors", "check_teacher_forcing"]
+
+COND_DTYPES = (torch.float32, torch.float16)
+
+
+def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES) -> tuple[int, int]:
+    """Check ``cond_input`` is ``(2R, batch, L, samples)``; return ``(batch, samples)``."""
+    if not isinstance(cond_input, torch.Tensor):
+        raise TypeError(f"cond_input: expected a torch.Tensor, got {type(cond_input).__name__}")
+    if cond_input.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"cond_input: expected dtype {names}, got {str(cond_input.dtype).replace('torch.', '')}")
+    if cond_input.dim() != 4:
+        raise ValueError("cond_input: expected 4 dimensions (2R, batch, layers, samples), "
+                         f"got shape {tuple(cond_input.shape)}")
+    channels, batch, layers, samples = cond_input.shape
+    if channels != 2 * weights.n_residual:
+        raise ValueError(f"cond_input: expected {2 * weights.n_residual} channels in dimension 0 "
+                         f"(2R with R={weights.n_residual}), got {channels}")
+    if layers != weights.n_layers:
+        raise ValueError(f"cond_input: expected {weights.n_layers} layers in dimension 2, got {layers}")
+    if batch < 1:
+        raise ValueError(f"cond_input: expected a batch of at least 1 stream in dimension 1, got {batch}")
+    return batch, samples
+
+
+def check_selectors(selectors, batch: int, samples: int, device: torch.device) -> torch.Tensor:
+    """``selectors`` as float32 ``(batch, samples)`` values in [0, 1) on ``device``."""
+    if not isinstance(selectors, torch.Tensor):
+        raise TypeError(f"selectors: expected a torch.Tensor or None, got {type(selectors).__name__}")
+    if not selectors.is_floating_point():
+        raise TypeError(f"selectors: expected a floating-point tensor, got dtype {selectors.dtype}")
+    if tuple(selectors.shape) != (batch, samples):
+        raise ValueError(f"selectors: expected shape {(batch, samples)} (batch, samples), "
+                         f"got {tuple(selectors.shape)}")
+    if selectors.device != device:
+        raise ValueError(f"selectors: expected a tensor on {device} like cond_input, got one on {selectors.device}")
+    if selectors.numel() and not bool(((selectors >= 0) & (selectors < 1)).all()):
+        raise ValueError("selectors: expected values in [0, 1)")
+    return selectors.to(torch.float32)
+
+
+def check_teacher_forcing(teacher, n_classes: int, batch: int, samples: int,
+                          device: torch.device) -> torch.Tensor:
+    """``teacher`` as int32 ``(batch, samples)`` classes in [0, A) on ``device``."""
+    if not isinstance(teacher, torch.Tensor):
+        raise TypeError(f"teacher_forcing: expected a torch.Tensor or None, got {type(teacher).__name__}")
+    if teacher.is_floating_point() or teacher.is_complex() or teacher.dtype == torch.bool:
+        raise TypeError(f"teacher_forcing: expected an integer tensor of classes, got dtype {teacher.dtype}")
+    if tuple(teacher.shape) != (batch, samples):
+        raise ValueError(f"teacher_forcing: expected shape {(batch, samples)} (batch, samples), "
+                         f"got {tuple(teacher.shape)}")
+    if teacher.device != device:
+        raise ValueError(f"teacher_forcing: expected a tensor on {device} like cond_input, got one on {teacher.device}")
+    if teacher.numel() and not bool(((teacher >= 0) & (teacher < n_classes)).all()):
+        raise ValueError(f"teacher_forcing: expected classes in [0, {n_classes}), "
+                         f"got values from {int(teacher.min())} to {int(teacher.max())}")
+    return teacher.to(torch.int32)
