@@ -128,6 +128,13 @@ class NVWaveNet:
             return self._infer_cuda(cond_input, implementation, u, teacher, return_logits, state)
         raise ValueError(f"cond_input: expected a CPU or CUDA tensor, got one on {device}")
 
+    def _outputs(self, batch: int, samples: int, device: torch.device, return_logits: bool):
+        """Output buffers filled with poison (-1, NaN), so an unwritten element cannot pass as data."""
+        out = torch.full((batch, samples), -1, dtype=torch.int32, device=device)
+        logits = (torch.full((batch, self.A, samples), float("nan"), dtype=torch.float32, device=device)
+                  if return_logits else None)
+        return out, logits
+
     def _infer_cpu(self, cond_input, u, teacher, return_logits, state):
         return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                      return_logits=return_logits, state=state, dtype=torch.float32)

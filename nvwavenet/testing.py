@@ -53,3 +53,55 @@ def random_cond_input(n_residual: int, batch: int, n_layers: int, samples: int, 
     g = torch.Generator().manual_seed(seed)
     cond = torch.randn(2 * n_residual, batch, n_layers, samples, generator=g, dtype=torch.float64)
     return cond.to(device=device, dtype=dtype)
+
+
+# SPEC section 4 tolerances per precision: relative L2 of teacher-forced logits, and how close to a
+# CDF boundary u_t must lie for a differing class to count as rounding rather than a bug.
+TOLERANCES = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
+
+
+def compare_with_reference(net, cond_input: torch.Tensor, implementation=None, *, seed: int = 0,
+                           tolerance: float | None = None) -> dict:
+    """Check one path of ``net`` against the float64 reference, as SPEC section 4 defines it.
+
+    1. Teacher-forced with the reference's own samples and the same ``u_t``, the path's logits are
+       within ``tolerance`` relative L2 of the reference's, and its classes equal the reference's
+       except where ``u_t`` lies within ``tolerance`` of a CDF boundary (counted, not hidden).
+    2. Free-running, the path's sequence is what the same path gives teacher-forced with it.
+    3. Every output element was written (``infer`` poisons its outputs before the run).
+
+    Raises AssertionError on a failure; returns the figures for reporting.
+    """
+    from . import reference
+    from .inference import Impl
+    from .sampling import distance_to_cdf_boundary
+
+    implementation = Impl.AUTO if implementation is None else implementation
+    tolerance = TOLERANCES[net.dtype] if tolerance is None else tolerance
+    device = cond_input.device
+    batch, samples = cond_input.shape[1], cond_input.shape[3]
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(batch, samples, generator=g)
+    ref_samples, ref_logits = reference.incremental(net.weights, cond_input.cpu().double(), u,
+                                                    return_logits=True)
+
+    forced, logits = net.infer(cond_input, implementation, selectors=u.to(device),
+                               teacher_forcing=ref_samples.to(device), return_logits=True)
+    forced, logits = forced.cpu(), logits.cpu().double()
+    assert bool(torch.isfinite(logits).all()), "some logits were not written (NaN poison left)"
+    assert bool(((forced >= 0) & (forced < net.A)).all()), "some samples were not written or out of range"
+    rel_l2 = float((logits - ref_logits).norm() / ref_logits.norm())
+    assert rel_l2 <= tolerance, f"teacher-forced logits: relative L2 {rel_l2:.3g} > {tolerance:g}"
+
+    differ = forced != ref_samples
+    margin = distance_to_cdf_boundary(ref_logits.transpose(1, 2), u)
+    unexplained = differ & (margin > tolerance)
+    assert not bool(unexplained.any()), (
+        f"{int(unexplained.sum())} sampled classes differ from the reference with u_t farther than "
+        f"{tolerance:g} from any CDF boundary, first at (stream, step) {unexplained.nonzero()[0].tolist()}")
+
+    free = net.infer(cond_input, implementation, selectors=u.to(device))
+    replay = net.infer(cond_input, implementation, selectors=u.to(device), teacher_forcing=free)
+    assert torch.equal(free, replay), "free-running samples differ from the same path teacher-forced with them"
+    return {"logits_rel_l2": rel_l2, "boundary_mismatches": int(differ.sum()),
+            "positions": batch * samples}
