@@ -1,0 +1,89 @@
+"""NVWaveNet.infer on the CPU: results per SPEC section 4, and every misuse named (SPEC section 2)."""
+import pytest
+import torch
+
+import nvwavenet
+from nvwavenet import Impl, NVWaveNet
+from nvwavenet.testing import compare_with_reference, random_cond_input, random_nv_wavenet_args
+
+
+@pytest.fixture(scope="module")
+def net():
+    return NVWaveNet(**random_nv_wavenet_args(8, 16, 32, 5, 4, seed=1))
+
+
+def test_public_surface():
+    assert [i.name for i in Impl] == ["AUTO", "SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT"]
+    info = nvwavenet.build_info()
+    for key in ("cuda", "cuda_archs", "sizes", "precisions", "version"):
+        assert key in info
+    assert isinstance(info["cuda"], bool) and info["version"] == nvwavenet.__version__
+
+
+@pytest.mark.parametrize("batch, samples", [(1, 1), (3, 40), (8, 17)])
+def test_cpu_path_matches_reference(batch, samples):
+    net = NVWaveNet(**random_nv_wavenet_args(16, 32, 64, 7, 8, seed=batch))
+    report = compare_with_reference(net, random_cond_input(16, batch, 7, samples, seed=samples))
+    assert report["logits_rel_l2"] < 1e-5
+
+
+def test_any_strides_and_float16_conditioning(net):
+    cond = random_cond_input(8, 4, 5, 30, seed=2)
+    u = torch.rand(4, 30)
+    expected = net.infer(cond, selectors=u)
+    strided = cond.permute(3, 1, 2, 0).contiguous().permute(3, 1, 2, 0)
+    assert not strided.is_contiguous()
+    assert torch.equal(net.infer(strided, selectors=u), expected)
+    every_other = torch.zeros(16, 4, 5, 60)[..., ::2]
+    every_other.copy_(cond)
+    assert torch.equal(net.infer(every_other, selectors=u), expected)
+    compare_with_reference(net, cond.half())
+
+
+def test_output_type_shape_and_device(net):
+    out = net.infer(random_cond_input(8, 2, 5, 9, seed=3), Impl.AUTO)
+    assert out.dtype == torch.int32 and out.shape == (2, 9) and out.device.type == "cpu"
+    assert net.infer(random_cond_input(8, 2, 5, 0, seed=3)).shape == (2, 0)
+
+
+@pytest.mark.parametrize("impl", list(Impl))
+def test_every_impl_runs_the_cpu_path_on_cpu_tensors(net, impl):
+    cond = random_cond_input(8, 2, 5, 12, seed=4)
+    u = torch.rand(2, 12)
+    assert torch.equal(net.infer(cond, impl, selectors=u), net.infer(cond, Impl.AUTO, selectors=u))
+
+
+CALLS = [  # (description, kwargs for infer, error, pattern naming the argument)
+    ("not a tensor", dict(cond_input=[[1.0]]), TypeError, "cond_input"),
+    ("float64", dict(cond_input=torch.zeros(16, 1, 5, 4, dtype=torch.float64)), TypeError, "cond_input.*float64"),
+    ("3-D", dict(cond_input=torch.zeros(16, 5, 4)), ValueError, "cond_input.*4 dimensions"),
+    ("wrong channels", dict(cond_input=torch.zeros(15, 1, 5, 4)), ValueError, "cond_input.*16 channels"),
+    ("wrong layers", dict(cond_input=torch.zeros(16, 1, 4, 4)), ValueError, "cond_input.*5 layers"),
+    ("empty batch", dict(cond_input=torch.zeros(16, 0, 5, 4)), ValueError, "cond_input.*batch"),
+    ("impl as str", dict(implementation="AUTO"), TypeError, "implementation"),
+    ("selectors shape", dict(selectors=torch.rand(2, 4)), ValueError, "selectors.*shape"),
+    ("selectors range", dict(selectors=torch.full((1, 4), 1.0)), ValueError, r"selectors.*\[0, 1\)"),
+    ("selectors int", dict(selectors=torch.zeros(1, 4, dtype=torch.int64)), TypeError, "selectors"),
+    ("generator type", dict(generator=1234), TypeError, "generator"),
+    ("teacher float", dict(teacher_forcing=torch.zeros(1, 4)), TypeError, "teacher_forcing"),
+    ("teacher range", dict(teacher_forcing=torch.full((1, 4), 32)), ValueError, r"teacher_forcing.*\[0, 32\)"),
+    ("teacher shape", dict(teacher_forcing=torch.zeros(1, 5, dtype=torch.long)), ValueError, "teacher_forcing"),
+    ("return_logits", dict(return_logits=1), TypeError, "return_logits"),
+    ("state type", dict(state={"queues": 1}), TypeError, "state"),
+]
+
+
+@pytest.mark.parametrize("description, kwargs, error, pattern", CALLS, ids=[c[0] for c in CALLS])
+def test_misuse_is_named(net, description, kwargs, error, pattern):
+    call = dict(cond_input=torch.zeros(16, 1, 5, 4))
+    call.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        net.infer(**call)
+
+
+def test_state_for_another_batch_is_refused(net):
+    with pytest.raises(ValueError, match=r"state\['queues'\]"):
+        net.infer(torch.zeros(16, 2, 5, 4), state=net.init_state(3))
+    with pytest.raises(ValueError, match="batch_size"):
+        net.init_state(0)
+
