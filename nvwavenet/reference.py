@@ -25,7 +25,7 @@ from .sampling import select_classes
 from .state import check_state, layer_offsets, new_state
 from .validation import check_cond_input, check_selectors, check_teacher_forcing
 
-__all__ = ["naive", "incremental", "init_state"]
+__all__ = ["naive", "incremental", "init_state", "prepare", "slot_table", "step"]
 
 _ANY_FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -35,8 +35,11 @@ def init_state(weights: WaveNetWeights, batch: int, *, dtype=torch.float64, devi
     return new_state(weights, batch, dtype=dtype, device=device)
 
 
-def _prepare(weights: WaveNetWeights, dtype: torch.dtype, device: torch.device):
-    """The weights in ``dtype`` on ``device``, shaped for row-vector (batch-major) products."""
+def prepare(weights: WaveNetWeights, dtype: torch.dtype, device: torch.device):
+    """The weights in ``dtype`` on ``device``, shaped for row-vector (batch-major) products.
+
+    Its ``w`` is the :class:`WaveNetWeights` itself; the ``*_t`` tensors are transposed copies.
+    """
     w = weights.to(device, dtype)
     # One product per layer: [x_l[t - d_l], x_l[t]] @ [W_prev | W_curr]^T.
     both_taps = torch.cat([w.dilate_w[..., 0], w.dilate_w[..., 1]], dim=2)
@@ -74,6 +77,39 @@ def _inputs(weights, cond_input, selectors, teacher_forcing, dtype):
     return batch, samples, u, teacher
 
 
+def slot_table(weights: WaveNetWeights, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(offsets, dilations)`` as long tensors: layer ``l``'s queue row at step ``t`` is
+    ``offsets[l] + t % dilations[l]``, computed on the device so no step needs the host."""
+    dilations = weights.dilations
+    offsets = layer_offsets(dilations)[:-1]
+    return (torch.tensor(offsets, dtype=torch.long, device=device),
+            torch.tensor(dilations, dtype=torch.long, device=device))
+
+
+def step(net, queues: torch.Tensor, history: torch.Tensor, cond_t: torch.Tensor,
+         slots: torch.Tensor) -> torch.Tensor:
+    """One step of SPEC section 1 for every stream: the logits ``(batch, A)``.
+
+    ``net`` comes from :func:`prepare`, ``history`` is ``(batch, 2)`` long, ``cond_t`` is
+    ``(L, batch, 2R)`` and ``slots`` the ``(L,)`` queue rows of this step (see :func:`slot_table`).
+    Nothing here reads a device value on the host, so the step can be captured in a CUDA graph.
+    The queues are updated in place; the caller draws the sample and advances ``history``.
+    """
+    w, R = net.w, net.w.n_residual
+    x = _embed(net, history[:, 0], history[:, 1])
+    skip = torch.zeros(x.shape[0], w.n_skip, dtype=x.dtype, device=x.device)
+    for layer in range(w.n_layers):
+        slot = slots[layer:layer + 1]
+        past = queues.index_select(1, slot).squeeze(1).to(x.dtype)
+        pre = torch.addmm(w.dilate_b[layer] + cond_t[layer], torch.cat([past, x], dim=1), net.dilate_t[layer])
+        queues.index_copy_(1, slot, x.unsqueeze(1).to(queues.dtype))
+        h = _gate(pre, R)
+        if layer < w.n_layers - 1:
+            x = x + torch.addmm(w.res_b[layer], h, net.res_t[layer])
+        skip = skip + torch.addmm(w.skip_b[layer], h, net.skip_t[layer])
+    return _head(net, skip)
+
+
 def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: torch.Tensor, *,
                 teacher_forcing: torch.Tensor | None = None, return_logits: bool = False,
                 state: dict | None = None, dtype: torch.dtype = torch.float64):
@@ -83,31 +119,17 @@ def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: to
     if state is None:
         state = init_state(weights, batch, dtype=dtype, device=device)
     check_state(state, weights, batch, device)
-    net = _prepare(weights, dtype, device)
-    R = weights.n_residual
-    layers = list(zip(weights.dilations, layer_offsets(weights.dilations)))
+    net = prepare(weights, dtype, device)
+    offsets, dilations = slot_table(weights, device)
     # (samples, L, batch, 2R): one contiguous slice per step.
     cond_steps = cond_input.permute(3, 2, 1, 0).to(dtype).contiguous()
-    queues = state["queues"]
     history = state["history"].long()
     position = int(state["position"])
     out = torch.empty(batch, samples, dtype=torch.int32, device=device)
     logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
 
     for t in range(samples):
-        x = _embed(net, history[:, 0], history[:, 1])
-        skip = torch.zeros(batch, weights.n_skip, dtype=dtype, device=device)
-        for layer, (dilation, offset) in enumerate(layers):
-            slot = offset + (position + t) % dilation
-            past = queues[:, slot].to(dtype)
-            pre = torch.addmm(net.w.dilate_b[layer] + cond_steps[t, layer], torch.cat([past, x], dim=1),
-                              net.dilate_t[layer])
-            queues[:, slot] = x.to(queues.dtype)
-            h = _gate(pre, R)
-            if layer < weights.n_layers - 1:
-                x = x + torch.addmm(net.w.res_b[layer], h, net.res_t[layer])
-            skip = skip + torch.addmm(net.w.skip_b[layer], h, net.skip_t[layer])
-        logits = _head(net, skip)
+        logits = step(net, state["queues"], history, cond_steps[t], offsets + (position + t) % dilations)
         drawn = select_classes(logits, u[:, t])
         out[:, t] = drawn.to(torch.int32)
         if logits_out is not None:
@@ -131,7 +153,7 @@ def naive(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: torch.Te
     """
     batch, samples, u, teacher = _inputs(weights, cond_input, selectors, teacher_forcing, dtype)
     device = cond_input.device
-    net = _prepare(weights, dtype, device)
+    net = prepare(weights, dtype, device)
     R, field = weights.n_residual, weights.receptive_field
     # (batch, L, 2R, field + samples): conditioning at position p sits at index p + field.
     cond = F.pad(cond_input.permute(1, 2, 0, 3).to(dtype), (field, 0))

@@ -1,0 +1,57 @@
+"""The benchmark machinery and scripts run end to end (tiny sizes; the figures come from real runs)."""
+import csv
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nvwavenet
+from nvwavenet import bench
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = bench.Config("tiny", 8, 16, 32, 4, 2)
+
+
+def test_rows_measure_and_compare_with_the_best_baseline():
+    cpu = torch.device("cpu")
+    rows = [bench.run_one(TINY, engine, torch.float32, 2, cpu, seconds=0.02, repeats=1, chunk=64)
+            for engine in ("nvwavenet-cpu", "pytorch-eager", "pytorch-naive")]
+    bench.add_ratios(rows)
+    for row in rows:
+        assert row.seconds > 0 and row.samples > 0 and row.aggregate == pytest.approx(2 * row.per_stream)
+        assert row.real_time_factor(16000) == pytest.approx(row.per_stream / 16000)
+    assert max(r.ratio_to_best_baseline for r in rows[1:]) == pytest.approx(1.0)
+    assert len(bench.row_cells(rows[0])) == len(bench.COLUMNS)
+
+
+def test_results_sections_are_replaced_not_duplicated(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    bench.update_results(results, "throughput-cpu", "first")
+    bench.update_results(results, "throughput-cuda", "gpu")
+    bench.update_results(results, "throughput-cpu", "second")
+    text = results.read_text()
+    assert "second" in text and "first" not in text and text.count("throughput-cpu:begin") == 1 and "gpu" in text
+
+
+def test_throughput_script_writes_table_csv_plot(tmp_path):
+    script = runpy.run_path(str(BENCHMARKS / "throughput.py"))
+    rows = script["measure_all"]([TINY], [1, 2], torch.device("cpu"), 0.02, 1, 32, log=lambda line: None)
+    assert {row.engine for row in rows} == {"nvwavenet-cpu", "pytorch-eager", "pytorch-naive"}
+    script["plot"](rows, [TINY], tmp_path / "t.png", "tiny")
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_naive_vs_fast_script_runs(tmp_path):
+    env = {"PYTHONPATH": str(Path(nvwavenet.__file__).resolve().parents[1]), "PATH": ""}
+    subprocess.run([sys.executable, str(BENCHMARKS / "naive_vs_fast.py"), "--device", "cpu", "--max-depth", "3",
+                    "--R", "8", "--S", "16", "--A", "32", "--seconds", "0.02", "--repeats", "1",
+                    "--out", str(tmp_path), "--results", str(tmp_path / "RESULTS.md")], check=True, env=env,
+                   capture_output=True, timeout=120)
+    with open(tmp_path / "naive-vs-fast-cpu.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(r["L (per block)"]) for r in table if r["engine"] == "pytorch-naive"] == [1, 2, 3]
+    assert "naive-vs-fast-cpu:begin" in (tmp_path / "RESULTS.md").read_text()
+    assert (tmp_path / "naive-vs-fast-cpu.png").exists()
