@@ -14,7 +14,7 @@ from . import reference
 from .engines import build_info
 from .network import WaveNetWeights
 from .sampling import draw_selectors
-from .state import check_state, new_state
+from .state import check_state, new_state, reset_streams
 from .validation import check_cond_input, check_selectors, check_teacher_forcing
 
 __all__ = ["Impl", "NVWaveNet"]
@@ -93,10 +93,15 @@ class NVWaveNet:
         """
         return new_state(self.weights, batch_size, dtype=torch.float32, device=torch.device(device))
 
+    def reset_streams(self, state: dict, streams) -> None:
+        """Restart ``streams`` of ``state`` in place (a new utterance takes their place in the batch);
+        the other streams go on undisturbed."""
+        reset_streams(state, streams, self.A)
+
     def infer(self, cond_input: torch.Tensor, implementation: Impl = Impl.AUTO, *,
               selectors: torch.Tensor | None = None, generator: torch.Generator | None = None,
-              teacher_forcing: torch.Tensor | None = None, return_logits: bool = False,
-              state: dict | None = None):
+              teacher_forcing: torch.Tensor | None = None, prime: torch.Tensor | None = None,
+              return_logits: bool = False, state: dict | None = None):
         """Generate one sample per step of ``cond_input`` ``(2R, batch, L, samples)``.
 
         Returns int32 classes ``(batch, samples)`` on ``cond_input``'s device, and with
@@ -106,6 +111,9 @@ class NVWaveNet:
           from ``generator`` (or torch's default one) when None.
         - ``teacher_forcing``: int classes ``(batch, samples)`` fed back as the past instead of the
           drawn samples (which are still returned).
+        - ``prime``: known classes ``(batch, P)``, ``P <= samples``, e.g. the start of existing
+          audio: the first ``P`` steps run teacher-forced on them, then generation goes on freely.
+          The result holds ``prime`` in its first ``P`` columns, then the generated samples.
         - ``state``: from :meth:`init_state`; generation continues from it and updates it.
         """
         if not isinstance(implementation, Impl):
@@ -114,19 +122,33 @@ class NVWaveNet:
             raise TypeError(f"return_logits: expected a bool, got {type(return_logits).__name__}")
         batch, samples = check_cond_input(self.weights, cond_input)
         device = cond_input.device
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"cond_input: expected a CPU or CUDA tensor, got one on {device}")
         u = (draw_selectors(batch, samples, generator, device) if selectors is None
              else check_selectors(selectors, batch, samples, device))
         teacher = (None if teacher_forcing is None else
                    check_teacher_forcing(teacher_forcing, self.A, batch, samples, device))
+        if prime is not None:
+            if teacher is not None:
+                raise ValueError("prime: cannot be combined with teacher_forcing, which already fixes every step")
+            prime = check_teacher_forcing(prime, self.A, batch, samples, device, name="prime", at_most=True)
         if state is None:
             state = self.init_state(batch, device)
         check_state(state, self.weights, batch, device)
 
-        if device.type == "cpu":
+        if prime is None or prime.shape[1] == 0:
+            return self._generate(cond_input, implementation, u, teacher, return_logits, state)
+        primed = prime.shape[1]
+        first = self._generate(cond_input[..., :primed], implementation, u[:, :primed], prime, return_logits, state)
+        rest = self._generate(cond_input[..., primed:], implementation, u[:, primed:], None, return_logits, state)
+        if not return_logits:
+            return torch.cat([prime, rest], dim=1)
+        return torch.cat([prime, rest[0]], dim=1), torch.cat([first[1], rest[1]], dim=2)
+
+    def _generate(self, cond_input, implementation, u, teacher, return_logits, state):
+        if cond_input.device.type == "cpu":
             return self._infer_cpu(cond_input, u, teacher, return_logits, state)
-        if device.type == "cuda":
-            return self._infer_cuda(cond_input, implementation, u, teacher, return_logits, state)
-        raise ValueError(f"cond_input: expected a CPU or CUDA tensor, got one on {device}")
+        return self._infer_cuda(cond_input, implementation, u, teacher, return_logits, state)
 
     def _outputs(self, batch: int, samples: int, device: torch.device, return_logits: bool):
         """Output buffers filled with poison (-1, NaN), so an unwritten element cannot pass as data."""

@@ -9,6 +9,11 @@ is one contiguous block (streams can be reset or swapped independently):
   ``[sum(d_0..d_{l-1}), sum(d_0..d_l))``. Zeros mean "before the start" (``x_l[tau < 0] = 0``).
 - ``history``: ``(batch, 2)`` int32, the samples ``y_{t-2}, y_{t-1}`` (``A // 2`` at the start).
 - ``position``: 0-d int64 on the CPU, the steps generated so far (it picks the slots).
+
+A state is a plain dict of tensors: ``copy_state`` clones it, ``save_state``/``load_state`` write and
+read it as safetensors (no pickle). Streams can join and leave a running batch: ``reset_streams``
+restarts some streams in place, ``select_streams`` keeps a subset, ``concat_states`` joins states
+made at different positions (their queues are rotated to a common position first).
 """
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ import torch
 
 from .network import WaveNetWeights
 
-__all__ = ["new_state", "layer_offsets", "check_state"]
+__all__ = ["new_state", "layer_offsets", "check_state", "copy_state", "save_state", "load_state",
+           "reset_streams", "select_streams", "concat_states", "move_to_position"]
+
+_KEYS = ("queues", "history", "position")
 
 
 def layer_offsets(dilations: list[int]) -> list[int]:
@@ -41,7 +49,7 @@ def new_state(weights: WaveNetWeights, batch: int, *, dtype=torch.float32, devic
 
 def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device) -> None:
     """Raise unless ``state`` is a state of this network for ``batch`` streams on ``device``."""
-    if not isinstance(state, dict) or set(state) != {"queues", "history", "position"}:
+    if not isinstance(state, dict) or set(state) != set(_KEYS):
         raise TypeError("state: expected the dict made by init_state() with keys "
                         "'queues', 'history', 'position'")
     rows = layer_offsets(weights.dilations)[-1]
@@ -63,3 +71,75 @@ def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device
         raise TypeError(f"state['history']: expected int32, got {state['history'].dtype}")
     if state["position"].dtype != torch.int64 or state["position"].device.type != "cpu":
         raise TypeError("state['position']: expected a 0-d int64 tensor on the CPU")
+
+
+def copy_state(state: dict) -> dict:
+    """An independent copy (generation from it does not touch the original)."""
+    return {key: state[key].clone() for key in _KEYS}
+
+
+def save_state(state: dict, path) -> None:
+    """Write ``state`` to ``path`` as safetensors."""
+    from safetensors.torch import save_file
+
+    save_file({key: state[key].contiguous().cpu() for key in _KEYS}, str(path))
+
+
+def load_state(path, device="cpu") -> dict:
+    """Read a state written by :func:`save_state` onto ``device`` (position stays on the CPU)."""
+    from safetensors.torch import load_file
+
+    loaded = load_file(str(path))
+    if set(loaded) != set(_KEYS):
+        raise ValueError(f"path: {path} does not hold a generation state (keys {sorted(loaded)})")
+    return {"queues": loaded["queues"].to(device), "history": loaded["history"].to(device),
+            "position": loaded["position"]}
+
+
+def _stream_index(streams, batch: int, device) -> torch.Tensor:
+    index = torch.as_tensor(streams, dtype=torch.long).reshape(-1)
+    if index.numel() and (index.min() < 0 or index.max() >= batch):
+        raise ValueError(f"streams: expected stream indices in [0, {batch}), got {index.tolist()}")
+    return index.to(device)
+
+
+def reset_streams(state: dict, streams, n_classes: int) -> None:
+    """Restart ``streams`` in place, as if they had just joined: empty queues, history ``A // 2``.
+
+    Their slot positions need no change: an empty queue reads as zeros from any slot.
+    """
+    index = _stream_index(streams, state["queues"].shape[0], state["queues"].device)
+    state["queues"].index_fill_(0, index, 0.0)
+    state["history"].index_fill_(0, index, n_classes // 2)
+
+
+def select_streams(state: dict, streams) -> dict:
+    """A new state holding only ``streams`` (in that order), e.g. when others have finished."""
+    index = _stream_index(streams, state["queues"].shape[0], state["queues"].device)
+    return {"queues": state["queues"].index_select(0, index), "history": state["history"].index_select(0, index),
+            "position": state["position"].clone()}
+
+
+def move_to_position(state: dict, position: int, dilations: list[int]) -> dict:
+    """An equivalent state whose position is ``position``.
+
+    Layer ``l``'s slot ``p mod d_l`` holds what the next step reads; rolling each queue by the
+    change of position keeps every entry where the new position will look for it.
+    """
+    shift = int(position) - int(state["position"])
+    queues = state["queues"].clone()
+    offsets = layer_offsets(dilations)
+    for start, dilation in zip(offsets[:-1], dilations):
+        queues[:, start:start + dilation] = torch.roll(queues[:, start:start + dilation], shift % dilation, dims=1)
+    return {"queues": queues, "history": state["history"].clone(),
+            "position": torch.tensor(int(position), dtype=torch.int64)}
+
+
+def concat_states(states: list[dict], dilations: list[int]) -> dict:
+    """One state holding every stream of ``states``, at the first state's position."""
+    if not states:
+        raise ValueError("states: expected at least one state")
+    position = int(states[0]["position"])
+    aligned = [move_to_position(state, position, dilations) for state in states]
+    return {"queues": torch.cat([s["queues"] for s in aligned]), "history": torch.cat([s["history"] for s in aligned]),
+            "position": torch.tensor(position, dtype=torch.int64)}

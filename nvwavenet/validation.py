@@ -50,19 +50,24 @@ def check_selectors(selectors, batch: int, samples: int, device: torch.device) -
     return selectors.to(torch.float32)
 
 
-def check_teacher_forcing(teacher, n_classes: int, batch: int, samples: int,
-                          device: torch.device) -> torch.Tensor:
-    """``teacher`` as int32 ``(batch, samples)`` classes in [0, A) on ``device``."""
+def check_teacher_forcing(teacher, n_classes: int, batch: int, samples: int, device: torch.device, *,
+                          name: str = "teacher_forcing", at_most: bool = False) -> torch.Tensor:
+    """``teacher`` as int32 ``(batch, samples)`` classes in [0, A) on ``device``.
+
+    With ``at_most``, fewer than ``samples`` steps are accepted (a prefix, as for priming).
+    """
     if not isinstance(teacher, torch.Tensor):
-        raise TypeError(f"teacher_forcing: expected a torch.Tensor or None, got {type(teacher).__name__}")
+        raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(teacher).__name__}")
     if teacher.is_floating_point() or teacher.is_complex() or teacher.dtype == torch.bool:
-        raise TypeError(f"teacher_forcing: expected an integer tensor of classes, got dtype {teacher.dtype}")
-    if tuple(teacher.shape) != (batch, samples):
-        raise ValueError(f"teacher_forcing: expected shape {(batch, samples)} (batch, samples), "
-                         f"got {tuple(teacher.shape)}")
+        raise TypeError(f"{name}: expected an integer tensor of classes, got dtype {teacher.dtype}")
+    fits = (teacher.dim() == 2 and teacher.shape[0] == batch
+            and (teacher.shape[1] <= samples if at_most else teacher.shape[1] == samples))
+    if not fits:
+        wanted = f"(batch={batch}, at most {samples})" if at_most else f"{(batch, samples)} (batch, samples)"
+        raise ValueError(f"{name}: expected shape {wanted}, got {tuple(teacher.shape)}")
     if teacher.device != device:
-        raise ValueError(f"teacher_forcing: expected a tensor on {device} like cond_input, got one on {teacher.device}")
+        raise ValueError(f"{name}: expected a tensor on {device} like cond_input, got one on {teacher.device}")
     if teacher.numel() and not bool(((teacher >= 0) & (teacher < n_classes)).all()):
-        raise ValueError(f"teacher_forcing: expected classes in [0, {n_classes}), "
+        raise ValueError(f"{name}: expected classes in [0, {n_classes}), "
                          f"got values from {int(teacher.min())} to {int(teacher.max())}")
     return teacher.to(torch.int32)
