@@ -15,13 +15,15 @@ def draw_selectors(batch: int, num_samples: int, generator: torch.Generator | No
     """Uniform numbers in [0, 1), float32 ``(batch, num_samples)`` on ``device``.
 
     They are drawn on the generator's own device, so a seeded generator gives the same numbers
-    whichever device then runs the network.
+    whichever device then runs the network, and time-major, so that with a CPU generator drawing
+    for consecutive chunks gives exactly the numbers of one draw for the whole (chunked generation
+    equals one call).
     """
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     source = generator.device if generator is not None else device
-    u = torch.rand(batch, num_samples, generator=generator, device=source, dtype=torch.float32)
-    return u.to(device)
+    u = torch.rand(num_samples, batch, generator=generator, device=source, dtype=torch.float32)
+    return u.to(device).t()
 
 
 def select_classes(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

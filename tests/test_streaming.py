@@ -143,3 +143,12 @@ def test_moved_state_is_equivalent(net, data):
 def test_stream_indices_are_checked(net):
     with pytest.raises(ValueError, match="streams"):
         net.reset_streams(net.init_state(2), [2])
+
+
+def test_chunks_drawing_from_one_cpu_generator_equal_one_call(net, data):
+    cond, _ = data
+    whole = net.infer(cond, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    state = net.init_state(3)
+    parts = [net.infer(cond[..., a:b], generator=g, state=state) for a, b in [(0, 5), (5, 6), (6, 29), (29, T)]]
+    assert torch.equal(torch.cat(parts, dim=1), whole)

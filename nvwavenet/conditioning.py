@@ -1,0 +1,74 @@
+"""Mel frames to NVWaveNet conditioning, one hop of samples per frame, however the frames arrive.
+
+The training model upsamples frames with a ``ConvTranspose1d(window W, stride H)`` and maps them
+with a 1x1 conv to ``2R * L`` channels. Sample ``n`` receives contributions from the frames ``f``
+with ``f * H <= n < f * H + W``: the hop of samples ``[q * H, (q + 1) * H)`` depends on frame
+``q`` and the ``ceil(W / H) - 1`` frames before it, never on later ones. So as soon as frame
+``q`` arrives, its hop of conditioning is final.
+
+:class:`FrameConditioner` computes each hop on its own, from exactly that window of frames, with
+the same tensor shapes every time. Streaming and one-shot vocoding therefore run the identical
+arithmetic and give bitwise-identical conditioning, and with it identical samples (a difference
+in the last bit can flip a sample drawn near a CDF boundary, after which free-running
+generation diverges). Memory is one window of frames, whatever the length of the utterance.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .model import WaveNet
+
+__all__ = ["FrameConditioner"]
+
+
+class FrameConditioner:
+    """Conditioning ``(2R, batch, L, H)`` per mel frame, for a trained :class:`WaveNet`."""
+
+    def __init__(self, model: WaveNet, *, device=None, dtype: torch.dtype = torch.float32):
+        if model.upsamp_window < model.upsamp_stride:
+            raise ValueError(f"model: upsamp_window ({model.upsamp_window}) shorter than upsamp_stride "
+                             f"({model.upsamp_stride}) leaves samples no frame reaches")
+        device = torch.device(device) if device is not None else model.embed.weight.device
+        take = lambda t: t.detach().to(device=device, dtype=dtype)
+        self.up_weight, self.up_bias = take(model.upsample.weight), take(model.upsample.bias)
+        self.cond_weight, self.cond_bias = take(model.cond_layers.conv.weight), take(model.cond_layers.conv.bias)
+        self.hop = model.upsamp_stride
+        self.n_channels = model.n_cond_channels
+        self.n_layers = model.n_layers
+        self.n_residual = model.n_residual_channels
+        # Earlier frames whose upsampling window still reaches into a frame's own hop.
+        self.context = math.ceil(model.upsamp_window / model.upsamp_stride) - 1
+        self.device, self.dtype = device, dtype
+
+    def start(self, batch: int) -> torch.Tensor:
+        """The frames "before the start": zeros, as the one-shot transposed convolution implies."""
+        return torch.zeros(batch, self.n_channels, self.context, device=self.device, dtype=self.dtype)
+
+    def check_frames(self, frames, name: str = "mel") -> torch.Tensor:
+        if not isinstance(frames, torch.Tensor) or not frames.is_floating_point():
+            raise TypeError(f"{name}: expected a float tensor of mel frames, got "
+                            f"{frames.dtype if isinstance(frames, torch.Tensor) else type(frames).__name__}")
+        if frames.dim() != 3 or frames.shape[1] != self.n_channels:
+            raise ValueError(f"{name}: expected shape (batch, {self.n_channels} mel bands, frames), "
+                             f"got {tuple(frames.shape)}")
+        return frames.to(device=self.device, dtype=self.dtype)
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """Conditioning for the last ``n`` of ``frames`` ``(batch, C, context + n)``: ``(2R, batch, L, n * H)``.
+
+        The first ``context`` frames are the ones before (from :meth:`start` or the previous call).
+        """
+        batch, n = frames.shape[0], frames.shape[2] - self.context
+        hops = []
+        for q in range(n):
+            window = frames[:, :, q:q + self.context + 1]
+            upsampled = F.conv_transpose1d(window, self.up_weight, self.up_bias, stride=self.hop)
+            own_hop = upsampled[:, :, self.context * self.hop:(self.context + 1) * self.hop]
+            hops.append(F.conv1d(own_hop, self.cond_weight, self.cond_bias))
+        if not hops:
+            return torch.empty(2 * self.n_residual, batch, self.n_layers, 0, device=self.device, dtype=self.dtype)
+        acts = torch.cat(hops, dim=2)  # (batch, L * 2R, n * H), layer-major as the model lays it out
+        return acts.view(batch, self.n_layers, 2 * self.n_residual, -1).permute(2, 0, 1, 3)
