@@ -8,6 +8,7 @@ something that needs it is called.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import torch
 
@@ -16,10 +17,12 @@ from .network import WaveNetWeights
 
 try:
     from . import _C
-    _IMPORT_ERROR: ImportError | None = None
-except ImportError as error:  # a source checkout that was never built
+    _IMPORT_ERROR: str | None = None
+except ImportError as error:
     _C = None
-    _IMPORT_ERROR = error
+    # Python words a module that was never built as a circular import; say what it is.
+    _IMPORT_ERROR = ("it was never built" if importlib.util.find_spec(f"{__package__}._C") is None
+                     else f"it failed to load: {error}")
 
 __all__ = ["build_info", "extension", "PackedWeights", "make_params"]
 
@@ -30,8 +33,7 @@ def extension():
     """The compiled module, or a RuntimeError that says how to build it."""
     if _C is None:
         raise RuntimeError(
-            "nvwavenet's compiled module nvwavenet._C is not available "
-            f"({_IMPORT_ERROR}). Install the package with `pip install .`, or build it in place "
+            f"nvwavenet's compiled module nvwavenet._C is not available: {_IMPORT_ERROR}. Install the package with `pip install .`, or build it in place "
             "with `python setup.py build_ext --inplace`.")
     return _C
 
@@ -41,7 +43,7 @@ def build_info() -> dict:
     kernels were built for), ``precisions``, ``version``, and ``extension`` (whether ``_C`` loaded)."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
-                "sizes": [], "precisions": [], "error": str(_IMPORT_ERROR)}
+                "sizes": [], "precisions": [], "error": _IMPORT_ERROR}
     return {**_C.build_info(), "extension": True}
 
 
