@@ -14,8 +14,9 @@ Alignment with the training model: ``T`` samples give ``1 + T // hop_length`` fr
 ``k`` describes the audio centred on sample ``k * hop_length``. ``nvwavenet.model.WaveNet``
 upsamples with a transposed convolution of stride ``upsamp_stride`` (which must equal
 ``hop_length``) and width ``upsamp_window``, so frame ``k`` conditions samples
-``[k * hop, k * hop + upsamp_window)``; the ``1 + T // hop`` frames upsample to at least ``T``
-samples. :class:`nvwavenet.data.TrainingWindows` cuts training windows so that their conditioning
+``[k * hop, k * hop + upsamp_window)``; the ``1 + T // hop`` frames upsample to
+``(T // hop) * hop + upsamp_window`` positions, at least ``T`` when ``upsamp_window >= hop``, so
+vocoding ``F`` frames gives about ``(F - 1) * hop`` samples. :class:`nvwavenet.data.TrainingWindows` cuts training windows so that their conditioning
 equals, sample for sample, that of the whole clip.
 """
 from __future__ import annotations
