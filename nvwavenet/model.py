@@ -18,7 +18,7 @@ from torch import nn
 
 from .network import layer_dilations, receptive_field
 
-__all__ = ["WaveNet"]
+__all__ = ["WaveNet", "CausalConvRegressor"]
 
 
 class Conv(nn.Module):
@@ -105,16 +105,22 @@ class WaveNet(nn.Module):
             raise ValueError(f"features: expected shape (batch, {self.n_cond_channels}, frames), "
                              f"got {tuple(features.shape)}")
 
-    def _cond_acts(self, features: torch.Tensor, num_samples: int | None) -> torch.Tensor:
-        """Conditioning (batch, L, 2R, samples) from mel frames (batch, n_cond_channels, frames)."""
+    def _cond_acts(self, features: torch.Tensor, num_samples: int | None, cond_offset: int = 0) -> torch.Tensor:
+        """Conditioning (batch, L, 2R, samples) from mel frames (batch, n_cond_channels, frames).
+
+        The upsampled positions ``cond_offset`` onwards condition the samples: a training window
+        passes the frames before it too, so that its conditioning equals the whole clip's.
+        """
         self._check_features(features)
+        if isinstance(cond_offset, bool) or not isinstance(cond_offset, int) or cond_offset < 0:
+            raise ValueError(f"cond_offset: expected an integer >= 0, got {cond_offset!r}")
         upsampled = self.upsample(features)
         if num_samples is not None:
-            if upsampled.shape[2] < num_samples:
+            if upsampled.shape[2] < cond_offset + num_samples:
                 raise ValueError(
                     f"features: {features.shape[2]} frames upsample to {upsampled.shape[2]} samples, "
-                    f"fewer than the {num_samples} samples to predict")
-            upsampled = upsampled[:, :, :num_samples]
+                    f"fewer than cond_offset {cond_offset} + the {num_samples} samples to predict")
+            upsampled = upsampled[:, :, cond_offset:cond_offset + num_samples]
         acts = self.cond_layers(upsampled)
         return acts.view(acts.shape[0], self.n_layers, 2 * self.n_residual_channels, acts.shape[2])
 
@@ -125,15 +131,19 @@ class WaveNet(nn.Module):
         """
         return self._cond_acts(features, num_samples).permute(2, 0, 1, 3)
 
-    def forward(self, features: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, samples: torch.Tensor, *, cond_offset: int = 0) -> torch.Tensor:
         """Logits ``(batch, A, T)``; ``logits[..., t]`` predicts ``samples[..., t]`` from
-        ``samples[..., :t]`` and the conditioning at ``t``."""
+        ``samples[..., :t]`` and the conditioning at ``t`` (upsampled position ``cond_offset + t``).
+
+        ``logits[..., t]`` reaches back to ``samples[..., t - receptive_field]``: position ``t``
+        embeds sample ``t - 1``, and the dilated stack sees ``receptive_field`` positions.
+        """
         if not isinstance(samples, torch.Tensor) or samples.dim() != 2:
             raise ValueError(f"samples: expected integer classes of shape (batch, T), got "
                              f"{tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__}")
         if samples.shape[0] != features.shape[0]:
             raise ValueError(f"samples: expected the batch of features ({features.shape[0]}), got {samples.shape[0]}")
-        cond = self._cond_acts(features, samples.shape[1])
+        cond = self._cond_acts(features, samples.shape[1], cond_offset)
         start = torch.full_like(samples[:, :1], self.n_in_channels // 2)
         previous = torch.cat([start, samples[:, :-1]], dim=1).long()
         x = self.embed(previous).transpose(1, 2)
@@ -178,3 +188,38 @@ class WaveNet(nn.Module):
             "use_embed_tanh": False,
         }
 
+
+class CausalConvRegressor(nn.Module):
+    """One causal convolution predicting a scalar signal from its past: the regression model.
+
+    ``forward(samples)`` maps float ``(batch, T)`` to predictions ``(batch, T)``, where
+    ``prediction[..., t] = bias + sum_k w_k samples[..., t - k]`` for lags ``k = 1 .. kernel_size``
+    (zeros before the start). With ``kernel_size=2`` this is exactly an AR(2) model
+    ``X_t = c + a X_{t-1} + b X_{t-2}``: :meth:`lag_weights` gives ``(a, b)`` and the bias ``c``.
+    """
+
+    def __init__(self, kernel_size: int = 2):
+        super().__init__()
+        _check_positive("kernel_size", kernel_size)
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(1, 1, kernel_size)
+
+    @property
+    def receptive_field(self) -> int:
+        """Past samples one prediction depends on."""
+        return self.kernel_size
+
+    def config(self) -> dict:
+        return {"kernel_size": self.kernel_size}
+
+    def lag_weights(self) -> torch.Tensor:
+        """``w_k`` for lags ``k = 1 .. kernel_size`` (the conv's taps in reverse order)."""
+        return self.conv.weight.detach()[0, 0].flip(0)
+
+    def forward(self, samples: torch.Tensor) -> torch.Tensor:
+        if not isinstance(samples, torch.Tensor) or not samples.is_floating_point() or samples.dim() != 2:
+            raise ValueError(f"samples: expected a float tensor (batch, T), got "
+                             f"{tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__}")
+        # Left-pad by kernel_size and drop the last sample: output t then sees samples t-k .. t-1.
+        padded = F.pad(samples[:, :-1], (self.kernel_size, 0)).unsqueeze(1)
+        return self.conv(padded).squeeze(1)

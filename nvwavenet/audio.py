@@ -1,0 +1,184 @@
+"""Audio in and out: mu-law companding, WAV files, resampling.
+
+Every function takes both ``torch.Tensor`` and ``numpy.ndarray`` input where that makes sense and
+returns the same kind it was given, so training code (tensors) and analysis code (arrays) share it.
+Audio is float in [-1, 1]; mu-law classes are integers in [0, quantization_channels).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+import scipy.io.wavfile
+import scipy.signal
+import torch
+
+from .mel import MelConfig
+
+__all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
+
+
+def _check_channels(quantization_channels) -> int:
+    if (isinstance(quantization_channels, bool) or not isinstance(quantization_channels, int)
+            or quantization_channels < 2):
+        raise ValueError(f"quantization_channels: expected an integer >= 2, got {quantization_channels!r}")
+    return quantization_channels
+
+
+def mu_law_encode(x, quantization_channels: int = 256):
+    """Mu-law classes of audio ``x`` (float, nominally in [-1, 1]; values outside are clipped).
+
+    ``mu = Q - 1``, ``f = sign(x) log1p(mu |x|) / log1p(mu)``, class ``floor((f + 1) / 2 * mu + 0.5)``.
+    A tensor gives an int64 tensor, an array an int64 array, of ``x``'s shape.
+    """
+    mu = _check_channels(quantization_channels) - 1
+    if isinstance(x, torch.Tensor):
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected floating-point audio, got dtype {x.dtype}")
+        # float64 so that the class boundaries do not move with the input precision.
+        x = x.to(torch.float64).clamp(-1.0, 1.0)
+        f = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
+        return torch.floor((f + 1) / 2 * mu + 0.5).to(torch.int64)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"x: expected floating-point audio, got dtype {x.dtype}")
+    x = np.clip(x.astype(np.float64), -1.0, 1.0)
+    f = np.sign(x) * np.log1p(mu * np.abs(x)) / math.log1p(mu)
+    return np.floor((f + 1) / 2 * mu + 0.5).astype(np.int64)
+
+
+def mu_law_decode(q, quantization_channels: int = 256):
+    """Audio (float32 in [-1, 1]) of mu-law classes ``q``, the inverse of :func:`mu_law_encode`.
+
+    A tensor gives a float32 tensor, an array a float32 array. Classes outside
+    [0, quantization_channels) raise ``ValueError``.
+    """
+    channels = _check_channels(quantization_channels)
+    mu = channels - 1
+    is_tensor = isinstance(q, torch.Tensor)
+    q64 = q.detach().cpu().numpy() if is_tensor else np.asarray(q)
+    if not (np.issubdtype(q64.dtype, np.integer) or np.issubdtype(q64.dtype, np.floating)):
+        raise TypeError(f"q: expected integer mu-law classes, got dtype {q64.dtype}")
+    if q64.size and (q64.min() < 0 or q64.max() > mu):
+        raise ValueError(f"q: expected classes in [0, {mu}], got values in [{q64.min()}, {q64.max()}]")
+    f = 2 * q64.astype(np.float64) / mu - 1
+    x = (np.sign(f) * np.expm1(np.abs(f) * math.log1p(mu)) / mu).astype(np.float32)
+    return torch.from_numpy(x).to(q.device) if is_tensor else x
+
+
+def resample(audio, orig_rate: int, target_rate: int):
+    """``audio`` (last axis is time) from ``orig_rate`` to ``target_rate`` Hz, polyphase filtered.
+
+    Tensors in, tensors out (float32); arrays in, float32 arrays out.
+    """
+    for name, rate in (("orig_rate", orig_rate), ("target_rate", target_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate < 1:
+            raise ValueError(f"{name}: expected a positive integer sample rate in Hz, got {rate!r}")
+    is_tensor = isinstance(audio, torch.Tensor)
+    array = audio.detach().cpu().numpy() if is_tensor else np.asarray(audio)
+    if orig_rate != target_rate:
+        ratio = Fraction(int(target_rate), int(orig_rate))
+        array = scipy.signal.resample_poly(array, ratio.numerator, ratio.denominator, axis=-1)
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return torch.from_numpy(array) if is_tensor else array
+
+
+def _to_float(data: np.ndarray, path) -> np.ndarray:
+    """PCM of any WAV sample format as float32, integer formats scaled to [-1, 1)."""
+    if data.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
+        return (data.astype(np.float32) - 128.0) / 128.0
+    if data.dtype == np.int16:
+        return data.astype(np.float32) / 32768.0
+    if data.dtype == np.int32:  # scipy also returns 24-bit PCM here, left-justified
+        return (data.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if np.issubdtype(data.dtype, np.floating):
+        return data.astype(np.float32)
+    raise ValueError(f"{path}: unsupported WAV sample format {data.dtype}")
+
+
+def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = True,
+             mix_to_mono: bool = True) -> tuple[np.ndarray, int]:
+    """Read a WAV file as mono float32 audio; returns ``(audio, sample_rate)``.
+
+    - Integer PCM (8, 16, 24, 32 bit) is scaled to [-1, 1); float WAVs are returned as stored.
+    - Several channels are averaged when ``mix_to_mono``, else a ``ValueError`` names the count.
+    - With ``sample_rate`` given, audio at another rate is resampled to it when
+      ``resample_to_rate``, else a ``ValueError`` names both rates.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such WAV file")
+    try:
+        rate, data = scipy.io.wavfile.read(path)
+    except ValueError as error:
+        raise ValueError(f"{path}: not a readable WAV file ({error})") from error
+    audio = _to_float(data, path)
+    if audio.ndim == 2:
+        if audio.shape[1] > 1 and not mix_to_mono:
+            raise ValueError(f"{path}: expected a mono WAV, got {audio.shape[1]} channels")
+        audio = audio.mean(axis=1, dtype=np.float32)
+    if sample_rate is not None and rate != sample_rate:
+        if not resample_to_rate:
+            raise ValueError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (sample_rate)")
+        audio, rate = resample(audio, rate, sample_rate), sample_rate
+    return np.ascontiguousarray(audio), int(rate)
+
+
+_WAV_FORMATS = {"int16": np.int16, "int32": np.int32, "float32": np.float32}
+
+
+def write_wav(path, audio, sample_rate: int, *, sample_format: str = "int16") -> None:
+    """Write mono (``(samples,)``) or multichannel (``(channels, samples)``) float audio.
+
+    ``sample_format`` is ``"int16"``, ``"int32"`` (scaled by ``2^15`` or ``2^31``, as
+    :func:`read_wav` reads them, and clipped to the integer range) or ``"float32"`` (as given).
+    """
+    if sample_format not in _WAV_FORMATS:
+        raise ValueError(f"sample_format: expected one of {sorted(_WAV_FORMATS)}, got {sample_format!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
+        raise ValueError(f"sample_rate: expected a positive integer in Hz, got {sample_rate!r}")
+    array = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"audio: expected float samples in [-1, 1], got dtype {array.dtype}")
+    if array.ndim not in (1, 2):
+        raise ValueError(f"audio: expected shape (samples,) or (channels, samples), got {array.shape}")
+    array = array.astype(np.float64).T  # scipy wants (samples, channels)
+    if sample_format == "float32":
+        pcm = array.astype(np.float32)
+    else:
+        # The scale read_wav divides by (2^(bits-1)), so that integer PCM round-trips to within
+        # half a step; +1.0 itself becomes the largest integer.
+        info = np.iinfo(_WAV_FORMATS[sample_format])
+        pcm = np.clip(np.round(array * -float(info.min)), info.min, info.max).astype(_WAV_FORMATS[sample_format])
+    scipy.io.wavfile.write(path, int(sample_rate), pcm)
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioConfig:
+    """How a model sees audio: its rate, mu-law classes (None for a regression model on raw
+    values) and the mel front end that computes its conditioning (None when unconditioned)."""
+
+    sample_rate: int
+    quantization_channels: int | None = 256
+    mel: MelConfig | None = None
+
+    def __post_init__(self):
+        if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate < 1:
+            raise ValueError(f"sample_rate: expected a positive integer in Hz, got {self.sample_rate!r}")
+        if self.quantization_channels is not None:
+            _check_channels(self.quantization_channels)
+        if self.mel is not None and self.mel.sample_rate != self.sample_rate:
+            raise ValueError(f"mel: its sample_rate ({self.mel.sample_rate} Hz) differs from the "
+                             f"audio's ({self.sample_rate} Hz)")
+
+    def to_dict(self) -> dict:
+        return {"sample_rate": self.sample_rate, "quantization_channels": self.quantization_channels,
+                "mel": None if self.mel is None else self.mel.to_dict()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AudioConfig:
+        mel = values.get("mel")
+        return cls(sample_rate=values["sample_rate"], quantization_channels=values.get("quantization_channels"),
+                   mel=None if mel is None else MelConfig.from_dict(mel))

@@ -1,0 +1,165 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, so loading never runs pickled code.
+
+A checkpoint is a directory:
+
+- ``config.json``: ``{"format": "nvwavenet-checkpoint", "version": 1, "model_type": "WaveNet",
+  "model": model.config(), "audio": AudioConfig.to_dict(), "step": N}``;
+- ``model.safetensors``: the model's ``state_dict``.
+
+These two alone are a complete model: :func:`load_model` returns it with its
+:class:`~nvwavenet.audio.AudioConfig` (sample rate, mu-law classes, mel front end). A training
+checkpoint adds the optimizer, so that training resumes exactly where it stopped:
+
+- ``training.json``: step, the losses so far, the training settings, the optimizer's
+  hyperparameters;
+- ``training.safetensors``: the optimizer's per-parameter tensors (AdamW's moments and step counts).
+
+Each file records the step it was written at; :func:`load_training_state` refuses files of
+different steps (a save that was interrupted) instead of resuming from a mixture.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .audio import AudioConfig
+from .model import CausalConvRegressor, WaveNet
+
+__all__ = ["save_model", "load_model", "load_weights", "save_training_state", "load_training_state", "read_config"]
+
+FORMAT = "nvwavenet-checkpoint"
+VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+TRAINING_FILE = "training.json"
+OPTIMIZER_FILE = "training.safetensors"
+
+_MODEL_TYPES = {cls.__name__: cls for cls in (WaveNet, CausalConvRegressor)}
+
+
+def _replace_json(path: Path, values: dict) -> None:
+    # Written beside and renamed over, so a reader never sees a half-written file.
+    temporary = path.with_name(path.name + ".partial")
+    temporary.write_text(json.dumps(values, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _replace_tensors(path: Path, tensors: dict, step: int) -> None:
+    temporary = path.with_name(path.name + ".partial")
+    safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                os.fspath(temporary), metadata={"step": str(step)})
+    os.replace(temporary, path)
+
+
+def _model_type(model: nn.Module) -> str:
+    for name, cls in _MODEL_TYPES.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"model: expected one of {sorted(_MODEL_TYPES)}, got {type(model).__name__}")
+
+
+def save_model(path, model: nn.Module, audio_config: AudioConfig, *, step: int = 0) -> Path:
+    """Write ``model`` and its audio configuration as a checkpoint directory ``path``."""
+    if not isinstance(audio_config, AudioConfig):
+        raise TypeError(f"audio_config: expected a nvwavenet.audio.AudioConfig, got {type(audio_config).__name__}")
+    path = Path(path)
+    model_type = _model_type(model)
+    path.mkdir(parents=True, exist_ok=True)
+    _replace_tensors(path / MODEL_FILE, model.state_dict(), step)
+    _replace_json(path / CONFIG_FILE, {"format": FORMAT, "version": VERSION, "model_type": model_type,
+                                       "model": model.config(), "audio": audio_config.to_dict(), "step": step})
+    return path
+
+
+def read_config(path) -> dict:
+    """The checkpoint's ``config.json``, checked to be an nvwavenet checkpoint of a known version."""
+    path = Path(path)
+    config_path, model_path = path / CONFIG_FILE, path / MODEL_FILE
+    if not config_path.is_file() or not model_path.is_file():
+        raise FileNotFoundError(f"path: no nvwavenet checkpoint at {path} (expected {CONFIG_FILE} and "
+                                f"{MODEL_FILE} in that directory)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{config_path}: not an nvwavenet checkpoint config (format {FORMAT!r} expected)")
+    if config.get("version") != VERSION:
+        raise ValueError(f"{config_path}: checkpoint version {config.get('version')!r}, this nvwavenet reads {VERSION}")
+    if config.get("model_type") not in _MODEL_TYPES:
+        raise ValueError(f"{config_path}: unknown model_type {config.get('model_type')!r}, "
+                         f"expected one of {sorted(_MODEL_TYPES)}")
+    return config
+
+
+def load_weights(path, model: nn.Module) -> AudioConfig:
+    """Load the weights of checkpoint ``path`` into ``model``, which must have the checkpoint's
+    type and configuration; returns the checkpoint's :class:`~nvwavenet.audio.AudioConfig`."""
+    config = read_config(path)
+    if type(model).__name__ != config["model_type"] or model.config() != config["model"]:
+        raise ValueError(f"model: the checkpoint at {path} holds a {config['model_type']} {config['model']}, "
+                         f"not this {type(model).__name__} {model.config()}")
+    state = safetensors.torch.load_file(os.fspath(Path(path) / MODEL_FILE))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not match the configuration in {CONFIG_FILE}: {error}") from error
+    return AudioConfig.from_dict(config["audio"])
+
+
+def load_model(path, device="cpu") -> tuple[nn.Module, AudioConfig]:
+    """The model saved in checkpoint directory ``path`` (in eval mode on ``device``) and its
+    :class:`~nvwavenet.audio.AudioConfig` (sample rate, mu-law classes, mel front end)."""
+    config = read_config(path)
+    model = _MODEL_TYPES[config["model_type"]](**config["model"])
+    audio_config = load_weights(path, model)
+    return model.to(device).eval(), audio_config
+
+
+def save_training_state(path, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:
+    """Write the optimizer and the JSON-serialisable ``extra`` (losses, settings) for ``step``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for param_id, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{key}"] = value
+            else:
+                scalars[f"{param_id}.{key}"] = value
+    _replace_tensors(path / OPTIMIZER_FILE, tensors, step)
+    _replace_json(path / TRAINING_FILE, {"step": step, "optimizer": {
+        "param_groups": state["param_groups"], "scalars": scalars}, **extra})
+
+
+def load_training_state(path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore ``optimizer`` from checkpoint ``path``; returns ``training.json`` (step, extras)."""
+    path = Path(path)
+    training_path, optimizer_path = path / TRAINING_FILE, path / OPTIMIZER_FILE
+    if not training_path.is_file() or not optimizer_path.is_file():
+        raise FileNotFoundError(f"path: {path} holds no training state ({TRAINING_FILE}, {OPTIMIZER_FILE})")
+    training = json.loads(training_path.read_text())
+    step = training["step"]
+    with safetensors.safe_open(os.fspath(optimizer_path), framework="pt") as f:
+        optimizer_step = int(f.metadata()["step"])
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    with safetensors.safe_open(os.fspath(path / MODEL_FILE), framework="pt") as f:
+        model_step = int(f.metadata()["step"])
+    if not step == optimizer_step == model_step:
+        raise RuntimeError(f"{path}: inconsistent checkpoint (model step {model_step}, optimizer step "
+                           f"{optimizer_step}, training step {step}); was a save interrupted?")
+    per_param: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(training["optimizer"]["scalars"].items()):
+        param_id, name = key.split(".", 1)
+        per_param.setdefault(int(param_id), {})[name] = value
+    # JSON has no tuples; torch optimizers keep hyperparameters such as Adam's betas as tuples.
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
+              for group in training["optimizer"]["param_groups"]]
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    return training

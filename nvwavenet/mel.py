@@ -1,0 +1,159 @@
+"""The mel-spectrogram front end that conditions the vocoder, in PyTorch.
+
+The defaults are Tacotron 2's (sample rate 22050 Hz, n_fft 1024, hop 256, window 1024, 80 bands
+from 0 to 8000 Hz, ``log(clamp(x, 1e-5))`` of the magnitude), so mels from a Tacotron 2 style TTS
+model condition a vocoder trained on this front end:
+
+- STFT: periodic Hann window of ``win_length`` centred in ``n_fft``, the signal reflect-padded by
+  ``n_fft // 2`` on each side (``center=True``), magnitude (not power) of each bin;
+- mel filterbank: Slaney's mel scale (linear below 1 kHz, logarithmic above) and Slaney's area
+  normalisation (each triangle scaled by ``2 / bandwidth``), as librosa's default ``filters.mel``;
+- log compression: natural log of the mel magnitudes clamped below at ``clamp_min``.
+
+Alignment with the training model: ``T`` samples give ``1 + T // hop_length`` frames, and frame
+``k`` describes the audio centred on sample ``k * hop_length``. ``nvwavenet.model.WaveNet``
+upsamples with a transposed convolution of stride ``upsamp_stride`` (which must equal
+``hop_length``) and width ``upsamp_window``, so frame ``k`` conditions samples
+``[k * hop, k * hop + upsamp_window)``; the ``1 + T // hop`` frames upsample to
+``(T // hop) * hop + upsamp_window`` positions, at least ``T`` when ``upsamp_window >= hop``, so
+vocoding ``F`` frames gives about ``(F - 1) * hop`` samples. :class:`nvwavenet.data.TrainingWindows` cuts training windows so that their conditioning
+equals, sample for sample, that of the whole clip.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
+
+# Slaney's mel scale: linear (200/3 Hz per mel) up to 1 kHz, then logarithmic, 27 mels per
+# factor 6.4 in frequency.
+_F_SP = 200.0 / 3.0
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel(hz):
+    """Slaney mel of frequencies ``hz`` (array or float)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _F_SP
+    logarithmic = _MIN_LOG_MEL + np.log(np.maximum(hz, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(hz >= _MIN_LOG_HZ, logarithmic, linear)
+
+
+def mel_to_hz(mel):
+    """Frequencies in Hz of Slaney mels ``mel``, the inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * _F_SP
+    logarithmic = _MIN_LOG_HZ * np.exp(_LOGSTEP * (np.maximum(mel, _MIN_LOG_MEL) - _MIN_LOG_MEL))
+    return np.where(mel >= _MIN_LOG_MEL, logarithmic, linear)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Slaney-normalised triangular filters, float64 ``(n_mels, n_fft // 2 + 1)``.
+
+    Band ``i`` rises from edge ``i`` to edge ``i + 1`` and falls to edge ``i + 2`` of
+    ``n_mels + 2`` edges equally spaced in mel between ``fmin`` and ``fmax``.
+    """
+    bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges)
+    distance = edges[:, None] - bins[None, :]
+    rising = -distance[:-2] / widths[:-1, None]
+    falling = distance[2:] / widths[1:, None]
+    filters = np.maximum(0.0, np.minimum(rising, falling))
+    return filters * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+
+
+def _check_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MelConfig:
+    """Parameters of :class:`MelSpectrogram`; the defaults are Tacotron 2's.
+
+    ``fmax=None`` means the Nyquist frequency.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    win_length: int = 1024
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float | None = 8000.0
+    clamp_min: float = 1e-5
+
+    def __post_init__(self):
+        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
+            _check_int(name, getattr(self, name))
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length: expected at most n_fft ({self.n_fft}), got {self.win_length}")
+        nyquist = self.sample_rate / 2
+        fmax = nyquist if self.fmax is None else self.fmax
+        if not 0 <= self.fmin < fmax:
+            raise ValueError(f"fmin: expected 0 <= fmin < fmax ({fmax} Hz), got {self.fmin}")
+        if fmax > nyquist:
+            raise ValueError(f"fmax: expected at most the Nyquist frequency ({nyquist} Hz), got {fmax}")
+        if not self.clamp_min > 0:
+            raise ValueError(f"clamp_min: expected a positive floor for the log, got {self.clamp_min}")
+
+    @classmethod
+    def tacotron2(cls) -> MelConfig:
+        """Tacotron 2 / NV-WaveNet's front end: 22050 Hz, n_fft 1024, hop 256, 80 bands to 8 kHz."""
+        return cls()
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames that ``num_samples`` samples give (``center=True``)."""
+        return 1 + num_samples // self.hop_length
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MelConfig:
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"mel config: unknown fields {unknown}")
+        return cls(**values)
+
+
+class MelSpectrogram(nn.Module):
+    """Log-mel spectrogram: float audio ``(samples,)`` or ``(batch, samples)`` in [-1, 1] ->
+    ``(n_mels, frames)`` or ``(batch, n_mels, frames)``, ``frames = 1 + samples // hop_length``.
+    """
+
+    def __init__(self, config: MelConfig | None = None):
+        super().__init__()
+        self.config = MelConfig() if config is None else config
+        if not isinstance(self.config, MelConfig):
+            raise TypeError(f"config: expected a MelConfig, got {type(self.config).__name__}")
+        c = self.config
+        fmax = c.sample_rate / 2 if c.fmax is None else c.fmax
+        self.register_buffer("window", torch.hann_window(c.win_length, periodic=True), persistent=False)
+        self.register_buffer("filterbank", torch.from_numpy(
+            mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.fmin, fmax)).float(), persistent=False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+            raise TypeError(f"audio: expected a float tensor, got "
+                            f"{audio.dtype if isinstance(audio, torch.Tensor) else type(audio).__name__}")
+        if audio.dim() not in (1, 2):
+            raise ValueError(f"audio: expected shape (samples,) or (batch, samples), got {tuple(audio.shape)}")
+        c = self.config
+        # Reflect padding needs more samples than the padding itself.
+        if audio.shape[-1] <= c.n_fft // 2:
+            raise ValueError(f"audio: expected more than n_fft // 2 = {c.n_fft // 2} samples, "
+                             f"got {audio.shape[-1]}")
+        spectrum = torch.stft(audio.float(), c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
+                              window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        mel = torch.matmul(self.filterbank, spectrum.abs())
+        return torch.log(torch.clamp(mel, min=c.clamp_min))

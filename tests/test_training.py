@@ -1,0 +1,173 @@
+"""Training: the AR(2) and sine examples, checkpoints, exact resume, and DDP on two gloo processes."""
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from _ddp_worker import build_case
+from nvwavenet import Impl, NVWaveNet, mu_law_decode
+from nvwavenet.audio import AudioConfig
+from nvwavenet.checkpoint import load_model, load_weights, read_config, save_model
+from nvwavenet.data import TrainingWindows, ar2_process, conditioning_frames, sine
+from nvwavenet.model import CausalConvRegressor, WaveNet
+from nvwavenet.training import TrainConfig, batch_indices, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are too small to gain from intra-op threads, and on a loaded 2-core machine
+    spinning OpenMP threads have slowed them down more than tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_wavenet(seed=0):
+    torch.manual_seed(seed)
+    return WaveNet(n_in_channels=256, n_layers=6, max_dilation=8, n_residual_channels=16, n_skip_channels=32,
+                   n_out_channels=256, n_cond_channels=1, upsamp_window=16, upsamp_stride=8)
+
+
+def test_ar2_example_recovers_the_coefficients():
+    """A single kernel-2 causal conv trained with MSE on an AR(2) series finds a and b."""
+    a, b, c = -0.4, 0.5, 0.2
+    series = ar2_process(a, b, 20_000, c=c, seed=1)
+    model = CausalConvRegressor(kernel_size=2)
+    windows = TrainingWindows([series], 1, model, targets_per_window=254)
+    result = train(model, windows, TrainConfig(steps=300, batch_size=16, learning_rate=0.05, weight_decay=0.0,
+                                               progress=False))
+    a_hat, b_hat = model.lag_weights().tolist()
+    print(f"AR(2): a = {a_hat:.4f} (true {a}), b = {b_hat:.4f} (true {b}), c = {model.conv.bias.item():.4f} "
+          f"(true {c}), final MSE {result.losses[-1]:.4f} (noise variance 1)")
+    assert abs(a_hat - a) < 0.05 and abs(b_hat - b) < 0.05
+    assert abs(np.mean(result.losses[-20:]) - 1.0) < 0.1  # what is left is the unit-variance noise
+
+
+def test_sine_example_generates_its_tone():
+    """A small WaveNet overfits a 500 Hz tone at 8 kHz; NVWaveNet's samples peak at 500 Hz."""
+    model = tiny_wavenet()
+    windows = TrainingWindows([sine(500, 8000, 8000)], 8000, model, targets_per_window=256)
+    result = train(model, windows, TrainConfig(steps=200, batch_size=8, learning_rate=3e-3, progress=False))
+    assert result.losses[-1] < 0.1 < 5 < result.losses[0]
+
+    n = 2048
+    _, frames, _ = conditioning_frames(n, model.upsamp_stride, model.upsamp_window)
+    with torch.no_grad():  # unconditioned: the conditioning of all-zero features
+        cond = model.get_cond_input(torch.zeros(1, 1, frames), n)
+    samples = NVWaveNet(**model.export_weights()).infer(cond, Impl.AUTO, generator=torch.Generator().manual_seed(0))
+    audio = mu_law_decode(samples[0]).numpy()
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(n)))
+    peak = np.fft.rfftfreq(n, 1 / 8000)[spectrum.argmax()]
+    print(f"sine: final loss {result.losses[-1]:.4f}, spectral peak of {n} generated samples at {peak:.2f} Hz "
+          f"(bin {8000 / n:.2f} Hz)")
+    assert abs(peak - 500) <= 8000 / n
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    clips = [sine(440, 8000, 3000), sine(700, 8000, 2500, amplitude=0.3)]
+
+    def run(directory, steps, resume, seed):
+        model = tiny_wavenet(seed)
+        windows = TrainingWindows(clips, 8000, model, targets_per_window=256)
+        config = TrainConfig(steps=steps, batch_size=4, learning_rate=3e-3, seed=7, checkpoint_dir=str(directory),
+                             checkpoint_every=2, progress=False)
+        return model, train(model, windows, config, resume=resume)
+
+    whole_model, whole = run(tmp_path / "whole", 6, False, seed=0)
+    run(tmp_path / "part", 3, False, seed=0)
+    assert json.loads((tmp_path / "part" / "training.json").read_text())["step"] == 3
+    # Loading must never unpickle: fail loudly if anything calls torch.load.
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called while resuming"))
+    resumed_model, resumed = run(tmp_path / "part", 6, True, seed=123)  # other initial weights: overwritten
+    assert resumed.losses == whole.losses and len(whole.losses) == 6
+    for name, value in whole_model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[name]), name
+
+    loaded, audio_config = load_model(tmp_path / "part")
+    assert isinstance(loaded, WaveNet) and not loaded.training
+    assert audio_config == AudioConfig(8000, 256, None)
+    assert read_config(tmp_path / "part")["step"] == 6
+    for name, value in whole_model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
+    assert sorted(p.name for p in (tmp_path / "part").iterdir()) == [
+        "config.json", "model.safetensors", "training.json", "training.safetensors"]
+
+    with pytest.raises(ValueError, match="seed: the checkpoint's run used 7, got 8"):
+        model = tiny_wavenet()
+        train(model, TrainingWindows(clips, 8000, model, targets_per_window=256),
+              TrainConfig(steps=8, batch_size=4, seed=8, checkpoint_dir=str(tmp_path / "part"), progress=False),
+              resume=True)
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no nvwavenet checkpoint"):
+        load_model(tmp_path)
+    model = CausalConvRegressor(3)
+    save_model(tmp_path / "reg", model, AudioConfig(100, None))
+    loaded, config = load_model(tmp_path / "reg")
+    assert isinstance(loaded, CausalConvRegressor) and loaded.kernel_size == 3 and config.quantization_channels is None
+    with pytest.raises(ValueError, match="model: the checkpoint .* holds a CausalConvRegressor"):
+        load_weights(tmp_path / "reg", CausalConvRegressor(2))
+    config_path = tmp_path / "reg" / "config.json"
+    values = json.loads(config_path.read_text())
+    values["model"]["kernel_size"] = 4  # the weights are for kernel 3
+    config_path.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match="the weights do not match the configuration"):
+        load_model(tmp_path / "reg")
+    config_path.write_text(json.dumps({**values, "format": "something else"}))
+    with pytest.raises(ValueError, match="not an nvwavenet checkpoint"):
+        load_model(tmp_path / "reg")
+    with pytest.raises(TypeError, match="model: expected one of"):
+        save_model(tmp_path / "x", torch.nn.Linear(1, 1), AudioConfig(100))
+
+
+def test_training_rejects_bad_settings():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainConfig(grad_clip=0.0)
+    model = tiny_wavenet()
+    windows = TrainingWindows([sine(500, 8000, 1000)], 8000, model, targets_per_window=256)
+    with pytest.raises(ValueError, match="batch_size: 8 is more than the dataset's 4 windows"):
+        train(model, windows, TrainConfig(steps=1, batch_size=8, progress=False))
+    with pytest.raises(ValueError, match="dataset: cut for a WaveNet model, got a CausalConvRegressor"):
+        train(CausalConvRegressor(), windows, TrainConfig(steps=1, batch_size=2, progress=False))
+
+
+def test_batches_split_across_ranks_and_epochs():
+    whole = batch_indices(10, 4, seed=1, step=0)
+    assert batch_indices(10, 4, 1, 0, rank=0, world_size=2) + batch_indices(10, 4, 1, 0, rank=1, world_size=2) \
+        == whole[0::2] + whole[1::2]
+    epoch = [i for step in range(2) for i in batch_indices(10, 4, 1, step)]
+    assert len(set(epoch)) == 8  # two batches per epoch, no repeats within it
+    assert batch_indices(10, 4, 1, 2) != whole  # the next epoch is reshuffled
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_matches_one_process(tmp_path):
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on the PATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "_ddp_worker.py"),
+                    str(tmp_path / "ddp")], check=True, env=env, timeout=240, cwd=tmp_path)
+    distributed = json.loads((tmp_path / "ddp" / "training.json").read_text())
+    assert distributed["world_size"] == 2
+
+    model, windows, config = build_case(str(tmp_path / "single"))
+    single = train(model, windows, config)
+    np.testing.assert_allclose(distributed["losses"], single.losses, rtol=1e-5)
+    ddp_weights = safetensors.torch.load_file(tmp_path / "ddp" / "model.safetensors")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(ddp_weights[name], value, rtol=1e-4, atol=1e-5)
