@@ -1,0 +1,208 @@
+"""A drop-in vocoder: mel spectrogram in, waveform out, on the fastest engine of the device.
+
+    vocoder = Vocoder.from_checkpoint("checkpoints/run1", device="cuda", dtype=torch.float16)
+    waveform = vocoder(mel)                      # (n_mels, frames) -> (frames * hop,) in [-1, 1]
+    for chunk in vocoder.stream(mel_chunks):     # bounded memory, audio as soon as frames arrive
+        play(chunk)
+
+Each mel frame yields one hop of samples (:mod:`nvwavenet.conditioning`). One-shot and streamed
+vocoding share the per-chunk path: conditioning computed frame by frame, generation resumed
+through the network's state, selectors drawn time-major from one generator. With the same
+generator seed they give identical audio, however the frames are chunked (a CPU generator, as
+the default one made from ``seed`` is).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .audio import AudioConfig, mu_law_decode
+from .checkpoint import load_model
+from .conditioning import FrameConditioner
+from .inference import Impl, NVWaveNet
+from .mel import MelConfig, MelSpectrogram
+from .model import WaveNet
+
+__all__ = ["Vocoder"]
+
+# Frames generated per engine call by one-shot vocoding: bounds the conditioning held at once.
+FRAMES_PER_CALL = 64
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _parse_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
+        return _DTYPES[dtype]
+    return dtype
+
+
+def _parse_impl(implementation) -> Impl:
+    if isinstance(implementation, str):
+        try:
+            return Impl[implementation.upper()]
+        except KeyError:
+            raise ValueError(f"implementation: expected one of {', '.join(i.name.lower() for i in Impl)}, "
+                             f"got {implementation!r}") from None
+    return implementation
+
+
+class Vocoder:
+    """Mel frames to audio with a trained :class:`~nvwavenet.model.WaveNet`.
+
+    ``dtype`` is the CUDA kernels' precision (the CPU engine computes in float32);
+    ``implementation`` the CUDA kernel variant (:class:`~nvwavenet.Impl` or its name).
+    """
+
+    def __init__(self, model: WaveNet, audio_config: AudioConfig, *, device="cpu", dtype=torch.float32,
+                 implementation=Impl.AUTO):
+        if not isinstance(model, WaveNet):
+            raise TypeError(f"model: expected a nvwavenet.model.WaveNet, got {type(model).__name__}")
+        if not isinstance(audio_config, AudioConfig) or audio_config.mel is None:
+            raise ValueError("audio_config: expected an AudioConfig with the mel front end the model was trained on")
+        mel = audio_config.mel
+        if mel.n_mels != model.n_cond_channels:
+            raise ValueError(f"audio_config: {mel.n_mels} mel bands, but the model takes "
+                             f"n_cond_channels={model.n_cond_channels}")
+        if mel.hop_length != model.upsamp_stride:
+            raise ValueError(f"audio_config: hop_length {mel.hop_length} differs from the model's "
+                             f"upsamp_stride {model.upsamp_stride}")
+        if audio_config.quantization_channels != model.n_out_channels:
+            raise ValueError(f"audio_config: {audio_config.quantization_channels} mu-law classes, but the model "
+                             f"has n_out_channels={model.n_out_channels}")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: CUDA was asked for, but no CUDA GPU is visible to PyTorch")
+        self.audio_config = audio_config
+        self.implementation = _parse_impl(implementation)
+        self.net = NVWaveNet(**model.export_weights(), dtype=_parse_dtype(dtype))
+        self.conditioner = FrameConditioner(model, device=self.device)
+        self.front_end = MelSpectrogram(mel).to(self.device)
+        self.config = model.config()
+
+    @classmethod
+    def from_checkpoint(cls, path, device="cpu", dtype=torch.float32, implementation=Impl.AUTO) -> Vocoder:
+        """The vocoder of an nvwavenet checkpoint directory (safetensors weights + JSON config)."""
+        model, audio_config = load_model(path, "cpu")
+        if not isinstance(model, WaveNet):
+            raise ValueError(f"path: the checkpoint at {path} holds a {type(model).__name__}, not a WaveNet vocoder")
+        return cls(model, audio_config, device=device, dtype=dtype, implementation=implementation)
+
+    @classmethod
+    def from_nv_wavenet(cls, state_dict, config, device="cpu", dtype=torch.float32,
+                        implementation=Impl.AUTO) -> Vocoder:
+        """A vocoder from NV-WaveNet's PyTorch training code.
+
+        ``state_dict``: its ``WaveNet`` module's state dict (a dict, or a ``.pt``/``.safetensors``
+        file of one); ``config``: its ``config.json`` (path or dict) with ``wavenet_config`` and
+        ``data_config``. The module names (``upsample``, ``cond_layers.conv``, ``dilate_layers.N.conv``,
+        ``res_layers.N.conv``, ``skip_layers.N.conv``, ``embed``, ``conv_out.conv``, ``conv_end.conv``)
+        are nvwavenet's own, so the weights load unchanged; any mismatch is a ValueError listing it.
+        """
+        import json
+
+        if isinstance(config, (str, os.PathLike)):
+            config = json.loads(Path(config).read_text())
+        if not isinstance(config, dict) or "wavenet_config" not in config or "data_config" not in config:
+            raise ValueError("config: expected NV-WaveNet's config.json with 'wavenet_config' and 'data_config'")
+        model = WaveNet(**config["wavenet_config"])
+        data = config["data_config"]
+        try:
+            mel = MelConfig(sample_rate=data["sampling_rate"], n_fft=data["filter_length"],
+                            hop_length=data["hop_length"], win_length=data["win_length"],
+                            n_mels=model.n_cond_channels, fmin=float(data["mel_fmin"]), fmax=float(data["mel_fmax"]))
+            audio_config = AudioConfig(data["sampling_rate"], data["mu_quantization"], mel)
+        except KeyError as missing:
+            raise ValueError(f"config: data_config lacks {missing}") from None
+        _load_nv_wavenet_state(model, state_dict)
+        return cls(model, audio_config, device=device, dtype=dtype, implementation=implementation)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.audio_config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.audio_config.mel.hop_length
+
+    def mel_spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
+        """The model's own front end: float audio ``(samples,)`` or ``(batch, samples)`` to mels."""
+        with torch.no_grad():
+            return self.front_end(torch.as_tensor(audio, dtype=torch.float32).to(self.device))
+
+    def _frames(self, mel, name: str) -> torch.Tensor:
+        frames = torch.as_tensor(mel) if not isinstance(mel, torch.Tensor) else mel
+        if frames.dim() == 2:
+            frames = frames.unsqueeze(0)
+        return self.conditioner.check_frames(frames, name)
+
+    def stream(self, mel_chunks: Iterable, *, generator: torch.Generator | None = None,
+               seed: int = 0) -> Iterator[torch.Tensor]:
+        """Audio chunk by chunk: each mel chunk ``(n_mels, frames)`` or ``(batch, n_mels, frames)``
+        gives ``frames * hop`` samples per stream, float in [-1, 1] on the vocoder's device.
+
+        Memory holds one chunk, the network's state and a few frames of context, whatever the length.
+        """
+        generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        state = history = None
+        for index, chunk in enumerate(mel_chunks):
+            frames = self._frames(chunk, f"mel chunk {index}")
+            if state is None:
+                state = self.net.init_state(frames.shape[0], self.device)
+                history = self.conditioner.start(frames.shape[0])
+            elif frames.shape[0] != history.shape[0]:
+                raise ValueError(f"mel chunk {index}: batch of {frames.shape[0]} streams, the first chunk had "
+                                 f"{history.shape[0]}")
+            window = torch.cat([history, frames], dim=2)
+            history = window[:, :, window.shape[2] - self.conditioner.context:]
+            with torch.no_grad():
+                cond = self.conditioner(window)
+            if self.net.dtype != torch.float32 and self.device.type == "cuda":
+                cond = cond.to(torch.float16)
+            classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
+            yield mu_law_decode(classes, self.audio_config.quantization_channels)
+
+    def __call__(self, mel, *, generator: torch.Generator | None = None, seed: int = 0,
+                 progress: bool = False) -> torch.Tensor:
+        """The waveform of ``mel`` ``(n_mels, frames)`` -> ``(frames * hop,)``, or batched
+        ``(batch, n_mels, frames)`` -> ``(batch, frames * hop)``; float in [-1, 1]."""
+        frames = self._frames(mel, "mel")
+        chunks = list(torch.split(frames, FRAMES_PER_CALL, dim=2))
+        pieces = list(tqdm(self.stream(chunks, generator=generator, seed=seed), total=len(chunks),
+                           disable=not progress, desc="vocoding", unit="chunk"))
+        audio = torch.cat(pieces, dim=1) if pieces else torch.zeros(frames.shape[0], 0, device=self.device)
+        return audio[0] if torch.as_tensor(mel).dim() == 2 else audio
+
+
+def _load_nv_wavenet_state(model: WaveNet, state_dict) -> None:
+    if isinstance(state_dict, (str, os.PathLike)):
+        path = Path(state_dict)
+        if not path.is_file():
+            raise FileNotFoundError(f"state_dict: no file at {path}")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state_dict = load_file(str(path))
+        else:
+            try:
+                state_dict = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:  # torch raises UnpicklingError and others for pickled objects
+                raise ValueError(
+                    f"state_dict: {path} is not a plain state dict ({type(error).__name__}); NV-WaveNet checkpoints "
+                    "pickle the whole model, which nvwavenet does not unpickle. In NV-WaveNet's environment run "
+                    "torch.save(torch.load(path)['model'].state_dict(), 'wavenet_state.pt') and pass that file") from None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError("state_dict: expected a mapping of parameter names to tensors")
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+                 "wrong shapes " + ", ".join(f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
+                                             for k in wrong) if wrong else ""]
+        raise ValueError("state_dict: does not match wavenet_config: " + "; ".join(p for p in parts if p))
+    model.load_state_dict(state_dict)

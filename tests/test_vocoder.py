@@ -1,0 +1,125 @@
+"""Vocoder: mel in, audio out; streamed equals one-shot; checkpoints and NV-WaveNet weights load."""
+import json
+
+import pytest
+import torch
+
+from nvwavenet.audio import AudioConfig
+from nvwavenet.checkpoint import save_model
+from nvwavenet.mel import MelConfig
+from nvwavenet.model import WaveNet
+from nvwavenet.vocoder import Vocoder
+
+MEL = MelConfig(sample_rate=8000, n_fft=256, hop_length=32, win_length=256, n_mels=10, fmin=0.0, fmax=4000.0)
+WAVENET_CONFIG = dict(n_in_channels=64, n_layers=4, max_dilation=4, n_residual_channels=8, n_skip_channels=16,
+                      n_out_channels=64, n_cond_channels=10, upsamp_window=96, upsamp_stride=32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return WaveNet(**WAVENET_CONFIG).eval()
+
+
+@pytest.fixture(scope="module")
+def vocoder(model):
+    return Vocoder(model, AudioConfig(8000, 64, MEL))
+
+
+def test_mel_to_audio(vocoder):
+    mel = torch.randn(10, 25)
+    audio = vocoder(mel)
+    assert audio.shape == (25 * 32,) and audio.dtype == torch.float32
+    assert audio.abs().max() <= 1 and audio.std() > 0
+    batched = vocoder(torch.randn(3, 10, 7))
+    assert batched.shape == (3, 7 * 32)
+
+
+def test_same_seed_same_audio_and_seed_matters(vocoder):
+    mel = torch.randn(10, 12)
+    assert torch.equal(vocoder(mel, seed=3), vocoder(mel, seed=3))
+    assert not torch.equal(vocoder(mel, seed=3), vocoder(mel, seed=4))
+
+
+@pytest.mark.parametrize("chunks", [[1] * 20, [3, 5, 7, 5], [19, 1], [20], [2, 0, 18]])
+def test_streamed_equals_one_shot(vocoder, chunks):
+    mel = torch.randn(2, 10, 20)
+    one_shot = vocoder(mel, seed=5)
+    pieces, start = [], 0
+    for size in chunks:
+        pieces.append(mel[:, :, start:start + size])
+        start += size
+    streamed = list(vocoder.stream(pieces, seed=5))
+    assert [p.shape[1] for p in streamed] == [32 * size for size in chunks]
+    assert torch.equal(torch.cat(streamed, dim=1), one_shot)
+
+
+def test_audio_round_trip_through_the_front_end(vocoder):
+    audio = torch.sin(torch.arange(4000) * 2 * torch.pi * 440 / 8000) * 0.5
+    mel = vocoder.mel_spectrogram(audio)
+    assert mel.shape == (10, 1 + 4000 // 32)
+    assert vocoder(mel).shape == (mel.shape[1] * 32,)
+
+
+def test_checkpoint_round_trip(model, vocoder, tmp_path):
+    save_model(tmp_path / "ckpt", model, AudioConfig(8000, 64, MEL))
+    loaded = Vocoder.from_checkpoint(tmp_path / "ckpt")
+    mel = torch.randn(10, 9)
+    assert torch.equal(loaded(mel), vocoder(mel))
+
+
+def _nv_wavenet_config():
+    return {"wavenet_config": WAVENET_CONFIG,
+            "data_config": {"sampling_rate": 8000, "filter_length": 256, "hop_length": 32, "win_length": 256,
+                            "mel_fmin": 0.0, "mel_fmax": 4000.0, "mu_quantization": 64, "segment_length": 1000}}
+
+
+@pytest.mark.parametrize("form", ["dict", "pt", "safetensors"])
+def test_nv_wavenet_state_dicts_load(model, vocoder, tmp_path, form):
+    state = model.state_dict()
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(_nv_wavenet_config()))
+    if form == "pt":
+        torch.save(state, tmp_path / "wavenet.pt")
+        state = tmp_path / "wavenet.pt"
+    elif form == "safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "wavenet.safetensors"))
+        state = tmp_path / "wavenet.safetensors"
+    imported = Vocoder.from_nv_wavenet(state, config_path)
+    mel = torch.randn(10, 6)
+    assert torch.equal(imported(mel), vocoder(mel))
+
+
+def test_nv_wavenet_mismatches_are_listed(model, tmp_path):
+    state = dict(model.state_dict())
+    del state["res_layers.2.conv.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    state["embed.weight"] = torch.zeros(32, 8)
+    with pytest.raises(ValueError, match=r"missing \['res_layers.2.conv.weight'\].*unexpected \['extra.weight'\]"
+                                         r".*embed.weight \(32, 8\) \(expected \(64, 8\)\)"):
+        Vocoder.from_nv_wavenet(state, _nv_wavenet_config())
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")
+    with pytest.raises(ValueError, match="pickle"):
+        Vocoder.from_nv_wavenet(tmp_path / "pickled.pt", _nv_wavenet_config())
+    with pytest.raises(ValueError, match="config"):
+        Vocoder.from_nv_wavenet(model.state_dict(), {"wavenet_config": WAVENET_CONFIG})
+
+
+def test_user_errors_are_named(model, vocoder):
+    with pytest.raises(ValueError, match="mel.*10 mel bands"):
+        vocoder(torch.randn(12, 5))
+    with pytest.raises(ValueError, match="mel chunk 1.*batch"):
+        list(vocoder.stream([torch.randn(2, 10, 3), torch.randn(3, 10, 3)]))
+    with pytest.raises(ValueError, match="audio_config.*mel bands"):
+        Vocoder(model, AudioConfig(8000, 64, MelConfig(sample_rate=8000, n_fft=256, hop_length=32, win_length=256,
+                                                       n_mels=11, fmax=4000.0)))
+    with pytest.raises(ValueError, match="audio_config.*mu-law"):
+        Vocoder(model, AudioConfig(8000, 256, MEL))
+    with pytest.raises(ValueError, match="dtype"):
+        Vocoder(model, AudioConfig(8000, 64, MEL), dtype="float8")
+    with pytest.raises(ValueError, match="implementation"):
+        Vocoder(model, AudioConfig(8000, 64, MEL), implementation="fastest")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device.*CUDA"):
+            Vocoder(model, AudioConfig(8000, 64, MEL), device="cuda")
