@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .engines import build_info
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError, RuntimeError)
 EXIT_USER_ERROR = 2
+DEMO_STEPS = 300
 
 
 def _device(name: str) -> torch.device:
@@ -50,19 +53,214 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from . import demo
+
+    settings = demo.DemoSettings(steps=args.steps, seconds=args.seconds)
+    report = demo.run(args.out, settings, log=print)
+    print()
+    print(report)
+    return 0
+
+
 def cmd_bench(args) -> int:
     from . import bench
     return bench.main(["--device", str(_device(args.device))] if args.device else [])
+
+
+def _load_vocoder(args):
+    from .vocoder import Vocoder
+
+    device = _device(args.device)
+    if args.nv_wavenet_config:
+        return Vocoder.from_nv_wavenet(args.checkpoint, args.nv_wavenet_config, device=device, dtype=args.dtype,
+                                       implementation=args.impl)
+    return Vocoder.from_checkpoint(args.checkpoint, device=device, dtype=args.dtype, implementation=args.impl)
+
+
+def _input_mel(vocoder, path: Path, args) -> torch.Tensor:
+    """A mel ``(n_mels, frames)`` from a ``.npy`` of mel frames or a ``.wav`` through the front end."""
+    from .audio import read_wav
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix.lower() == ".npy":
+        mel = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        if mel.dim() != 2 or mel.shape[0] != vocoder.audio_config.mel.n_mels:
+            raise ValueError(f"{path}: expected a mel of shape ({vocoder.audio_config.mel.n_mels} bands, frames), "
+                             f"got {tuple(mel.shape)}")
+        return mel
+    if path.suffix.lower() == ".wav":
+        audio, _ = read_wav(path, vocoder.sample_rate, resample_to_rate=args.resample, mix_to_mono=args.mix_to_mono)
+        return vocoder.mel_spectrogram(torch.from_numpy(audio)).cpu()
+    raise ValueError(f"{path}: expected a .npy mel spectrogram or a .wav file")
+
+
+def cmd_vocode(args) -> int:
+    from .audio import write_wav
+
+    vocoder = _load_vocoder(args)
+    inputs = [Path(p) for p in args.inputs]
+    single_file = len(inputs) == 1 and args.out.suffix.lower() == ".wav"
+    if not single_file:
+        args.out.mkdir(parents=True, exist_ok=True)
+    mels = [_input_mel(vocoder, path, args) for path in inputs]
+    silence = float(np.log(vocoder.audio_config.mel.clamp_min))
+    for first in range(0, len(mels), args.batch_size):
+        group = mels[first:first + args.batch_size]
+        longest = max(mel.shape[1] for mel in group)
+        # Streams of one batch run the same number of steps: pad with silent frames, trim after.
+        batch = torch.stack([torch.nn.functional.pad(mel, (0, longest - mel.shape[1]), value=silence)
+                             for mel in group])
+        audio = vocoder(batch, seed=args.seed + first, progress=not args.quiet).cpu()
+        for offset, mel in enumerate(group):
+            path = inputs[first + offset]
+            target = args.out if single_file else args.out / f"{path.stem}.wav"
+            write_wav(target, audio[offset, :mel.shape[1] * vocoder.hop_length].numpy(), vocoder.sample_rate)
+            if not args.quiet:
+                print(f"{path} -> {target} ({mel.shape[1] * vocoder.hop_length / vocoder.sample_rate:.2f} s)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .data import TrainingWindows, WavFolder
+    from .mel import MelConfig
+    from .model import WaveNet
+    from .training import TrainConfig, train
+
+    root = Path(args.data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of WAV files")
+    rate = args.sample_rate
+    mel = MelConfig(sample_rate=rate, n_fft=args.n_fft, hop_length=args.hop, win_length=args.n_fft,
+                    n_mels=args.n_mels, fmin=0.0, fmax=min(8000.0, rate / 2))
+    torch.manual_seed(args.seed)
+    model = WaveNet(n_in_channels=args.classes, n_layers=args.layers, max_dilation=args.max_dilation,
+                    n_residual_channels=args.residual, n_skip_channels=args.skip, n_out_channels=args.classes,
+                    n_cond_channels=args.n_mels, upsamp_window=args.n_fft, upsamp_stride=args.hop)
+    windows = TrainingWindows(WavFolder(root, rate), rate, model, targets_per_window=args.window_hops * args.hop,
+                              mel=mel)
+    result = train(model, windows, TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+        checkpoint_dir=str(args.out), checkpoint_every=args.checkpoint_every, device=args.device,
+        progress=not args.quiet), resume=args.resume)
+    print(result)
+    print(f"checkpoint: {args.out}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from .checkpoint import CONFIG_FILE, load_model
+    from .model import WaveNet
+
+    path = Path(args.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such folder or checkpoint")
+    if (path / CONFIG_FILE).is_file():
+        from .analysis import analyze_model
+
+        model, audio_config = load_model(path)
+        if not isinstance(model, WaveNet):
+            raise ValueError(f"{path}: holds a {type(model).__name__}; model analysis covers WaveNet checkpoints")
+        print(analyze_model(model, audio_config.sample_rate))
+        return 0
+    from .analysis import analyze_dataset, plot_dataset
+    from .data import WavFolder
+
+    folder = WavFolder(path, args.sample_rate)
+    if not len(folder):
+        raise ValueError(f"{path}: no .wav files in this folder")
+    analysis = analyze_dataset(folder, sample_rate=args.sample_rate)
+    print(analysis)
+    if args.plots:
+        for name, written in plot_dataset(analysis, args.plots).items():
+            print(f"{name}: {written}")
+    return 0
+
+
+def _add_engine_options(parser) -> None:
+    from .inference import Impl
+
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--impl", default="auto", choices=[i.name.lower() for i in Impl],
+                        help="CUDA kernel variant (default: auto, the fastest that fits)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="CUDA kernel precision (the CPU engine computes in float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nvwavenet", description="Fast autoregressive WaveNet inference.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    demo = commands.add_parser(
+        "demo", help="train, vocode and compare every engine in about a minute, no data needed",
+        description="Synthesise a harmonic tone with a gliding pitch, fit a small conditioned WaveNet to it on the "
+                    "CPU, vocode its mel frames with every engine on this machine (float64 reference, CPU engine, "
+                    "each CUDA variant), check that they agree, and write WAVs, a PNG and a report with samples/s, "
+                    "real-time factor and the log-mel distance to the original (next to an untrained model's).")
+    demo.add_argument("--out", type=Path, default=Path("nvwavenet-demo"), help="output folder (default: nvwavenet-demo/)")
+    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
+    demo.add_argument("--seconds", type=float, default=2.0, help="length of the signal (default: 2)")
+    demo.set_defaults(run=cmd_demo)
+
     info = commands.add_parser("info", help="what was built, which GPUs are visible",
                                description="Build facts (CUDA kernels, architectures, sizes, precisions, "
                                            "the CPU engine's instruction set) and the visible GPUs.")
     info.set_defaults(run=cmd_info)
+
+    vocode = commands.add_parser(
+        "vocode", help="mel spectrograms (.npy) or WAVs to WAV audio",
+        description="Vocode mel spectrograms ((n_mels, frames) .npy files, or .wav files through the model's own "
+                    "mel front end) with a trained checkpoint. Several inputs are batched together.")
+    vocode.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy mel spectrograms or .wav files")
+    vocode.add_argument("--checkpoint", required=True,
+                        help="an nvwavenet checkpoint folder, or with --nv-wavenet-config an NV-WaveNet state dict")
+    vocode.add_argument("--nv-wavenet-config", help="NV-WaveNet's config.json, to load --checkpoint as its state dict")
+    vocode.add_argument("--out", type=Path, default=Path("vocoded"),
+                        help="output folder, or a .wav file for a single input (default: vocoded/)")
+    vocode.add_argument("--batch-size", type=int, default=8, help="inputs vocoded together (default: 8)")
+    vocode.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    vocode.add_argument("--resample", action="store_true", help="resample WAVs at another rate instead of refusing them")
+    vocode.add_argument("--mix-to-mono", action="store_true", help="average the channels of multichannel WAVs")
+    vocode.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
+    _add_engine_options(vocode)
+    vocode.set_defaults(run=cmd_vocode)
+
+    train = commands.add_parser(
+        "train", help="train a conditioned WaveNet on a folder of WAVs",
+        description="Train a Deep Voice WaveNet conditioned on log-mel spectrograms of the WAV files under DATA; "
+                    "checkpoints (safetensors + JSON) go to --out. Runs under torchrun for data parallelism.")
+    train.add_argument("data", metavar="DATA", help="folder of .wav files (searched recursively)")
+    train.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    train.add_argument("--sample-rate", type=int, default=22050, help="Hz; other rates are resampled (default 22050)")
+    train.add_argument("--steps", type=int, default=10000)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    train.add_argument("--layers", type=int, default=16)
+    train.add_argument("--max-dilation", type=int, default=128)
+    train.add_argument("--residual", type=int, default=64, help="R, residual channels")
+    train.add_argument("--skip", type=int, default=256, help="S, skip channels")
+    train.add_argument("--classes", type=int, default=256, help="A, mu-law classes")
+    train.add_argument("--n-mels", type=int, default=80)
+    train.add_argument("--n-fft", type=int, default=1024, help="STFT size, also the upsampling window")
+    train.add_argument("--hop", type=int, default=256, help="STFT hop, also the upsampling stride")
+    train.add_argument("--window-hops", type=int, default=16, help="loss targets per training window, in hops")
+    train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: at the end)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=cmd_train)
+
+    analyze = commands.add_parser(
+        "analyze", help="analyse a dataset folder or a checkpoint",
+        description="A folder of WAVs: lengths, rates, amplitude, clipping, silence, mu-law class histogram, "
+                    "correlation length and a suggested n_layers/max_dilation. A checkpoint: parameters, depth, "
+                    "receptive field, weight bytes and multiply-adds per sample.")
+    analyze.add_argument("path", metavar="PATH", help="a folder of .wav files, or a checkpoint folder")
+    analyze.add_argument("--sample-rate", type=int, help="analyse at this rate (default: the most common)")
+    analyze.add_argument("--plots", type=Path, help="write PNG plots (histogram, autocorrelation, waveform) here")
+    analyze.set_defaults(run=cmd_analyze)
 
     bench = commands.add_parser("bench", help="the quick benchmark (under a minute)",
                                 description="Samples/s and real-time factor of every engine on this machine "
