@@ -108,8 +108,9 @@ void require_pointer(const void* pointer, const char* name) {
 }
 
 // Everything the kernels rely on that Params can get wrong. The network sizes come first, so an
-// unbuilt size is reported as such before anything about pointers.
-void validate(const Params& p, Variant variant) {
+// unbuilt size is reported as such before anything about pointers. Planning happens before the
+// workspace exists (the plan says how large it must be), so only a launch requires it.
+void validate(const Params& p, Variant variant, bool launching) {
   require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent,
           std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK or PERSISTENT, got ") + variant_name(variant) +
               (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
@@ -152,8 +153,10 @@ void validate(const Params& p, Variant variant) {
   require_pointer(p.queues, "queues");
   require_aligned(p.queues, "queues");
   require_pointer(p.history, "history");
-  require_pointer(p.workspace, "workspace");
-  require_aligned(p.workspace, "workspace");
+  if (launching) {
+    require_pointer(p.workspace, "workspace");
+    require_aligned(p.workspace, "workspace");
+  }
 }
 
 Plan plan_on(const Params& p, Variant variant, const DeviceFacts& device) {
@@ -234,13 +237,13 @@ const char* site_text(int32_t site) {
 }  // namespace
 
 Plan plan(const Params& p, Variant variant) {
-  validate(p, variant);
+  validate(p, variant, false);
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
   return plan_on(p, variant, device_facts(p.device));
 }
 
 void generate(const Params& p, Variant variant) {
-  validate(p, variant);
+  validate(p, variant, true);
   if (p.num_samples == 0) return;
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
   const DeviceFacts device = device_facts(p.device);

@@ -235,9 +235,10 @@ __global__ void __launch_bounds__(kSingleThreads) single_block_kernel(const __gr
 
 template <int R, int S, int A, class W>
 Plan SingleBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
-  const int tile = p.streams_per_block ? p.streams_per_block : (p.batch <= device.multiprocessors ? 1 : 8);
+  // Which tile suits a batch is a tuning decision, made in Python (nvwavenet/autotune.py).
+  const int tile = p.streams_per_block == 0 ? 1 : p.streams_per_block;
   if (tile != 1 && tile != 8)
-    return refuse(Variant::SingleBlock, "streams_per_block must be 0 (automatic), 1 or 8 (the tiles built), got " +
+    return refuse(Variant::SingleBlock, "streams_per_block must be 1 or 8 (the tiles built; 0 means 1), got " +
                                             std::to_string(p.streams_per_block));
   Plan plan;
   plan.variant = Variant::SingleBlock;
