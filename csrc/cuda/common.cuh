@@ -233,15 +233,24 @@ __device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pai
   const int first = (r * BT) / LPR;
   const bool owner = BT >= LPR || (r % (LPR / (BT < LPR ? BT : LPR))) == 0;
 
-#pragma unroll 2
+  // Two rows in flight per lane for a single stream; a tile already has BT independent sums.
+  constexpr int kRowUnroll = BT == 1 ? 2 : 1;
+#pragma unroll kRowUnroll
   for (int m0 = warp * Shape::kRowsPerWarp; m0 < rows; m0 += Shape::kRowsPerPass) {
     const int m = m0 + g;
-    uint4 wv[CPL][NP];
+    const auto load_chunk = [&](int j, int p) {
+      return WSource::load16(w + static_cast<int64_t>(m + p * pair_rows) * ldw + (r + j * LPR) * V);
+    };
+    // All of the row's loads in flight at once when that takes few registers; chunk by chunk
+    // otherwise (long rows with a batch tile would spill).
+    constexpr bool kLoadAll = CPL * NP <= 4;
+    uint4 wv[kLoadAll ? CPL : 1][NP];
+    if constexpr (kLoadAll) {
 #pragma unroll
-    for (int j = 0; j < CPL; ++j)
+      for (int j = 0; j < CPL; ++j)
 #pragma unroll
-      for (int p = 0; p < NP; ++p)
-        wv[j][p] = WSource::load16(w + static_cast<int64_t>(m + p * pair_rows) * ldw + (r + j * LPR) * V);
+        for (int p = 0; p < NP; ++p) wv[j][p] = load_chunk(j, p);
+    }
 
     float acc[BT][NP];
 #pragma unroll
@@ -253,7 +262,7 @@ __device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pai
     for (int j = 0; j < CPL; ++j) {
       float wf[NP][V];
 #pragma unroll
-      for (int p = 0; p < NP; ++p) WeightType<W>::widen(wv[j][p], wf[p]);
+      for (int p = 0; p < NP; ++p) WeightType<W>::widen(kLoadAll ? wv[j][p] : load_chunk(j, p), wf[p]);
 #pragma unroll
       for (int b = 0; b < BT; ++b) {
         float xv[V];

@@ -107,7 +107,7 @@ struct LayerPrefetch {
 };
 
 template <int R, int S, int A, class W, int BT>
-__global__ void __launch_bounds__(kSingleThreads) single_block_kernel(const __grid_constant__ Params p) {
+__global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const __grid_constant__ Params p) {
   constexpr int NT = kSingleThreads;
   using Smem = SingleBlockSmem<R, S, A, BT>;
   extern __shared__ float4 shared_vectors[];
