@@ -101,6 +101,21 @@ __device__ __forceinline__ float weight_at(const W* p) {
   return WeightsInGlobal::value(p);
 }
 
+// Weights read from global memory come from L2 unless they are already in L1. A sequential chain
+// (layer after layer) knows which weights come next long before it needs them, so it asks L1 to
+// fetch them during the current layer: the next layer's loads then wait for L1 instead of L2.
+// Blocks larger than this are not prefetched, so as not to evict what is in use.
+constexpr int64_t kL1PrefetchBytes = 128 * 1024;
+
+template <int64_t kBytes>
+__device__ __forceinline__ void prefetch_l1(const void* base, int tid, int threads) {
+  if constexpr (kBytes <= kL1PrefetchBytes) {
+    const char* const start = static_cast<const char*>(base);
+    for (int offset = tid * 128; offset < kBytes; offset += threads * 128)
+      asm volatile("prefetch.global.L1 [%0];" ::"l"(start + offset));
+  }
+}
+
 // Where a matrix-vector product reads its input vector from.
 struct InputInShared {  // shared memory of this block
   __device__ __forceinline__ static float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
@@ -241,9 +256,9 @@ __device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pai
     const auto load_chunk = [&](int j, int p) {
       return WSource::load16(w + static_cast<int64_t>(m + p * pair_rows) * ldw + (r + j * LPR) * V);
     };
-    // All of the row's loads in flight at once when that takes few registers; chunk by chunk
-    // otherwise (long rows with a batch tile would spill).
-    constexpr bool kLoadAll = CPL * NP <= 4;
+    // A single stream's row loads all go out at once (latency: the chains wait on them); a tile,
+    // which has BT sums per row to keep busy and few registers to spare, loads chunk by chunk.
+    constexpr bool kLoadAll = BT == 1;
     uint4 wv[kLoadAll ? CPL : 1][NP];
     if constexpr (kLoadAll) {
 #pragma unroll
@@ -258,7 +273,10 @@ __device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pai
 #pragma unroll
       for (int p = 0; p < NP; ++p) acc[b][p] = 0.f;
 
-#pragma unroll
+    // A tile's inputs (BT x V floats per chunk) are many registers: one chunk at a time, or the
+    // compiler hoists every chunk's loads and spills.
+    constexpr int kChunkUnroll = BT == 1 ? CPL : 1;
+#pragma unroll kChunkUnroll
     for (int j = 0; j < CPL; ++j) {
       float wf[NP][V];
 #pragma unroll

@@ -158,6 +158,10 @@ __device__ void dual_residual_block(const Params& p, float* smem, DualFlags* fla
         for (int k = tid; k < R; k += NT) p.queues[(stream * rows + slot) * R + k] = x[k];
         const float* layer_pre = pre + int64_t(l) * 2 * R;
         float* layer_gated = gated + int64_t(l) * R;
+        if (l + 1 < L) {  // the next layer's chain weights into L1 (dilate rows hold both taps)
+          prefetch_l1<int64_t(4) * R * R * sizeof(W)>(dilate_w + int64_t(l + 1) * 4 * R * R, tid, NT);
+          if (l + 1 < L - 1) prefetch_l1<int64_t(R) * R * sizeof(W)>(res_w + int64_t(l + 1) * R * R, tid, NT);
+        }
         matvec<W, R, 1, 2, NT, WeightsInGlobal, InputInShared>(
             dilate_w + int64_t(l) * 4 * R * R + R, 2 * R, R, R, x, 0, tid, NoTransform{},
             [&](int m, int, const float(&v)[2]) { layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]); });
@@ -239,6 +243,7 @@ __device__ void dual_head_block(const Params& p, float* smem, DualFlags* flags, 
               [&](int m, int, const float(&v)[1]) { skip[m] += v[0] + weight_at(skip_b + int64_t(l) * S + m); });
         }
         done = upto;
+        if (done < L) prefetch_l1<int64_t(S) * R * sizeof(W)>(skip_w + int64_t(done) * S * R, tid, NT);
       }
       if (!ok) break;
       __syncthreads();

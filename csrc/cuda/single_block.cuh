@@ -11,7 +11,8 @@
 // samples, writes its outputs and embeds the fed-back class for the next step.
 //
 // Weights are read from global memory every step (they stay in L2: fp16 R64/S256/A256 L20 is
-// ~1.7 MB), 16-byte loads coalesced across a row's lanes; everything else lives in shared memory.
+// ~1.7 MB), 16-byte loads coalesced across a row's lanes, with the next layer's weights prefetched
+// into L1 during the current one (prefetch_l1); everything else lives in shared memory.
 //
 // What bounds it (design estimates for the H100, not measurements):
 // - one stream (BT = 1): the step reads every weight once through one SM, so it is bound by one
@@ -109,6 +110,7 @@ struct LayerPrefetch {
 template <int R, int S, int A, class W, int BT>
 __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const __grid_constant__ Params p) {
   constexpr int NT = kSingleThreads;
+  static_assert(NT / 32 >= BT, "one sampling warp per stream of the tile");
   using Smem = SingleBlockSmem<R, S, A, BT>;
   extern __shared__ float4 shared_vectors[];
   float* const smem = reinterpret_cast<float*>(shared_vectors);
@@ -178,6 +180,13 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
         else
           next.template load<W>(p, stream0, valid, rows, l + 1, offset + dilation, following, t, tid);
       }
+      if (!last_layer) {
+        prefetch_l1<int64_t(4) * R * R * sizeof(W)>(dilate_w + int64_t(l + 1) * 4 * R * R, tid, NT);
+        prefetch_l1<int64_t(S) * R * sizeof(W)>(skip_w + int64_t(l + 1) * S * R, tid, NT);
+        if (l + 1 < L - 1) prefetch_l1<int64_t(R) * R * sizeof(W)>(res_w + int64_t(l + 1) * R * R, tid, NT);
+      } else {
+        prefetch_l1<int64_t(A) * S * sizeof(W)>(out_w, tid, NT);
+      }
       matvec<W, 2 * R, BT, 2, NT, WeightsInGlobal, InputInShared>(
           dilate_w + int64_t(l) * 4 * R * R, 2 * R, R, R, input, 2 * R, tid, NoTransform{},
           [&](int m, int b, const float(&v)[2]) {
@@ -202,9 +211,11 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
     }
 
     // The output head.
+    prefetch_l1<int64_t(4) * R * R * sizeof(W)>(dilate_w, tid, NT);  // the next step's first layer
     matvec<W, S, BT, 1, NT, WeightsInGlobal, InputInShared>(
         out_w, S, 0, A, skip, S, tid, ReluTransform{},
         [&](int m, int b, const float(&v)[1]) { hidden[b * A + m] = fmaxf(v[0] + weight_at(out_b + m), 0.f); });
+    prefetch_l1<int64_t(A) * A * sizeof(W)>(end_w, tid, NT);
     __syncthreads();
     matvec<W, A, BT, 1, NT, WeightsInGlobal, InputInShared>(
         end_w, A, 0, A, hidden, A, tid, NoTransform{},
@@ -257,10 +268,10 @@ Plan SingleBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
   NVWAVENET_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(plan.shared_bytes)));
   int per_sm = 0;
-  NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSingleThreads,
+  NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads_per_block,
                                                                      static_cast<size_t>(plan.shared_bytes)));
   if (per_sm < 1)
-    return refuse(Variant::SingleBlock, "a block of " + std::to_string(kSingleThreads) + " threads with " +
+    return refuse(Variant::SingleBlock, "a block of " + std::to_string(plan.threads_per_block) + " threads with " +
                                             std::to_string(plan.shared_bytes) +
                                             " bytes of shared memory cannot be resident on this device");
   plan.co_resident_groups = int64_t(per_sm) * device.multiprocessors;
