@@ -41,10 +41,12 @@ def extension():
 
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
-    kernels were built for), ``precisions``, ``version``, and ``extension`` (whether ``_C`` loaded)."""
+    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT only
+    has the sizes whose layers fit one block's shared memory), ``precisions``, ``version``, and
+    ``extension`` (whether ``_C`` loaded)."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
-                "sizes": [], "precisions": [], "error": str(_IMPORT_ERROR)}
+                "sizes": [], "variant_sizes": {}, "precisions": [], "error": str(_IMPORT_ERROR)}
     return {**_C.build_info(), "extension": True}
 
 
