@@ -23,12 +23,16 @@
 // (every block resident, or the launch fails) with at most as many pairs as fit at once; pairs
 // loop over streams when the batch is larger. Every wait is bounded (Params::spin_timeout_ns).
 //
+// Weights come from global memory (L2); each chain layer prefetches the next layer's W_dil and
+// W_res into L1, and the head block the next layer's W_skip, so loads on the chain wait on L1.
+//
 // What bounds it (design estimates for the H100, not measurements): per step the residual block
-// reads W_cur and W_res (~0.8 MB in fp16 for R64/S256/A256 L20) and the head block W_skip, W_out
-// and W_end (~0.9 MB), each through its own SM's L2 bandwidth (~110 GB/s), so ~8 us per step,
-// ~120k samples/s in fp16 and ~60k in fp32 for one stream, plus one flag round trip through L2
-// per step on the critical path (~1 us). It halves SINGLE_BLOCK's bytes per SM; PERSISTENT goes
-// further by keeping weights on chip.
+// reads W_prev, W_cur and W_res (~0.8 MB in fp16 for R64/S256/A256 L20) and the head block W_skip,
+// W_out and W_end (~0.9 MB), each through its own SM's L2 bandwidth (~110 GB/s). The chain
+// (W_cur, W_res: ~0.5 MB) and the head (W_out, W_end: 0.25 MB) are on the critical path, the rest
+// overlaps: ~6-8 us per step, ~120k samples/s in fp16 and ~60-80k in fp32 for one stream, plus
+// one flag round trip through L2 per step (~1 us). It halves SINGLE_BLOCK's bytes per SM;
+// PERSISTENT goes further by keeping weights on chip.
 #pragma once
 
 #include "common.cuh"
