@@ -387,8 +387,16 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
 
     NVWAVENET_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               static_cast<int>(plan.shared_bytes)));
-    NVWAVENET_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, cluster_blocks > 8 ? 1 : 0));
+    // A device that cannot make such a cluster says so through these two calls; that is a plan
+    // that says no (AUTO then picks another variant), not a failure.
+    const auto declined = [&](cudaError_t error, const char* what) {
+      (void)cudaGetLastError();  // not sticky: clear it so that later calls do not report it
+      return refuse(Variant::Persistent, std::string(what) + " a cluster of " + std::to_string(cluster_blocks) +
+                                             " blocks: " + cudaGetErrorString(error));
+    };
+    cudaError_t error =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, cluster_blocks > 8 ? 1 : 0);
+    if (error != cudaSuccess) return declined(error, "the device does not allow");
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeClusterDimension;
     attribute.val.clusterDim.x = static_cast<unsigned>(cluster_blocks);
@@ -401,7 +409,8 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
     config.attrs = &attribute;
     config.numAttrs = 1;
     int clusters = 0;
-    NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+    error = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+    if (error != cudaSuccess) return declined(error, "the device cannot place");
     if (clusters < 1)
       return refuse(Variant::Persistent, "a cluster of " + std::to_string(cluster_blocks) + " blocks with " +
                                              std::to_string(plan.shared_bytes) +
