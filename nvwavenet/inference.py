@@ -25,7 +25,15 @@ _NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 class Impl(enum.IntEnum):
     """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
 
-    A CPU ``cond_input`` always runs the CPU path, whatever is asked for.
+    - ``SINGLE_BLOCK``: one block per stream (or per tile of 8 streams); any size; the many-stream
+      variant.
+    - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
+    - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
+      (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
+
+    ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
+    call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
+    each other give up after ``NVWAVENET_SPIN_TIMEOUT_MS`` (default 2000) with a RuntimeError.
     """
 
     AUTO = 0
