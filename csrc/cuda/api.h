@@ -18,17 +18,17 @@ namespace nvwavenet::gpu {
 struct Plan {
   Variant variant = Variant::Auto;
   bool runnable = false;
-  std::string reason;               // why not, when !runnable
-  int streams_per_group = 1;        // streams one group of blocks generates together (batch tile)
-  int blocks_per_group = 1;         // 1 (SINGLE_BLOCK), 2 (DUAL_BLOCK pair), cluster size (PERSISTENT)
+  std::string reason;         // why not, when !runnable
+  int streams_per_group = 1;  // streams one group of blocks generates together (batch tile)
+  int blocks_per_group = 1;   // 1 (SINGLE_BLOCK), 2 (DUAL_BLOCK pair), cluster size (PERSISTENT)
   int threads_per_block = 0;
-  int64_t grid_blocks = 0;          // blocks launched
-  int64_t shared_bytes = 0;         // dynamic shared memory per block
-  int64_t workspace_bytes = 0;      // zero-filled device scratch the call needs
-  int64_t co_resident_groups = 0;   // groups the device runs at once (0 when not runnable)
-  int layer_blocks = 0;             // PERSISTENT: blocks that hold layers
-  int head_blocks = 0;              // PERSISTENT: blocks that hold the output head
-  int max_layers_per_block = 0;     // PERSISTENT
+  int64_t grid_blocks = 0;         // blocks launched
+  int64_t shared_bytes = 0;        // dynamic shared memory per block
+  int64_t workspace_bytes = 0;     // zero-filled device scratch the call needs
+  int64_t co_resident_groups = 0;  // groups the device runs at once (0 when not runnable)
+  int layer_blocks = 0;            // PERSISTENT: blocks that hold layers
+  int head_blocks = 0;             // PERSISTENT: blocks that hold the output head
+  int max_layers_per_block = 0;    // PERSISTENT
 };
 
 // The plan for `variant` (not Auto): validates Params, queries the device named by p.device, and

@@ -95,12 +95,6 @@ struct WeightsInShared {
   }
 };
 
-// One weight element from global memory, as float.
-template <class W>
-__device__ __forceinline__ float weight_at(const W* p) {
-  return WeightsInGlobal::value(p);
-}
-
 // Weights read from global memory come from L2 unless they are already in L1. A sequential chain
 // (layer after layer) knows which weights come next long before it needs them, so it asks L1 to
 // fetch them during the current layer: the next layer's loads then wait for L1 instead of L2.
@@ -116,14 +110,13 @@ __device__ __forceinline__ void prefetch_l1(const void* base, int tid, int threa
   }
 }
 
-// Where a matrix-vector product reads its input vector from.
-struct InputInShared {  // shared memory of this block
+// Where a matrix-vector product reads its input vector from: memory this block wrote (shared
+// memory, or the queues in global memory), with plain loads; or global memory another block
+// wrote, bypassing L1 so that no stale line is read.
+struct InputFromThisBlock {
   __device__ __forceinline__ static float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 };
-struct InputInGlobal {  // global memory written earlier by this same block (the queues): plain loads
-  __device__ __forceinline__ static float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-};
-struct InputFromOtherBlock {  // global memory written by another block: bypass L1, read L2
+struct InputFromOtherBlock {
   __device__ __forceinline__ static float4 load4(const float* p) { return __ldcg(reinterpret_cast<const float4*>(p)); }
 };
 
@@ -212,9 +205,8 @@ __device__ __forceinline__ void reduce_scatter(float (&v)[BT][NP], int lane) {
 }
 
 template <class W, int K, int BT, int NP, int NT, class WSource, class XSource, class XForm, class Epilogue>
-__device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pair_rows, int rows,
-                                       const float* x, int64_t ldx, int tid, XForm xform,
-                                       Epilogue&& epi) {
+__device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pair_rows, int rows, const float* x,
+                                       int64_t ldx, int tid, XForm xform, Epilogue&& epi) {
   using Shape = MatvecShape<W, K, NT>;
   constexpr int V = Shape::kVec;
   constexpr int LPR = Shape::kLanesPerRow;
@@ -321,7 +313,7 @@ __device__ __forceinline__ int next_dilation(int dilation, int max_dilation) {
 }
 
 // Rows of one stream's queue block: sum of all layers' dilations.
-__host__ __device__ inline int64_t queue_rows(int layers, int max_dilation) {
+__device__ __forceinline__ int64_t queue_rows(int layers, int max_dilation) {
   int64_t rows = 0;
   int dilation = 1;
   for (int l = 0; l < layers; ++l) {
@@ -359,8 +351,8 @@ __device__ __forceinline__ float embed(const Params& p, int y_prev2, int y_prev1
 
 // cond[channel, stream, layer, t], any strides, float32 or float16.
 __device__ __forceinline__ float load_cond(const Params& p, int64_t stream, int layer, int channel, int64_t t) {
-  const int64_t offset = channel * p.cond_stride_channel + stream * p.cond_stride_batch +
-                         layer * p.cond_stride_layer + t * p.cond_stride_time;
+  const int64_t offset = channel * p.cond_stride_channel + stream * p.cond_stride_batch + layer * p.cond_stride_layer +
+                         t * p.cond_stride_time;
   if (p.cond_dtype == DType::Float16) return __half2float(__ldg(static_cast<const __half*>(p.cond) + offset));
   return __ldg(static_cast<const float*>(p.cond) + offset);
 }
@@ -392,9 +384,9 @@ __device__ __forceinline__ void precompute_layers(const Params& p, const W* dila
     const float* past = p.queues + (stream * rows + queue_slot(p, offset, dilation, t)) * R;
     const W* bias = dilate_b + int64_t(i) * 2 * R;
     float* out = pre + int64_t(i) * 2 * R;
-    matvec<W, R, 1, 2, NT, WSource, InputInGlobal>(
+    matvec<W, R, 1, 2, NT, WSource, InputFromThisBlock>(
         dilate_w + int64_t(i) * 4 * R * R, 2 * R, R, R, past, 0, tid, NoTransform{},
-        [&](int m, int, const float(&v)[2]) {
+        [&](int m, int, const float (&v)[2]) {
           out[m] = v[0] + WSource::value(bias + m) + load_cond(p, stream, l, m, t);
           out[R + m] = v[1] + WSource::value(bias + R + m) + load_cond(p, stream, l, R + m, t);
         });

@@ -166,22 +166,27 @@ __device__ void dual_residual_block(const Params& p, float* smem, DualFlags* fla
           prefetch_l1<int64_t(4) * R * R * sizeof(W)>(dilate_w + int64_t(l + 1) * 4 * R * R, tid, NT);
           if (l + 1 < L - 1) prefetch_l1<int64_t(R) * R * sizeof(W)>(res_w + int64_t(l + 1) * R * R, tid, NT);
         }
-        matvec<W, R, 1, 2, NT, WeightsInGlobal, InputInShared>(
+        matvec<W, R, 1, 2, NT, WeightsInGlobal, InputFromThisBlock>(
             dilate_w + int64_t(l) * 4 * R * R + R, 2 * R, R, R, x, 0, tid, NoTransform{},
-            [&](int m, int, const float(&v)[2]) { layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]); });
+            [&](int m, int, const float (&v)[2]) {
+              layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]);
+            });
         group_barrier(kDualChainBarrier, NT);
         if (tid == 0) store_release_cta(&layers_ready, step * L + l + 1);
         if (l < L - 1) {
-          matvec<W, R, 1, 1, NT, WeightsInGlobal, InputInShared>(
+          matvec<W, R, 1, 1, NT, WeightsInGlobal, InputFromThisBlock>(
               res_w + int64_t(l) * R * R, R, 0, R, layer_gated, 0, tid, NoTransform{},
-              [&](int m, int, const float(&v)[1]) { x[m] += v[0] + weight_at(res_b + int64_t(l) * R + m); });
+              [&](int m, int, const float (&v)[1]) {
+                x[m] += v[0] + WeightsInGlobal::value(res_b + int64_t(l) * R + m);
+              });
           group_barrier(kDualChainBarrier, NT);
         }
         offset += dilation;
         dilation = next_dilation(dilation, p.max_dilation);
       }
       // Next step's W_prev terms, while the head block works on this step's head.
-      if (t + 1 < T) precompute_layers<W, R, NT, WeightsInGlobal>(p, dilate_w, dilate_b, 0, L, stream, rows, t + 1, pre, tid);
+      if (t + 1 < T)
+        precompute_layers<W, R, NT, WeightsInGlobal>(p, dilate_w, dilate_b, 0, L, stream, rows, t + 1, pre, tid);
       group_barrier(kDualChainBarrier, NT);
     }
   }
@@ -192,9 +197,9 @@ template <int R, int S, int A, class W>
 __device__ void dual_head_block(const Params& p, float* smem, DualFlags* flags, const float* mailbox,
                                 DeviceStatus* status, int64_t pair, int64_t pairs) {
   constexpr int NT = kDualThreads;
-  float* const skip = smem;         // [S]
-  float* const hidden = skip + S;   // [A]
-  float* const logits = hidden + A; // [A]
+  float* const skip = smem;          // [S]
+  float* const hidden = skip + S;    // [A]
+  float* const logits = hidden + A;  // [A]
   // Layers published, as seen by thread 0 and handed to the block; two slots because a slow
   // thread may still read one while thread 0 fills the next.
   __shared__ uint64_t available[2];
@@ -229,8 +234,8 @@ __device__ void dual_head_block(const Params& p, float* smem, DualFlags* flags, 
         if (tid == 0) {
           wait.step = t;
           uint64_t seen;
-          const bool got = bounded_wait([&] { return load_acquire_gpu(&flags->layers_published); },
-                                        step * L + done + 1, wait, seen);
+          const bool got =
+              bounded_wait([&] { return load_acquire_gpu(&flags->layers_published); }, step * L + done + 1, wait, seen);
           const uint64_t upto = seen - step * L;
           available[handoff & 1] = got ? (upto < uint64_t(L) ? upto : uint64_t(L)) : 0;
         }
@@ -244,20 +249,22 @@ __device__ void dual_head_block(const Params& p, float* smem, DualFlags* flags, 
         for (int l = done; l < upto; ++l) {
           matvec<W, R, 1, 1, NT, WeightsInGlobal, InputFromOtherBlock>(
               skip_w + int64_t(l) * S * R, R, 0, S, mailbox + int64_t(l) * R, 0, tid, NoTransform{},
-              [&](int m, int, const float(&v)[1]) { skip[m] += v[0] + weight_at(skip_b + int64_t(l) * S + m); });
+              [&](int m, int, const float (&v)[1]) {
+                skip[m] += v[0] + WeightsInGlobal::value(skip_b + int64_t(l) * S + m);
+              });
         }
         done = upto;
         if (done < L) prefetch_l1<int64_t(S) * R * sizeof(W)>(skip_w + int64_t(done) * S * R, tid, NT);
       }
       if (!ok) break;
       __syncthreads();
-      matvec<W, S, 1, 1, NT, WeightsInGlobal, InputInShared>(
+      matvec<W, S, 1, 1, NT, WeightsInGlobal, InputFromThisBlock>(
           out_w, S, 0, A, skip, 0, tid, ReluTransform{},
-          [&](int m, int, const float(&v)[1]) { hidden[m] = fmaxf(v[0] + weight_at(out_b + m), 0.f); });
+          [&](int m, int, const float (&v)[1]) { hidden[m] = fmaxf(v[0] + WeightsInGlobal::value(out_b + m), 0.f); });
       __syncthreads();
-      matvec<W, A, 1, 1, NT, WeightsInGlobal, InputInShared>(
+      matvec<W, A, 1, 1, NT, WeightsInGlobal, InputFromThisBlock>(
           end_w, A, 0, A, hidden, 0, tid, NoTransform{},
-          [&](int m, int, const float(&v)[1]) { logits[m] = v[0] + weight_at(end_b + m); });
+          [&](int m, int, const float (&v)[1]) { logits[m] = v[0] + WeightsInGlobal::value(end_b + m); });
       __syncthreads();
       if (warp == 0) {
         const int drawn = warp_sample<A>(logits, u, lane);
@@ -302,8 +309,9 @@ Plan DualBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
   plan.threads_per_block = kDualThreads;
   plan.shared_bytes = dual_shared_bytes<R, S, A>(p.L);
   if (!device.cooperative_launch)
-    return refuse(Variant::DualBlock, "the device does not support cooperative launches, which DUAL_BLOCK needs "
-                                      "to guarantee that both blocks of a pair are resident");
+    return refuse(Variant::DualBlock,
+                  "the device does not support cooperative launches, which DUAL_BLOCK needs "
+                  "to guarantee that both blocks of a pair are resident");
   const void* kernel = reinterpret_cast<const void*>(&dual_block_kernel<R, S, A, W>);
   cudaFuncAttributes attributes{};
   NVWAVENET_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
@@ -312,14 +320,13 @@ Plan DualBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
                                           " channels need " + std::to_string(plan.shared_bytes) +
                                           " bytes of shared memory per block; the device allows " +
                                           std::to_string(device.shared_per_block_optin));
-  NVWAVENET_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(plan.shared_bytes)));
+  NVWAVENET_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
   int per_sm = 0;
   NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kDualThreads,
                                                                      static_cast<size_t>(plan.shared_bytes)));
   const int64_t max_pairs = int64_t(per_sm) * device.multiprocessors / 2;
-  if (max_pairs < 1)
-    return refuse(Variant::DualBlock, "not even one pair of blocks can be resident on this device");
+  if (max_pairs < 1) return refuse(Variant::DualBlock, "not even one pair of blocks can be resident on this device");
   const int64_t pairs = p.batch < max_pairs ? p.batch : max_pairs;
   plan.grid_blocks = 2 * pairs;
   plan.co_resident_groups = max_pairs;
@@ -332,10 +339,9 @@ template <int R, int S, int A, class W>
 void DualBlock<R, S, A, W>::launch(const Params& p, const Plan& plan) {
   Params arg = p;
   void* args[] = {&arg};
-  NVWAVENET_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&dual_block_kernel<R, S, A, W>),
-                                                   dim3(static_cast<unsigned>(plan.grid_blocks)), dim3(kDualThreads),
-                                                   args, static_cast<size_t>(plan.shared_bytes),
-                                                   static_cast<cudaStream_t>(p.stream)));
+  NVWAVENET_CUDA_CHECK(cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(&dual_block_kernel<R, S, A, W>), dim3(static_cast<unsigned>(plan.grid_blocks)),
+      dim3(kDualThreads), args, static_cast<size_t>(plan.shared_bytes), static_cast<cudaStream_t>(p.stream)));
 }
 
 }  // namespace nvwavenet::gpu

@@ -16,16 +16,15 @@ namespace nvwavenet::gpu {
 
 // Every CUDA runtime call goes through this: a failure becomes a std::runtime_error that carries
 // CUDA's name and message, the call, and where it was made.
-#define NVWAVENET_CUDA_CHECK(expression)                                                      \
-  do {                                                                                        \
-    const cudaError_t nvwavenet_error_ = (expression);                                        \
-    if (nvwavenet_error_ != cudaSuccess)                                                      \
+#define NVWAVENET_CUDA_CHECK(expression)                                                     \
+  do {                                                                                       \
+    const cudaError_t nvwavenet_error_ = (expression);                                       \
+    if (nvwavenet_error_ != cudaSuccess)                                                     \
       ::nvwavenet::gpu::throw_cuda_error(nvwavenet_error_, #expression, __FILE__, __LINE__); \
   } while (0)
 
 // What the planners need to know about the device.
 struct DeviceFacts {
-  int index = 0;
   std::string name;
   int major = 0, minor = 0;
   int multiprocessors = 0;
@@ -64,6 +63,8 @@ inline Plan refuse(Variant variant, std::string reason) {
   return plan;
 }
 
-__host__ __device__ inline int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+__host__ __device__ inline int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
 
 }  // namespace nvwavenet::gpu

@@ -21,15 +21,14 @@ namespace nvwavenet::gpu {
 
 void throw_cuda_error(cudaError_t error, const char* expression, const char* file, int line) {
   std::ostringstream message;
-  message << "CUDA error " << cudaGetErrorName(error) << " (" << cudaGetErrorString(error) << ") from "
-          << expression << " at " << file << ":" << line;
+  message << "CUDA error " << cudaGetErrorName(error) << " (" << cudaGetErrorString(error) << ") from " << expression
+          << " at " << file << ":" << line;
   throw std::runtime_error(message.str());
 }
 
 std::string built_sizes_list() {
   std::string text;
-#define NVWAVENET_LIST_SIZE(r, s, a) \
-  text += (text.empty() ? "" : ", ") + std::string("(" #r ", " #s ", " #a ")");
+#define NVWAVENET_LIST_SIZE(r, s, a) text += (text.empty() ? "" : ", ") + std::string("(" #r ", " #s ", " #a ")");
   NVWAVENET_FOR_EACH_SIZE(NVWAVENET_LIST_SIZE)
 #undef NVWAVENET_LIST_SIZE
   return text;
@@ -38,9 +37,9 @@ std::string built_sizes_list() {
 std::vector<std::array<int, 3>> persistent_sizes() {
   std::vector<std::array<int, 3>> sizes;
   // A size is built for PERSISTENT when one layer fits one block in every precision built.
-#define NVWAVENET_PERSISTENT_SIZE(r, s, a)                                                              \
-  if (persistent_layer_fits<r, s, a, float>() && persistent_layer_fits<r, s, a, __half>() &&            \
-      persistent_layer_fits<r, s, a, __nv_bfloat16>())                                                   \
+#define NVWAVENET_PERSISTENT_SIZE(r, s, a)                                                   \
+  if (persistent_layer_fits<r, s, a, float>() && persistent_layer_fits<r, s, a, __half>() && \
+      persistent_layer_fits<r, s, a, __nv_bfloat16>())                                       \
     sizes.push_back({r, s, a});
   NVWAVENET_FOR_EACH_SIZE(NVWAVENET_PERSISTENT_SIZE)
 #undef NVWAVENET_PERSISTENT_SIZE
@@ -62,7 +61,6 @@ DeviceFacts device_facts(int device) {
   cudaDeviceProp properties{};
   NVWAVENET_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
   DeviceFacts facts;
-  facts.index = device;
   facts.name = properties.name;
   facts.major = properties.major;
   facts.minor = properties.minor;
@@ -123,9 +121,9 @@ void validate(const Params& p, Variant variant, bool launching) {
   require(p.weight_dtype == DType::Float32 || p.weight_dtype == DType::Float16 || p.weight_dtype == DType::BFloat16,
           "weight_dtype: expected float32, float16 or bfloat16");
   require(p.L >= 1 && p.L <= 64, "L: the CUDA kernels support 1 to 64 layers, got " + std::to_string(p.L));
-  require(p.max_dilation >= 1 && p.max_dilation <= 1024 && (p.max_dilation & (p.max_dilation - 1)) == 0,
-          "max_dilation: the CUDA kernels support a power of two from 1 to 1024, got " +
-              std::to_string(p.max_dilation));
+  require(
+      p.max_dilation >= 1 && p.max_dilation <= 1024 && (p.max_dilation & (p.max_dilation - 1)) == 0,
+      "max_dilation: the CUDA kernels support a power of two from 1 to 1024, got " + std::to_string(p.max_dilation));
   require(p.batch >= 1, "batch: expected at least 1 stream, got " + std::to_string(p.batch));
   require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
   require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
@@ -133,10 +131,11 @@ void validate(const Params& p, Variant variant, bool launching) {
           "cond_dtype: the CUDA kernels read float32 or float16 conditioning");
   require(p.spin_timeout_ns > 0, "spin_timeout_ns: expected > 0, got " + std::to_string(p.spin_timeout_ns));
 
-  const std::pair<const void*, const char*> weights[] = {
-      {p.embed_prev, "embed_prev"}, {p.embed_curr, "embed_curr"}, {p.dilate_w, "dilate_w"}, {p.dilate_b, "dilate_b"},
-      {p.skip_w, "skip_w"},         {p.skip_b, "skip_b"},         {p.out_w, "out_w"},       {p.out_b, "out_b"},
-      {p.end_w, "end_w"},           {p.end_b, "end_b"}};
+  const std::pair<const void*, const char*> weights[] = {{p.embed_prev, "embed_prev"}, {p.embed_curr, "embed_curr"},
+                                                         {p.dilate_w, "dilate_w"},     {p.dilate_b, "dilate_b"},
+                                                         {p.skip_w, "skip_w"},         {p.skip_b, "skip_b"},
+                                                         {p.out_w, "out_w"},           {p.out_b, "out_b"},
+                                                         {p.end_w, "end_w"},           {p.end_b, "end_b"}};
   for (const auto& [pointer, name] : weights) {
     require_pointer(pointer, name);
     require_aligned(pointer, name);

@@ -103,14 +103,16 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
       for (int k = tid; k < R; k += NT) p.queues[(stream * rows + slot) * R + k] = x[k];
       const float* layer_pre = pre + i * 2 * R;
       float* layer_gated = gated + i * R;
-      matvec<W, R, 1, 2, NT, WeightsInShared, InputInShared>(
+      matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
           dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x, 0, tid, NoTransform{},
-          [&](int m, int, const float(&v)[2]) { layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]); });
+          [&](int m, int, const float (&v)[2]) {
+            layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]);
+          });
       __syncthreads();
       if (l < L - 1) {
-        matvec<W, R, 1, 1, NT, WeightsInShared, InputInShared>(
+        matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
             res_w + int64_t(i) * R * R, R, 0, R, layer_gated, 0, tid, NoTransform{},
-            [&](int m, int, const float(&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
+            [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
         __syncthreads();
       }
       offset += dilation;
@@ -127,9 +129,9 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
     // This block's share of the skip sum, to every head block. Each (row) has one owner thread
     // for all layers, so the accumulation across products needs no barrier.
     for (int i = 0; i < count; ++i) {
-      matvec<W, R, 1, 1, NT, WeightsInShared, InputInShared>(
+      matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
           skip_w + int64_t(i) * S * R, R, 0, S, gated + i * R, 0, tid, NoTransform{},
-          [&](int m, int, const float(&v)[1]) {
+          [&](int m, int, const float (&v)[1]) {
             const float term = v[0] + WeightsInShared::value(skip_b + i * S + m);
             partial[m] = i == 0 ? term : partial[m] + term;
           });
@@ -168,13 +170,13 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
 
   uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
   const float* const slots = reinterpret_cast<const float*>(smem + Layout::kSlots);  // [layer_blocks][S]
-  float* const hidden = reinterpret_cast<float*>(smem + layout.hidden);               // [A], all of z
-  float* const logits = reinterpret_cast<float*>(smem + layout.logits);               // [A] (sampler)
-  const W* const out_w = reinterpret_cast<const W*>(smem + layout.out_w);             // [rows][S]
-  const W* const end_w = reinterpret_cast<const W*>(smem + layout.end_w);             // [rows][A]
+  float* const hidden = reinterpret_cast<float*>(smem + layout.hidden);              // [A], all of z
+  float* const logits = reinterpret_cast<float*>(smem + layout.logits);              // [A] (sampler)
+  const W* const out_w = reinterpret_cast<const W*>(smem + layout.out_w);            // [rows][S]
+  const W* const end_w = reinterpret_cast<const W*>(smem + layout.end_w);            // [rows][A]
   const W* const out_b = reinterpret_cast<const W*>(smem + layout.out_b);
   const W* const end_b = reinterpret_cast<const W*>(smem + layout.end_b);
-  float* const skip_sum = reinterpret_cast<float*>(smem + layout.skip_sum);           // [S]
+  float* const skip_sum = reinterpret_cast<float*>(smem + layout.skip_sum);  // [S]
   float* const sampler_logits = cluster.map_shared_rank(logits, sampler_rank) + row0;
   float* const first_input = cluster.map_shared_rank(reinterpret_cast<float*>(smem + Layout::kInput), 0);
   uint64_t* const first_input_counter = cluster.map_shared_rank(counters + Layout::kInputCounter, 0);
@@ -216,8 +218,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
       skip_sum[k] = sum;
     }
     __syncthreads();
-    matvec<W, S, 1, 1, NT, WeightsInShared, InputInShared>(
-        out_w, S, 0, split.head_rows, skip_sum, 0, tid, ReluTransform{}, [&](int m, int, const float(&v)[1]) {
+    matvec<W, S, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+        out_w, S, 0, split.head_rows, skip_sum, 0, tid, ReluTransform{}, [&](int m, int, const float (&v)[1]) {
           const float z = fmaxf(v[0] + WeightsInShared::value(out_b + m), 0.f);
           for (int h = 0; h < split.head_blocks; ++h)
             cluster.map_shared_rank(hidden, split.layer_blocks + h)[row0 + m] = z;
@@ -236,9 +238,9 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
       completed = false;
       break;
     }
-    matvec<W, A, 1, 1, NT, WeightsInShared, InputInShared>(
+    matvec<W, A, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
         end_w, A, 0, split.head_rows, hidden, 0, tid, NoTransform{},
-        [&](int m, int, const float(&v)[1]) { sampler_logits[m] = v[0] + WeightsInShared::value(end_b + m); });
+        [&](int m, int, const float (&v)[1]) { sampler_logits[m] = v[0] + WeightsInShared::value(end_b + m); });
     __syncthreads();
     if (tid == 0) add_release_cluster(cluster.map_shared_rank(counters + Layout::kLogitCounter, sampler_rank), 1);
 
@@ -305,8 +307,8 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     }
     copy16(smem + layout.skip_w, static_cast<const W*>(p.skip_w) + int64_t(first) * S * R, count * S * R * w, tid,
            kPersistentThreads);
-    copy16(smem + layout.dilate_b, static_cast<const W*>(p.dilate_b) + int64_t(first) * 2 * R, count * 2 * R * w,
-           tid, kPersistentThreads);
+    copy16(smem + layout.dilate_b, static_cast<const W*>(p.dilate_b) + int64_t(first) * 2 * R, count * 2 * R * w, tid,
+           kPersistentThreads);
     copy16(smem + layout.skip_b, static_cast<const W*>(p.skip_b) + int64_t(first) * S, count * S * w, tid,
            kPersistentThreads);
   } else {
@@ -333,9 +335,8 @@ template <int R, int S, int A, class W>
 Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
   const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
   if (device.major < 9)
-    return refuse(Variant::Persistent, "needs thread-block clusters (compute capability 9.0 or newer); " +
-                                           device.name + " is " + std::to_string(device.major) + "." +
-                                           std::to_string(device.minor));
+    return refuse(Variant::Persistent, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
+                                           " is " + std::to_string(device.major) + "." + std::to_string(device.minor));
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
     return refuse(Variant::Persistent, "one layer of " + size + " (" + std::to_string(sizeof(W) * 8) +
                                            "-bit weights) does not fit in one block's shared memory, so this "
@@ -350,10 +351,9 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
     int capacity = 0;  // the most layers one block can hold
     while (capacity < p.L && Layout(capacity + 1, 1, A).layer_end <= budget) ++capacity;
     if (capacity == 0)
-      return refuse(Variant::Persistent, "one layer of " + size + " needs " +
-                                             std::to_string(Layout(1, 1, A).layer_end) +
-                                             " bytes of shared memory; a block on this device has " +
-                                             std::to_string(budget));
+      return refuse(Variant::Persistent,
+                    "one layer of " + size + " needs " + std::to_string(Layout(1, 1, A).layer_end) +
+                        " bytes of shared memory; a block on this device has " + std::to_string(budget));
     PersistentSplit split{};
     split.layer_blocks = (p.L + capacity - 1) / capacity;
     split.layers_base = p.L / split.layer_blocks;
@@ -379,14 +379,14 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
     plan.head_blocks = split.head_blocks;
     plan.max_layers_per_block = split.layer_capacity;
     if (cluster_blocks > kMaxClusterBlocks)
-      return refuse(Variant::Persistent,
-                    "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" + std::to_string(p.L) +
-                        " layers at most " + std::to_string(capacity) + " per block, plus " +
-                        std::to_string(split.head_blocks) + " head blocks); the largest cluster has " +
-                        std::to_string(kMaxClusterBlocks));
+      return refuse(Variant::Persistent, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
+                                             std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
+                                             " per block, plus " + std::to_string(split.head_blocks) +
+                                             " head blocks); the largest cluster has " +
+                                             std::to_string(kMaxClusterBlocks));
 
-    NVWAVENET_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(plan.shared_bytes)));
+    NVWAVENET_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
     // A device that cannot make such a cluster says so through these two calls; that is a plan
     // that says no (AUTO then picks another variant), not a failure.
     const auto declined = [&](cudaError_t error, const char* what) {

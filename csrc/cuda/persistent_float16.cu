@@ -1,7 +1,7 @@
 // Explicit instantiations of Persistent for float16 weights, every size in sizes.h (one file per
 // variant and precision, so the build compiles them in parallel).
-#include "persistent.cuh"
 #include "../sizes.h"
+#include "persistent.cuh"
 
 namespace nvwavenet::gpu {
 #define NVWAVENET_INSTANTIATE(R, S, A) template struct Persistent<R, S, A, __half>;

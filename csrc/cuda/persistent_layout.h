@@ -7,14 +7,14 @@
 namespace nvwavenet::gpu {
 
 constexpr int kPersistentThreads = 512;
-constexpr int kMaxClusterBlocks = 16;                  // the largest (non-portable) cluster on sm_90
-constexpr int64_t kSm90SharedPerBlock = 227 * 1024;    // the most shared memory one sm_90 block can opt into
+constexpr int kMaxClusterBlocks = 16;                // the largest (non-portable) cluster on sm_90
+constexpr int64_t kSm90SharedPerBlock = 227 * 1024;  // the most shared memory one sm_90 block can opt into
 
 // How one cluster's blocks share the network; passed to the kernel by value.
 struct PersistentSplit {
-  int layer_blocks;    // ranks [0, layer_blocks) hold layers
-  int head_blocks;     // the next head_blocks ranks hold rows of the head; the first samples
-  int layers_base;     // layer block j holds layers_base layers, plus one when j < layers_extra
+  int layer_blocks;  // ranks [0, layer_blocks) hold layers
+  int head_blocks;   // the next head_blocks ranks hold rows of the head; the first samples
+  int layers_base;   // layer block j holds layers_base layers, plus one when j < layers_extra
   int layers_extra;
   int layer_capacity;  // the most layers any block holds (shared-memory layout)
   int head_rows;       // rows of W_out and W_end per head block

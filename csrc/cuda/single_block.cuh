@@ -74,9 +74,8 @@ struct LayerPrefetch {
       const int e = tid + i * NT;
       const int b = e / (2 * R);
       const int c = e % (2 * R);
-      pre[i] = (e < BT * 2 * R && b < valid)
-                   ? load_cond(p, stream0 + b, layer, c, t) + weight_at(bias + c)
-                   : 0.f;
+      pre[i] = (e < BT * 2 * R && b < valid) ? load_cond(p, stream0 + b, layer, c, t) + WeightsInGlobal::value(bias + c)
+                                             : 0.f;
     }
   }
 
@@ -94,9 +93,8 @@ struct LayerPrefetch {
   }
 
   // x_l[t] (the second half of each input row) into the layer's queue slot.
-  __device__ __forceinline__ void write_back(const Params& p, int64_t stream0, int valid, int64_t rows,
-                                             int64_t offset, int dilation, int64_t t, const float* input,
-                                             int tid) const {
+  __device__ __forceinline__ void write_back(const Params& p, int64_t stream0, int valid, int64_t rows, int64_t offset,
+                                             int dilation, int64_t t, const float* input, int tid) const {
     const int64_t slot = queue_slot(p, offset, dilation, t);
 #pragma unroll
     for (int i = 0; i < kQueue; ++i) {
@@ -187,23 +185,23 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
       } else {
         prefetch_l1<int64_t(A) * S * sizeof(W)>(out_w, tid, NT);
       }
-      matvec<W, 2 * R, BT, 2, NT, WeightsInGlobal, InputInShared>(
+      matvec<W, 2 * R, BT, 2, NT, WeightsInGlobal, InputFromThisBlock>(
           dilate_w + int64_t(l) * 4 * R * R, 2 * R, R, R, input, 2 * R, tid, NoTransform{},
-          [&](int m, int b, const float(&v)[2]) {
+          [&](int m, int b, const float (&v)[2]) {
             gated[b * R + m] = gate(v[0] + pre[b * 2 * R + m], v[1] + pre[b * 2 * R + R + m]);
           });
       __syncthreads();
       // Phase U.
       if (!last_layer) {
-        matvec<W, R, BT, 1, NT, WeightsInGlobal, InputInShared>(
-            res_w + int64_t(l) * R * R, R, 0, R, gated, R, tid, NoTransform{},
-            [&](int m, int b, const float(&v)[1]) {
-              input[b * 2 * R + R + m] += v[0] + weight_at(res_b + int64_t(l) * R + m);
+        matvec<W, R, BT, 1, NT, WeightsInGlobal, InputFromThisBlock>(
+            res_w + int64_t(l) * R * R, R, 0, R, gated, R, tid, NoTransform{}, [&](int m, int b, const float (&v)[1]) {
+              input[b * 2 * R + R + m] += v[0] + WeightsInGlobal::value(res_b + int64_t(l) * R + m);
             });
       }
-      matvec<W, R, BT, 1, NT, WeightsInGlobal, InputInShared>(
-          skip_w + int64_t(l) * S * R, R, 0, S, gated, R, tid, NoTransform{},
-          [&](int m, int b, const float(&v)[1]) { skip[b * S + m] += v[0] + weight_at(skip_b + int64_t(l) * S + m); });
+      matvec<W, R, BT, 1, NT, WeightsInGlobal, InputFromThisBlock>(
+          skip_w + int64_t(l) * S * R, R, 0, S, gated, R, tid, NoTransform{}, [&](int m, int b, const float (&v)[1]) {
+            skip[b * S + m] += v[0] + WeightsInGlobal::value(skip_b + int64_t(l) * S + m);
+          });
       if (prefetch) next.store(input, pre, tid);
       __syncthreads();
       offset += dilation;
@@ -212,14 +210,15 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
 
     // The output head.
     prefetch_l1<int64_t(4) * R * R * sizeof(W)>(dilate_w, tid, NT);  // the next step's first layer
-    matvec<W, S, BT, 1, NT, WeightsInGlobal, InputInShared>(
-        out_w, S, 0, A, skip, S, tid, ReluTransform{},
-        [&](int m, int b, const float(&v)[1]) { hidden[b * A + m] = fmaxf(v[0] + weight_at(out_b + m), 0.f); });
+    matvec<W, S, BT, 1, NT, WeightsInGlobal, InputFromThisBlock>(
+        out_w, S, 0, A, skip, S, tid, ReluTransform{}, [&](int m, int b, const float (&v)[1]) {
+          hidden[b * A + m] = fmaxf(v[0] + WeightsInGlobal::value(out_b + m), 0.f);
+        });
     prefetch_l1<int64_t(A) * A * sizeof(W)>(end_w, tid, NT);
     __syncthreads();
-    matvec<W, A, BT, 1, NT, WeightsInGlobal, InputInShared>(
+    matvec<W, A, BT, 1, NT, WeightsInGlobal, InputFromThisBlock>(
         end_w, A, 0, A, hidden, A, tid, NoTransform{},
-        [&](int m, int b, const float(&v)[1]) { logits[b * A + m] = v[0] + weight_at(end_b + m); });
+        [&](int m, int b, const float (&v)[1]) { logits[b * A + m] = v[0] + WeightsInGlobal::value(end_b + m); });
     for (int e = tid; e < BT * S; e += NT) skip[e] = 0.f;  // s was last read by the W_out phase
     __syncthreads();
     if (warp < valid) {
@@ -241,7 +240,8 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
     __syncthreads();
   }
 
-  if (tid < 2 * BT && (tid >> 1) < valid) p.history[(stream0 + (tid >> 1)) * 2 + (tid & 1)] = history[tid >> 1][tid & 1];
+  if (tid < 2 * BT && (tid >> 1) < valid)
+    p.history[(stream0 + (tid >> 1)) * 2 + (tid & 1)] = history[tid >> 1][tid & 1];
 }
 
 template <int R, int S, int A, class W>
@@ -265,8 +265,8 @@ Plan SingleBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
                                             std::to_string(device.shared_per_block_optin));
   const void* kernel = tile == 1 ? reinterpret_cast<const void*>(&single_block_kernel<R, S, A, W, 1>)
                                  : reinterpret_cast<const void*>(&single_block_kernel<R, S, A, W, 8>);
-  NVWAVENET_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(plan.shared_bytes)));
+  NVWAVENET_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
   int per_sm = 0;
   NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads_per_block,
                                                                      static_cast<size_t>(plan.shared_bytes)));

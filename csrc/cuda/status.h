@@ -12,20 +12,20 @@ namespace nvwavenet::gpu {
 
 enum StatusCode : int32_t {
   kStatusOk = 0,
-  kStatusTimeout = 1,         // a bounded spin-wait ran out of time
-  kStatusNoClusterArch = 2,   // a cluster kernel ran from code compiled for an architecture below sm_90
+  kStatusTimeout = 1,        // a bounded spin-wait ran out of time
+  kStatusNoClusterArch = 2,  // a cluster kernel ran from code compiled for an architecture below sm_90
 };
 
 // Which wait gave up (the host turns it into words).
 enum WaitSite : int32_t {
   kSiteNone = 0,
-  kSiteDualSampleFlag = 1,     // DUAL_BLOCK residual block waiting for the head block's sample
-  kSiteDualLayerFlag = 2,      // DUAL_BLOCK head block waiting for a layer's gated activations
-  kSiteDualPublisher = 3,      // DUAL_BLOCK publisher warp waiting for the residual warps
-  kSitePersistentInput = 4,    // PERSISTENT layer block waiting for its input x
-  kSitePersistentSkip = 5,     // PERSISTENT head block waiting for the skip partial sums
-  kSitePersistentHidden = 6,   // PERSISTENT head block waiting for the hidden vector z slices
-  kSitePersistentLogits = 7,   // PERSISTENT sampling block waiting for the logit slices
+  kSiteDualSampleFlag = 1,    // DUAL_BLOCK residual block waiting for the head block's sample
+  kSiteDualLayerFlag = 2,     // DUAL_BLOCK head block waiting for a layer's gated activations
+  kSiteDualPublisher = 3,     // DUAL_BLOCK publisher warp waiting for the residual warps
+  kSitePersistentInput = 4,   // PERSISTENT layer block waiting for its input x
+  kSitePersistentSkip = 5,    // PERSISTENT head block waiting for the skip partial sums
+  kSitePersistentHidden = 6,  // PERSISTENT head block waiting for the hidden vector z slices
+  kSitePersistentLogits = 7,  // PERSISTENT sampling block waiting for the logit slices
 };
 
 struct DeviceStatus {
