@@ -24,8 +24,14 @@ HAVE_GPU = torch.cuda.is_available()
 SIZES_H = Path(__file__).resolve().parents[1] / "csrc" / "sizes.h"
 
 needs_kernels = pytest.mark.skipif(not HAVE_KERNELS, reason="nvwavenet was built without CUDA kernels (no nvcc)")
-needs_gpu = pytest.mark.skipif(not (HAVE_KERNELS and HAVE_GPU),
-                               reason="needs a CUDA GPU and nvwavenet built with CUDA kernels")
+_skip_without_gpu = pytest.mark.skipif(not (HAVE_KERNELS and HAVE_GPU),
+                                       reason="needs a CUDA GPU and nvwavenet built with CUDA kernels")
+
+
+def needs_gpu(test):
+    """Marks a test ``cuda`` (pyproject.toml) and skips it without a GPU and CUDA kernels."""
+    return pytest.mark.cuda(_skip_without_gpu(test))
+
 
 VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT]
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
