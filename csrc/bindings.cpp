@@ -5,16 +5,21 @@
 
 #include <cstdint>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "nvwavenet.h"
 #include "sizes.h"
+#ifdef NVWAVENET_WITH_CUDA
+#include "cuda/api.h"
+#endif
 
 namespace py = pybind11;
 using nvwavenet::DType;
 using nvwavenet::Params;
+using nvwavenet::Variant;
 
 namespace {
 
@@ -36,18 +41,52 @@ py::dict build_info() {
 #define NVWAVENET_LIST_SIZE(R, S, A) sizes.emplace_back(R, S, A);
   NVWAVENET_FOR_EACH_SIZE(NVWAVENET_LIST_SIZE)
 #undef NVWAVENET_LIST_SIZE
+  std::vector<std::tuple<int, int, int>> persistent;
+  for (const auto& size : nvwavenet::gpu::persistent_sizes()) persistent.emplace_back(size[0], size[1], size[2]);
+  py::dict variant_sizes;
+  variant_sizes["SINGLE_BLOCK"] = sizes;
+  variant_sizes["DUAL_BLOCK"] = sizes;
+  variant_sizes["PERSISTENT"] = persistent;
   info["cuda"] = true;
   info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
   info["sizes"] = sizes;
-  info["precisions"] = std::vector<std::string>{"float32", "float16"};
+  info["variant_sizes"] = variant_sizes;
+  info["precisions"] = std::vector<std::string>{"float32", "float16", "bfloat16"};
 #else
   info["cuda"] = false;
   info["cuda_archs"] = std::vector<int>{};
   info["sizes"] = std::vector<std::tuple<int, int, int>>{};
+  info["variant_sizes"] = py::dict();
   info["precisions"] = std::vector<std::string>{};
 #endif
   return info;
 }
+
+#ifdef NVWAVENET_WITH_CUDA
+Variant as_variant(int variant) {
+  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::Persistent))
+    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 3), got " + std::to_string(variant));
+  return static_cast<Variant>(variant);
+}
+
+py::dict cuda_plan(const Params& params, int variant) {
+  const nvwavenet::gpu::Plan plan = nvwavenet::gpu::plan(params, as_variant(variant));
+  py::dict out;
+  out["runnable"] = plan.runnable;
+  out["reason"] = plan.reason;
+  out["streams_per_group"] = plan.streams_per_group;
+  out["blocks_per_group"] = plan.blocks_per_group;
+  out["threads_per_block"] = plan.threads_per_block;
+  out["grid_blocks"] = plan.grid_blocks;
+  out["shared_bytes"] = plan.shared_bytes;
+  out["workspace_bytes"] = plan.workspace_bytes;
+  out["co_resident_groups"] = plan.co_resident_groups;
+  out["layer_blocks"] = plan.layer_blocks;
+  out["head_blocks"] = plan.head_blocks;
+  out["max_layers_per_block"] = plan.max_layers_per_block;
+  return out;
+}
+#endif
 
 }  // namespace
 
@@ -112,7 +151,19 @@ PYBIND11_MODULE(_C, m) {
       .POINTER_FIELD(Params, workspace, void*)
       .def_readwrite("workspace_bytes", &Params::workspace_bytes)
       .POINTER_FIELD(Params, stream, void*)
-      .def_readwrite("num_threads", &Params::num_threads);
+      .def_readwrite("num_threads", &Params::num_threads)
+      .def_readwrite("device", &Params::device)
+      .def_readwrite("streams_per_block", &Params::streams_per_block)
+      .def_readwrite("spin_timeout_ns", &Params::spin_timeout_ns);
 
   m.def("build_info", &build_info, "What was compiled: CUDA kernels, architectures, sizes, precisions.");
+#ifdef NVWAVENET_WITH_CUDA
+  m.def("cuda_plan", &cuda_plan, py::arg("params"), py::arg("variant"),
+        "How a CUDA variant (an nvwavenet.Impl value other than AUTO) would run these Params on "
+        "params.device, or why it cannot ('runnable', 'reason'), and the zero-filled workspace it needs.");
+  m.def("cuda_generate",
+        [](const Params& params, int variant) { nvwavenet::gpu::generate(params, as_variant(variant)); },
+        py::arg("params"), py::arg("variant"), py::call_guard<py::gil_scoped_release>(),
+        "Runs a CUDA variant on params.stream and waits for it; errors become exceptions.");
+#endif
 }

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 
 import torch
 
+from . import autotune
 from ._version import __version__
 from .network import WaveNetWeights
 
@@ -24,7 +26,8 @@ except ImportError as error:
     _IMPORT_ERROR = ("it was never built" if importlib.util.find_spec(f"{__package__}._C") is None
                      else f"it failed to load: {error}")
 
-__all__ = ["build_info", "extension", "PackedWeights", "make_params"]
+__all__ = ["build_info", "extension", "PackedWeights", "make_params", "CUDA_VARIANTS", "check_cuda_build",
+           "spin_timeout_ns", "run_cuda"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -40,10 +43,12 @@ def extension():
 
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
-    kernels were built for), ``precisions``, ``version``, and ``extension`` (whether ``_C`` loaded)."""
+    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT only
+    has the sizes whose layers fit one block's shared memory), ``precisions``, ``version``, and
+    ``extension`` (whether ``_C`` loaded)."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
-                "sizes": [], "precisions": [], "error": _IMPORT_ERROR}
+                "sizes": [], "variant_sizes": {}, "precisions": [], "error": _IMPORT_ERROR}
     return {**_C.build_info(), "extension": True}
 
 
@@ -82,6 +87,12 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
                 selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
                 teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None):
     """A filled ``_C.Params``. The caller keeps every tensor alive until the engine returns."""
+    for key, dtype in (("queues", torch.float32), ("history", torch.int32)):
+        tensor = state[key]
+        if tensor.dtype != dtype or not tensor.is_contiguous():
+            raise TypeError(f"state['{key}']: the compiled engines expect a contiguous {dtype} "
+                            f"tensor (as init_state() makes), got {tensor.dtype}"
+                            f"{'' if tensor.is_contiguous() else ', non-contiguous'}")
     C = extension()
     p = C.Params()
     p.R, p.S, p.A, p.L = weights.n_residual, weights.n_skip, weights.n_classes, weights.n_layers
@@ -107,3 +118,80 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
     p.queues, p.history = state["queues"].data_ptr(), state["history"].data_ptr()
     p.position = int(state["position"])
     return p
+
+
+# The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
+CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3}
+
+SPIN_TIMEOUT_ENV = "NVWAVENET_SPIN_TIMEOUT_MS"
+DEFAULT_SPIN_TIMEOUT_MS = 2000.0
+
+
+def spin_timeout_ns() -> int:
+    """How long a CUDA block may wait on another before the kernel stops with an error.
+
+    ``NVWAVENET_SPIN_TIMEOUT_MS`` (milliseconds, default 2000): raise it on a GPU shared with other
+    work, or under compute-sanitizer, which slows kernels down by orders of magnitude.
+    """
+    text = os.environ.get(SPIN_TIMEOUT_ENV, "").strip()
+    if not text:
+        return int(DEFAULT_SPIN_TIMEOUT_MS * 1e6)
+    try:
+        milliseconds = float(text)
+    except ValueError:
+        milliseconds = float("nan")
+    if not milliseconds > 0:
+        raise ValueError(f"{SPIN_TIMEOUT_ENV}: expected a number of milliseconds > 0, got {text!r}")
+    return int(milliseconds * 1e6)
+
+
+def check_cuda_build(weights: WaveNetWeights, dtype: torch.dtype) -> dict:
+    """``build_info()``, after checking that CUDA kernels were built for this network and dtype."""
+    info = build_info()
+    if not info["cuda"]:
+        raise RuntimeError(
+            "cond_input is on CUDA, but this nvwavenet build has no CUDA kernels "
+            "(nvcc was not found when it was built). Reinstall with nvcc on the PATH, or pass "
+            "a CPU tensor to run the CPU path.")
+    size = (weights.n_residual, weights.n_skip, weights.n_classes)
+    built = [tuple(s) for s in info["sizes"]]
+    if size not in built:
+        listed = ", ".join(str(s) for s in built)
+        raise ValueError(f"(R, S, A) = {size}: no CUDA kernels were built for this size; built: {listed}. "
+                         "Add it to csrc/sizes.h and rebuild, or run on the CPU.")
+    name = _DTYPE_CODES[dtype]
+    if name not in info["precisions"]:
+        raise ValueError(f"dtype: no CUDA kernels were built for {name}; built: {', '.join(info['precisions'])}")
+    return info
+
+
+def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str, cond_input: torch.Tensor,
+             selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
+             teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> str:
+    """Runs a CUDA variant (``implementation``: an ``Impl`` name, AUTO resolved here) on the current
+    stream of ``cond_input``'s device, filling ``samples``/``logits`` and updating ``state``'s
+    queues and history in place (not its position). Returns the name of the variant that ran.
+    """
+    C = extension()
+    device = cond_input.device
+    batch = samples.shape[0]
+    params = make_params(weights, packed, cond_input, selectors, samples, state, teacher=teacher, logits=logits)
+    params.device = device.index
+    params.stream = torch.cuda.current_stream(device).cuda_stream
+    params.spin_timeout_ns = spin_timeout_ns()
+    params.streams_per_block = autotune.single_block_tile(
+        batch, torch.cuda.get_device_properties(device).multi_processor_count)
+    if implementation == "AUTO":
+        plans = {name: C.cuda_plan(params, code) for name, code in CUDA_VARIANTS.items()}
+        name = autotune.choose_variant(batch, plans)
+        plan = plans[name]
+    else:
+        name = implementation
+        plan = C.cuda_plan(params, CUDA_VARIANTS[name])
+        if not plan["runnable"]:
+            raise ValueError(f"implementation: Impl.{name} cannot run this configuration on "
+                             f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
+    workspace = torch.zeros(plan["workspace_bytes"], dtype=torch.uint8, device=device)
+    params.workspace, params.workspace_bytes = workspace.data_ptr(), workspace.numel()
+    C.cuda_generate(params, CUDA_VARIANTS[name])
+    return name

@@ -11,7 +11,7 @@ import enum
 import torch
 
 from . import reference
-from .engines import build_info
+from .engines import PackedWeights, check_cuda_build, run_cuda
 from .network import WaveNetWeights
 from .sampling import draw_selectors
 from .state import check_state, new_state, reset_streams
@@ -25,7 +25,15 @@ _NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 class Impl(enum.IntEnum):
     """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
 
-    A CPU ``cond_input`` always runs the CPU path, whatever is asked for.
+    - ``SINGLE_BLOCK``: one block per stream (or per tile of 8 streams); any size; the many-stream
+      variant.
+    - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
+    - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
+      (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
+
+    ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
+    call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
+    each other give up after ``NVWAVENET_SPIN_TIMEOUT_MS`` (default 2000) with a RuntimeError.
     """
 
     AUTO = 0
@@ -40,8 +48,10 @@ class NVWaveNet:
     The positional arguments are NV-WaveNet's, shapes as in the SPEC; a trailing conv dimension of
     size 1 is accepted, and ``res_weights``/``res_biases`` may hold L - 1 or L layers. Keyword-only:
     ``conv_out_bias``/``conv_end_bias`` (A each, zero when None) and ``dtype``, the precision of
-    the CUDA kernels (float32, float16 or bfloat16; products and softmax accumulate in float32).
-    The CPU path computes in float32.
+    the CUDA kernels' weights (float32, float16 or bfloat16; activations, products and the softmax
+    are float32 in every precision). The CPU path computes in float32.
+
+    ``last_implementation`` is the CUDA variant the last CUDA call ran (what AUTO resolved to).
     """
 
     def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
@@ -55,6 +65,8 @@ class NVWaveNet:
             dilate_biases, max_dilation, res_weights, res_biases, skip_weights, skip_biases,
             use_embed_tanh, conv_out_bias=conv_out_bias, conv_end_bias=conv_end_bias)
         self.dtype = dtype
+        self._cuda_weights: dict[tuple[torch.device, torch.dtype], PackedWeights] = {}
+        self.last_implementation: Impl | None = None
 
     # Sizes, under the names NV-WaveNet's documentation uses.
     @property
@@ -161,11 +173,22 @@ class NVWaveNet:
         return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                      return_logits=return_logits, state=state, dtype=torch.float32)
 
+    def _packed_for(self, device: torch.device) -> PackedWeights:
+        """The weights in the kernels' layout on ``device``, packed once per (device, dtype)."""
+        key = (device, self.dtype)
+        if key not in self._cuda_weights:
+            self._cuda_weights[key] = PackedWeights.pack(self.weights, device, self.dtype)
+        return self._cuda_weights[key]
+
     def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):
-        info = build_info()
-        if not info["cuda"]:
-            raise RuntimeError(
-                "cond_input is on CUDA, but this nvwavenet build has no CUDA kernels "
-                "(nvcc was not found when it was built). Reinstall with nvcc on the PATH, or pass "
-                "a CPU tensor to run the CPU path.")
-        raise RuntimeError("the CUDA kernels are not wired into NVWaveNet.infer yet")
+        check_cuda_build(self.weights, self.dtype)
+        device = cond_input.device
+        batch, samples = cond_input.shape[1], cond_input.shape[3]
+        with torch.cuda.device(device):
+            out, logits = self._outputs(batch, samples, device, return_logits)
+            if samples:
+                self.last_implementation = Impl[run_cuda(
+                    self.weights, self._packed_for(device), implementation.name, cond_input, u, out, state,
+                    teacher=teacher, logits=logits)]
+        state["position"].fill_(int(state["position"]) + samples)
+        return (out, logits) if return_logits else out

@@ -1,0 +1,46 @@
+// The CUDA engine's host interface, in plain C++ (bindings.cpp includes it without CUDA headers).
+//
+// Every function validates Params first and throws std::invalid_argument (Python ValueError)
+// naming the field for misuse, and std::runtime_error (Python RuntimeError) for CUDA failures,
+// with CUDA's message and the source file and line.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../nvwavenet.h"
+
+namespace nvwavenet::gpu {
+
+// How a variant would run a configuration on a device, or why it cannot.
+struct Plan {
+  Variant variant = Variant::Auto;
+  bool runnable = false;
+  std::string reason;         // why not, when !runnable
+  int streams_per_group = 1;  // streams one group of blocks generates together (batch tile)
+  int blocks_per_group = 1;   // 1 (SINGLE_BLOCK), 2 (DUAL_BLOCK pair), cluster size (PERSISTENT)
+  int threads_per_block = 0;
+  int64_t grid_blocks = 0;         // blocks launched
+  int64_t shared_bytes = 0;        // dynamic shared memory per block
+  int64_t workspace_bytes = 0;     // zero-filled device scratch the call needs
+  int64_t co_resident_groups = 0;  // groups the device runs at once (0 when not runnable)
+  int layer_blocks = 0;            // PERSISTENT: blocks that hold layers
+  int head_blocks = 0;             // PERSISTENT: blocks that hold the output head
+  int max_layers_per_block = 0;    // PERSISTENT
+};
+
+// The plan for `variant` (not Auto): validates Params, queries the device named by p.device, and
+// says whether and how the variant runs. Launches nothing.
+Plan plan(const Params& p, Variant variant);
+
+// Generates p.num_samples steps for p.batch streams with `variant` (not Auto), on p.stream, and
+// waits for the kernel to finish so that its status can be checked.
+void generate(const Params& p, Variant variant);
+
+// The (R, S, A) combinations PERSISTENT is compiled for (a subset of sizes.h: only sizes whose
+// layers fit one block's shared memory).
+std::vector<std::array<int, 3>> persistent_sizes();
+
+}  // namespace nvwavenet::gpu

@@ -1,0 +1,70 @@
+// Host-side helpers for the CUDA sources: checked CUDA calls, device facts, and the launcher
+// declarations that launch.cu dispatches to (their definitions and explicit instantiations live
+// in the per-variant, per-precision .cu files, so each compiles in parallel).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "api.h"
+
+namespace nvwavenet::gpu {
+
+[[noreturn]] void throw_cuda_error(cudaError_t error, const char* expression, const char* file, int line);
+
+// Every CUDA runtime call goes through this: a failure becomes a std::runtime_error that carries
+// CUDA's name and message, the call, and where it was made.
+#define NVWAVENET_CUDA_CHECK(expression)                                                     \
+  do {                                                                                       \
+    const cudaError_t nvwavenet_error_ = (expression);                                       \
+    if (nvwavenet_error_ != cudaSuccess)                                                     \
+      ::nvwavenet::gpu::throw_cuda_error(nvwavenet_error_, #expression, __FILE__, __LINE__); \
+  } while (0)
+
+// What the planners need to know about the device.
+struct DeviceFacts {
+  std::string name;
+  int major = 0, minor = 0;
+  int multiprocessors = 0;
+  int64_t shared_per_block_optin = 0;  // the most dynamic + static shared memory one block may use
+  bool cooperative_launch = false;
+};
+
+DeviceFacts device_facts(int device);
+
+// One per variant; R, S, A, W fixed at compile time. plan() never launches; launch() runs the
+// plan made for the same Params.
+template <int R, int S, int A, class W>
+struct SingleBlock {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
+template <int R, int S, int A, class W>
+struct DualBlock {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
+template <int R, int S, int A, class W>
+struct Persistent {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
+// A plan that says no, with the reason.
+inline Plan refuse(Variant variant, std::string reason) {
+  Plan plan;
+  plan.variant = variant;
+  plan.runnable = false;
+  plan.reason = std::move(reason);
+  return plan;
+}
+
+__host__ __device__ inline int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+}  // namespace nvwavenet::gpu

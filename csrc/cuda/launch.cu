@@ -1,0 +1,267 @@
+// The CUDA engine's host side: checks Params, plans and launches the chosen variant, and turns
+// CUDA errors and kernel status reports into exceptions. Kernels are compiled in the per-variant,
+// per-precision .cu files; this file only dispatches to their launchers.
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../sizes.h"
+#include "api.h"
+#include "host.h"
+#include "persistent_layout.h"
+#include "static_switch.h"
+#include "status.h"
+
+namespace nvwavenet::gpu {
+
+void throw_cuda_error(cudaError_t error, const char* expression, const char* file, int line) {
+  std::ostringstream message;
+  message << "CUDA error " << cudaGetErrorName(error) << " (" << cudaGetErrorString(error) << ") from " << expression
+          << " at " << file << ":" << line;
+  throw std::runtime_error(message.str());
+}
+
+std::string built_sizes_list() {
+  std::string text;
+#define NVWAVENET_LIST_SIZE(r, s, a) text += (text.empty() ? "" : ", ") + std::string("(" #r ", " #s ", " #a ")");
+  NVWAVENET_FOR_EACH_SIZE(NVWAVENET_LIST_SIZE)
+#undef NVWAVENET_LIST_SIZE
+  return text;
+}
+
+std::vector<std::array<int, 3>> persistent_sizes() {
+  std::vector<std::array<int, 3>> sizes;
+  // A size is built for PERSISTENT when one layer fits one block in every precision built.
+#define NVWAVENET_PERSISTENT_SIZE(r, s, a)                                                   \
+  if (persistent_layer_fits<r, s, a, float>() && persistent_layer_fits<r, s, a, __half>() && \
+      persistent_layer_fits<r, s, a, __nv_bfloat16>())                                       \
+    sizes.push_back({r, s, a});
+  NVWAVENET_FOR_EACH_SIZE(NVWAVENET_PERSISTENT_SIZE)
+#undef NVWAVENET_PERSISTENT_SIZE
+  return sizes;
+}
+
+DeviceFacts device_facts(int device) {
+  // Queried once per device: cudaGetDeviceProperties is slow enough to notice per call.
+  static std::mutex mutex;
+  static std::vector<DeviceFacts> known;
+  static std::vector<bool> filled;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (device >= 0 && device < static_cast<int>(filled.size()) && filled[device]) return known[device];
+  int count = 0;
+  NVWAVENET_CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (device < 0 || device >= count)
+    throw std::invalid_argument("device: expected a CUDA device index in [0, " + std::to_string(count) + "), got " +
+                                std::to_string(device));
+  cudaDeviceProp properties{};
+  NVWAVENET_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
+  DeviceFacts facts;
+  facts.name = properties.name;
+  facts.major = properties.major;
+  facts.minor = properties.minor;
+  facts.multiprocessors = properties.multiProcessorCount;
+  facts.shared_per_block_optin = static_cast<int64_t>(properties.sharedMemPerBlockOptin);
+  facts.cooperative_launch = properties.cooperativeLaunch != 0;
+  if (static_cast<int>(known.size()) < count) {
+    known.resize(count);
+    filled.resize(count, false);
+  }
+  known[device] = facts;
+  filled[device] = true;
+  return facts;
+}
+
+namespace {
+
+const char* variant_name(Variant variant) {
+  switch (variant) {
+    case Variant::Auto:
+      return "AUTO";
+    case Variant::SingleBlock:
+      return "SINGLE_BLOCK";
+    case Variant::DualBlock:
+      return "DUAL_BLOCK";
+    case Variant::Persistent:
+      return "PERSISTENT";
+  }
+  return "an unknown variant";
+}
+
+void require(bool condition, const std::string& message) {
+  if (!condition) throw std::invalid_argument(message);
+}
+
+void require_aligned(const void* pointer, const char* name) {
+  require(reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0,
+          std::string(name) + ": the CUDA kernels read it 16 bytes at a time, so it must be 16-byte aligned");
+}
+
+void require_pointer(const void* pointer, const char* name) {
+  require(pointer != nullptr, std::string(name) + ": expected a device pointer, got null");
+}
+
+// Everything the kernels rely on that Params can get wrong. The network sizes come first, so an
+// unbuilt size is reported as such before anything about pointers. Planning happens before the
+// workspace exists (the plan says how large it must be), so only a launch requires it.
+void validate(const Params& p, Variant variant, bool launching) {
+  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent,
+          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK or PERSISTENT, got ") + variant_name(variant) +
+              (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
+  bool built = false;
+#define NVWAVENET_IS_BUILT(r, s, a) built = built || (p.R == r && p.S == s && p.A == a);
+  NVWAVENET_FOR_EACH_SIZE(NVWAVENET_IS_BUILT)
+#undef NVWAVENET_IS_BUILT
+  require(built, "(R, S, A) = (" + std::to_string(p.R) + ", " + std::to_string(p.S) + ", " + std::to_string(p.A) +
+                     ") has no CUDA kernels; built: " + built_sizes_list());
+  require(p.weight_dtype == DType::Float32 || p.weight_dtype == DType::Float16 || p.weight_dtype == DType::BFloat16,
+          "weight_dtype: expected float32, float16 or bfloat16");
+  require(p.L >= 1 && p.L <= 64, "L: the CUDA kernels support 1 to 64 layers, got " + std::to_string(p.L));
+  require(
+      p.max_dilation >= 1 && p.max_dilation <= 1024 && (p.max_dilation & (p.max_dilation - 1)) == 0,
+      "max_dilation: the CUDA kernels support a power of two from 1 to 1024, got " + std::to_string(p.max_dilation));
+  require(p.batch >= 1, "batch: expected at least 1 stream, got " + std::to_string(p.batch));
+  require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
+  require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
+  require(p.cond_dtype == DType::Float32 || p.cond_dtype == DType::Float16,
+          "cond_dtype: the CUDA kernels read float32 or float16 conditioning");
+  require(p.spin_timeout_ns > 0, "spin_timeout_ns: expected > 0, got " + std::to_string(p.spin_timeout_ns));
+
+  const std::pair<const void*, const char*> weights[] = {{p.embed_prev, "embed_prev"}, {p.embed_curr, "embed_curr"},
+                                                         {p.dilate_w, "dilate_w"},     {p.dilate_b, "dilate_b"},
+                                                         {p.skip_w, "skip_w"},         {p.skip_b, "skip_b"},
+                                                         {p.out_w, "out_w"},           {p.out_b, "out_b"},
+                                                         {p.end_w, "end_w"},           {p.end_b, "end_b"}};
+  for (const auto& [pointer, name] : weights) {
+    require_pointer(pointer, name);
+    require_aligned(pointer, name);
+  }
+  if (p.L > 1) {  // the last layer has no residual weights, so one layer needs none
+    require_pointer(p.res_w, "res_w");
+    require_aligned(p.res_w, "res_w");
+    require_pointer(p.res_b, "res_b");
+    require_aligned(p.res_b, "res_b");
+  }
+  require_pointer(p.cond, "cond");
+  require_pointer(p.selectors, "selectors");
+  require_pointer(p.samples, "samples");
+  require_pointer(p.queues, "queues");
+  require_aligned(p.queues, "queues");
+  require_pointer(p.history, "history");
+  if (launching) {
+    require_pointer(p.workspace, "workspace");
+    require_aligned(p.workspace, "workspace");
+  }
+}
+
+Plan plan_on(const Params& p, Variant variant, const DeviceFacts& device) {
+  return dispatch_size_and_type(p, [&](auto size, auto type) -> Plan {
+    using Size = decltype(size);
+    using W = typename decltype(type)::type;
+    switch (variant) {
+      case Variant::SingleBlock:
+        return SingleBlock<Size::R, Size::S, Size::A, W>::plan(p, device);
+      case Variant::DualBlock:
+        return DualBlock<Size::R, Size::S, Size::A, W>::plan(p, device);
+      case Variant::Persistent:
+        return Persistent<Size::R, Size::S, Size::A, W>::plan(p, device);
+      case Variant::Auto:
+        break;
+    }
+    throw std::invalid_argument("variant: AUTO has no plan of its own");
+  });
+}
+
+void launch(const Params& p, const Plan& plan) {
+  dispatch_size_and_type(p, [&](auto size, auto type) {
+    using Size = decltype(size);
+    using W = typename decltype(type)::type;
+    switch (plan.variant) {
+      case Variant::SingleBlock:
+        return SingleBlock<Size::R, Size::S, Size::A, W>::launch(p, plan);
+      case Variant::DualBlock:
+        return DualBlock<Size::R, Size::S, Size::A, W>::launch(p, plan);
+      case Variant::Persistent:
+        return Persistent<Size::R, Size::S, Size::A, W>::launch(p, plan);
+      case Variant::Auto:
+        break;
+    }
+    throw std::invalid_argument("variant: AUTO cannot be launched");
+  });
+}
+
+const char* site_text(int32_t site) {
+  switch (site) {
+    case kSiteDualSampleFlag:
+      return "the residual block waiting for the head block's sample";
+    case kSiteDualLayerFlag:
+      return "the head block waiting for a layer's activations";
+    case kSiteDualPublisher:
+      return "the publisher warp waiting for the residual warps";
+    case kSitePersistentInput:
+      return "a layer block waiting for its input";
+    case kSitePersistentSkip:
+      return "a head block waiting for the skip sums";
+    case kSitePersistentHidden:
+      return "a head block waiting for the hidden vector";
+    case kSitePersistentLogits:
+      return "the sampling block waiting for the logits";
+    default:
+      return "an unknown wait";
+  }
+}
+
+[[noreturn]] void throw_status(const DeviceStatus& status, Variant variant, const Params& p) {
+  std::ostringstream message;
+  message << "nvwavenet " << variant_name(variant) << " kernel stopped: ";
+  if (status.code == kStatusTimeout) {
+    message << "block " << status.block << ", " << site_text(status.site) << " at step " << status.step
+            << ", waited more than " << p.spin_timeout_ns / 1000000 << " ms (flag " << status.observed << ", needed "
+            << status.expected << "). The outputs and the generation state are incomplete. A kernel bug, or a GPU "
+            << "too busy to keep the cooperating blocks running; if the GPU is shared, raise the limit with "
+            << "NVWAVENET_SPIN_TIMEOUT_MS.";
+  } else if (status.code == kStatusNoClusterArch) {
+    message << "this build has no sm_90 code for the cluster kernel; rebuild with NVWAVENET_CUDA_ARCHS "
+               "including 90.";
+  } else {
+    message << "unknown status code " << status.code << ".";
+  }
+  throw std::runtime_error(message.str());
+}
+
+}  // namespace
+
+Plan plan(const Params& p, Variant variant) {
+  validate(p, variant, false);
+  NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
+  return plan_on(p, variant, device_facts(p.device));
+}
+
+void generate(const Params& p, Variant variant) {
+  validate(p, variant, true);
+  if (p.num_samples == 0) return;
+  NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
+  const DeviceFacts device = device_facts(p.device);
+  const Plan chosen = plan_on(p, variant, device);
+  if (!chosen.runnable)
+    throw std::invalid_argument(std::string("implementation: ") + variant_name(variant) +
+                                " cannot run this configuration on " + device.name + ": " + chosen.reason);
+  if (p.workspace_bytes < chosen.workspace_bytes)
+    throw std::invalid_argument("workspace_bytes: " + std::string(variant_name(variant)) + " needs " +
+                                std::to_string(chosen.workspace_bytes) + " zero-filled bytes, got " +
+                                std::to_string(p.workspace_bytes));
+  launch(p, chosen);
+  // The kernel reports waits that gave up in the workspace's status block; reading it back means
+  // waiting for the kernel, which also surfaces any fault it hit.
+  DeviceStatus status{};
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  NVWAVENET_CUDA_CHECK(cudaMemcpyAsync(&status, p.workspace, sizeof(status), cudaMemcpyDeviceToHost, stream));
+  NVWAVENET_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (status.code != kStatusOk) throw_status(status, variant, p);
+}
+
+}  // namespace nvwavenet::gpu

@@ -1,0 +1,452 @@
+// PERSISTENT: the weights are split across the blocks of one thread-block cluster (sm_90) and
+// stay in their shared memory for the whole call; one cluster generates one stream, and clusters
+// for further streams run side by side or one after another (they never wait on each other).
+//
+//   ranks [0, layer_blocks)              layer blocks: a contiguous run of layers each, holding
+//                                        W_dil (both taps), W_res, W_skip and biases
+//   ranks [layer_blocks, +head_blocks)   head blocks: a slice of rows of W_out and W_end each;
+//                                        the first also samples
+//
+// Per step t:
+//   layer block j   waits for x entering its first layer (from block j-1, or from the sampler);
+//                   for its layers: a = pre_l + W_cur,l x, h_l = gate(a), x += W_res,l h_l + b;
+//                   sends x to block j+1; sends its share of the skip sum, sum of W_skip,l h_l + b,
+//                   to every head block; then computes the next step's pre_l = W_prev,l x_l[t+1-d_l]
+//                   + b_l + cond_l[t+1] (precompute_layers) while the rest of the cluster works.
+//   head block h    waits for all skip shares, sums them, computes its slice of
+//                   z = relu(W_out relu(s) + b) and writes it into every head block (all-gather),
+//                   then its slice of logits = W_end z + b into the sampling block.
+//   sampling block  waits for all logit slices, samples, writes the outputs and sends
+//                   x_0[t+1] = embedding of the fed-back classes to layer block 0.
+// Hand-offs go through distributed shared memory: the producer stores into the consumer's
+// shared memory, meets its threads at a barrier, and one thread adds to a counter in the
+// consumer's shared memory with release semantics at cluster scope; the consumer polls its own
+// counter (acquire, bounded) and meets its threads at a barrier. Buffers are single: every
+// producer writes step t+1's data only after a chain of hand-offs that starts from the consumer
+// having finished with step t's.
+//
+// Co-residency: a cluster's blocks are scheduled together by the hardware, so waiting on each
+// other is safe; before launch the plan checks that one cluster of this size and shared memory
+// can be resident at all (cudaOccupancyMaxActiveClusters), and refuses with the reason otherwise.
+// What fits: everything must be resident in at most 16 blocks of (on the H100) 227 KB each, one
+// whole layer per block at least. In practice R <= 64 in float16/bfloat16 (e.g. R64/S256/A256:
+// 3 layers per block, L=20 in 7 layer blocks + 2 head blocks) and small L in float32; R >= 128
+// layers never fit one block, so those sizes are not compiled for this variant.
+//
+// What bounds it (design estimate for the H100, R64/S256/A256 L20 fp16, not a measurement): the
+// step is a chain of 11 hand-offs (7 between layer blocks, skip shares, the z all-gather, the
+// logits, x_0) at ~0.25 us each, 20 layers of two products out of shared memory with two barriers
+// each (~0.12 us per layer), and the last block's skip products, the head and the sampler
+// (~1 us): ~6-7 us per step, ~150k samples/s. Latency-bound: the hand-off count (blocks in the
+// chain) and the barriers per layer are what to cut next, not bandwidth.
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include "common.cuh"
+#include "host.h"
+#include "persistent_layout.h"
+
+namespace nvwavenet::gpu {
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+namespace cg = cooperative_groups;
+
+template <int R, int S, int A, class W>
+__device__ void persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
+                                       const cg::cluster_group& cluster, int rank, int64_t stream,
+                                       DeviceStatus* status) {
+  using Layout = PersistentLayout<R, S, A, W>;
+  constexpr int NT = kPersistentThreads;
+  const Layout layout(split);
+  const int tid = threadIdx.x;
+  const int first = rank * split.layers_base + (rank < split.layers_extra ? rank : split.layers_extra);
+  const int count = split.layers_base + (rank < split.layers_extra ? 1 : 0);
+  const bool last_block = rank == split.layer_blocks - 1;
+  const int L = p.L;
+  const int64_t T = p.num_samples;
+  const int64_t rows = queue_rows(L, p.max_dilation);
+
+  uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
+  float* const x = reinterpret_cast<float*>(smem + Layout::kInput);
+  const W* const dilate_w = reinterpret_cast<const W*>(smem + layout.dilate_w);
+  const W* const res_w = reinterpret_cast<const W*>(smem + layout.res_w);
+  const W* const skip_w = reinterpret_cast<const W*>(smem + layout.skip_w);
+  const W* const dilate_b = reinterpret_cast<const W*>(smem + layout.dilate_b);
+  const W* const res_b = reinterpret_cast<const W*>(smem + layout.res_b);
+  const W* const skip_b = reinterpret_cast<const W*>(smem + layout.skip_b);
+  float* const pre = reinterpret_cast<float*>(smem + layout.pre);          // [count][2R]
+  float* const gated = reinterpret_cast<float*>(smem + layout.gated);      // [count][R]
+  float* const partial = reinterpret_cast<float*>(smem + layout.partial);  // [S]
+
+  int64_t first_offset;
+  int first_dilation;
+  layer_position(first, p.max_dilation, first_offset, first_dilation);
+  WaitContext wait{status, p.spin_timeout_ns, kSitePersistentInput, 0};
+
+  precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, 0, pre, tid);
+  for (int64_t t = 0; t < T; ++t) {
+    bool ready = true;
+    if (tid == 0) {
+      wait.step = t;
+      uint64_t seen;
+      ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kInputCounter); }, uint64_t(t) + 1,
+                           wait, seen);
+    }
+    if (!block_all(ready)) break;
+
+    int64_t offset = first_offset;
+    int dilation = first_dilation;
+    for (int i = 0; i < count; ++i) {
+      const int l = first + i;
+      const int64_t slot = queue_slot(p, offset, dilation, t);
+      for (int k = tid; k < R; k += NT) p.queues[(stream * rows + slot) * R + k] = x[k];
+      const float* layer_pre = pre + i * 2 * R;
+      float* layer_gated = gated + i * R;
+      matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
+          dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x, 0, tid, NoTransform{},
+          [&](int m, int, const float (&v)[2]) {
+            layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]);
+          });
+      __syncthreads();
+      if (l < L - 1) {
+        matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+            res_w + int64_t(i) * R * R, R, 0, R, layer_gated, 0, tid, NoTransform{},
+            [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
+        __syncthreads();
+      }
+      offset += dilation;
+      dilation = next_dilation(dilation, p.max_dilation);
+    }
+
+    if (!last_block) {  // x entering the next block's first layer
+      float* next_x = cluster.map_shared_rank(x, rank + 1);
+      for (int k = tid; k < R; k += NT) next_x[k] = x[k];
+      __syncthreads();
+      if (tid == 0) add_release_cluster(cluster.map_shared_rank(counters + Layout::kInputCounter, rank + 1), 1);
+    }
+
+    // This block's share of the skip sum, to every head block. Each (row) has one owner thread
+    // for all layers, so the accumulation across products needs no barrier.
+    for (int i = 0; i < count; ++i) {
+      matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+          skip_w + int64_t(i) * S * R, R, 0, S, gated + i * R, 0, tid, NoTransform{},
+          [&](int m, int, const float (&v)[1]) {
+            const float term = v[0] + WeightsInShared::value(skip_b + i * S + m);
+            partial[m] = i == 0 ? term : partial[m] + term;
+          });
+    }
+    __syncthreads();
+    float* const own_slot = reinterpret_cast<float*>(smem + Layout::kSlots) + int64_t(rank) * S;
+    for (int h = 0; h < split.head_blocks; ++h) {
+      float* slot = cluster.map_shared_rank(own_slot, split.layer_blocks + h);
+      for (int k = tid; k < S; k += NT) slot[k] = partial[k];
+    }
+    __syncthreads();
+    if (tid < split.head_blocks)
+      add_release_cluster(cluster.map_shared_rank(counters + Layout::kSkipCounter, split.layer_blocks + tid), 1);
+
+    // Next step's W_prev terms while the head works; the next input wait ends with a barrier.
+    if (t + 1 < T)
+      precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, t + 1, pre, tid);
+  }
+}
+
+template <int R, int S, int A, class W>
+__device__ void persistent_head_block(const Params& p, const PersistentSplit& split, char* smem,
+                                      const cg::cluster_group& cluster, int rank, int64_t stream,
+                                      DeviceStatus* status) {
+  using Layout = PersistentLayout<R, S, A, W>;
+  constexpr int NT = kPersistentThreads;
+  const Layout layout(split);
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int head = rank - split.layer_blocks;
+  const int row0 = head * split.head_rows;
+  const int sampler_rank = split.layer_blocks;
+  const bool sampler = rank == sampler_rank;
+  const int64_t T = p.num_samples;
+
+  uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
+  const float* const slots = reinterpret_cast<const float*>(smem + Layout::kSlots);  // [layer_blocks][S]
+  float* const hidden = reinterpret_cast<float*>(smem + layout.hidden);              // [A], all of z
+  float* const logits = reinterpret_cast<float*>(smem + layout.logits);              // [A] (sampler)
+  const W* const out_w = reinterpret_cast<const W*>(smem + layout.out_w);            // [rows][S]
+  const W* const end_w = reinterpret_cast<const W*>(smem + layout.end_w);            // [rows][A]
+  const W* const out_b = reinterpret_cast<const W*>(smem + layout.out_b);
+  const W* const end_b = reinterpret_cast<const W*>(smem + layout.end_b);
+  float* const skip_sum = reinterpret_cast<float*>(smem + layout.skip_sum);  // [S]
+  float* const sampler_logits = cluster.map_shared_rank(logits, sampler_rank) + row0;
+  float* const first_input = cluster.map_shared_rank(reinterpret_cast<float*>(smem + Layout::kInput), 0);
+  uint64_t* const first_input_counter = cluster.map_shared_rank(counters + Layout::kInputCounter, 0);
+
+  // The sampler tracks the fed-back classes: x_0 needs the last two.
+  int y_prev2 = p.history[stream * 2];
+  int y_prev1 = p.history[stream * 2 + 1];
+  if (sampler && warp == 0) {  // x_0[0]
+    for (int k = lane; k < R; k += 32) first_input[k] = embed<W, R>(p, y_prev2, y_prev1, k);
+    __syncwarp();
+    if (lane == 0) add_release_cluster(first_input_counter, 1);
+  }
+
+  WaitContext wait{status, p.spin_timeout_ns, kSitePersistentSkip, 0};
+  bool completed = true;
+  for (int64_t t = 0; t < T; ++t) {
+    float u = 0.f;
+    int teacher = 0;
+    if (sampler && warp == 0) {
+      u = load_selector(p, stream, t);
+      teacher = fed_back_class(p, stream, t, 0);
+    }
+    wait.step = t;
+
+    bool ready = true;
+    if (tid == 0) {
+      wait.site = kSitePersistentSkip;
+      uint64_t seen;
+      ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kSkipCounter); },
+                           uint64_t(split.layer_blocks) * uint64_t(t + 1), wait, seen);
+    }
+    if (!block_all(ready)) {
+      completed = false;
+      break;
+    }
+    for (int k = tid; k < S; k += NT) {
+      float sum = 0.f;
+      for (int j = 0; j < split.layer_blocks; ++j) sum += slots[j * S + k];
+      skip_sum[k] = sum;
+    }
+    __syncthreads();
+    matvec<W, S, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+        out_w, S, 0, split.head_rows, skip_sum, 0, tid, ReluTransform{}, [&](int m, int, const float (&v)[1]) {
+          const float z = fmaxf(v[0] + WeightsInShared::value(out_b + m), 0.f);
+          for (int h = 0; h < split.head_blocks; ++h)
+            cluster.map_shared_rank(hidden, split.layer_blocks + h)[row0 + m] = z;
+        });
+    __syncthreads();
+    if (tid < split.head_blocks)
+      add_release_cluster(cluster.map_shared_rank(counters + Layout::kHiddenCounter, split.layer_blocks + tid), 1);
+
+    if (tid == 0) {
+      wait.site = kSitePersistentHidden;
+      uint64_t seen;
+      ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kHiddenCounter); },
+                           uint64_t(split.head_blocks) * uint64_t(t + 1), wait, seen);
+    }
+    if (!block_all(ready)) {
+      completed = false;
+      break;
+    }
+    matvec<W, A, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+        end_w, A, 0, split.head_rows, hidden, 0, tid, NoTransform{},
+        [&](int m, int, const float (&v)[1]) { sampler_logits[m] = v[0] + WeightsInShared::value(end_b + m); });
+    __syncthreads();
+    if (tid == 0) add_release_cluster(cluster.map_shared_rank(counters + Layout::kLogitCounter, sampler_rank), 1);
+
+    if (sampler) {
+      if (tid == 0) {
+        wait.site = kSitePersistentLogits;
+        uint64_t seen;
+        ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kLogitCounter); },
+                             uint64_t(split.head_blocks) * uint64_t(t + 1), wait, seen);
+      }
+      if (!block_all(ready)) {
+        completed = false;
+        break;
+      }
+      if (warp == 0) {
+        const int drawn = warp_sample<A>(logits, u, lane);
+        write_step_outputs<A>(p, stream, t, drawn, logits, lane);
+        const int fed = p.teacher ? teacher : drawn;
+        y_prev2 = y_prev1;
+        y_prev1 = fed;
+        if (t + 1 < T) {  // x_0[t+1] to layer block 0
+          for (int k = lane; k < R; k += 32) first_input[k] = embed<W, R>(p, y_prev2, y_prev1, k);
+          __syncwarp();
+          if (lane == 0) add_release_cluster(first_input_counter, 1);
+        }
+      }
+    }
+  }
+  if (completed && sampler && warp == 0 && lane < 2) p.history[stream * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
+}
+#endif
+
+template <int R, int S, int A, class W>
+__global__ void __launch_bounds__(kPersistentThreads, 1)
+    persistent_kernel(const __grid_constant__ Params p, const PersistentSplit split) {
+  auto* const status = static_cast<DeviceStatus*>(p.workspace);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  // Built for an architecture without clusters; the host refuses such devices before launching.
+  if (threadIdx.x == 0) atomicCAS(&status->code, kStatusOk, kStatusNoClusterArch);
+#else
+  using Layout = PersistentLayout<R, S, A, W>;
+  extern __shared__ float4 shared_vectors[];
+  char* const smem = reinterpret_cast<char*>(shared_vectors);
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t stream = blockIdx.x / (split.layer_blocks + split.head_blocks);
+  const Layout layout(split);
+  const int tid = threadIdx.x;
+  if (tid < 4) reinterpret_cast<uint64_t*>(smem)[tid] = 0;
+
+  // Each block copies its share of the weights into its shared memory, once per call.
+  if (rank < split.layer_blocks) {
+    const int first = rank * split.layers_base + (rank < split.layers_extra ? rank : split.layers_extra);
+    const int count = split.layers_base + (rank < split.layers_extra ? 1 : 0);
+    const int with_res = (first + count < p.L - 1 ? first + count : p.L - 1) - first;  // the last layer has none
+    const int64_t w = sizeof(W);
+    copy16(smem + layout.dilate_w, static_cast<const W*>(p.dilate_w) + int64_t(first) * 4 * R * R,
+           count * 4 * R * R * w, tid, kPersistentThreads);
+    if (with_res > 0) {
+      copy16(smem + layout.res_w, static_cast<const W*>(p.res_w) + int64_t(first) * R * R, with_res * R * R * w, tid,
+             kPersistentThreads);
+      copy16(smem + layout.res_b, static_cast<const W*>(p.res_b) + int64_t(first) * R, with_res * R * w, tid,
+             kPersistentThreads);
+    }
+    copy16(smem + layout.skip_w, static_cast<const W*>(p.skip_w) + int64_t(first) * S * R, count * S * R * w, tid,
+           kPersistentThreads);
+    copy16(smem + layout.dilate_b, static_cast<const W*>(p.dilate_b) + int64_t(first) * 2 * R, count * 2 * R * w, tid,
+           kPersistentThreads);
+    copy16(smem + layout.skip_b, static_cast<const W*>(p.skip_b) + int64_t(first) * S, count * S * w, tid,
+           kPersistentThreads);
+  } else {
+    const int64_t row0 = int64_t(rank - split.layer_blocks) * split.head_rows;
+    const int64_t rows = split.head_rows;
+    const int64_t w = sizeof(W);
+    copy16(smem + layout.out_w, static_cast<const W*>(p.out_w) + row0 * S, rows * S * w, tid, kPersistentThreads);
+    copy16(smem + layout.end_w, static_cast<const W*>(p.end_w) + row0 * A, rows * A * w, tid, kPersistentThreads);
+    copy16(smem + layout.out_b, static_cast<const W*>(p.out_b) + row0, rows * w, tid, kPersistentThreads);
+    copy16(smem + layout.end_b, static_cast<const W*>(p.end_b) + row0, rows * w, tid, kPersistentThreads);
+  }
+  // Counters are zero and weights in place in every block before anyone signals anyone.
+  cluster.sync();
+  if (rank < split.layer_blocks)
+    persistent_layer_block<R, S, A, W>(p, split, smem, cluster, rank, stream, status);
+  else
+    persistent_head_block<R, S, A, W>(p, split, smem, cluster, rank, stream, status);
+  // No block may exit while another can still write into its shared memory.
+  cluster.sync();
+#endif
+}
+
+template <int R, int S, int A, class W>
+Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+  const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
+  if (device.major < 9)
+    return refuse(Variant::Persistent, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
+                                           " is " + std::to_string(device.major) + "." + std::to_string(device.minor));
+  if constexpr (!persistent_layer_fits<R, S, A, W>()) {
+    return refuse(Variant::Persistent, "one layer of " + size + " (" + std::to_string(sizeof(W) * 8) +
+                                           "-bit weights) does not fit in one block's shared memory, so this "
+                                           "size is not built for PERSISTENT");
+  } else {
+    using Layout = PersistentLayout<R, S, A, W>;
+    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W>);
+    cudaFuncAttributes attributes{};
+    NVWAVENET_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+    const int64_t budget = device.shared_per_block_optin - int64_t(attributes.sharedSizeBytes);
+
+    int capacity = 0;  // the most layers one block can hold
+    while (capacity < p.L && Layout(capacity + 1, 1, A).layer_end <= budget) ++capacity;
+    if (capacity == 0)
+      return refuse(Variant::Persistent,
+                    "one layer of " + size + " needs " + std::to_string(Layout(1, 1, A).layer_end) +
+                        " bytes of shared memory; a block on this device has " + std::to_string(budget));
+    PersistentSplit split{};
+    split.layer_blocks = (p.L + capacity - 1) / capacity;
+    split.layers_base = p.L / split.layer_blocks;
+    split.layers_extra = p.L % split.layer_blocks;
+    split.layer_capacity = split.layers_base + (split.layers_extra > 0 ? 1 : 0);
+    for (int heads = 1; heads <= 8 && split.head_blocks == 0; heads *= 2) {
+      if (Layout(split.layer_capacity, split.layer_blocks, A / heads).head_end <= budget) split.head_blocks = heads;
+    }
+    if (split.head_blocks == 0)
+      return refuse(Variant::Persistent, "the output head of " + size + " does not fit in 8 blocks' shared memory");
+    split.head_rows = A / split.head_blocks;
+    const int cluster_blocks = split.layer_blocks + split.head_blocks;
+
+    Plan plan;
+    plan.variant = Variant::Persistent;
+    plan.streams_per_group = 1;
+    plan.blocks_per_group = cluster_blocks;
+    plan.threads_per_block = kPersistentThreads;
+    plan.grid_blocks = int64_t(cluster_blocks) * p.batch;
+    plan.shared_bytes = Layout(split).bytes();
+    plan.workspace_bytes = kWorkspaceHeaderBytes;
+    plan.layer_blocks = split.layer_blocks;
+    plan.head_blocks = split.head_blocks;
+    plan.max_layers_per_block = split.layer_capacity;
+    if (cluster_blocks > kMaxClusterBlocks)
+      return refuse(Variant::Persistent, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
+                                             std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
+                                             " per block, plus " + std::to_string(split.head_blocks) +
+                                             " head blocks); the largest cluster has " +
+                                             std::to_string(kMaxClusterBlocks));
+
+    NVWAVENET_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
+    // A device that cannot make such a cluster says so through these two calls; that is a plan
+    // that says no (AUTO then picks another variant), not a failure.
+    const auto declined = [&](cudaError_t error, const char* what) {
+      (void)cudaGetLastError();  // not sticky: clear it so that later calls do not report it
+      return refuse(Variant::Persistent, std::string(what) + " a cluster of " + std::to_string(cluster_blocks) +
+                                             " blocks: " + cudaGetErrorString(error));
+    };
+    cudaError_t error =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, cluster_blocks > 8 ? 1 : 0);
+    if (error != cudaSuccess) return declined(error, "the device does not allow");
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(cluster_blocks);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(cluster_blocks));
+    config.blockDim = dim3(kPersistentThreads);
+    config.dynamicSmemBytes = static_cast<size_t>(plan.shared_bytes);
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    int clusters = 0;
+    error = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+    if (error != cudaSuccess) return declined(error, "the device cannot place");
+    if (clusters < 1)
+      return refuse(Variant::Persistent, "a cluster of " + std::to_string(cluster_blocks) + " blocks with " +
+                                             std::to_string(plan.shared_bytes) +
+                                             " bytes of shared memory each cannot be resident on " + device.name);
+    plan.co_resident_groups = clusters;
+    plan.runnable = true;
+    return plan;
+  }
+}
+
+template <int R, int S, int A, class W>
+void Persistent<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+  if constexpr (!persistent_layer_fits<R, S, A, W>()) {
+    throw std::invalid_argument("PERSISTENT is not built for R=" + std::to_string(R) + ": " + plan.reason);
+  } else {
+    PersistentSplit split{};
+    split.layer_blocks = plan.layer_blocks;
+    split.head_blocks = plan.head_blocks;
+    split.layers_base = p.L / plan.layer_blocks;
+    split.layers_extra = p.L % plan.layer_blocks;
+    split.layer_capacity = plan.max_layers_per_block;
+    split.head_rows = A / plan.head_blocks;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(plan.blocks_per_group);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(plan.grid_blocks));
+    config.blockDim = dim3(kPersistentThreads);
+    config.dynamicSmemBytes = static_cast<size_t>(plan.shared_bytes);
+    config.stream = static_cast<cudaStream_t>(p.stream);
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    NVWAVENET_CUDA_CHECK(cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W>, p, split));
+  }
+}
+
+}  // namespace nvwavenet::gpu

@@ -1,0 +1,77 @@
+// How PERSISTENT splits the network over one cluster's blocks, and the shared-memory layout that
+// follows; host code (planning, the list of built sizes) and device code (persistent.cuh) use the same one.
+#pragma once
+
+#include <cstdint>
+
+namespace nvwavenet::gpu {
+
+constexpr int kPersistentThreads = 512;
+constexpr int kMaxClusterBlocks = 16;                // the largest (non-portable) cluster on sm_90
+constexpr int64_t kSm90SharedPerBlock = 227 * 1024;  // the most shared memory one sm_90 block can opt into
+
+// How one cluster's blocks share the network; passed to the kernel by value.
+struct PersistentSplit {
+  int layer_blocks;  // ranks [0, layer_blocks) hold layers
+  int head_blocks;   // the next head_blocks ranks hold rows of the head; the first samples
+  int layers_base;   // layer block j holds layers_base layers, plus one when j < layers_extra
+  int layers_extra;
+  int layer_capacity;  // the most layers any block holds (shared-memory layout)
+  int head_rows;       // rows of W_out and W_end per head block
+};
+
+// Byte offsets in shared memory. Every block computes the same layout, so a producer can address
+// its consumer's buffers; the buffers that other blocks write come first, at fixed offsets.
+template <int R, int S, int A, class W>
+struct PersistentLayout {
+  static constexpr int64_t kW = sizeof(W);
+  // uint64 counters at offset 0, advanced by producers: inputs (layer blocks), skip shares,
+  // z slices, logit slices (head blocks).
+  static constexpr int kInputCounter = 0;
+  static constexpr int kSkipCounter = 1;
+  static constexpr int kHiddenCounter = 2;
+  static constexpr int kLogitCounter = 3;
+  static constexpr int64_t kInput = 64;  // layer block: float[R], x entering its first layer
+  static constexpr int64_t kSlots = 64;  // head block: float[layer_blocks][S], the skip shares
+
+  // Layer block, for `capacity` layers.
+  int64_t dilate_w, res_w, skip_w, dilate_b, res_b, skip_b, pre, gated, partial, layer_end;
+  // Head block, for `layer_blocks` skip shares and `rows` rows.
+  int64_t hidden, logits, out_w, end_w, out_b, end_b, skip_sum, head_end;
+
+  __host__ __device__ PersistentLayout(int capacity, int layer_blocks, int rows) {
+    dilate_w = kInput + R * 4;
+    res_w = dilate_w + capacity * 4 * R * R * kW;
+    skip_w = res_w + capacity * R * R * kW;
+    dilate_b = skip_w + capacity * S * R * kW;
+    res_b = dilate_b + capacity * 2 * R * kW;
+    skip_b = res_b + capacity * R * kW;
+    pre = skip_b + capacity * S * kW;
+    gated = pre + capacity * 2 * R * 4;
+    partial = gated + capacity * R * 4;
+    layer_end = partial + S * 4;
+
+    hidden = kSlots + int64_t(layer_blocks) * S * 4;
+    logits = hidden + A * 4;
+    out_w = logits + A * 4;
+    end_w = out_w + rows * S * kW;
+    out_b = end_w + rows * A * kW;
+    end_b = out_b + rows * kW;
+    skip_sum = end_b + rows * kW;
+    head_end = skip_sum + S * 4;
+  }
+  __host__ __device__ PersistentLayout(const PersistentSplit& split)
+      : PersistentLayout(split.layer_capacity, split.layer_blocks, split.head_rows) {}
+
+  __host__ __device__ int64_t bytes() const { return layer_end > head_end ? layer_end : head_end; }
+};
+
+// Whether one layer of this size can live in one sm_90 block at all; sizes where it cannot are
+// not compiled for PERSISTENT.
+template <int R, int S, int A, class W>
+constexpr bool persistent_layer_fits() {
+  return 64 + R * 4 + (4 * R * R + R * R + S * R + 2 * R + R + S) * int64_t(sizeof(W)) + (2 * R + R + S) * 4 <=
+         kSm90SharedPerBlock;
+}
+
+}  // namespace nvwavenet::gpu

@@ -1,0 +1,39 @@
+"""One small generation with each CUDA variant, for compute-sanitizer (scripts/gpu_check.sh).
+
+    compute-sanitizer --tool memcheck python scripts/cuda_sanitize_case.py [VARIANT ...]
+
+Small on purpose (sanitizers slow kernels down by orders of magnitude), but with every feature a
+kernel has: two streams, several layers with different dilations, teacher forcing for one call
+and free running for the next (state carried over), logits output, float16 conditioning. Set
+NVWAVENET_SPIN_TIMEOUT_MS high (gpu_check.sh does): the cooperating blocks wait on each other.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from nvwavenet import Impl, NVWaveNet
+from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
+
+
+def run(variant: Impl) -> None:
+    net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, 3, 2, seed=1), dtype=torch.float16)
+    cond = random_cond_input(64, 2, 3, 6, device="cuda", dtype=torch.float16)
+    state = net.init_state(2, "cuda")
+    teacher = torch.randint(0, 256, (2, 3), dtype=torch.int32, device="cuda")
+    first, logits = net.infer(cond[..., :3], variant, teacher_forcing=teacher, return_logits=True, state=state)
+    second = net.infer(cond[..., 3:], variant, state=state)
+    torch.cuda.synchronize()
+    out = torch.cat([first, second], dim=1)
+    assert bool(((out >= 0) & (out < 256)).all()), "samples out of range"
+    assert bool(torch.isfinite(logits).all()), "logits not written"
+    print(f"{variant.name}: ok ({net.last_implementation.name})", flush=True)
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or ["SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT"]
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{__file__}: needs a CUDA GPU")
+    for name in names:
+        run(Impl[name])

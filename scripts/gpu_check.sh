@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The one command for a GPU machine (no network needed, PyTorch preinstalled):
+#
+#     bash scripts/gpu_check.sh
+#
+# Builds nvwavenet in place, runs the CUDA tests, compute-sanitizer memcheck and racecheck on one
+# small case per variant, times the variants (scripts/cuda_timing.py), runs
+# benchmarks/throughput.py --quick when it exists, and prints one summary table. Full logs go to
+# $OUT (the device tool's output folder) when set, else ./gpu_check_out. Exit status: 0 when every
+# step passed. Meant to finish in about 8 minutes on one H100 with 16 CPU cores; every step has a
+# time limit, and all of them together stay within GPU_CHECK_BUDGET seconds (default 540), so the
+# summary is always printed within a 10-minute call.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+LOGS="${OUT:-$PWD/gpu_check_out}"
+mkdir -p "$LOGS"
+export NVWAVENET_BUILD_JOBS="${NVWAVENET_BUILD_JOBS:-$(nproc)}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import the in-place build
+SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
+BUDGET="${GPU_CHECK_BUDGET:-540}"
+ROWS=()
+FAILED=0
+
+# run_step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with its output in $LOGS/NAME.log, for at
+# most LIMIT_SECONDS or what is left of the budget.
+run_step() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS status left=$((BUDGET - SECONDS))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -le 5 ]; then
+    ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$name" "SKIPPED" 0 "out of time budget")")
+    FAILED=1
+    return 1
+  fi
+  timeout --kill-after=10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$?
+  case $rc in
+    0) status=PASS ;;
+    124 | 137) status="TIMEOUT(${limit}s)" ;;
+    *) status="FAIL(rc=$rc)" ;;
+  esac
+  [ $rc -eq 0 ] || FAILED=1
+  ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$name" "$status" $((SECONDS - start)) "$(tail -n 1 "$LOGS/$name.log" | cut -c1-90)")")
+  return $rc
+}
+
+summary() {
+  echo
+  echo "== nvwavenet gpu_check: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)," \
+    "torch $(python -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>/dev/null), $(date -u +%F)"
+  printf '%-22s %-16s %6s  %s\n' step status time "last line of the log ($LOGS)"
+  printf '%s\n' "${ROWS[@]}"
+  if [ -f "$LOGS/timing.log" ]; then
+    echo
+    cat "$LOGS/timing.log"
+  fi
+}
+
+nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1
+if ! run_step build 180 python setup.py build_ext --inplace; then
+  summary
+  exit 1
+fi
+python -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
+run_step tests 200 python -m pytest -q -rs tests/test_cuda.py
+for tool in memcheck racecheck; do
+  if [ -z "$SANITIZER" ]; then
+    ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$tool" "MISSING" 0 "compute-sanitizer not found")")
+    FAILED=1
+    continue
+  fi
+  run_step "$tool" 90 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
+    "$SANITIZER" --tool "$tool" --error-exitcode 99 python scripts/cuda_sanitize_case.py
+done
+run_step timing 90 python scripts/cuda_timing.py
+if [ -f benchmarks/throughput.py ]; then
+  run_step benchmark 150 python benchmarks/throughput.py --quick
+fi
+summary
+exit $FAILED

@@ -1,0 +1,430 @@
+"""The CUDA kernels (csrc/cuda): correctness per SPEC section 4 on a GPU, and everything around
+them that can be checked without one (what was built, the AUTO rule, argument checking, errors).
+
+Without a GPU (or without compiled CUDA kernels) the GPU tests skip; the rest still run.
+On a GPU, run them with ``scripts/gpu_check.sh``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from nvwavenet import Impl, NVWaveNet, autotune, build_info, reference
+from nvwavenet.engines import CUDA_VARIANTS, check_cuda_build, spin_timeout_ns
+from nvwavenet.state import layer_offsets
+from nvwavenet.testing import TOLERANCES, compare_with_reference, random_cond_input, random_nv_wavenet_args
+
+INFO = build_info()
+HAVE_KERNELS = bool(INFO["cuda"])
+HAVE_GPU = torch.cuda.is_available()
+SIZES_H = Path(__file__).resolve().parents[1] / "csrc" / "sizes.h"
+
+needs_kernels = pytest.mark.skipif(not HAVE_KERNELS, reason="nvwavenet was built without CUDA kernels (no nvcc)")
+_skip_without_gpu = pytest.mark.skipif(not (HAVE_KERNELS and HAVE_GPU),
+                                       reason="needs a CUDA GPU and nvwavenet built with CUDA kernels")
+
+
+def needs_gpu(test):
+    """Marks a test ``cuda`` (pyproject.toml) and skips it without a GPU and CUDA kernels."""
+    return pytest.mark.cuda(_skip_without_gpu(test))
+
+
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT]
+BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
+TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
+
+# (batch, layers, max_dilation, samples): together they cover batch 1, 3, 8, 64, L 1, 2, 16, 20,
+# 30 and max_dilation 1, 128, 512 without the full product.
+SHAPES = [(1, 20, 512, 48), (3, 2, 1, 40), (8, 16, 128, 32), (64, 1, 1, 12), (3, 30, 512, 24)]
+
+
+def make_net(size, layers, max_dilation, dtype, seed=0, **kwargs):
+    R, S, A = size
+    args = random_nv_wavenet_args(R, S, A, layers, max_dilation, seed=seed, **kwargs)
+    return NVWaveNet(**args, dtype=dtype)
+
+
+def run_or_refused(variant, action):
+    """action() or, when PERSISTENT declines the configuration, a skip that shows its reason. Only
+    PERSISTENT may decline: its weights must fit one cluster's shared memory."""
+    try:
+        return action()
+    except ValueError as error:
+        if variant is Impl.PERSISTENT and "cannot run this configuration" in str(error):
+            pytest.skip(f"PERSISTENT declines: {error}")
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that need no GPU.
+
+@needs_kernels
+def test_build_info_lists_exactly_the_sizes_in_sizes_h():
+    if not SIZES_H.exists():
+        pytest.skip("not a source checkout")
+    listed = [tuple(int(v) for v in m) for m in re.findall(r"X\((\d+),\s*(\d+),\s*(\d+)\)", SIZES_H.read_text())]
+    assert [tuple(s) for s in INFO["sizes"]] == listed
+    assert INFO["precisions"] == ["float32", "float16", "bfloat16"]
+    assert INFO["cuda_archs"], "build_info() names no CUDA architecture"
+    variant_sizes = {name: [tuple(s) for s in sizes] for name, sizes in INFO["variant_sizes"].items()}
+    assert set(variant_sizes) == set(CUDA_VARIANTS)
+    assert variant_sizes["SINGLE_BLOCK"] == listed and variant_sizes["DUAL_BLOCK"] == listed
+
+
+@needs_kernels
+def test_persistent_is_built_for_sizes_whose_layer_fits_one_block():
+    """One layer (both dilation taps, residual, skip, biases) plus its activations must fit the
+    227 KB of shared memory an sm_90 block can have, in every precision (persistent_layout.h)."""
+    def fits(R, S, A, weight_bytes):
+        weights = (4 * R * R + R * R + S * R + 2 * R + R + S) * weight_bytes
+        return 64 + 4 * R + weights + 4 * (2 * R + R + S) <= 227 * 1024
+
+    expected = [s for s in map(tuple, INFO["sizes"]) if all(fits(*s, b) for b in (4, 2))]
+    assert [tuple(s) for s in INFO["variant_sizes"]["PERSISTENT"]] == expected
+    assert (64, 256, 256) in expected and (128, 256, 256) not in expected
+
+
+def fake_plan(runnable=True, groups=1, reason=""):
+    return {"runnable": runnable, "co_resident_groups": groups, "reason": reason}
+
+
+def test_auto_prefers_latency_variants_while_their_groups_run_at_once():
+    plans = {"SINGLE_BLOCK": fake_plan(groups=264), "DUAL_BLOCK": fake_plan(groups=66),
+             "PERSISTENT": fake_plan(groups=7)}
+    assert autotune.choose_variant(1, plans) == "PERSISTENT"
+    assert autotune.choose_variant(7, plans) == "PERSISTENT"
+    assert autotune.choose_variant(8, plans) == "DUAL_BLOCK"
+    assert autotune.choose_variant(66, plans) == "DUAL_BLOCK"
+    assert autotune.choose_variant(67, plans) == "SINGLE_BLOCK"
+    assert autotune.choose_variant(100000, plans) == "SINGLE_BLOCK"
+
+
+def test_auto_never_picks_a_variant_that_cannot_run():
+    plans = {"SINGLE_BLOCK": fake_plan(groups=264), "DUAL_BLOCK": fake_plan(False, 0, "too much shared memory"),
+             "PERSISTENT": fake_plan(False, 0, "cluster too large")}
+    for batch in (1, 3, 64, 5000):
+        assert autotune.choose_variant(batch, plans) == "SINGLE_BLOCK"
+    only_dual = {"SINGLE_BLOCK": fake_plan(False, 0, "a"), "DUAL_BLOCK": fake_plan(groups=2),
+                 "PERSISTENT": fake_plan(False, 0, "b")}
+    assert autotune.choose_variant(50, only_dual) == "DUAL_BLOCK"  # more waves than allowed, but it runs
+    none = {name: fake_plan(False, 0, f"reason {name}") for name in CUDA_VARIANTS}
+    with pytest.raises(ValueError, match="implementation: no CUDA variant.*reason PERSISTENT"):
+        autotune.choose_variant(1, none)
+
+
+def test_single_block_tile_follows_the_multiprocessor_count():
+    assert autotune.single_block_tile(1, 132) == 1
+    assert autotune.single_block_tile(132, 132) == 1
+    assert autotune.single_block_tile(133, 132) == 8
+
+
+def test_spin_timeout_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("NVWAVENET_SPIN_TIMEOUT_MS", raising=False)
+    assert spin_timeout_ns() == 2_000_000_000
+    monkeypatch.setenv("NVWAVENET_SPIN_TIMEOUT_MS", "1.5")
+    assert spin_timeout_ns() == 1_500_000
+    for bad in ("0", "-3", "soon", "nan"):
+        monkeypatch.setenv("NVWAVENET_SPIN_TIMEOUT_MS", bad)
+        with pytest.raises(ValueError, match="NVWAVENET_SPIN_TIMEOUT_MS"):
+            spin_timeout_ns()
+
+
+@needs_kernels
+def test_unbuilt_size_and_precision_are_value_errors_naming_what_was_built():
+    net = make_net((48, 256, 256), 2, 2, torch.float32)
+    with pytest.raises(ValueError, match=r"\(R, S, A\) = \(48, 256, 256\).*built: \(32, 128, 256\)"):
+        check_cuda_build(net.weights, torch.float32)
+    net = make_net((64, 256, 256), 2, 2, torch.float16)
+    assert check_cuda_build(net.weights, torch.float16)["cuda"]
+
+
+def fake_params(**fields):
+    """Params as the CUDA entry points see them, with made-up (never dereferenced) addresses."""
+    from nvwavenet import _C
+
+    p = _C.Params()
+    p.R, p.S, p.A, p.L, p.max_dilation = 64, 256, 256, 20, 512
+    p.batch, p.num_samples = 2, 10
+    address = 1 << 20
+    for name in ("embed_prev", "embed_curr", "dilate_w", "dilate_b", "res_w", "res_b", "skip_w", "skip_b", "out_w",
+                 "out_b", "end_w", "end_b", "cond", "selectors", "samples", "queues", "history", "workspace"):
+        setattr(p, name, address)
+        address += 1 << 16
+    for name, value in fields.items():
+        setattr(p, name, value)
+    return p
+
+
+@needs_kernels
+@pytest.mark.parametrize("fields, message", [
+    (dict(R=48), r"\(R, S, A\) = \(48, 256, 256\) has no CUDA kernels; built: \(32, 128, 256\)"),
+    (dict(L=65), r"L: the CUDA kernels support 1 to 64 layers, got 65"),
+    (dict(max_dilation=2048), r"max_dilation: .* power of two from 1 to 1024, got 2048"),
+    (dict(max_dilation=3), r"max_dilation: .*got 3"),
+    (dict(batch=0), r"batch: expected at least 1 stream, got 0"),
+    (dict(num_samples=-1), r"num_samples: expected >= 0"),
+    (dict(position=-5), r"position: expected >= 0"),
+    (dict(spin_timeout_ns=0), r"spin_timeout_ns: expected > 0"),
+    (dict(dilate_w=0), r"dilate_w: expected a device pointer, got null"),
+    (dict(history=0), r"history: expected a device pointer, got null"),
+    (dict(out_w=(1 << 20) + 8), r"out_w: .* must be 16-byte aligned"),
+])
+def test_cuda_entry_points_name_the_bad_argument(fields, message):
+    from nvwavenet import _C
+
+    for variant in CUDA_VARIANTS.values():
+        with pytest.raises(ValueError, match=message):
+            _C.cuda_plan(fake_params(**fields), variant)
+        with pytest.raises(ValueError, match=message):
+            _C.cuda_generate(fake_params(**fields), variant)
+
+
+@needs_kernels
+def test_cuda_entry_points_reject_auto_and_unknown_variants():
+    from nvwavenet import _C
+
+    with pytest.raises(ValueError, match="AUTO is resolved in Python"):
+        _C.cuda_plan(fake_params(), 0)
+    with pytest.raises(ValueError, match="variant: expected an nvwavenet.Impl value"):
+        _C.cuda_generate(fake_params(), 7)
+    with pytest.raises(ValueError, match="workspace: expected a device pointer"):
+        _C.cuda_generate(fake_params(workspace=0), 1)
+
+
+@needs_kernels
+def test_one_layer_network_needs_no_residual_weights():
+    """With L = 1 there is no residual layer: null res pointers pass validation."""
+    from nvwavenet import _C
+
+    if HAVE_GPU:
+        pytest.skip("on a GPU this would plan for real; the GPU tests run L = 1")
+    with pytest.raises(RuntimeError, match="CUDA error"):  # past validation, at the first CUDA call
+        _C.cuda_plan(fake_params(L=1, res_w=0, res_b=0), 1)
+
+
+@needs_kernels
+def test_cuda_failure_without_a_gpu_is_a_runtime_error_with_cuda_message_and_location():
+    from nvwavenet import _C
+
+    if HAVE_GPU:
+        pytest.skip("a GPU is present")
+    for variant in CUDA_VARIANTS.values():
+        with pytest.raises(RuntimeError, match=r"CUDA error cuda\w+ \(.+\) from .+ at .+launch\.cu:\d+"):
+            _C.cuda_plan(fake_params(), variant)
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: SPEC section 4 for every variant, size and precision.
+
+@needs_gpu
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}-L{}-d{}-T{}".format(*s))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("size", BUILT_SIZES, ids=lambda s: "R{}S{}A{}".format(*s))
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_matches_reference(variant, size, dtype, shape):
+    batch, layers, max_dilation, samples = shape
+    net = make_net(size, layers, max_dilation, dtype, seed=batch * 100 + layers)
+    cond = random_cond_input(size[0], batch, layers, samples, seed=layers, device="cuda")
+    report = run_or_refused(variant, lambda: compare_with_reference(net, cond, variant))
+    assert net.last_implementation is variant
+    print(f"{variant.name} {size} {dtype} {shape}: {report}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_bfloat16_matches_reference(variant):
+    for batch, layers, max_dilation, samples in SHAPES[:2]:
+        net = make_net((64, 256, 256), layers, max_dilation, torch.bfloat16)
+        cond = random_cond_input(64, batch, layers, samples, device="cuda")
+        run_or_refused(variant, lambda: compare_with_reference(net, cond, variant))
+
+
+@needs_gpu
+def test_auto_runs_a_runnable_variant_and_matches_reference():
+    for batch in (1, 8, 200):
+        net = make_net((64, 256, 256), 4, 8, torch.float16)
+        cond = random_cond_input(64, batch, 4, 16, device="cuda")
+        compare_with_reference(net, cond, Impl.AUTO)
+        assert net.last_implementation in VARIANTS
+
+
+@needs_gpu
+def test_persistent_runs_the_target_configuration():
+    """R64/S256/A256, L = 20, max_dilation 512, float16: the single-stream target must fit."""
+    major, _ = torch.cuda.get_device_capability()
+    if major < 9:
+        pytest.skip("PERSISTENT needs thread-block clusters (sm_90)")
+    net = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float16)
+    cond = random_cond_input(64, 1, 20, 64, device="cuda")
+    compare_with_reference(net, cond, Impl.PERSISTENT)
+
+
+@needs_gpu
+def test_persistent_declines_what_does_not_fit_with_the_reason():
+    net = make_net((64, 256, 256), 30, 512, torch.float32)  # 30 float32 layers: one per block, > 16
+    cond = random_cond_input(64, 1, 30, 4, device="cuda")
+    with pytest.raises(ValueError, match=r"implementation: Impl.PERSISTENT cannot run this configuration .*cluster"):
+        net.infer(cond, Impl.PERSISTENT)
+    net = make_net((128, 256, 256), 2, 2, torch.float16)
+    cond = random_cond_input(128, 1, 2, 4, device="cuda")
+    with pytest.raises(ValueError, match="not built for PERSISTENT"):
+        net.infer(cond, Impl.PERSISTENT)
+
+
+@needs_gpu
+def test_unbuilt_size_on_cuda_is_a_value_error():
+    net = make_net((48, 256, 256), 2, 2, torch.float32)
+    cond = random_cond_input(48, 1, 2, 4, device="cuda")
+    with pytest.raises(ValueError, match=r"\(48, 256, 256\).*built"):
+        net.infer(cond, Impl.SINGLE_BLOCK)
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch", [3, 8, 13])
+def test_single_block_eight_stream_tiles_match_reference(batch, monkeypatch):
+    """Tiles of 8 streams, including a partly filled last tile."""
+    monkeypatch.setattr(autotune, "SINGLE_BLOCK_TILE_FROM", 0)
+    for dtype in (torch.float32, torch.float16):
+        net = make_net((64, 256, 256), 3, 4, dtype)
+        compare_with_reference(net, random_cond_input(64, batch, 3, 20, device="cuda"), Impl.SINGLE_BLOCK)
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_more_streams_than_run_at_once(variant):
+    """DUAL_BLOCK pairs loop over streams and PERSISTENT clusters run in waves beyond what fits."""
+    batch = 2 * torch.cuda.get_device_properties(0).multi_processor_count + 3
+    net = make_net((32, 128, 256), 2, 2, torch.float16)
+    compare_with_reference(net, random_cond_input(32, batch, 2, 6, device="cuda"), variant)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_chunked_calls_equal_one_call(variant, dtype):
+    """Generation resumed from the state, in uneven chunks, is bit for bit one call."""
+    net = make_net((64, 256, 256), 10, 64, dtype)
+    batch, samples = 3, 60
+    cond = random_cond_input(64, batch, 10, samples, device="cuda")
+    u = torch.rand(batch, samples, generator=torch.Generator().manual_seed(1)).cuda()
+    whole_state = net.init_state(batch, "cuda")
+    whole, whole_logits = net.infer(cond, variant, selectors=u, state=whole_state, return_logits=True)
+    state = net.init_state(batch, "cuda")
+    parts, part_logits, start = [], [], 0
+    for length in (17, 1, 42):
+        out, logits = net.infer(cond[..., start:start + length], variant, selectors=u[:, start:start + length],
+                                state=state, return_logits=True)
+        parts.append(out)
+        part_logits.append(logits)
+        start += length
+    assert torch.equal(torch.cat(parts, dim=1), whole)
+    assert torch.equal(torch.cat(part_logits, dim=2), whole_logits)
+    for key in ("queues", "history", "position"):
+        assert torch.equal(state[key], whole_state[key]), key
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_strided_inputs_give_the_same_results(variant):
+    """Conditioning, selectors and teacher classes with arbitrary strides read the same values."""
+    net = make_net((64, 256, 256), 4, 8, torch.float32)
+    batch, samples = 3, 24
+    dense = random_cond_input(64, batch, 4, samples, device="cuda")
+    # Time-major storage, and every other time step of a twice-as-long tensor.
+    time_major = dense.permute(3, 2, 1, 0).contiguous().permute(3, 2, 1, 0)
+    padded = torch.zeros(128, batch, 4, 2 * samples, device="cuda")
+    padded[..., ::2] = dense
+    strided = padded[..., ::2]
+    assert not time_major.is_contiguous() and not strided.is_contiguous()
+    u = torch.rand(samples, batch, device="cuda").t()
+    teacher = torch.randint(0, 256, (samples, batch), device="cuda", dtype=torch.int32).t()
+    expected = net.infer(dense, variant, selectors=u.contiguous(), teacher_forcing=teacher.contiguous(),
+                         return_logits=True)
+    for cond in (time_major, strided):
+        got = net.infer(cond, variant, selectors=u, teacher_forcing=teacher, return_logits=True)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_float16_conditioning_matches_reference(variant):
+    net = make_net((64, 256, 256), 6, 8, torch.float32)
+    cond = random_cond_input(64, 2, 6, 24, device="cuda", dtype=torch.float16)
+    compare_with_reference(net, cond, variant)
+
+
+def layer_errors(net, cuda_state, ref_state):
+    """Per layer, the largest |difference| of the queues over the largest |reference| entry."""
+    offsets = layer_offsets(net.weights.dilations)
+    got, want = cuda_state["queues"].double().cpu(), ref_state["queues"]
+    return [float((got[:, a:b] - want[:, a:b]).abs().max() / want[:, a:b].abs().max().clamp_min(1e-30))
+            for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_queues_match_reference_layer_by_layer(variant, dtype):
+    """The diagnostic for a wrong kernel: the queues hold every layer's recent inputs x_l, so the
+    first layer whose queue departs from the float64 reference is where the bug is."""
+    net = make_net((64, 256, 256), 20, 512, dtype)
+    batch, samples = 2, 40  # fewer steps than most dilations: the queues keep x_l of every step
+    cond = random_cond_input(64, batch, 20, samples, device="cuda")
+    u = torch.rand(batch, samples, generator=torch.Generator().manual_seed(3))
+    ref_state = reference.init_state(net.weights, batch)
+    ref_samples = reference.incremental(net.weights, cond.cpu().double(), u, state=ref_state)
+    state = net.init_state(batch, "cuda")
+    net.infer(cond, variant, selectors=u.cuda(), teacher_forcing=ref_samples.cuda(), state=state)
+    errors = layer_errors(net, state, ref_state)
+    tolerance = 10 * TOLERANCES[dtype]
+    bad = [layer for layer, error in enumerate(errors) if not error <= tolerance]
+    table = ", ".join(f"{layer}: {error:.2e}" for layer, error in enumerate(errors))
+    assert not bad, f"first layer off: {bad[0]} (relative max error per layer: {table})"
+    assert torch.equal(state["history"].cpu(), ref_state["history"])
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_zero_samples_return_empty_outputs(variant):
+    net = make_net((64, 256, 256), 2, 2, torch.float32)
+    out, logits = net.infer(random_cond_input(64, 2, 2, 0, device="cuda"), variant, return_logits=True)
+    assert out.shape == (2, 0) and logits.shape == (2, 256, 0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", [Impl.DUAL_BLOCK, Impl.PERSISTENT], ids=lambda v: v.name)
+def test_a_wait_that_times_out_stops_the_kernel_cleanly(variant, monkeypatch):
+    """With a 1 ns wait limit the cooperating blocks usually give up: that must be a RuntimeError
+    saying where, never a hang or a broken CUDA context (the next normal call must work)."""
+    net = make_net((64, 256, 256), 20, 512, torch.float16)
+    cond = random_cond_input(64, 1, 20, 200, device="cuda")
+    monkeypatch.setenv("NVWAVENET_SPIN_TIMEOUT_MS", "0.000001")
+    try:
+        net.infer(cond, variant)
+        outcome = "finished inside the limit"
+    except RuntimeError as error:
+        assert re.search(r"kernel stopped: block \d+, .+ at step \d+, waited more than", str(error)), str(error)
+        outcome = "stopped"
+    monkeypatch.delenv("NVWAVENET_SPIN_TIMEOUT_MS")
+    compare_with_reference(net, cond[..., :32], variant)
+    print(f"{variant.name} with a 1 ns limit: {outcome}")
+
+
+@needs_gpu
+def test_wrong_state_dtype_is_a_type_error():
+    net = make_net((64, 256, 256), 2, 2, torch.float32)
+    cond = random_cond_input(64, 1, 2, 4, device="cuda")
+    state = reference.init_state(net.weights, 1, device="cuda")  # float64 queues
+    with pytest.raises(TypeError, match=r"state\['queues'\]"):
+        net.infer(cond, Impl.SINGLE_BLOCK, state=state)
+
+
+def test_grid_covers_the_issue_shapes():
+    assert {s[0] for s in SHAPES} >= {1, 3, 8, 64}
+    assert {s[1] for s in SHAPES} >= {1, 2, 16, 20, 30}
+    assert {s[2] for s in SHAPES} >= {1, 128, 512}
+    assert all(math.log2(s[2]).is_integer() for s in SHAPES)
