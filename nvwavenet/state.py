@@ -69,6 +69,12 @@ def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device
         raise TypeError(f"state['queues']: expected a floating-point tensor, got {state['queues'].dtype}")
     if state["history"].dtype != torch.int32:
         raise TypeError(f"state['history']: expected int32, got {state['history'].dtype}")
+    history = state["history"]
+    # The CUDA kernels look the history up in the embeddings unchecked: a state of another network
+    # (a larger A) would read outside them.
+    if history.numel() and not bool(((history >= 0) & (history < weights.n_classes)).all()):
+        raise ValueError(f"state['history']: expected classes in [0, {weights.n_classes}) for this network, "
+                         f"got values from {int(history.min())} to {int(history.max())}")
     if state["position"].dtype != torch.int64 or state["position"].device.type != "cpu":
         raise TypeError("state['position']: expected a 0-d int64 tensor on the CPU")
 

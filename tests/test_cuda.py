@@ -312,7 +312,9 @@ def test_chunked_calls_equal_one_call(variant, dtype):
     cond = random_cond_input(64, batch, 10, samples, device="cuda")
     u = torch.rand(batch, samples, generator=torch.Generator().manual_seed(1)).cuda()
     whole_state = net.init_state(batch, "cuda")
-    whole, whole_logits = net.infer(cond, variant, selectors=u, state=whole_state, return_logits=True)
+    # PERSISTENT float32: 10 layer blocks + 4 head blocks, a non-portable cluster the device may decline.
+    whole, whole_logits = run_or_refused(
+        variant, lambda: net.infer(cond, variant, selectors=u, state=whole_state, return_logits=True))
     state = net.init_state(batch, "cuda")
     parts, part_logits, start = [], [], 0
     for length in (17, 1, 42):
@@ -354,7 +356,8 @@ def test_strided_inputs_give_the_same_results(variant):
 def test_float16_conditioning_matches_reference(variant):
     net = make_net((64, 256, 256), 6, 8, torch.float32)
     cond = random_cond_input(64, 2, 6, 24, device="cuda", dtype=torch.float16)
-    compare_with_reference(net, cond, variant)
+    # PERSISTENT, float32 weights: 6 layer blocks + 4 head blocks, a non-portable cluster size.
+    run_or_refused(variant, lambda: compare_with_reference(net, cond, variant))
 
 
 def layer_errors(net, cuda_state, ref_state):
@@ -378,7 +381,9 @@ def test_queues_match_reference_layer_by_layer(variant, dtype):
     ref_state = reference.init_state(net.weights, batch)
     ref_samples = reference.incremental(net.weights, cond.cpu().double(), u, state=ref_state)
     state = net.init_state(batch, "cuda")
-    net.infer(cond, variant, selectors=u.cuda(), teacher_forcing=ref_samples.cuda(), state=state)
+    # PERSISTENT declines float32 here by design: one R=64 float32 layer per block, 20 + 4 > 16 blocks.
+    run_or_refused(variant, lambda: net.infer(cond, variant, selectors=u.cuda(),
+                                              teacher_forcing=ref_samples.cuda(), state=state))
     errors = layer_errors(net, state, ref_state)
     tolerance = 10 * TOLERANCES[dtype]
     bad = [layer for layer, error in enumerate(errors) if not error <= tolerance]

@@ -140,6 +140,16 @@ def test_moved_state_is_equivalent(net, data):
                        net.infer(cond[..., 10:], selectors=u[:, 10:], state=copy_state(state)))
 
 
+def test_history_outside_the_classes_is_refused(net, data):
+    """A state of a network with more classes must not reach the engines' embedding look-ups."""
+    cond, u = data
+    for bad in (net.A, -1):
+        state = net.init_state(3)
+        state["history"][1, 0] = bad
+        with pytest.raises(ValueError, match=r"state\['history'\]: expected classes in \[0, 32\)"):
+            net.infer(cond, selectors=u, state=state)
+
+
 def test_stream_indices_are_checked(net):
     with pytest.raises(ValueError, match="streams"):
         net.reset_streams(net.init_state(2), [2])

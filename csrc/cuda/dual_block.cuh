@@ -86,6 +86,9 @@ __device__ void dual_publisher(const Params& p, const float* gated, DualFlags* f
     }
     ready = __shfl_sync(kFullMask, ready, 0);
     if (ready == 0) return;  // the chain gave up, or the wait did
+    // Only lane 0 acquired; a shuffle orders no memory, this barrier does: the other lanes' reads
+    // of `gated` below come after lane 0's acquire.
+    __syncwarp();
     // Every entry in (published, ready] belongs to the current step: the chain cannot start the
     // next step before the head block has consumed this one, so the shared rows are intact.
     for (uint64_t entry = published; entry < ready; ++entry) {
