@@ -9,6 +9,8 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/engine.h"
+#include "cpu/packing.h"
 #include "nvwavenet.h"
 #include "sizes.h"
 
@@ -46,6 +48,8 @@ py::dict build_info() {
   info["sizes"] = std::vector<std::tuple<int, int, int>>{};
   info["precisions"] = std::vector<std::string>{};
 #endif
+  info["cpu_isa"] = nvwavenet::cpu::best_isa();
+  info["cpu_threads"] = nvwavenet::cpu::default_threads();
   return info;
 }
 
@@ -87,6 +91,8 @@ PYBIND11_MODULE(_C, m) {
       .POINTER_FIELD(Params, out_b, const void*)
       .POINTER_FIELD(Params, end_w, const void*)
       .POINTER_FIELD(Params, end_b, const void*)
+      .POINTER_FIELD(Params, cpu_weights, const void*)
+      .def_readwrite("cpu_weights_bytes", &Params::cpu_weights_bytes)
       .POINTER_FIELD(Params, cond, const void*)
       .def_readwrite("cond_dtype", &Params::cond_dtype)
       .def_readwrite("cond_stride_channel", &Params::cond_stride_channel)
@@ -114,5 +120,25 @@ PYBIND11_MODULE(_C, m) {
       .POINTER_FIELD(Params, stream, void*)
       .def_readwrite("num_threads", &Params::num_threads);
 
-  m.def("build_info", &build_info, "What was compiled: CUDA kernels, architectures, sizes, precisions.");
+  m.def("build_info", &build_info,
+        "What was compiled: CUDA kernels, architectures, sizes, precisions; the CPU engine's "
+        "instruction set and default thread count.");
+
+  m.def("cpu_packed_bytes", &nvwavenet::cpu::cpu_packed_bytes, py::arg("params"),
+        "Bytes of the CPU engine's packed weights for the sizes in params.");
+  m.def(
+      "pack_cpu_weights",
+      [](const Params& p, std::uintptr_t dst, int64_t dst_bytes) {
+        nvwavenet::cpu::pack_cpu_weights(p, reinterpret_cast<void*>(dst), dst_bytes);
+      },
+      py::arg("params"), py::arg("dst"), py::arg("dst_bytes"),
+      "Packs params' float32 weights into the CPU engine's layout at address dst (64-byte aligned).");
+  m.def(
+      "generate_cpu",
+      [](const Params& p, const std::string& isa) {
+        py::gil_scoped_release release;
+        nvwavenet::cpu::generate_cpu(p, isa);
+      },
+      py::arg("params"), py::arg("isa") = "auto",
+      "Runs the CPU engine on params (cpu_weights packed); isa: 'auto', 'avx2+fma' or 'generic'.");
 }

@@ -10,7 +10,7 @@ import enum
 
 import torch
 
-from . import reference
+from . import engines, reference
 from .engines import build_info
 from .network import WaveNetWeights
 from .sampling import draw_selectors
@@ -39,22 +39,29 @@ class NVWaveNet:
 
     The positional arguments are NV-WaveNet's, shapes as in the SPEC; a trailing conv dimension of
     size 1 is accepted, and ``res_weights``/``res_biases`` may hold L - 1 or L layers. Keyword-only:
-    ``conv_out_bias``/``conv_end_bias`` (A each, zero when None) and ``dtype``, the precision of
-    the CUDA kernels (float32, float16 or bfloat16; products and softmax accumulate in float32).
+    ``conv_out_bias``/``conv_end_bias`` (A each, zero when None), ``dtype``, the precision of
+    the CUDA kernels (float32, float16 or bfloat16; products and softmax accumulate in float32),
+    and ``num_threads``, the threads of the compiled CPU engine (None: one per CPU core).
     The CPU path computes in float32.
     """
 
     def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
                  dilate_weights, dilate_biases, max_dilation, res_weights, res_biases,
                  skip_weights, skip_biases, use_embed_tanh, *, conv_out_bias=None,
-                 conv_end_bias=None, dtype: torch.dtype = torch.float32):
+                 conv_end_bias=None, dtype: torch.dtype = torch.float32,
+                 num_threads: int | None = None):
         if dtype not in _NETWORK_DTYPES:
             raise TypeError(f"dtype: expected torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
+            raise ValueError(f"num_threads: expected None or an integer >= 1, got {num_threads!r}")
         self.weights = WaveNetWeights.from_nv_wavenet_args(
             embedding_prev, embedding_curr, conv_out_weight, conv_end_weight, dilate_weights,
             dilate_biases, max_dilation, res_weights, res_biases, skip_weights, skip_biases,
             use_embed_tanh, conv_out_bias=conv_out_bias, conv_end_bias=conv_end_bias)
         self.dtype = dtype
+        self.num_threads = num_threads
+        self._cpu_weights: engines.CpuWeights | None = None  # packed on the first CPU call
 
     # Sizes, under the names NV-WaveNet's documentation uses.
     @property
@@ -136,8 +143,20 @@ class NVWaveNet:
         return out, logits
 
     def _infer_cpu(self, cond_input, u, teacher, return_logits, state):
-        return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
-                                     return_logits=return_logits, state=state, dtype=torch.float32)
+        if not build_info()["extension"]:  # never built: the float32 reference, slowly
+            return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
+                                         return_logits=return_logits, state=state, dtype=torch.float32)
+        if self._cpu_weights is None:
+            self._cpu_weights = engines.CpuWeights.pack(self.weights)
+        batch, samples = u.shape
+        out, logits = self._outputs(batch, samples, cond_input.device, return_logits)
+        params = engines.make_params(self.weights, self._cpu_weights.packed, cond_input, u, out, state,
+                                     teacher=teacher, logits=logits,
+                                     cpu_blocked=self._cpu_weights.blocked)
+        params.num_threads = self.num_threads or 0
+        engines.generate_cpu(params)
+        state["position"].fill_(int(state["position"]) + samples)
+        return (out, logits) if return_logits else out
 
     def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):
         info = build_info()

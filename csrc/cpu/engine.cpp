@@ -1,0 +1,473 @@
+// The CPU engine's driver: validation, the split of the work over threads, and the step loop.
+//
+// Threads form teams. Streams are split across teams, which never talk to each other; within a
+// team every stream is processed in lockstep, so each weight loaded from cache serves all of the
+// team's streams. At batch 1 there is one team and its members split the matrix rows instead.
+//
+// Per step, a member of an M-thread team owns:
+// - gate chunks [c0, c1): the dilated-conv rows of h[8c0 .. 8c1) (tanh and sigmoid halves), so the
+//   gate needs nobody else; their h goes to the team's shared buffer;
+// - the residual x_{l+1} = x_l + W_res h_l + b in full: every member recomputes it from the
+//   shared h, because one R x R product costs less than the extra barrier that splitting it needs;
+// - skip rows [8 s0, 8 s1) of the skip sum over all layers (one product with every layer's h,
+//   after the last layer) and with them columns [8 s0, 8 s1) of conv_out: a partial z;
+// - classes [8 a0, 8 a1) of z (summing the partials) and with them columns of conv_end: a partial
+//   logits vector, summed by everyone.
+// That is one barrier per layer plus two for the head. Each barrier is split (arrive ... wait), and
+// in between a member does work that depends on no one: the past tap of the next layer's dilated
+// conv, W_prev x_l[t - d_l], whose input is already in the queue.
+//
+// The conditioning is read through its strides a block of steps at a time into a member-private
+// stage, with the dilate biases added, in the gate order of the member's rows; the products then
+// accumulate into the stage in place.
+#include "cpu/engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/kernels.h"
+#include "cpu/packing.h"
+#include "cpu/threads.h"
+
+namespace nvwavenet::cpu {
+namespace {
+
+// Stage size per member, in floats: enough for many steps at typical sizes while staying well
+// inside L2 next to the weights.
+constexpr int64_t kStageFloats = 1 << 16;
+constexpr int64_t kMaxStageSteps = 32;
+
+struct Range {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+
+// Part i of `parts` near-equal contiguous parts of [0, total).
+Range split(int64_t total, int64_t parts, int64_t i) { return {total * i / parts, total * (i + 1) / parts}; }
+
+// Zeroed float scratch on 64-byte boundaries (cache lines; no false sharing between threads).
+class Buffer {
+ public:
+  explicit Buffer(int64_t floats)
+      : data_(static_cast<float*>(::operator new(size_t(std::max<int64_t>(floats, 1)) * sizeof(float),
+                                                 std::align_val_t(64)))) {
+    std::fill(data_.get(), data_.get() + std::max<int64_t>(floats, 1), 0.0f);
+  }
+  float* get() const { return data_.get(); }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { ::operator delete(p, std::align_val_t(64)); }
+  };
+  std::unique_ptr<float, Free> data_;
+};
+
+float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, nan
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal half: a normal float
+    int shift = 0;
+    uint32_t m = mantissa;
+    while (!(m & 0x400u)) {
+      m <<= 1;
+      ++shift;
+    }
+    bits = sign | uint32_t(113 - shift) << 23 | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+float bfloat16_to_float(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Everything every thread reads and nobody writes during a run.
+struct Net {
+  const Params& p;
+  const Layout& lay;
+  const float* w;  // packed weights
+  const Kernels& k;
+  std::vector<int64_t> dilations, queue_offsets;
+  int64_t queue_rows;
+};
+
+// The threads that run one group of streams, and what they share.
+struct Team {
+  Team(const Net& net, Range streams, int members)
+      : streams(streams),
+        members(members),
+        barrier(members),
+        h(streams.size() * net.lay.L * net.lay.Rp),
+        z_parts(int64_t(members) * streams.size() * net.lay.Ap),
+        logit_parts(int64_t(members) * streams.size() * net.lay.Ap) {}
+
+  Range streams;
+  int members;
+  TeamBarrier barrier;
+  Buffer h;            // [N][L * Rp]: every layer's gate output, in skip_w's column order
+  Buffer z_parts;      // [M][N][Ap]: conv_out partial products, one per member
+  Buffer logit_parts;  // [M][N][Ap]: conv_end partial products, one per member
+};
+
+// One thread's part of a team's work, and its private buffers.
+class Member {
+ public:
+  Member(const Net& net, Team& team, int index)
+      : net_(net),
+        lay_(net.lay),
+        team_(team),
+        index_(index),
+        n_(team.streams.size()),
+        chunks_(split(lay_.Rp / kBlock, team.members, index)),
+        skip_blocks_(split(lay_.Sp / kBlock, team.members, index)),
+        class_blocks_(split(lay_.Ap / kBlock, team.members, index)),
+        own_rows_(2 * kBlock * chunks_.size()),
+        stage_steps_(std::clamp<int64_t>(kStageFloats / (lay_.L * n_ * own_rows_), 1, kMaxStageSteps)),
+        stage_(stage_steps_ * lay_.L * n_ * own_rows_),
+        x_(n_ * lay_.L * lay_.Rp),
+        skip_(n_ * lay_.Sp),
+        z_(n_ * lay_.Ap),
+        logits_(n_ * lay_.Ap),
+        exps_(lay_.Ap),
+        history_(2 * n_) {
+    for (int64_t n = 0; n < n_; ++n) {
+      const int64_t b = team.streams.begin + n;
+      history_[2 * n] = net.p.history[2 * b];
+      history_[2 * n + 1] = net.p.history[2 * b + 1];
+    }
+  }
+
+  void run();
+
+ private:
+  const float* weights(int64_t offset) const { return net_.w + offset; }
+  // The stage slice of step t, layer l: [N][own_rows] pre-activations in gate order.
+  float* slice(int64_t t, int64_t l) const {
+    return stage_.get() + ((t % stage_steps_) * lay_.L + l) * n_ * own_rows_;
+  }
+  float* queue_row(int64_t stream, int64_t t, int64_t l) const {
+    const int64_t slot = (net_.p.position + t) & (net_.dilations[l] - 1);
+    return net_.p.queues + ((team_.streams.begin + stream) * net_.queue_rows + net_.queue_offsets[l] + slot) * lay_.R;
+  }
+
+  template <class T, class Convert>
+  void stage_block(int64_t t0, Convert convert);
+  void begin_step(int64_t t);
+  void add_past(int64_t t, int64_t l);
+  void embed();
+  void residual(int64_t l);
+  void layer(int64_t t, int64_t l);
+  void store_queues(int64_t t);
+  void skip_and_conv_out();
+  void conv_end();
+  void sample(int64_t t);
+
+  const Net& net_;
+  const Layout& lay_;
+  Team& team_;
+  const int index_;
+  const int64_t n_;  // streams
+  const Range chunks_, skip_blocks_, class_blocks_;
+  const int64_t own_rows_;
+  const int64_t stage_steps_;
+  Buffer stage_;   // [stage_steps][L][N][own_rows]
+  Buffer x_;       // [N][L][Rp]: each layer's input this step
+  Buffer skip_;    // [N][Sp]: own rows only
+  Buffer z_;       // [N][Ap]: own classes only
+  Buffer logits_;  // [N][Ap]
+  Buffer exps_;    // [Ap]
+  std::vector<int32_t> history_;  // [N][2]: y_{t-2}, y_{t-1}
+};
+
+// Conditioning plus dilate bias of this member's rows, for steps [t0, t0 + stage_steps).
+template <class T, class Convert>
+void Member::stage_block(int64_t t0, Convert convert) {
+  const Params& p = net_.p;
+  const int64_t steps = std::min(stage_steps_, p.num_samples - t0);
+  const T* cond = static_cast<const T*>(p.cond);
+  for (int64_t n = 0; n < n_; ++n) {
+    const int64_t b = team_.streams.begin + n;
+    for (int64_t l = 0; l < lay_.L; ++l) {
+      for (int64_t row = 0; row < own_rows_; ++row) {
+        const int64_t packed_row = 2 * kBlock * chunks_.begin + row;
+        const int64_t channel = packed_row / (2 * kBlock) * kBlock + row % kBlock;
+        const bool sigmoid_half = (row / kBlock) % 2 == 1;
+        const float bias = weights(lay_.dilate_b)[l * 2 * lay_.Rp + packed_row];
+        float* dst = slice(t0, l) + n * own_rows_ + row;
+        const int64_t dst_step = lay_.L * n_ * own_rows_;
+        if (channel >= lay_.R) {  // padding: stays zero
+          for (int64_t s = 0; s < steps; ++s) dst[s * dst_step] = 0.0f;
+          continue;
+        }
+        const T* src = cond + (sigmoid_half ? lay_.R + channel : channel) * p.cond_stride_channel +
+                       b * p.cond_stride_batch + l * p.cond_stride_layer + t0 * p.cond_stride_time;
+        for (int64_t s = 0; s < steps; ++s) dst[s * dst_step] = bias + convert(src[s * p.cond_stride_time]);
+      }
+    }
+  }
+}
+
+void Member::begin_step(int64_t t) {
+  if (t % stage_steps_ == 0) {
+    switch (net_.p.cond_dtype) {
+      case DType::Float32: stage_block<float>(t, [](float v) { return v; }); break;
+      case DType::Float16: stage_block<uint16_t>(t, half_to_float); break;
+      case DType::BFloat16: stage_block<uint16_t>(t, bfloat16_to_float); break;
+    }
+  }
+  add_past(t, 0);
+}
+
+void Member::add_past(int64_t t, int64_t l) {
+  net_.k.gemm(weights(lay_.dilate_prev + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end, 0,
+              lay_.R, queue_row(0, t, l), net_.queue_rows * lay_.R, n_, slice(t, l), own_rows_, true);
+}
+
+void Member::embed() {
+  const int64_t Rp = lay_.Rp;
+  for (int64_t n = 0; n < n_; ++n) {
+    const float* prev = weights(lay_.embed_prev) + history_[2 * n] * Rp;
+    const float* curr = weights(lay_.embed_curr) + history_[2 * n + 1] * Rp;
+    float* x = x_.get() + n * lay_.L * Rp;
+    for (int64_t i = 0; i < Rp; ++i) x[i] = prev[i] + curr[i];
+    if (net_.p.use_embed_tanh) net_.k.tanh(x, Rp);
+  }
+}
+
+void Member::residual(int64_t l) {
+  const int64_t Rp = lay_.Rp, ld = lay_.L * Rp;
+  const float* bias = weights(lay_.res_b) + (l - 1) * Rp;
+  for (int64_t n = 0; n < n_; ++n) {
+    const float* before = x_.get() + n * ld + (l - 1) * Rp;
+    float* after = x_.get() + n * ld + l * Rp;
+    for (int64_t i = 0; i < Rp; ++i) after[i] = before[i] + bias[i];
+  }
+  net_.k.gemm(weights(lay_.res_w + (l - 1) * lay_.res_stride), lay_.R, 0, Rp / kBlock, 0, lay_.R,
+              team_.h.get() + (l - 1) * Rp, ld, n_, x_.get() + l * Rp, ld, true);
+}
+
+void Member::layer(int64_t t, int64_t l) {
+  const int64_t Rp = lay_.Rp, ld = lay_.L * Rp;
+  float* a = slice(t, l);
+  net_.k.gemm(weights(lay_.dilate_curr + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end, 0,
+              lay_.R, x_.get() + l * Rp, ld, n_, a, own_rows_, true);
+  for (int64_t n = 0; n < n_; ++n) {
+    net_.k.gate(a + n * own_rows_, chunks_.size(), team_.h.get() + n * ld + l * Rp + kBlock * chunks_.begin);
+  }
+}
+
+// This member's columns of every layer's input, into the queue slots the step has finished reading.
+void Member::store_queues(int64_t t) {
+  const int64_t first = kBlock * chunks_.begin, last = std::min(kBlock * chunks_.end, lay_.R);
+  if (last <= first) return;
+  for (int64_t n = 0; n < n_; ++n) {
+    for (int64_t l = 0; l < lay_.L; ++l) {
+      std::memcpy(queue_row(n, t, l) + first, x_.get() + (n * lay_.L + l) * lay_.Rp + first,
+                  size_t(last - first) * sizeof(float));
+    }
+  }
+}
+
+void Member::skip_and_conv_out() {
+  const int64_t Sp = lay_.Sp, ld = lay_.L * lay_.Rp;
+  const int64_t first = kBlock * skip_blocks_.begin, last = kBlock * skip_blocks_.end;
+  for (int64_t n = 0; n < n_; ++n) std::copy(weights(lay_.skip_b) + first, weights(lay_.skip_b) + last, skip_.get() + n * Sp + first);
+  net_.k.gemm(weights(lay_.skip_w), ld, skip_blocks_.begin, skip_blocks_.end, 0, ld, team_.h.get(), ld, n_,
+              skip_.get() + first, Sp, true);
+  for (int64_t n = 0; n < n_; ++n) {
+    for (int64_t i = first; i < last; ++i) skip_.get()[n * Sp + i] = std::max(skip_.get()[n * Sp + i], 0.0f);
+  }
+  net_.k.gemm(weights(lay_.out_w), Sp, 0, lay_.Ap / kBlock, first, last, skip_.get(), Sp, n_,
+              team_.z_parts.get() + index_ * n_ * lay_.Ap, lay_.Ap, false);
+}
+
+void Member::conv_end() {
+  const int64_t Ap = lay_.Ap;
+  const int64_t first = kBlock * class_blocks_.begin, last = kBlock * class_blocks_.end;
+  const float* bias = weights(lay_.out_b);
+  for (int64_t n = 0; n < n_; ++n) {
+    float* z = z_.get() + n * Ap;
+    for (int64_t i = first; i < last; ++i) {
+      float sum = bias[i];
+      for (int m = 0; m < team_.members; ++m) sum += team_.z_parts.get()[(m * n_ + n) * Ap + i];
+      z[i] = std::max(sum, 0.0f);
+    }
+  }
+  net_.k.gemm(weights(lay_.end_w), Ap, 0, Ap / kBlock, first, last, z_.get(), Ap, n_,
+              team_.logit_parts.get() + index_ * n_ * Ap, Ap, false);
+}
+
+// Sums the logits (every member, in the same order, so all draw the same class), draws, and
+// feeds back; member 0 writes the outputs.
+void Member::sample(int64_t t) {
+  const Params& p = net_.p;
+  const int64_t A = lay_.A, Ap = lay_.Ap;
+  const float* bias = weights(lay_.end_b);
+  for (int64_t n = 0; n < n_; ++n) {
+    const int64_t b = team_.streams.begin + n;
+    float* logits = logits_.get() + n * Ap;
+    for (int64_t i = 0; i < A; ++i) {
+      float sum = bias[i];
+      for (int m = 0; m < team_.members; ++m) sum += team_.logit_parts.get()[(m * n_ + n) * Ap + i];
+      logits[i] = sum;
+    }
+    // The smallest k with u < p_0 + ... + p_k, as u * sum(exp) < exp_0 + ... + exp_k.
+    const float top = *std::max_element(logits, logits + A);
+    const float total = net_.k.exp_sum(logits, A, top, exps_.get());
+    const float threshold = p.selectors[b * p.selectors_stride_batch + t * p.selectors_stride_time] * total;
+    int32_t drawn = int32_t(A - 1);
+    float cdf = 0.0f;
+    for (int64_t i = 0; i < A; ++i) {
+      cdf += exps_.get()[i];
+      if (threshold < cdf) {
+        drawn = int32_t(i);
+        break;
+      }
+    }
+    if (index_ == 0) {
+      p.samples[b * p.samples_stride_batch + t * p.samples_stride_time] = drawn;
+      if (p.logits != nullptr) {
+        float* out = p.logits + b * p.logits_stride_batch + t * p.logits_stride_time;
+        for (int64_t i = 0; i < A; ++i) out[i * p.logits_stride_class] = logits[i];
+      }
+    }
+    history_[2 * n] = history_[2 * n + 1];
+    history_[2 * n + 1] =
+        p.teacher == nullptr ? drawn : p.teacher[b * p.teacher_stride_batch + t * p.teacher_stride_time];
+  }
+}
+
+void Member::run() {
+  const Params& p = net_.p;
+  TeamBarrier& barrier = team_.barrier;
+  const int64_t L = lay_.L;
+  begin_step(0);
+  for (int64_t t = 0; t < p.num_samples; ++t) {
+    embed();
+    uint64_t phase = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      if (l > 0) {
+        barrier.wait(index_, phase);  // h_{l-1} complete
+        residual(l);
+      }
+      layer(t, l);
+      phase = barrier.arrive(index_);
+      if (l + 1 < L) add_past(t, l + 1);
+    }
+    barrier.wait(index_, phase);  // every h complete, every queue slot of this step read
+    store_queues(t);
+    skip_and_conv_out();
+    barrier.wait(index_, barrier.arrive(index_));  // z partials complete
+    conv_end();
+    phase = barrier.arrive(index_);
+    if (t + 1 < p.num_samples) begin_step(t + 1);
+    barrier.wait(index_, phase);  // logit partials complete
+    sample(t);
+  }
+  if (index_ == 0) {
+    for (int64_t n = 0; n < n_; ++n) {
+      const int64_t b = team_.streams.begin + n;
+      p.history[2 * b] = history_[2 * n];
+      p.history[2 * b + 1] = history_[2 * n + 1];
+    }
+  }
+}
+
+const Kernels& select_kernels(const std::string& isa) {
+  const Kernels* avx2 = avx2_kernels();
+  if (isa == "auto") return avx2 != nullptr ? *avx2 : generic_kernels();
+  if (isa == "generic") return generic_kernels();
+  if (isa == "avx2+fma") {
+    if (avx2 == nullptr) throw std::runtime_error("isa: this CPU (or this build) cannot run 'avx2+fma'");
+    return *avx2;
+  }
+  throw std::invalid_argument("isa: expected 'auto', 'avx2+fma' or 'generic', got '" + isa + "'");
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument("params." + message);
+}
+
+// Checks what the layout does not: everything a run reads through a pointer or an index.
+void validate(const Params& p) {
+  require(p.max_dilation >= 1 && p.max_dilation <= (1 << 20) && (p.max_dilation & (p.max_dilation - 1)) == 0,
+          "max_dilation: expected a power of two from 1 to 2^20, got " + std::to_string(p.max_dilation));
+  require(p.batch >= 1, "batch: expected >= 1, got " + std::to_string(p.batch));
+  require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
+  require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
+  require(p.num_threads >= 0, "num_threads: expected >= 0 (0: one per CPU), got " + std::to_string(p.num_threads));
+  require(p.cond_dtype == DType::Float32 || p.cond_dtype == DType::Float16 || p.cond_dtype == DType::BFloat16,
+          "cond_dtype: not a DType");
+  require(p.queues != nullptr, "queues: null pointer");
+  require(p.history != nullptr, "history: null pointer");
+  for (int64_t i = 0; i < 2 * int64_t(p.batch); ++i) {
+    require(p.history[i] >= 0 && p.history[i] < p.A,
+            "history: expected classes in [0, " + std::to_string(p.A) + "), got " + std::to_string(p.history[i]));
+  }
+  if (p.num_samples == 0) return;
+  require(p.cond != nullptr, "cond: null pointer");
+  require(p.selectors != nullptr, "selectors: null pointer");
+  require(p.samples != nullptr, "samples: null pointer");
+  if (p.teacher != nullptr) {
+    for (int64_t b = 0; b < p.batch; ++b) {
+      for (int64_t t = 0; t < p.num_samples; ++t) {
+        const int32_t y = p.teacher[b * p.teacher_stride_batch + t * p.teacher_stride_time];
+        require(y >= 0 && y < p.A,
+                "teacher: expected classes in [0, " + std::to_string(p.A) + "), got " + std::to_string(y));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::string best_isa() { return select_kernels("auto").name; }
+
+int default_threads() { return available_cpus(); }
+
+void generate_cpu(const Params& p, const std::string& isa) {
+  const Kernels& kernels = select_kernels(isa);
+  const Layout layout(p);
+  const float* packed = checked_packed_weights(p, layout);
+  validate(p);
+  if (p.num_samples == 0) return;
+
+  Net net{p, layout, packed, kernels, {}, {}, 0};
+  for (int l = 0; l < p.L; ++l) {
+    net.dilations.push_back(layer_dilation(l, p.max_dilation));
+    net.queue_offsets.push_back(layer_queue_offset(l, p.max_dilation));
+  }
+  net.queue_rows = net.queue_offsets.back() + net.dilations.back();
+
+  // Teams: as many as streams allow, threads shared out evenly; a team never has more members
+  // than gate chunks to give them.
+  const int threads = p.num_threads > 0 ? p.num_threads : default_threads();
+  const int teams = std::min<int>(p.batch, threads);
+  std::vector<std::unique_ptr<Team>> team_list;
+  std::vector<std::unique_ptr<Member>> members;
+  for (int i = 0; i < teams; ++i) {
+    const Range streams = split(p.batch, teams, i);
+    const int size = int(std::min<int64_t>(split(threads, teams, i).size(), layout.Rp / kBlock));
+    team_list.push_back(std::make_unique<Team>(net, streams, size));
+    for (int m = 0; m < size; ++m) members.push_back(std::make_unique<Member>(net, *team_list.back(), m));
+  }
+  ThreadPool::instance().run(int(members.size()), [&members](int i) { members[i]->run(); });
+}
+
+}  // namespace nvwavenet::cpu
