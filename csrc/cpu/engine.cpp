@@ -1,21 +1,27 @@
 // The CPU engine's driver: validation, the split of the work over threads, and the step loop.
 //
-// Threads form teams. Streams are split across teams, which never talk to each other; within a
-// team every stream is processed in lockstep, so each weight loaded from cache serves all of the
-// team's streams. At batch 1 there is one team and its members split the matrix rows instead.
+// Threads form teams. With several streams, each team is one thread with its share of the
+// streams, processed in lockstep so that every weight loaded from cache serves all of them; teams
+// never talk to each other. At batch 1 there is one team, and its members split the matrix rows.
 //
-// Per step, a member of an M-thread team owns:
+// Per step, member m of an M-thread team owns:
 // - gate chunks [c0, c1): the dilated-conv rows of h[8c0 .. 8c1) (tanh and sigmoid halves), so the
 //   gate needs nobody else; their h goes to the team's shared buffer;
 // - the residual x_{l+1} = x_l + W_res h_l + b in full: every member recomputes it from the
 //   shared h, because one R x R product costs less than the extra barrier that splitting it needs;
-// - skip rows [8 s0, 8 s1) of the skip sum over all layers (one product with every layer's h,
-//   after the last layer) and with them columns [8 s0, 8 s1) of conv_out: a partial z;
-// - classes [8 a0, 8 a1) of z (summing the partials) and with them columns of conv_end: a partial
-//   logits vector, summed by everyone.
+// - some of the kHeadParts fixed parts of the head: skip rows (one product with every layer's h,
+//   after the last layer) and with them the matching columns of conv_out (a partial z), then a
+//   range of classes of z and with them columns of conv_end (a partial logits vector).
 // That is one barrier per layer plus two for the head. Each barrier is split (arrive ... wait), and
 // in between a member does work that depends on no one: the past tap of the next layer's dilated
 // conv, W_prev x_l[t - d_l], whose input is already in the queue.
+//
+// Every sum is formed in the same order whatever the number of threads (rows are independent,
+// and the head's partial sums are over fixed parts, added in part order), so the output does not
+// depend on num_threads, on the batch a stream is generated in, or on how a call is chunked.
+// That is what lets a batch-1 call switch between one thread and a split over all cores while it
+// runs (see run_adaptive), which matters on a machine shared with other work: a split step waits
+// for every member about L + 2 times, and one member losing its core stalls them all.
 //
 // The conditioning is read through its strides a block of steps at a time into a member-private
 // stage, with the dilate biases added, in the gate order of the member's rows; the products then
@@ -23,6 +29,8 @@
 #include "cpu/engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -37,10 +45,17 @@
 namespace nvwavenet::cpu {
 namespace {
 
-// Stage size per member, in floats: enough for many steps at typical sizes while staying well
-// inside L2 next to the weights.
-constexpr int64_t kStageFloats = 1 << 16;
-constexpr int64_t kMaxStageSteps = 32;
+using Clock = std::chrono::steady_clock;
+
+// The head's partial sums run over this many fixed parts of the skip channels and of the classes,
+// whatever the team size (so results do not depend on it); teams use at most this many members in
+// the head.
+constexpr int64_t kHeadParts = 8;
+
+// Stage length in steps: 16 float32 steps are one cache line of time-contiguous conditioning, so
+// each line is fetched once. Capped in floats for very large batches.
+constexpr int64_t kStageSteps = 16;
+constexpr int64_t kMaxStageFloats = int64_t(1) << 22;
 
 struct Range {
   int64_t begin, end;
@@ -76,7 +91,7 @@ float half_to_float(uint16_t h) {
     bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
   } else if (mantissa == 0) {
     bits = sign;
-  } else {  // subnormal half: a normal float
+  } else {  // a subnormal half is a normal float
     int shift = 0;
     uint32_t m = mantissa;
     while (!(m & 0x400u)) {
@@ -97,7 +112,7 @@ float bfloat16_to_float(uint16_t b) {
   return f;
 }
 
-// Everything every thread reads and nobody writes during a run.
+// Everything every thread reads and nobody writes during a call.
 struct Net {
   const Params& p;
   const Layout& lay;
@@ -114,15 +129,16 @@ struct Team {
         members(members),
         barrier(members),
         h(streams.size() * net.lay.L * net.lay.Rp),
-        z_parts(int64_t(members) * streams.size() * net.lay.Ap),
-        logit_parts(int64_t(members) * streams.size() * net.lay.Ap) {}
+        z_parts(kHeadParts * streams.size() * net.lay.Ap),
+        logit_parts(kHeadParts * streams.size() * net.lay.Ap) {}
 
   Range streams;
   int members;
   TeamBarrier barrier;
   Buffer h;            // [N][L * Rp]: every layer's gate output, in skip_w's column order
-  Buffer z_parts;      // [M][N][Ap]: conv_out partial products, one per member
-  Buffer logit_parts;  // [M][N][Ap]: conv_end partial products, one per member
+  Buffer z_parts;      // [kHeadParts][N][Ap]: conv_out products over each part of the skip channels
+  Buffer logit_parts;  // [kHeadParts][N][Ap]: conv_end products over each part of the classes
+  std::atomic<bool> stop{false};  // set by member 0 to end a run after the current step
 };
 
 // One thread's part of a team's work, and its private buffers.
@@ -135,31 +151,30 @@ class Member {
         index_(index),
         n_(team.streams.size()),
         chunks_(split(lay_.Rp / kBlock, team.members, index)),
-        skip_blocks_(split(lay_.Sp / kBlock, team.members, index)),
-        class_blocks_(split(lay_.Ap / kBlock, team.members, index)),
+        parts_(split(kHeadParts, team.members, index)),
         own_rows_(2 * kBlock * chunks_.size()),
-        stage_steps_(std::clamp<int64_t>(kStageFloats / (lay_.L * n_ * own_rows_), 1, kMaxStageSteps)),
+        stage_steps_(std::clamp<int64_t>(kMaxStageFloats / (lay_.L * n_ * own_rows_), 1, kStageSteps)),
         stage_(stage_steps_ * lay_.L * n_ * own_rows_),
         x_(n_ * lay_.L * lay_.Rp),
         skip_(n_ * lay_.Sp),
         z_(n_ * lay_.Ap),
         logits_(n_ * lay_.Ap),
         exps_(lay_.Ap),
-        history_(2 * n_) {
-    for (int64_t n = 0; n < n_; ++n) {
-      const int64_t b = team.streams.begin + n;
-      history_[2 * n] = net.p.history[2 * b];
-      history_[2 * n + 1] = net.p.history[2 * b + 1];
-    }
-  }
+        history_(2 * n_) {}
 
-  void run();
+  // Generates steps [begin, end) of the team's streams. With a budget (seconds per step, > 0),
+  // member 0 ends the run after the first step that leaves it behind `budget * steps + grace`
+  // since `start`. Returns the step reached. Runs on a pool thread: never throws.
+  int64_t run(int64_t begin, int64_t end, double budget, Clock::time_point start) noexcept;
 
  private:
   const float* weights(int64_t offset) const { return net_.w + offset; }
+  // Blocks of 8 skip channels / classes in head part q.
+  Range skip_part(int64_t q) const { return split(lay_.Sp / kBlock, kHeadParts, q); }
+  Range class_part(int64_t q) const { return split(lay_.Ap / kBlock, kHeadParts, q); }
   // The stage slice of step t, layer l: [N][own_rows] pre-activations in gate order.
   float* slice(int64_t t, int64_t l) const {
-    return stage_.get() + ((t % stage_steps_) * lay_.L + l) * n_ * own_rows_;
+    return stage_.get() + (((t - begin_) % stage_steps_) * lay_.L + l) * n_ * own_rows_;
   }
   float* queue_row(int64_t stream, int64_t t, int64_t l) const {
     const int64_t slot = (net_.p.position + t) & (net_.dilations[l] - 1);
@@ -167,7 +182,7 @@ class Member {
   }
 
   template <class T, class Convert>
-  void stage_block(int64_t t0, Convert convert);
+  void stage_block(int64_t t0, int64_t t1, Convert convert);
   void begin_step(int64_t t);
   void add_past(int64_t t, int64_t l);
   void embed();
@@ -183,52 +198,68 @@ class Member {
   Team& team_;
   const int index_;
   const int64_t n_;  // streams
-  const Range chunks_, skip_blocks_, class_blocks_;
+  const Range chunks_, parts_;
   const int64_t own_rows_;
   const int64_t stage_steps_;
   Buffer stage_;   // [stage_steps][L][N][own_rows]
   Buffer x_;       // [N][L][Rp]: each layer's input this step
-  Buffer skip_;    // [N][Sp]: own rows only
-  Buffer z_;       // [N][Ap]: own classes only
+  Buffer skip_;    // [N][Sp]: own parts only
+  Buffer z_;       // [N][Ap]: own parts only
   Buffer logits_;  // [N][Ap]
   Buffer exps_;    // [Ap]
   std::vector<int32_t> history_;  // [N][2]: y_{t-2}, y_{t-1}
+  int64_t begin_ = 0, end_ = 0;   // the current run's steps
 };
 
-// Conditioning plus dilate bias of this member's rows, for steps [t0, t0 + stage_steps).
+// Conditioning plus dilate bias of this member's rows, for steps [t0, t1).
+//
+// Each block of 8 rows (8 channels of one stream and layer) goes through a small tile, so that
+// whichever the conditioning's strides, a cache line read serves the whole tile and the stage is
+// written in whole vectors per step. With time contiguous (the usual layout) every channel is a
+// separate line far from the others, which no hardware prefetcher follows: the lines a few blocks
+// ahead are prefetched by hand.
 template <class T, class Convert>
-void Member::stage_block(int64_t t0, Convert convert) {
+void Member::stage_block(int64_t t0, int64_t t1, Convert convert) {
+  constexpr int64_t kPrefetchBlocks = 8;
   const Params& p = net_.p;
-  const int64_t steps = std::min(stage_steps_, p.num_samples - t0);
   const T* cond = static_cast<const T*>(p.cond);
-  for (int64_t n = 0; n < n_; ++n) {
-    const int64_t b = team_.streams.begin + n;
-    for (int64_t l = 0; l < lay_.L; ++l) {
-      for (int64_t row = 0; row < own_rows_; ++row) {
-        const int64_t packed_row = 2 * kBlock * chunks_.begin + row;
-        const int64_t channel = packed_row / (2 * kBlock) * kBlock + row % kBlock;
-        const bool sigmoid_half = (row / kBlock) % 2 == 1;
-        const float bias = weights(lay_.dilate_b)[l * 2 * lay_.Rp + packed_row];
-        float* dst = slice(t0, l) + n * own_rows_ + row;
-        const int64_t dst_step = lay_.L * n_ * own_rows_;
-        if (channel >= lay_.R) {  // padding: stays zero
-          for (int64_t s = 0; s < steps; ++s) dst[s * dst_step] = 0.0f;
-          continue;
-        }
-        const T* src = cond + (sigmoid_half ? lay_.R + channel : channel) * p.cond_stride_channel +
-                       b * p.cond_stride_batch + l * p.cond_stride_layer + t0 * p.cond_stride_time;
-        for (int64_t s = 0; s < steps; ++s) dst[s * dst_step] = bias + convert(src[s * p.cond_stride_time]);
+  const int64_t dst_step = lay_.L * n_ * own_rows_, steps = t1 - t0, blocks = own_rows_ / kBlock;
+  // Block j of the whole stage: stream j / (L * blocks), layer j / blocks % L, and within that
+  // the 8 channels 8 (c0 + i / 2) .. + 8 of the tanh (even i) or sigmoid (odd i) half. nullptr
+  // for lanes past R, which stay zero.
+  auto source = [&](int64_t j, int64_t lane) -> const T* {
+    const int64_t n = j / (lay_.L * blocks), l = j / blocks % lay_.L, i = j % blocks;
+    const int64_t channel = (chunks_.begin + i / 2) * kBlock + lane;
+    if (channel >= lay_.R) return nullptr;
+    return cond + (team_.streams.begin + n) * p.cond_stride_batch + l * p.cond_stride_layer +
+           t0 * p.cond_stride_time + (i % 2 == 1 ? lay_.R + channel : channel) * p.cond_stride_channel;
+  };
+  const int64_t total = n_ * lay_.L * blocks;
+  for (int64_t j = 0; j < total; ++j) {
+    const int64_t n = j / (lay_.L * blocks), l = j / blocks % lay_.L, i = j % blocks;
+    const float* bias = weights(lay_.dilate_b) + l * 2 * lay_.Rp + 2 * kBlock * chunks_.begin + i * kBlock;
+    float tile[kStageSteps][kBlock] = {};
+    for (int64_t lane = 0; lane < kBlock; ++lane) {
+      const T* src = source(j, lane);
+      if (src == nullptr) continue;
+      if (j + kPrefetchBlocks < total) {
+        const T* ahead = source(j + kPrefetchBlocks, lane);
+        if (ahead != nullptr) __builtin_prefetch(ahead);
       }
+      for (int64_t s = 0; s < steps; ++s) tile[s][lane] = bias[lane] + convert(src[s * p.cond_stride_time]);
     }
+    float* dst = slice(t0, l) + n * own_rows_ + i * kBlock;
+    for (int64_t s = 0; s < steps; ++s) std::copy(tile[s], tile[s] + kBlock, dst + s * dst_step);
   }
 }
 
 void Member::begin_step(int64_t t) {
-  if (t % stage_steps_ == 0) {
+  if ((t - begin_) % stage_steps_ == 0) {
+    const int64_t t1 = std::min(t + stage_steps_, end_);
     switch (net_.p.cond_dtype) {
-      case DType::Float32: stage_block<float>(t, [](float v) { return v; }); break;
-      case DType::Float16: stage_block<uint16_t>(t, half_to_float); break;
-      case DType::BFloat16: stage_block<uint16_t>(t, bfloat16_to_float); break;
+      case DType::Float32: stage_block<float>(t, t1, [](float v) { return v; }); break;
+      case DType::Float16: stage_block<uint16_t>(t, t1, half_to_float); break;
+      case DType::BFloat16: stage_block<uint16_t>(t, t1, bfloat16_to_float); break;
     }
   }
   add_past(t, 0);
@@ -285,32 +316,41 @@ void Member::store_queues(int64_t t) {
 }
 
 void Member::skip_and_conv_out() {
-  const int64_t Sp = lay_.Sp, ld = lay_.L * lay_.Rp;
-  const int64_t first = kBlock * skip_blocks_.begin, last = kBlock * skip_blocks_.end;
-  for (int64_t n = 0; n < n_; ++n) std::copy(weights(lay_.skip_b) + first, weights(lay_.skip_b) + last, skip_.get() + n * Sp + first);
-  net_.k.gemm(weights(lay_.skip_w), ld, skip_blocks_.begin, skip_blocks_.end, 0, ld, team_.h.get(), ld, n_,
+  if (parts_.size() == 0) return;
+  const int64_t Sp = lay_.Sp, Ap = lay_.Ap, ld = lay_.L * lay_.Rp;
+  const Range blocks{skip_part(parts_.begin).begin, skip_part(parts_.end - 1).end};
+  const int64_t first = kBlock * blocks.begin, last = kBlock * blocks.end;
+  for (int64_t n = 0; n < n_; ++n) {
+    std::copy(weights(lay_.skip_b) + first, weights(lay_.skip_b) + last, skip_.get() + n * Sp + first);
+  }
+  net_.k.gemm(weights(lay_.skip_w), ld, blocks.begin, blocks.end, 0, ld, team_.h.get(), ld, n_,
               skip_.get() + first, Sp, true);
   for (int64_t n = 0; n < n_; ++n) {
     for (int64_t i = first; i < last; ++i) skip_.get()[n * Sp + i] = std::max(skip_.get()[n * Sp + i], 0.0f);
   }
-  net_.k.gemm(weights(lay_.out_w), Sp, 0, lay_.Ap / kBlock, first, last, skip_.get(), Sp, n_,
-              team_.z_parts.get() + index_ * n_ * lay_.Ap, lay_.Ap, false);
+  for (int64_t q = parts_.begin; q < parts_.end; ++q) {
+    const Range part = skip_part(q);
+    net_.k.gemm(weights(lay_.out_w), Sp, 0, Ap / kBlock, kBlock * part.begin, kBlock * part.end, skip_.get(), Sp, n_,
+                team_.z_parts.get() + q * n_ * Ap, Ap, false);
+  }
 }
 
 void Member::conv_end() {
   const int64_t Ap = lay_.Ap;
-  const int64_t first = kBlock * class_blocks_.begin, last = kBlock * class_blocks_.end;
-  const float* bias = weights(lay_.out_b);
-  for (int64_t n = 0; n < n_; ++n) {
-    float* z = z_.get() + n * Ap;
-    for (int64_t i = first; i < last; ++i) {
-      float sum = bias[i];
-      for (int m = 0; m < team_.members; ++m) sum += team_.z_parts.get()[(m * n_ + n) * Ap + i];
-      z[i] = std::max(sum, 0.0f);
+  for (int64_t q = parts_.begin; q < parts_.end; ++q) {
+    const int64_t first = kBlock * class_part(q).begin, last = kBlock * class_part(q).end;
+    for (int64_t n = 0; n < n_; ++n) {
+      float* z = z_.get() + n * Ap;
+      std::copy(weights(lay_.out_b) + first, weights(lay_.out_b) + last, z + first);
+      for (int64_t part = 0; part < kHeadParts; ++part) {
+        const float* add = team_.z_parts.get() + (part * n_ + n) * Ap;
+        for (int64_t i = first; i < last; ++i) z[i] += add[i];
+      }
+      for (int64_t i = first; i < last; ++i) z[i] = std::max(z[i], 0.0f);
     }
+    net_.k.gemm(weights(lay_.end_w), Ap, 0, Ap / kBlock, first, last, z_.get(), Ap, n_,
+                team_.logit_parts.get() + q * n_ * Ap, Ap, false);
   }
-  net_.k.gemm(weights(lay_.end_w), Ap, 0, Ap / kBlock, first, last, z_.get(), Ap, n_,
-              team_.logit_parts.get() + index_ * n_ * Ap, Ap, false);
 }
 
 // Sums the logits (every member, in the same order, so all draw the same class), draws, and
@@ -318,14 +358,13 @@ void Member::conv_end() {
 void Member::sample(int64_t t) {
   const Params& p = net_.p;
   const int64_t A = lay_.A, Ap = lay_.Ap;
-  const float* bias = weights(lay_.end_b);
   for (int64_t n = 0; n < n_; ++n) {
     const int64_t b = team_.streams.begin + n;
     float* logits = logits_.get() + n * Ap;
-    for (int64_t i = 0; i < A; ++i) {
-      float sum = bias[i];
-      for (int m = 0; m < team_.members; ++m) sum += team_.logit_parts.get()[(m * n_ + n) * Ap + i];
-      logits[i] = sum;
+    std::copy(weights(lay_.end_b), weights(lay_.end_b) + Ap, logits);
+    for (int64_t part = 0; part < kHeadParts; ++part) {
+      const float* add = team_.logit_parts.get() + (part * n_ + n) * Ap;
+      for (int64_t i = 0; i < Ap; ++i) logits[i] += add[i];
     }
     // The smallest k with u < p_0 + ... + p_k, as u * sum(exp) < exp_0 + ... + exp_k.
     const float top = *std::max_element(logits, logits + A);
@@ -353,12 +392,21 @@ void Member::sample(int64_t t) {
   }
 }
 
-void Member::run() {
+int64_t Member::run(int64_t begin, int64_t end, double budget, Clock::time_point start) noexcept {
+  // Time for the team's threads to wake up, on top of the budget.
+  constexpr double kGraceSeconds = 200e-6;
   const Params& p = net_.p;
   TeamBarrier& barrier = team_.barrier;
   const int64_t L = lay_.L;
-  begin_step(0);
-  for (int64_t t = 0; t < p.num_samples; ++t) {
+  begin_ = begin, end_ = end;
+  for (int64_t n = 0; n < n_; ++n) {
+    const int64_t b = team_.streams.begin + n;
+    history_[2 * n] = p.history[2 * b];
+    history_[2 * n + 1] = p.history[2 * b + 1];
+  }
+  begin_step(begin);
+  int64_t t = begin;
+  for (bool last = false; !last; ++t) {
     embed();
     uint64_t phase = 0;
     for (int64_t l = 0; l < L; ++l) {
@@ -375,10 +423,15 @@ void Member::run() {
     skip_and_conv_out();
     barrier.wait(index_, barrier.arrive(index_));  // z partials complete
     conv_end();
+    if (index_ == 0 && budget > 0) {
+      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      if (elapsed > budget * double(t + 1 - begin) + kGraceSeconds) team_.stop.store(true, std::memory_order_relaxed);
+    }
     phase = barrier.arrive(index_);
-    if (t + 1 < p.num_samples) begin_step(t + 1);
-    barrier.wait(index_, phase);  // logit partials complete
+    if (t + 1 < end) begin_step(t + 1);
+    barrier.wait(index_, phase);  // logit partials complete, and member 0's stop decision visible
     sample(t);
+    last = t + 1 == end || team_.stop.load(std::memory_order_relaxed);
   }
   if (index_ == 0) {
     for (int64_t n = 0; n < n_; ++n) {
@@ -386,6 +439,80 @@ void Member::run() {
       p.history[2 * b] = history_[2 * n];
       p.history[2 * b + 1] = history_[2 * n + 1];
     }
+  }
+  return t;
+}
+
+// One way to run the call on threads: teams of members, made (and their memory allocated)
+// before anything runs, so that nothing on a pool thread can fail.
+class Plan {
+ public:
+  // Batch 1: one team of up to `threads` members (no more than there are gate chunks);
+  // otherwise min(batch, threads) teams of one member each.
+  Plan(const Net& net, int threads) {
+    const Params& p = net.p;
+    const int teams = p.batch == 1 ? 1 : std::min<int>(p.batch, threads);
+    const int members = p.batch == 1 ? int(std::min<int64_t>(threads, net.lay.Rp / kBlock)) : 1;
+    for (int i = 0; i < teams; ++i) {
+      teams_.push_back(std::make_unique<Team>(net, split(p.batch, teams, i), members));
+      for (int m = 0; m < members; ++m) members_.push_back(std::make_unique<Member>(net, *teams_.back(), m));
+    }
+  }
+
+  int threads() const { return int(members_.size()); }
+
+  // Runs steps [begin, end); a budget (single-team plans only) may end it early, see Member::run.
+  // Returns the step reached.
+  int64_t run(int64_t begin, int64_t end, double budget) {
+    const Clock::time_point start = Clock::now();
+    for (auto& team : teams_) team->stop.store(false, std::memory_order_relaxed);
+    std::vector<int64_t> reached(members_.size());
+    ThreadPool::instance().run(threads(), [&](int i) { reached[i] = members_[i]->run(begin, end, budget, start); });
+    return reached[0];
+  }
+
+ private:
+  std::vector<std::unique_ptr<Team>> teams_;
+  std::vector<std::unique_ptr<Member>> members_;
+};
+
+// Batch 1 with the default thread count: alternates, as the call runs, between one thread and a
+// row split over all cores, by measured speed. The split usually wins on an idle machine and
+// collapses on a busy one (a member without a core stalls every barrier), and which is the case
+// changes by the second. Results are identical either way (see the top of this file).
+void run_adaptive(const Net& net, Plan& solo, Plan& split) {
+  constexpr int64_t kCalibrationSteps = 32;  // the first, single-threaded, segment
+  constexpr int64_t kSegmentSteps = 256;
+  constexpr int kMinProbeInterval = 4, kMaxProbeInterval = 64;  // in segments
+  enum { kSolo = 0, kSplit = 1 };
+  Plan* plans[2] = {&solo, &split};
+  double seconds_per_step[2] = {0.0, 0.0};  // measured; 0: not yet
+  int probe_interval = kMinProbeInterval, since_probe = 0;
+  for (int64_t t = 0; t < net.p.num_samples;) {
+    int mode;
+    bool probe = false;
+    if (seconds_per_step[kSolo] == 0.0) {
+      mode = kSolo;
+    } else if (seconds_per_step[kSplit] == 0.0) {
+      mode = kSplit;
+    } else {
+      const int best = seconds_per_step[kSplit] < seconds_per_step[kSolo] ? kSplit : kSolo;
+      probe = ++since_probe >= probe_interval;
+      mode = probe ? 1 - best : best;
+      if (probe) since_probe = 0;
+    }
+    const int64_t steps = std::min(net.p.num_samples - t, seconds_per_step[kSolo] == 0.0 ? kCalibrationSteps : kSegmentSteps);
+    // A split segment stops as soon as it falls behind what one thread would have done.
+    const double budget = mode == kSplit ? seconds_per_step[kSolo] : 0.0;
+    const Clock::time_point start = Clock::now();
+    const int64_t reached = plans[mode]->run(t, t + steps, budget);
+    // The latest measurement only: the load on the machine changes faster than an average follows.
+    seconds_per_step[mode] = std::chrono::duration<double>(Clock::now() - start).count() / double(reached - t);
+    if (probe) {  // a probe that lost makes the next one wait longer
+      const bool lost = seconds_per_step[mode] >= seconds_per_step[1 - mode];
+      probe_interval = lost ? std::min(2 * probe_interval, kMaxProbeInterval) : kMinProbeInterval;
+    }
+    t = reached;
   }
 }
 
@@ -411,7 +538,7 @@ void validate(const Params& p) {
   require(p.batch >= 1, "batch: expected >= 1, got " + std::to_string(p.batch));
   require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
   require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
-  require(p.num_threads >= 0, "num_threads: expected >= 0 (0: one per CPU), got " + std::to_string(p.num_threads));
+  require(p.num_threads >= 0, "num_threads: expected >= 0 (0: automatic), got " + std::to_string(p.num_threads));
   require(p.cond_dtype == DType::Float32 || p.cond_dtype == DType::Float16 || p.cond_dtype == DType::BFloat16,
           "cond_dtype: not a DType");
   require(p.queues != nullptr, "queues: null pointer");
@@ -455,19 +582,13 @@ void generate_cpu(const Params& p, const std::string& isa) {
   }
   net.queue_rows = net.queue_offsets.back() + net.dilations.back();
 
-  // Teams: as many as streams allow, threads shared out evenly; a team never has more members
-  // than gate chunks to give them.
-  const int threads = p.num_threads > 0 ? p.num_threads : default_threads();
-  const int teams = std::min<int>(p.batch, threads);
-  std::vector<std::unique_ptr<Team>> team_list;
-  std::vector<std::unique_ptr<Member>> members;
-  for (int i = 0; i < teams; ++i) {
-    const Range streams = split(p.batch, teams, i);
-    const int size = int(std::min<int64_t>(split(threads, teams, i).size(), layout.Rp / kBlock));
-    team_list.push_back(std::make_unique<Team>(net, streams, size));
-    for (int m = 0; m < size; ++m) members.push_back(std::make_unique<Member>(net, *team_list.back(), m));
+  Plan plan(net, p.num_threads > 0 ? p.num_threads : default_threads());
+  if (p.num_threads == 0 && p.batch == 1 && plan.threads() > 1) {
+    Plan solo(net, 1);
+    run_adaptive(net, solo, plan);
+  } else {
+    plan.run(0, p.num_samples, 0.0);
   }
-  ThreadPool::instance().run(int(members.size()), [&members](int i) { members[i]->run(); });
 }
 
 }  // namespace nvwavenet::cpu

@@ -10,7 +10,8 @@ namespace nvwavenet::cpu {
 // The instruction set "auto" resolves to on this CPU: "avx2+fma" or "generic".
 std::string best_isa();
 
-// Threads a call with num_threads = 0 uses: the CPUs this process may run on.
+// The most threads a call with num_threads = 0 uses: the CPUs this process may run on. (At
+// batch 1 it measures, as it runs, whether splitting the rows over them beats one thread.)
 int default_threads();
 
 // Generates p.num_samples steps of p.batch streams, reading and updating the state in p.

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -27,20 +28,23 @@ inline void cpu_relax() {
 #endif
 }
 
-// Busy-waits until `ready()` holds: a bounded spin with the CPU's pause hint (a partner thread
-// normally arrives within microseconds), then yielding, so that on an oversubscribed machine the
-// thread being waited for gets the core.
+// Busy-waits until `ready()` holds: a spin of bounded time with the CPU's pause hint (a partner
+// thread normally arrives within microseconds), then yielding, so that on an oversubscribed
+// machine the thread being waited for can get the core. The bound is in time, not iterations,
+// because a pause lasts anywhere from a few to 150 cycles depending on the CPU.
 template <class Ready>
 void spin_until(Ready ready) {
-  // About 10-50 us of pausing, depending on the CPU's pause latency, before giving the core away.
-  constexpr int kSpins = 1 << 12;
-  for (int i = 0; !ready(); ++i) {
-    if (i < kSpins) {
+  constexpr auto kSpinFor = std::chrono::microseconds(20);
+  constexpr int kPausesPerClockRead = 16;
+  if (ready()) return;
+  const auto give_up = std::chrono::steady_clock::now() + kSpinFor;
+  do {
+    for (int i = 0; i < kPausesPerClockRead; ++i) {
+      if (ready()) return;
       cpu_relax();
-    } else {
-      std::this_thread::yield();
     }
-  }
+  } while (std::chrono::steady_clock::now() < give_up);
+  while (!ready()) std::this_thread::yield();
 }
 
 // A barrier between the `members` threads of one team, split in two halves so that a thread can
