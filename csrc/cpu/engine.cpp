@@ -9,19 +9,19 @@
 //   gate needs nobody else; their h goes to the team's shared buffer;
 // - the residual x_{l+1} = x_l + W_res h_l + b in full: every member recomputes it from the
 //   shared h, because one R x R product costs less than the extra barrier that splitting it needs;
-// - some of the kHeadParts fixed parts of the head: skip rows (one product with every layer's h,
-//   after the last layer) and with them the matching columns of conv_out (a partial z), then a
-//   range of classes of z and with them columns of conv_end (a partial logits vector).
-// That is one barrier per layer plus two for the head. Each barrier is split (arrive ... wait), and
-// in between a member does work that depends on no one: the past tap of the next layer's dilated
-// conv, W_prev x_l[t - d_l], whose input is already in the queue.
+// - rows of the head, each stage shared before the next needs it: skip channels (one product with
+//   every layer's h, after the last layer), then classes of z = relu(conv_out(relu(skip))), then
+//   classes of the logits, which every member then reads to draw the same sample.
+// That is one barrier per layer plus three for the head. Each barrier is split (arrive ... wait),
+// and in between a member does work that depends on no one: the past tap of the next layer's
+// dilated conv, W_prev x_l[t - d_l], whose input is already in the queue.
 //
-// Every sum is formed in the same order whatever the number of threads (rows are independent,
-// and the head's partial sums are over fixed parts, added in part order), so the output does not
-// depend on num_threads, on the batch a stream is generated in, or on how a call is chunked.
+// Work is only ever split by rows, never along a sum, so every number is formed by the same
+// operations in the same order whatever the number of threads: the output does not depend on
+// num_threads, on the batch a stream is generated in, or on how a call is chunked.
 // That is what lets a batch-1 call switch between one thread and a split over all cores while it
 // runs (see run_adaptive), which matters on a machine shared with other work: a split step waits
-// for every member about L + 2 times, and one member losing its core stalls them all.
+// for every member L + 3 times, and one member losing its core stalls them all.
 //
 // The conditioning is read through its strides a block of steps at a time into a member-private
 // stage, with the dilate biases added, in the gate order of the member's rows; the products then
@@ -46,11 +46,6 @@ namespace nvwavenet::cpu {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// The head's partial sums run over this many fixed parts of the skip channels and of the classes,
-// whatever the team size (so results do not depend on it); teams use at most this many members in
-// the head.
-constexpr int64_t kHeadParts = 8;
 
 // Stage length in steps: 16 float32 steps are one cache line of time-contiguous conditioning, so
 // each line is fetched once. Capped in floats for very large batches.
@@ -124,20 +119,22 @@ struct Net {
 
 // The threads that run one group of streams, and what they share.
 struct Team {
-  Team(const Net& net, Range streams, int members)
-      : streams(streams),
-        members(members),
-        barrier(members),
+  Team(const Net& net, Range stream_range, int member_count)
+      : streams(stream_range),
+        members(member_count),
+        barrier(member_count),
         h(streams.size() * net.lay.L * net.lay.Rp),
-        z_parts(kHeadParts * streams.size() * net.lay.Ap),
-        logit_parts(kHeadParts * streams.size() * net.lay.Ap) {}
+        skip(streams.size() * net.lay.Sp),
+        z(streams.size() * net.lay.Ap),
+        logits(streams.size() * net.lay.Ap) {}
 
   Range streams;
   int members;
   TeamBarrier barrier;
-  Buffer h;            // [N][L * Rp]: every layer's gate output, in skip_w's column order
-  Buffer z_parts;      // [kHeadParts][N][Ap]: conv_out products over each part of the skip channels
-  Buffer logit_parts;  // [kHeadParts][N][Ap]: conv_end products over each part of the classes
+  Buffer h;       // [N][L * Rp]: every layer's gate output, in skip_w's column order
+  Buffer skip;    // [N][Sp]: relu of the skip sum
+  Buffer z;       // [N][Ap]
+  Buffer logits;  // [N][Ap]
   std::atomic<bool> stop{false};  // set by member 0 to end a run after the current step
 };
 
@@ -151,14 +148,12 @@ class Member {
         index_(index),
         n_(team.streams.size()),
         chunks_(split(lay_.Rp / kBlock, team.members, index)),
-        parts_(split(kHeadParts, team.members, index)),
+        skip_blocks_(split(lay_.Sp / kBlock, team.members, index)),
+        class_blocks_(split(lay_.Ap / kBlock, team.members, index)),
         own_rows_(2 * kBlock * chunks_.size()),
         stage_steps_(std::clamp<int64_t>(kMaxStageFloats / (lay_.L * n_ * own_rows_), 1, kStageSteps)),
         stage_(stage_steps_ * lay_.L * n_ * own_rows_),
         x_(n_ * lay_.L * lay_.Rp),
-        skip_(n_ * lay_.Sp),
-        z_(n_ * lay_.Ap),
-        logits_(n_ * lay_.Ap),
         exps_(lay_.Ap),
         history_(2 * n_) {}
 
@@ -169,9 +164,6 @@ class Member {
 
  private:
   const float* weights(int64_t offset) const { return net_.w + offset; }
-  // Blocks of 8 skip channels / classes in head part q.
-  Range skip_part(int64_t q) const { return split(lay_.Sp / kBlock, kHeadParts, q); }
-  Range class_part(int64_t q) const { return split(lay_.Ap / kBlock, kHeadParts, q); }
   // The stage slice of step t, layer l: [N][own_rows] pre-activations in gate order.
   float* slice(int64_t t, int64_t l) const {
     return stage_.get() + (((t - begin_) % stage_steps_) * lay_.L + l) * n_ * own_rows_;
@@ -181,6 +173,7 @@ class Member {
     return net_.p.queues + ((team_.streams.begin + stream) * net_.queue_rows + net_.queue_offsets[l] + slot) * lay_.R;
   }
 
+  const char* cond_at(int64_t j, int64_t lane, int64_t t) const;
   template <class T, class Convert>
   void stage_block(int64_t t0, int64_t t1, Convert convert);
   void begin_step(int64_t t);
@@ -189,8 +182,8 @@ class Member {
   void residual(int64_t l);
   void layer(int64_t t, int64_t l);
   void store_queues(int64_t t);
-  void skip_and_conv_out();
-  void conv_end();
+  void head_rows(const float* W, int64_t K, Range blocks, const float* bias, const float* X, int64_t ldx, float* Y,
+                 int64_t ldy, bool relu);
   void sample(int64_t t);
 
   const Net& net_;
@@ -198,61 +191,65 @@ class Member {
   Team& team_;
   const int index_;
   const int64_t n_;  // streams
-  const Range chunks_, parts_;
+  const Range chunks_, skip_blocks_, class_blocks_;
   const int64_t own_rows_;
   const int64_t stage_steps_;
   Buffer stage_;   // [stage_steps][L][N][own_rows]
   Buffer x_;       // [N][L][Rp]: each layer's input this step
-  Buffer skip_;    // [N][Sp]: own parts only
-  Buffer z_;       // [N][Ap]: own parts only
-  Buffer logits_;  // [N][Ap]
   Buffer exps_;    // [Ap]
   std::vector<int32_t> history_;  // [N][2]: y_{t-2}, y_{t-1}
   int64_t begin_ = 0, end_ = 0;   // the current run's steps
 };
 
+// The conditioning of stage block j, lane `lane`, at step t, as bytes; nullptr for the padding
+// past R. Block j is stream j / (L * blocks), layer j / blocks % L and, within that, the channels
+// 8 (c0 + i / 2) .. + 8 of the tanh (even i) or sigmoid (odd i) half, i = j % blocks.
+const char* Member::cond_at(int64_t j, int64_t lane, int64_t t) const {
+  const Params& p = net_.p;
+  const int64_t blocks = own_rows_ / kBlock;
+  const int64_t n = j / (lay_.L * blocks), l = j / blocks % lay_.L, i = j % blocks;
+  const int64_t channel = (chunks_.begin + i / 2) * kBlock + lane;
+  if (channel >= lay_.R) return nullptr;
+  const int64_t element = p.cond_dtype == DType::Float32 ? 4 : 2;
+  return static_cast<const char*>(p.cond) +
+         element * ((team_.streams.begin + n) * p.cond_stride_batch + l * p.cond_stride_layer + t * p.cond_stride_time +
+                    (i % 2 == 1 ? lay_.R + channel : channel) * p.cond_stride_channel);
+}
+
 // Conditioning plus dilate bias of this member's rows, for steps [t0, t1).
 //
 // Each block of 8 rows (8 channels of one stream and layer) goes through a small tile, so that
 // whichever the conditioning's strides, a cache line read serves the whole tile and the stage is
-// written in whole vectors per step. With time contiguous (the usual layout) every channel is a
-// separate line far from the others, which no hardware prefetcher follows: the lines a few blocks
-// ahead are prefetched by hand.
+// written in whole vectors per step. With time contiguous (the usual layout) every channel's steps
+// are a separate cache line far from the others, which no hardware prefetcher follows: the lines a
+// few blocks ahead are prefetched by hand. (Measured on the 2-core Zen 5: 16 steps a block beat 4,
+// 8 and 64; prefetching 8 blocks ahead beat none and beat spreading the next block's prefetches
+// over the steps of this one.)
 template <class T, class Convert>
 void Member::stage_block(int64_t t0, int64_t t1, Convert convert) {
   constexpr int64_t kPrefetchBlocks = 8;
-  const Params& p = net_.p;
-  const T* cond = static_cast<const T*>(p.cond);
+  const int64_t stride = net_.p.cond_stride_time;
   const int64_t dst_step = lay_.L * n_ * own_rows_, steps = t1 - t0, blocks = own_rows_ / kBlock;
-  // Block j of the whole stage: stream j / (L * blocks), layer j / blocks % L, and within that
-  // the 8 channels 8 (c0 + i / 2) .. + 8 of the tanh (even i) or sigmoid (odd i) half. nullptr
-  // for lanes past R, which stay zero.
-  auto source = [&](int64_t j, int64_t lane) -> const T* {
-    const int64_t n = j / (lay_.L * blocks), l = j / blocks % lay_.L, i = j % blocks;
-    const int64_t channel = (chunks_.begin + i / 2) * kBlock + lane;
-    if (channel >= lay_.R) return nullptr;
-    return cond + (team_.streams.begin + n) * p.cond_stride_batch + l * p.cond_stride_layer +
-           t0 * p.cond_stride_time + (i % 2 == 1 ? lay_.R + channel : channel) * p.cond_stride_channel;
-  };
   const int64_t total = n_ * lay_.L * blocks;
   for (int64_t j = 0; j < total; ++j) {
     const int64_t n = j / (lay_.L * blocks), l = j / blocks % lay_.L, i = j % blocks;
     const float* bias = weights(lay_.dilate_b) + l * 2 * lay_.Rp + 2 * kBlock * chunks_.begin + i * kBlock;
     float tile[kStageSteps][kBlock] = {};
     for (int64_t lane = 0; lane < kBlock; ++lane) {
-      const T* src = source(j, lane);
+      const T* src = reinterpret_cast<const T*>(cond_at(j, lane, t0));
       if (src == nullptr) continue;
       if (j + kPrefetchBlocks < total) {
-        const T* ahead = source(j + kPrefetchBlocks, lane);
+        const char* ahead = cond_at(j + kPrefetchBlocks, lane, t0);
         if (ahead != nullptr) __builtin_prefetch(ahead);
       }
-      for (int64_t s = 0; s < steps; ++s) tile[s][lane] = bias[lane] + convert(src[s * p.cond_stride_time]);
+      for (int64_t s = 0; s < steps; ++s) tile[s][lane] = bias[lane] + convert(src[s * stride]);
     }
     float* dst = slice(t0, l) + n * own_rows_ + i * kBlock;
     for (int64_t s = 0; s < steps; ++s) std::copy(tile[s], tile[s] + kBlock, dst + s * dst_step);
   }
 }
 
+// Stages the conditioning when a block of steps starts, and adds the past tap of layer 0.
 void Member::begin_step(int64_t t) {
   if ((t - begin_) % stage_steps_ == 0) {
     const int64_t t1 = std::min(t + stage_steps_, end_);
@@ -315,57 +312,26 @@ void Member::store_queues(int64_t t) {
   }
 }
 
-void Member::skip_and_conv_out() {
-  if (parts_.size() == 0) return;
-  const int64_t Sp = lay_.Sp, Ap = lay_.Ap, ld = lay_.L * lay_.Rp;
-  const Range blocks{skip_part(parts_.begin).begin, skip_part(parts_.end - 1).end};
+// Rows [8 b0, 8 b1) of Y = relu?(W X + bias) for the team's streams, Y and X [N][ld].
+void Member::head_rows(const float* W, int64_t K, Range blocks, const float* bias, const float* X, int64_t ldx,
+                       float* Y, int64_t ldy, bool relu) {
   const int64_t first = kBlock * blocks.begin, last = kBlock * blocks.end;
+  for (int64_t n = 0; n < n_; ++n) std::copy(bias + first, bias + last, Y + n * ldy + first);
+  net_.k.gemm(W, K, blocks.begin, blocks.end, 0, K, X, ldx, n_, Y + first, ldy, true);
+  if (!relu) return;
   for (int64_t n = 0; n < n_; ++n) {
-    std::copy(weights(lay_.skip_b) + first, weights(lay_.skip_b) + last, skip_.get() + n * Sp + first);
-  }
-  net_.k.gemm(weights(lay_.skip_w), ld, blocks.begin, blocks.end, 0, ld, team_.h.get(), ld, n_,
-              skip_.get() + first, Sp, true);
-  for (int64_t n = 0; n < n_; ++n) {
-    for (int64_t i = first; i < last; ++i) skip_.get()[n * Sp + i] = std::max(skip_.get()[n * Sp + i], 0.0f);
-  }
-  for (int64_t q = parts_.begin; q < parts_.end; ++q) {
-    const Range part = skip_part(q);
-    net_.k.gemm(weights(lay_.out_w), Sp, 0, Ap / kBlock, kBlock * part.begin, kBlock * part.end, skip_.get(), Sp, n_,
-                team_.z_parts.get() + q * n_ * Ap, Ap, false);
+    for (int64_t i = first; i < last; ++i) Y[n * ldy + i] = std::max(Y[n * ldy + i], 0.0f);
   }
 }
 
-void Member::conv_end() {
-  const int64_t Ap = lay_.Ap;
-  for (int64_t q = parts_.begin; q < parts_.end; ++q) {
-    const int64_t first = kBlock * class_part(q).begin, last = kBlock * class_part(q).end;
-    for (int64_t n = 0; n < n_; ++n) {
-      float* z = z_.get() + n * Ap;
-      std::copy(weights(lay_.out_b) + first, weights(lay_.out_b) + last, z + first);
-      for (int64_t part = 0; part < kHeadParts; ++part) {
-        const float* add = team_.z_parts.get() + (part * n_ + n) * Ap;
-        for (int64_t i = first; i < last; ++i) z[i] += add[i];
-      }
-      for (int64_t i = first; i < last; ++i) z[i] = std::max(z[i], 0.0f);
-    }
-    net_.k.gemm(weights(lay_.end_w), Ap, 0, Ap / kBlock, first, last, z_.get(), Ap, n_,
-                team_.logit_parts.get() + q * n_ * Ap, Ap, false);
-  }
-}
-
-// Sums the logits (every member, in the same order, so all draw the same class), draws, and
-// feeds back; member 0 writes the outputs.
+// Draws from the team's logits (every member the same class, from the same numbers) and feeds
+// back; member 0 writes the outputs.
 void Member::sample(int64_t t) {
   const Params& p = net_.p;
   const int64_t A = lay_.A, Ap = lay_.Ap;
   for (int64_t n = 0; n < n_; ++n) {
     const int64_t b = team_.streams.begin + n;
-    float* logits = logits_.get() + n * Ap;
-    std::copy(weights(lay_.end_b), weights(lay_.end_b) + Ap, logits);
-    for (int64_t part = 0; part < kHeadParts; ++part) {
-      const float* add = team_.logit_parts.get() + (part * n_ + n) * Ap;
-      for (int64_t i = 0; i < Ap; ++i) logits[i] += add[i];
-    }
+    const float* logits = team_.logits.get() + n * Ap;
     // The smallest k with u < p_0 + ... + p_k, as u * sum(exp) < exp_0 + ... + exp_k.
     const float top = *std::max_element(logits, logits + A);
     const float total = net_.k.exp_sum(logits, A, top, exps_.get());
@@ -420,16 +386,21 @@ int64_t Member::run(int64_t begin, int64_t end, double budget, Clock::time_point
     }
     barrier.wait(index_, phase);  // every h complete, every queue slot of this step read
     store_queues(t);
-    skip_and_conv_out();
-    barrier.wait(index_, barrier.arrive(index_));  // z partials complete
-    conv_end();
+    head_rows(weights(lay_.skip_w), lay_.L * lay_.Rp, skip_blocks_, weights(lay_.skip_b), team_.h.get(),
+              lay_.L * lay_.Rp, team_.skip.get(), lay_.Sp, true);
+    barrier.wait(index_, barrier.arrive(index_));  // relu(skip) complete
+    head_rows(weights(lay_.out_w), lay_.Sp, class_blocks_, weights(lay_.out_b), team_.skip.get(), lay_.Sp,
+              team_.z.get(), lay_.Ap, true);
+    barrier.wait(index_, barrier.arrive(index_));  // z complete
+    head_rows(weights(lay_.end_w), lay_.Ap, class_blocks_, weights(lay_.end_b), team_.z.get(), lay_.Ap,
+              team_.logits.get(), lay_.Ap, false);
     if (index_ == 0 && budget > 0) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
       if (elapsed > budget * double(t + 1 - begin) + kGraceSeconds) team_.stop.store(true, std::memory_order_relaxed);
     }
     phase = barrier.arrive(index_);
     if (t + 1 < end) begin_step(t + 1);
-    barrier.wait(index_, phase);  // logit partials complete, and member 0's stop decision visible
+    barrier.wait(index_, phase);  // logits complete, and member 0's stop decision visible
     sample(t);
     last = t + 1 == end || team_.stop.load(std::memory_order_relaxed);
   }
