@@ -136,6 +136,7 @@ struct Team {
   Buffer z;       // [N][Ap]
   Buffer logits;  // [N][Ap]
   std::atomic<bool> stop{false};  // set by member 0 to end a run after the current step
+  Clock::time_point assembled;    // when every member had started the current run
 };
 
 // One thread's part of a team's work, and its private buffers.
@@ -159,8 +160,8 @@ class Member {
 
   // Generates steps [begin, end) of the team's streams. With a budget (seconds per step, > 0),
   // member 0 ends the run after the first step that leaves it behind `budget * steps + grace`
-  // since `start`. Returns the step reached. Runs on a pool thread: never throws.
-  int64_t run(int64_t begin, int64_t end, double budget, Clock::time_point start) noexcept;
+  // since the team assembled. Returns the step reached. Runs on a pool thread: never throws.
+  int64_t run(int64_t begin, int64_t end, double budget) noexcept;
 
  private:
   const float* weights(int64_t offset) const { return net_.w + offset; }
@@ -263,8 +264,8 @@ void Member::begin_step(int64_t t) {
 }
 
 void Member::add_past(int64_t t, int64_t l) {
-  net_.k.gemm(weights(lay_.dilate_prev + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end, 0,
-              lay_.R, queue_row(0, t, l), net_.queue_rows * lay_.R, n_, slice(t, l), own_rows_, true);
+  net_.k.gemm(weights(lay_.dilate_prev + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
+              queue_row(0, t, l), net_.queue_rows * lay_.R, n_, slice(t, l), own_rows_);
 }
 
 void Member::embed() {
@@ -286,15 +287,15 @@ void Member::residual(int64_t l) {
     float* after = x_.get() + n * ld + l * Rp;
     for (int64_t i = 0; i < Rp; ++i) after[i] = before[i] + bias[i];
   }
-  net_.k.gemm(weights(lay_.res_w + (l - 1) * lay_.res_stride), lay_.R, 0, Rp / kBlock, 0, lay_.R,
-              team_.h.get() + (l - 1) * Rp, ld, n_, x_.get() + l * Rp, ld, true);
+  net_.k.gemm(weights(lay_.res_w + (l - 1) * lay_.res_stride), lay_.R, 0, Rp / kBlock, team_.h.get() + (l - 1) * Rp,
+              ld, n_, x_.get() + l * Rp, ld);
 }
 
 void Member::layer(int64_t t, int64_t l) {
   const int64_t Rp = lay_.Rp, ld = lay_.L * Rp;
   float* a = slice(t, l);
-  net_.k.gemm(weights(lay_.dilate_curr + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end, 0,
-              lay_.R, x_.get() + l * Rp, ld, n_, a, own_rows_, true);
+  net_.k.gemm(weights(lay_.dilate_curr + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
+              x_.get() + l * Rp, ld, n_, a, own_rows_);
   for (int64_t n = 0; n < n_; ++n) {
     net_.k.gate(a + n * own_rows_, chunks_.size(), team_.h.get() + n * ld + l * Rp + kBlock * chunks_.begin);
   }
@@ -317,7 +318,7 @@ void Member::head_rows(const float* W, int64_t K, Range blocks, const float* bia
                        float* Y, int64_t ldy, bool relu) {
   const int64_t first = kBlock * blocks.begin, last = kBlock * blocks.end;
   for (int64_t n = 0; n < n_; ++n) std::copy(bias + first, bias + last, Y + n * ldy + first);
-  net_.k.gemm(W, K, blocks.begin, blocks.end, 0, K, X, ldx, n_, Y + first, ldy, true);
+  net_.k.gemm(W, K, blocks.begin, blocks.end, X, ldx, n_, Y + first, ldy);
   if (!relu) return;
   for (int64_t n = 0; n < n_; ++n) {
     for (int64_t i = first; i < last; ++i) Y[n * ldy + i] = std::max(Y[n * ldy + i], 0.0f);
@@ -358,13 +359,16 @@ void Member::sample(int64_t t) {
   }
 }
 
-int64_t Member::run(int64_t begin, int64_t end, double budget, Clock::time_point start) noexcept {
-  // Time for the team's threads to wake up, on top of the budget.
+int64_t Member::run(int64_t begin, int64_t end, double budget) noexcept {
+  // Slack in the budget for a first step on cold caches.
   constexpr double kGraceSeconds = 200e-6;
   const Params& p = net_.p;
   TeamBarrier& barrier = team_.barrier;
   const int64_t L = lay_.L;
   begin_ = begin, end_ = end;
+  // Pool threads may take a while to wake up on a busy machine: a switching cost, timed apart.
+  barrier.wait(index_, barrier.arrive(index_));
+  if (index_ == 0) team_.assembled = Clock::now();
   for (int64_t n = 0; n < n_; ++n) {
     const int64_t b = team_.streams.begin + n;
     history_[2 * n] = p.history[2 * b];
@@ -395,7 +399,7 @@ int64_t Member::run(int64_t begin, int64_t end, double budget, Clock::time_point
     head_rows(weights(lay_.end_w), lay_.Ap, class_blocks_, weights(lay_.end_b), team_.z.get(), lay_.Ap,
               team_.logits.get(), lay_.Ap, false);
     if (index_ == 0 && budget > 0) {
-      const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      const double elapsed = std::chrono::duration<double>(Clock::now() - team_.assembled).count();
       if (elapsed > budget * double(t + 1 - begin) + kGraceSeconds) team_.stop.store(true, std::memory_order_relaxed);
     }
     phase = barrier.arrive(index_);
@@ -432,14 +436,17 @@ class Plan {
 
   int threads() const { return int(members_.size()); }
 
+  struct Progress {
+    int64_t reached;                // the step reached
+    Clock::time_point assembled;    // when the first team had all its threads running
+  };
+
   // Runs steps [begin, end); a budget (single-team plans only) may end it early, see Member::run.
-  // Returns the step reached.
-  int64_t run(int64_t begin, int64_t end, double budget) {
-    const Clock::time_point start = Clock::now();
+  Progress run(int64_t begin, int64_t end, double budget) {
     for (auto& team : teams_) team->stop.store(false, std::memory_order_relaxed);
     std::vector<int64_t> reached(members_.size());
-    ThreadPool::instance().run(threads(), [&](int i) { reached[i] = members_[i]->run(begin, end, budget, start); });
-    return reached[0];
+    ThreadPool::instance().run(threads(), [&](int i) { reached[i] = members_[i]->run(begin, end, budget); });
+    return {reached[0], teams_[0]->assembled};
   }
 
  private:
@@ -475,15 +482,14 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
     const int64_t steps = std::min(net.p.num_samples - t, seconds_per_step[kSolo] == 0.0 ? kCalibrationSteps : kSegmentSteps);
     // A split segment stops as soon as it falls behind what one thread would have done.
     const double budget = mode == kSplit ? seconds_per_step[kSolo] : 0.0;
-    const Clock::time_point start = Clock::now();
-    const int64_t reached = plans[mode]->run(t, t + steps, budget);
+    const Plan::Progress done = plans[mode]->run(t, t + steps, budget);
     // The latest measurement only: the load on the machine changes faster than an average follows.
-    seconds_per_step[mode] = std::chrono::duration<double>(Clock::now() - start).count() / double(reached - t);
+    seconds_per_step[mode] = std::chrono::duration<double>(Clock::now() - done.assembled).count() / double(done.reached - t);
     if (probe) {  // a probe that lost makes the next one wait longer
       const bool lost = seconds_per_step[mode] >= seconds_per_step[1 - mode];
       probe_interval = lost ? std::min(2 * probe_interval, kMaxProbeInterval) : kMinProbeInterval;
     }
-    t = reached;
+    t = done.reached;
   }
 }
 

@@ -14,10 +14,11 @@ struct Kernels {
   const char* name;  // as reported by build_info()["cpu_isa"]
 
   // For blocks b in [b0, b1) of a blocked matrix W with K columns (packing.h), and streams n < N:
-  //   Y[n * ldy + 8 * (b - b0) + j] (+)= sum over k in [k0, k1) of W[(b * K + k) * 8 + j] * X[n * ldx + k]
-  // accumulating into Y when `accumulate`, else overwriting it (with zeros for an empty k range).
-  void (*gemm)(const float* W, int64_t K, int64_t b0, int64_t b1, int64_t k0, int64_t k1, const float* X,
-               int64_t ldx, int64_t N, float* Y, int64_t ldy, bool accumulate);
+  //   Y[n * ldy + 8 * (b - b0) + j] += sum over k < K of W[(b * K + k) * 8 + j] * X[n * ldx + k]
+  // with the products added in order of k, whatever the tile shape, so a row's result does not
+  // depend on how rows and streams are grouped.
+  void (*gemm)(const float* W, int64_t K, int64_t b0, int64_t b1, const float* X, int64_t ldx, int64_t N, float* Y,
+               int64_t ldy);
 
   // The gated activation over pre-activations in gate order (packing.h):
   //   h[8c + j] = tanh(a[16c + j]) * sigmoid(a[16c + 8 + j])  for c < chunks, j < 8.

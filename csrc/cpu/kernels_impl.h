@@ -28,15 +28,15 @@ namespace {
 // registers across the whole k loop. Each step loads RB weight vectors once and uses each NB
 // times, so the weights, which dominate the bytes, are read once per tile.
 template <class I, int RB, int NB>
-NVWAVENET_KERNEL void tile(const float* W, int64_t block_stride, int64_t k0, int64_t k1, const float* X,
-                           int64_t ldx, float* Y, int64_t ldy, bool accumulate) {
+NVWAVENET_KERNEL void tile(const float* W, int64_t K, const float* X, int64_t ldx, float* Y, int64_t ldy) {
   using V = typename I::V;
+  const int64_t block_stride = K * 8;
   V acc[NB][RB];
   for (int n = 0; n < NB; ++n) {
-    for (int r = 0; r < RB; ++r) acc[n][r] = accumulate ? I::load(Y + n * ldy + r * 8) : I::zero();
+    for (int r = 0; r < RB; ++r) acc[n][r] = I::load(Y + n * ldy + r * 8);
   }
-  const float* w = W + k0 * 8;
-  for (int64_t k = k0; k < k1; ++k, w += 8) {
+  const float* w = W;
+  for (int64_t k = 0; k < K; ++k, w += 8) {
     V wr[RB];
     for (int r = 0; r < RB; ++r) wr[r] = I::load(w + r * block_stride);
     for (int n = 0; n < NB; ++n) {
@@ -50,7 +50,7 @@ NVWAVENET_KERNEL void tile(const float* W, int64_t block_stride, int64_t k0, int
 }
 
 template <class I>
-using TileFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, int64_t, float*, int64_t, bool);
+using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
 
 // Tile shapes: a single stream takes up to 8 blocks (8 independent multiply-add chains hide
 // the FMA latency, 64 rows per pass over the input vector); several streams take up to 4 blocks
@@ -81,20 +81,19 @@ constexpr TileFn<I> tile_for_streams(int rb, int nb) {
 }
 
 template <class I>
-NVWAVENET_KERNEL void gemm(const float* W, int64_t K, int64_t b0, int64_t b1, int64_t k0, int64_t k1,
-                           const float* X, int64_t ldx, int64_t N, float* Y, int64_t ldy, bool accumulate) {
-  const int64_t block_stride = K * 8;
+NVWAVENET_KERNEL void gemm(const float* W, int64_t K, int64_t b0, int64_t b1, const float* X, int64_t ldx, int64_t N,
+                           float* Y, int64_t ldy) {
   const int max_blocks = N == 1 ? kMaxBlocksOneStream : kMaxBlocks;
   for (int64_t b = b0; b < b1;) {
     const int rb = int(std::min<int64_t>(b1 - b, max_blocks));
-    const float* Wb = W + b * block_stride;
+    const float* Wb = W + b * K * 8;
     float* Yb = Y + (b - b0) * 8;
     if (N == 1) {
-      tile_for<I, 1, kMaxBlocksOneStream>(rb)(Wb, block_stride, k0, k1, X, ldx, Yb, ldy, accumulate);
+      tile_for<I, 1, kMaxBlocksOneStream>(rb)(Wb, K, X, ldx, Yb, ldy);
     } else {
       for (int64_t n = 0; n < N; n += kMaxStreams) {
         const int nb = int(std::min<int64_t>(N - n, kMaxStreams));
-        tile_for_streams<I>(rb, nb)(Wb, block_stride, k0, k1, X + n * ldx, ldx, Yb + n * ldy, ldy, accumulate);
+        tile_for_streams<I>(rb, nb)(Wb, K, X + n * ldx, ldx, Yb + n * ldy, ldy);
       }
     }
     b += rb;
