@@ -41,8 +41,11 @@ class NVWaveNet:
     size 1 is accepted, and ``res_weights``/``res_biases`` may hold L - 1 or L layers. Keyword-only:
     ``conv_out_bias``/``conv_end_bias`` (A each, zero when None), ``dtype``, the precision of
     the CUDA kernels (float32, float16 or bfloat16; products and softmax accumulate in float32),
-    and ``num_threads``, the threads of the compiled CPU engine (None: one per CPU core).
-    The CPU path computes in float32.
+    and ``num_threads``, the threads of the compiled CPU engine: None (the default) uses up to one
+    per CPU core, and at batch 1 measures while it runs whether splitting each step over the cores
+    beats one thread (on a machine busy with other work it usually does not); an integer uses
+    exactly that many. The CPU path computes in float32, and its output does not depend on the
+    thread count.
     """
 
     def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
