@@ -7,6 +7,10 @@ batch a stream runs in, or on how generation is chunked.
 """
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 import torch
 
@@ -128,6 +132,26 @@ def test_independent_of_threads_and_batch():
         alone, alone_logits = make_net(R, 32, 40, L, 4, num_threads=1).infer(
             cond[:, b:b + 1], selectors=u[b:b + 1], return_logits=True)
         assert torch.equal(batched[b:b + 1], alone) and torch.equal(batched_logits[b:b + 1], alone_logits)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_its_own_threads():
+    """A fork()ed child (a DataLoader worker, say) has none of the parent's pool threads."""
+    net = make_net(16, 16, 16, 3, 2, num_threads=2)
+    cond = random_cond_input(16, 1, 3, 50)
+    u = torch.rand(1, 50, generator=torch.Generator().manual_seed(6))
+    parent = net.infer(cond, selectors=u)
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        os._exit(0 if torch.equal(net.infer(cond, selectors=u), parent) else 3)
+    deadline = time.monotonic() + 60
+    while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status[1]) == 0
 
 
 def test_runs_the_compiled_engine(monkeypatch):
