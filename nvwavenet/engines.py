@@ -105,15 +105,17 @@ def _weight_params(weights: WaveNetWeights, packed: PackedWeights):
 
 @dataclasses.dataclass(frozen=True)
 class CpuWeights:
-    """The weights for the CPU engine: the Params layout in float32, and the engine's own blocked
-    copy made from it (``csrc/cpu/packing.h``), which is what it streams through the cache."""
+    """The weights for the CPU engine: the Params layout in ``dtype``, and the engine's own blocked
+    copy made from it (``csrc/cpu/packing.h``), which is what it streams through the cache. Its
+    matrices keep ``dtype`` (float16 / bfloat16 halve the bytes per sample and are widened to
+    float32 in registers); everything else is float32."""
 
     packed: PackedWeights
     blocked: torch.Tensor  # uint8, cpu_packed_bytes long, 64-byte aligned (torch's CPU allocator)
 
     @classmethod
-    def pack(cls, weights: WaveNetWeights) -> CpuWeights:
-        packed = PackedWeights.pack(weights, torch.device("cpu"), torch.float32)
+    def pack(cls, weights: WaveNetWeights, dtype: torch.dtype = torch.float32) -> CpuWeights:
+        packed = PackedWeights.pack(weights, torch.device("cpu"), dtype)
         p = _weight_params(weights, packed)
         blocked = torch.empty(extension().cpu_packed_bytes(p), dtype=torch.uint8)
         extension().pack_cpu_weights(p, blocked.data_ptr(), blocked.numel())

@@ -40,12 +40,12 @@ class NVWaveNet:
     The positional arguments are NV-WaveNet's, shapes as in the SPEC; a trailing conv dimension of
     size 1 is accepted, and ``res_weights``/``res_biases`` may hold L - 1 or L layers. Keyword-only:
     ``conv_out_bias``/``conv_end_bias`` (A each, zero when None), ``dtype``, the precision of
-    the CUDA kernels (float32, float16 or bfloat16; products and softmax accumulate in float32),
-    and ``num_threads``, the threads of the compiled CPU engine: None (the default) uses up to one
-    per CPU core, and at batch 1 measures while it runs whether splitting each step over the cores
-    beats one thread (on a machine busy with other work it usually does not); an integer uses
-    exactly that many. The CPU path computes in float32, and its output does not depend on the
-    thread count.
+    the weights (float32, float16 or bfloat16; products and softmax accumulate in float32, and on
+    the CPU every activation is float32 too), and ``num_threads``, the threads of the compiled CPU
+    engine: None (the default) uses up to one per CPU core, and at batch 1 measures while it runs
+    whether splitting each step over the cores beats one thread (on a machine busy with other
+    work it usually does not); an integer uses exactly that many. The CPU engine's output does not
+    depend on the thread count.
     """
 
     def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
@@ -150,7 +150,7 @@ class NVWaveNet:
             return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                          return_logits=return_logits, state=state, dtype=torch.float32)
         if self._cpu_weights is None:
-            self._cpu_weights = engines.CpuWeights.pack(self.weights)
+            self._cpu_weights = engines.CpuWeights.pack(self.weights, self.dtype)
         batch, samples = u.shape
         out, logits = self._outputs(batch, samples, cond_input.device, return_logits)
         params = engines.make_params(self.weights, self._cpu_weights.packed, cond_input, u, out, state,

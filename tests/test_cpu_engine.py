@@ -26,9 +26,9 @@ LISTED_SIZES = [(32, 128, 256), (64, 128, 256), (64, 256, 256), (128, 256, 256),
 ODD_SIZES = [(5, 7, 3), (1, 3, 2), (13, 24, 40), (24, 9, 17)]
 
 
-def make_net(R, S, A, L=4, max_dilation=4, *, seed=0, num_threads=None, **kwargs):
+def make_net(R, S, A, L=4, max_dilation=4, *, seed=0, num_threads=None, dtype=torch.float32, **kwargs):
     return NVWaveNet(**random_nv_wavenet_args(R, S, A, L, max_dilation, seed=seed, **kwargs),
-                     num_threads=num_threads)
+                     num_threads=num_threads, dtype=dtype)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
@@ -50,6 +50,19 @@ def test_layers_and_dilations(layers, max_dilation):
 def test_no_embedding_prev_and_no_tanh():
     net = make_net(8, 16, 16, 3, 2, use_embed_tanh=False, zero_embedding_prev=True)
     compare_with_reference(net, random_cond_input(8, 2, 3, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("sizes", [(64, 256, 256), (5, 7, 3)], ids=lambda s: "R%d-S%d-A%d" % s)
+def test_reduced_precision_weights(sizes, dtype, monkeypatch):
+    """Matrices stored in 16 bits, widened in registers: SPEC section 4's tolerance for dtype."""
+    R, S, A = sizes
+    net = make_net(R, S, A, dtype=dtype)
+    cond = random_cond_input(R, 3, net.num_layers, 24)
+    report = compare_with_reference(net, cond)
+    assert report["logits_rel_l2"] > 1e-5  # the weights really were rounded
+    monkeypatch.setenv("NVWAVENET_CPU_ISA", "generic")
+    compare_with_reference(net, cond)
 
 
 def test_float16_conditioning():
@@ -224,7 +237,7 @@ def test_error_history_out_of_range():
 def engine_params(net, cond, **overrides):
     """Params for a direct _C.generate_cpu call, and the tensors they point into."""
     batch, samples = cond.shape[1], cond.shape[3]
-    cpu = engines.CpuWeights.pack(net.weights)
+    cpu = engines.CpuWeights.pack(net.weights, net.dtype)
     keep = {"cpu": cpu, "cond": cond, "u": torch.rand(batch, samples),
             "out": torch.empty(batch, samples, dtype=torch.int32), "state": net.init_state(batch)}
     p = engines.make_params(net.weights, cpu.packed, cond, keep["u"], keep["out"], keep["state"],
@@ -243,7 +256,10 @@ def test_errors_in_params():
     cases = {
         "cpu_weights: null": {"cpu_weights": 0},
         "cpu_weights_bytes: expected": {"cpu_weights_bytes": 64},
-        "packed for R=8 S=8 A=8 L=2, but params has R=8 S=8 A=16": {"A": 16, "cpu_weights_bytes": C.cpu_packed_bytes(engine_params(make_net(8, 8, 16, 2, 2), cond)[0])},
+        "packed for R=8 S=8 A=8 L=2 weight_dtype=0, but params has R=8 S=8 A=16": {
+            "A": 16, "cpu_weights_bytes": C.cpu_packed_bytes(engine_params(make_net(8, 8, 16, 2, 2), cond)[0])},
+        "weight_dtype=0, but params has R=8 S=8 A=8 L=2 weight_dtype=1": {
+            "weight_dtype": C.DType.float16, "cpu_weights_bytes": C.cpu_packed_bytes(engine_params(make_net(8, 8, 8, 2, 2, dtype=torch.float16), cond)[0])},
         "max_dilation: expected a power of two": {"max_dilation": 3},
         "num_samples: expected >= 0": {"num_samples": -1},
         "num_threads: expected >= 0": {"num_threads": -2},

@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/half.h"
 #include "cpu/kernels.h"
 #include "cpu/packing.h"
 #include "cpu/threads.h"
@@ -77,42 +78,13 @@ class Buffer {
   std::unique_ptr<float, Free> data_;
 };
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
-  uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, nan
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // a subnormal half is a normal float
-    int shift = 0;
-    uint32_t m = mantissa;
-    while (!(m & 0x400u)) {
-      m <<= 1;
-      ++shift;
-    }
-    bits = sign | uint32_t(113 - shift) << 23 | ((m & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-float bfloat16_to_float(uint16_t b) {
-  const uint32_t bits = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 // Everything every thread reads and nobody writes during a call.
 struct Net {
   const Params& p;
   const Layout& lay;
-  const float* w;  // packed weights
+  const char* w;  // packed weights
   const Kernels& k;
+  Kernels::Gemm gemm;  // k.gemm for the matrices' precision
   std::vector<int64_t> dilations, queue_offsets;
   int64_t queue_rows;
 };
@@ -164,7 +136,9 @@ class Member {
   int64_t run(int64_t begin, int64_t end, double budget) noexcept;
 
  private:
-  const float* weights(int64_t offset) const { return net_.w + offset; }
+  // The packed float32 vector / matrix at a byte offset.
+  const float* vector(int64_t offset) const { return reinterpret_cast<const float*>(net_.w + offset); }
+  const void* matrix(int64_t offset) const { return net_.w + offset; }
   // The stage slice of step t, layer l: [N][own_rows] pre-activations in gate order.
   float* slice(int64_t t, int64_t l) const {
     return stage_.get() + (((t - begin_) % stage_steps_) * lay_.L + l) * n_ * own_rows_;
@@ -183,7 +157,7 @@ class Member {
   void residual(int64_t l);
   void layer(int64_t t, int64_t l);
   void store_queues(int64_t t);
-  void head_rows(const float* W, int64_t K, Range blocks, const float* bias, const float* X, int64_t ldx, float* Y,
+  void head_rows(const void* W, int64_t K, Range blocks, const float* bias, const float* X, int64_t ldx, float* Y,
                  int64_t ldy, bool relu);
   void sample(int64_t t);
 
@@ -234,7 +208,7 @@ void Member::stage_block(int64_t t0, int64_t t1, Convert convert) {
   const int64_t total = n_ * lay_.L * blocks;
   for (int64_t j = 0; j < total; ++j) {
     const int64_t n = j / (lay_.L * blocks), l = j / blocks % lay_.L, i = j % blocks;
-    const float* bias = weights(lay_.dilate_b) + l * 2 * lay_.Rp + 2 * kBlock * chunks_.begin + i * kBlock;
+    const float* bias = vector(lay_.dilate_b) + l * 2 * lay_.Rp + 2 * kBlock * chunks_.begin + i * kBlock;
     float tile[kStageSteps][kBlock] = {};
     for (int64_t lane = 0; lane < kBlock; ++lane) {
       const T* src = reinterpret_cast<const T*>(cond_at(j, lane, t0));
@@ -264,15 +238,15 @@ void Member::begin_step(int64_t t) {
 }
 
 void Member::add_past(int64_t t, int64_t l) {
-  net_.k.gemm(weights(lay_.dilate_prev + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
+  net_.gemm(matrix(lay_.dilate_prev + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
               queue_row(0, t, l), net_.queue_rows * lay_.R, n_, slice(t, l), own_rows_);
 }
 
 void Member::embed() {
   const int64_t Rp = lay_.Rp;
   for (int64_t n = 0; n < n_; ++n) {
-    const float* prev = weights(lay_.embed_prev) + history_[2 * n] * Rp;
-    const float* curr = weights(lay_.embed_curr) + history_[2 * n + 1] * Rp;
+    const float* prev = vector(lay_.embed_prev) + history_[2 * n] * Rp;
+    const float* curr = vector(lay_.embed_curr) + history_[2 * n + 1] * Rp;
     float* x = x_.get() + n * lay_.L * Rp;
     for (int64_t i = 0; i < Rp; ++i) x[i] = prev[i] + curr[i];
     if (net_.p.use_embed_tanh) net_.k.tanh(x, Rp);
@@ -281,21 +255,21 @@ void Member::embed() {
 
 void Member::residual(int64_t l) {
   const int64_t Rp = lay_.Rp, ld = lay_.L * Rp;
-  const float* bias = weights(lay_.res_b) + (l - 1) * Rp;
+  const float* bias = vector(lay_.res_b) + (l - 1) * Rp;
   for (int64_t n = 0; n < n_; ++n) {
     const float* before = x_.get() + n * ld + (l - 1) * Rp;
     float* after = x_.get() + n * ld + l * Rp;
     for (int64_t i = 0; i < Rp; ++i) after[i] = before[i] + bias[i];
   }
-  net_.k.gemm(weights(lay_.res_w + (l - 1) * lay_.res_stride), lay_.R, 0, Rp / kBlock, team_.h.get() + (l - 1) * Rp,
-              ld, n_, x_.get() + l * Rp, ld);
+  net_.gemm(matrix(lay_.res_w + (l - 1) * lay_.res_stride), lay_.R, 0, Rp / kBlock, team_.h.get() + (l - 1) * Rp, ld,
+            n_, x_.get() + l * Rp, ld);
 }
 
 void Member::layer(int64_t t, int64_t l) {
   const int64_t Rp = lay_.Rp, ld = lay_.L * Rp;
   float* a = slice(t, l);
-  net_.k.gemm(weights(lay_.dilate_curr + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
-              x_.get() + l * Rp, ld, n_, a, own_rows_);
+  net_.gemm(matrix(lay_.dilate_curr + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
+            x_.get() + l * Rp, ld, n_, a, own_rows_);
   for (int64_t n = 0; n < n_; ++n) {
     net_.k.gate(a + n * own_rows_, chunks_.size(), team_.h.get() + n * ld + l * Rp + kBlock * chunks_.begin);
   }
@@ -314,11 +288,11 @@ void Member::store_queues(int64_t t) {
 }
 
 // Rows [8 b0, 8 b1) of Y = relu?(W X + bias) for the team's streams, Y and X [N][ld].
-void Member::head_rows(const float* W, int64_t K, Range blocks, const float* bias, const float* X, int64_t ldx,
+void Member::head_rows(const void* W, int64_t K, Range blocks, const float* bias, const float* X, int64_t ldx,
                        float* Y, int64_t ldy, bool relu) {
   const int64_t first = kBlock * blocks.begin, last = kBlock * blocks.end;
   for (int64_t n = 0; n < n_; ++n) std::copy(bias + first, bias + last, Y + n * ldy + first);
-  net_.k.gemm(W, K, blocks.begin, blocks.end, X, ldx, n_, Y + first, ldy);
+  net_.gemm(W, K, blocks.begin, blocks.end, X, ldx, n_, Y + first, ldy);
   if (!relu) return;
   for (int64_t n = 0; n < n_; ++n) {
     for (int64_t i = first; i < last; ++i) Y[n * ldy + i] = std::max(Y[n * ldy + i], 0.0f);
@@ -390,13 +364,13 @@ int64_t Member::run(int64_t begin, int64_t end, double budget) noexcept {
     }
     barrier.wait(index_, phase);  // every h complete, every queue slot of this step read
     store_queues(t);
-    head_rows(weights(lay_.skip_w), lay_.L * lay_.Rp, skip_blocks_, weights(lay_.skip_b), team_.h.get(),
+    head_rows(matrix(lay_.skip_w), lay_.L * lay_.Rp, skip_blocks_, vector(lay_.skip_b), team_.h.get(),
               lay_.L * lay_.Rp, team_.skip.get(), lay_.Sp, true);
     barrier.wait(index_, barrier.arrive(index_));  // relu(skip) complete
-    head_rows(weights(lay_.out_w), lay_.Sp, class_blocks_, weights(lay_.out_b), team_.skip.get(), lay_.Sp,
+    head_rows(matrix(lay_.out_w), lay_.Sp, class_blocks_, vector(lay_.out_b), team_.skip.get(), lay_.Sp,
               team_.z.get(), lay_.Ap, true);
     barrier.wait(index_, barrier.arrive(index_));  // z complete
-    head_rows(weights(lay_.end_w), lay_.Ap, class_blocks_, weights(lay_.end_b), team_.z.get(), lay_.Ap,
+    head_rows(matrix(lay_.end_w), lay_.Ap, class_blocks_, vector(lay_.end_b), team_.z.get(), lay_.Ap,
               team_.logits.get(), lay_.Ap, false);
     if (index_ == 0 && budget > 0) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - team_.assembled).count();
@@ -548,11 +522,11 @@ int default_threads() { return available_cpus(); }
 void generate_cpu(const Params& p, const std::string& isa) {
   const Kernels& kernels = select_kernels(isa);
   const Layout layout(p);
-  const float* packed = checked_packed_weights(p, layout);
+  const char* packed = checked_packed_weights(p, layout);
   validate(p);
   if (p.num_samples == 0) return;
 
-  Net net{p, layout, packed, kernels, {}, {}, 0};
+  Net net{p, layout, packed, kernels, kernels.gemm[int(p.weight_dtype)], {}, {}, 0};
   for (int l = 0; l < p.L; ++l) {
     net.dilations.push_back(layer_dilation(l, p.max_dilation));
     net.queue_offsets.push_back(layer_queue_offset(l, p.max_dilation));

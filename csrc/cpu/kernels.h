@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "nvwavenet.h"
+
 namespace nvwavenet::cpu {
 
 struct Kernels {
@@ -16,9 +18,11 @@ struct Kernels {
   // For blocks b in [b0, b1) of a blocked matrix W with K columns (packing.h), and streams n < N:
   //   Y[n * ldy + 8 * (b - b0) + j] += sum over k < K of W[(b * K + k) * 8 + j] * X[n * ldx + k]
   // with the products added in order of k, whatever the tile shape, so a row's result does not
-  // depend on how rows and streams are grouped.
-  void (*gemm)(const float* W, int64_t K, int64_t b0, int64_t b1, const float* X, int64_t ldx, int64_t N, float* Y,
-               int64_t ldy);
+  // depend on how rows and streams are grouped. One variant per weight precision, indexed by
+  // DType (float16 and bfloat16 weights are widened to float32 in registers).
+  using Gemm = void (*)(const void* W, int64_t K, int64_t b0, int64_t b1, const float* X, int64_t ldx, int64_t N,
+                        float* Y, int64_t ldy);
+  Gemm gemm[3];
 
   // The gated activation over pre-activations in gate order (packing.h):
   //   h[8c + j] = tanh(a[16c + j]) * sigmoid(a[16c + 8 + j])  for c < chunks, j < 8.
@@ -33,7 +37,8 @@ struct Kernels {
 
 const Kernels& generic_kernels();
 
-// nullptr where this CPU lacks AVX2 or FMA, or the variant was not compiled (a non-x86 build).
+// nullptr where this CPU lacks AVX2, FMA or F16C (every AVX2 CPU has the last), or the variant
+// was not compiled (a non-x86 build).
 const Kernels* avx2_kernels();
 
 }  // namespace nvwavenet::cpu

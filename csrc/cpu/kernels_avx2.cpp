@@ -1,13 +1,14 @@
-// The AVX2 + FMA kernels. Only the functions below (and the templates they instantiate) are
-// compiled for AVX2, through the target attribute; the module as a whole stays baseline x86-64,
-// and engine.cpp calls these only after checking the CPU at run time.
+// The AVX2 + FMA kernels (and F16C for float16 weights). Only the functions below, and the
+// templates they instantiate, are compiled for these extensions, through the target attribute;
+// the module as a whole stays baseline x86-64, and engine.cpp calls these only after checking the
+// CPU at run time.
 #include "cpu/kernels.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
 #include <immintrin.h>
 
-#define NVWAVENET_KERNEL __attribute__((target("avx2,fma")))
+#define NVWAVENET_KERNEL __attribute__((target("avx2,fma,f16c")))
 #include "cpu/kernels_impl.h"
 
 namespace nvwavenet::cpu {
@@ -19,6 +20,14 @@ struct Avx2 {
   NVWAVENET_KERNEL static V set1(float f) { return _mm256_set1_ps(f); }
   NVWAVENET_KERNEL static V load(const float* p) { return _mm256_loadu_ps(p); }
   NVWAVENET_KERNEL static void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+  NVWAVENET_KERNEL static V widen(const float* p) { return _mm256_loadu_ps(p); }
+  NVWAVENET_KERNEL static V widen(const Half* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  NVWAVENET_KERNEL static V widen(const BFloat16* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  }
   NVWAVENET_KERNEL static V add(V a, V b) { return _mm256_add_ps(a, b); }
   NVWAVENET_KERNEL static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   NVWAVENET_KERNEL static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
@@ -37,7 +46,8 @@ struct Avx2 {
 
 const Kernels* avx2_kernels() {
   static const Kernels kernels = make_kernels<Avx2>("avx2+fma");
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &kernels : nullptr;
 }
 

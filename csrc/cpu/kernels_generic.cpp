@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "cpu/half.h"
+
 #define NVWAVENET_KERNEL
 #include "cpu/kernels_impl.h"
 
@@ -29,6 +31,9 @@ struct Generic {
     return out;
   }
   static void store(float* p, const V& a) { std::memcpy(p, a.v, sizeof a.v); }
+  static V widen(const float* p) { return load(p); }
+  static V widen(const Half* p) { return map([p](int j) { return half_to_float(p[j].bits); }); }
+  static V widen(const BFloat16* p) { return map([p](int j) { return bfloat16_to_float(p[j].bits); }); }
   static V add(const V& a, const V& b) { return map([&](int j) { return a.v[j] + b.v[j]; }); }
   static V sub(const V& a, const V& b) { return map([&](int j) { return a.v[j] - b.v[j]; }); }
   static V mul(const V& a, const V& b) { return map([&](int j) { return a.v[j] * b.v[j]; }); }

@@ -3,6 +3,7 @@
 //
 //   using V = ...;                        8 floats
 //   zero(), set1(f), load(p), store(p, v) (unaligned)
+//   widen(p): 8 weights as floats, from float, Half or BFloat16 p
 //   add, sub, mul, div, min, max, fmadd(a, b, c) = a * b + c
 //   floor(v), pow2(n) = 2^n for integral n in [-126, 127]
 //
@@ -24,24 +25,34 @@
 namespace nvwavenet::cpu {
 namespace {
 
+// Weight elements stored in 16 bits (packing.h), told apart by type.
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+
 // One register tile: RB blocks of 8 rows times NB streams, RB * NB accumulators kept in
 // registers across the whole k loop. Each step loads RB weight vectors once and uses each NB
 // times, so the weights, which dominate the bytes, are read once per tile.
-template <class I, int RB, int NB>
-NVWAVENET_KERNEL void tile(const float* W, int64_t K, const float* X, int64_t ldx, float* Y, int64_t ldy) {
+template <class I, class WT, int RB, int NB>
+NVWAVENET_KERNEL void tile(const WT* W, int64_t K, const float* X, int64_t ldx, float* Y, int64_t ldy) {
   using V = typename I::V;
   const int64_t block_stride = K * 8;
   V acc[NB][RB];
   for (int n = 0; n < NB; ++n) {
     for (int r = 0; r < RB; ++r) acc[n][r] = I::load(Y + n * ldy + r * 8);
   }
-  const float* w = W;
+  const WT* w = W;
   for (int64_t k = 0; k < K; ++k, w += 8) {
-    V wr[RB];
-    for (int r = 0; r < RB; ++r) wr[r] = I::load(w + r * block_stride);
-    for (int n = 0; n < NB; ++n) {
-      const V x = I::set1(X[n * ldx + k]);
-      for (int r = 0; r < RB; ++r) acc[n][r] = I::fmadd(wr[r], x, acc[n][r]);
+    V x[NB];
+    for (int n = 0; n < NB; ++n) x[n] = I::set1(X[n * ldx + k]);
+    // One weight vector live at a time: 16-bit weights widened all at once spilled an
+    // accumulator to the stack (8 blocks x 1 stream), which cost bfloat16 half its speed.
+    for (int r = 0; r < RB; ++r) {
+      const V wr = I::widen(w + r * block_stride);
+      for (int n = 0; n < NB; ++n) acc[n][r] = I::fmadd(wr, x[n], acc[n][r]);
     }
   }
   for (int n = 0; n < NB; ++n) {
@@ -49,8 +60,8 @@ NVWAVENET_KERNEL void tile(const float* W, int64_t K, const float* X, int64_t ld
   }
 }
 
-template <class I>
-using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+template <class WT>
+using TileFn = void (*)(const WT*, int64_t, const float*, int64_t, float*, int64_t);
 
 // Tile shapes: a single stream takes up to 8 blocks (8 independent multiply-add chains hide
 // the FMA latency, 64 rows per pass over the input vector); several streams take up to 4 blocks
@@ -61,39 +72,39 @@ constexpr int kMaxBlocks = 4;
 constexpr int kMaxStreams = 3;
 
 // The tile of rb blocks (1 .. MaxRB) by NB streams.
-template <class I, int NB, int MaxRB, int RB = 1>
-constexpr TileFn<I> tile_for(int rb) {
+template <class I, class WT, int NB, int MaxRB, int RB = 1>
+constexpr TileFn<WT> tile_for(int rb) {
   if constexpr (RB == MaxRB) {
-    return &tile<I, RB, NB>;
+    return &tile<I, WT, RB, NB>;
   } else {
-    return rb == RB ? &tile<I, RB, NB> : tile_for<I, NB, MaxRB, RB + 1>(rb);
+    return rb == RB ? &tile<I, WT, RB, NB> : tile_for<I, WT, NB, MaxRB, RB + 1>(rb);
   }
 }
 
 // The tile of rb blocks (1 .. kMaxBlocks) by nb streams (1 .. kMaxStreams).
-template <class I, int NB = 1>
-constexpr TileFn<I> tile_for_streams(int rb, int nb) {
+template <class I, class WT, int NB = 1>
+constexpr TileFn<WT> tile_for_streams(int rb, int nb) {
   if constexpr (NB == kMaxStreams) {
-    return tile_for<I, NB, kMaxBlocks>(rb);
+    return tile_for<I, WT, NB, kMaxBlocks>(rb);
   } else {
-    return nb == NB ? tile_for<I, NB, kMaxBlocks>(rb) : tile_for_streams<I, NB + 1>(rb, nb);
+    return nb == NB ? tile_for<I, WT, NB, kMaxBlocks>(rb) : tile_for_streams<I, WT, NB + 1>(rb, nb);
   }
 }
 
-template <class I>
-NVWAVENET_KERNEL void gemm(const float* W, int64_t K, int64_t b0, int64_t b1, const float* X, int64_t ldx, int64_t N,
+template <class I, class WT>
+NVWAVENET_KERNEL void gemm(const void* W, int64_t K, int64_t b0, int64_t b1, const float* X, int64_t ldx, int64_t N,
                            float* Y, int64_t ldy) {
   const int max_blocks = N == 1 ? kMaxBlocksOneStream : kMaxBlocks;
   for (int64_t b = b0; b < b1;) {
     const int rb = int(std::min<int64_t>(b1 - b, max_blocks));
-    const float* Wb = W + b * K * 8;
+    const WT* Wb = static_cast<const WT*>(W) + b * K * 8;
     float* Yb = Y + (b - b0) * 8;
     if (N == 1) {
-      tile_for<I, 1, kMaxBlocksOneStream>(rb)(Wb, K, X, ldx, Yb, ldy);
+      tile_for<I, WT, 1, kMaxBlocksOneStream>(rb)(Wb, K, X, ldx, Yb, ldy);
     } else {
       for (int64_t n = 0; n < N; n += kMaxStreams) {
         const int nb = int(std::min<int64_t>(N - n, kMaxStreams));
-        tile_for_streams<I>(rb, nb)(Wb, K, X + n * ldx, ldx, Yb + n * ldy, ldy);
+        tile_for_streams<I, WT>(rb, nb)(Wb, K, X + n * ldx, ldx, Yb + n * ldy, ldy);
       }
     }
     b += rb;
@@ -176,7 +187,8 @@ NVWAVENET_KERNEL float exp_sum(const float* x, int64_t n, float shift, float* e)
 
 template <class I>
 Kernels make_kernels(const char* name) {
-  return Kernels{name, &gemm<I>, &gate<I>, &tanh_inplace<I>, &exp_sum<I>};
+  // In DType order: Float32, Float16, BFloat16.
+  return Kernels{name, {&gemm<I, float>, &gemm<I, Half>, &gemm<I, BFloat16>}, &gate<I>, &tanh_inplace<I>, &exp_sum<I>};
 }
 
 }  // namespace
