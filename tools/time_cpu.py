@@ -42,19 +42,22 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="CPU engine threads (default: automatic)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="weight precision (NVWaveNet's dtype)")
     parser.add_argument("--eager-samples", type=int, default=200)
     parser.add_argument("--no-eager", action="store_true")
     args = parser.parse_args()
 
     net = NVWaveNet(**random_nv_wavenet_args(args.R, args.S, args.A, args.L, args.max_dilation),
-                    num_threads=args.threads)
+                    num_threads=args.threads, dtype=getattr(torch, args.dtype))
     cond = random_cond_input(args.R, args.batch, args.L, args.samples)
     net.infer(cond[..., :100])  # packs the weights, starts the threads
     engine = rate(lambda: net.infer(cond), args.batch, args.samples, args.repeats)
     info = nvwavenet.build_info()
     print(f"{platform.processor() or platform.machine()}, {info['cpu_threads']} CPUs, isa {info['cpu_isa']}, "
           f"threads {args.threads or 'automatic'}, load average {os.getloadavg()[0]:.2f}")
-    print(f"R{args.R}/S{args.S}/A{args.A} L={args.L} max_dilation={args.max_dilation} batch={args.batch}: "
+    print(f"R{args.R}/S{args.S}/A{args.A} L={args.L} max_dilation={args.max_dilation} batch={args.batch} "
+          f"{args.dtype} weights: "
           f"engine median {statistics.median(engine):,.0f} samples/s "
           f"(repeats: {', '.join(f'{r:,.0f}' for r in engine)})")
     if args.no_eager:
