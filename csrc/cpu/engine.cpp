@@ -433,8 +433,9 @@ class Plan {
 // collapses on a busy one (a member without a core stalls every barrier), and which is the case
 // changes by the second. Results are identical either way (see the top of this file).
 void run_adaptive(const Net& net, Plan& solo, Plan& split) {
-  constexpr int64_t kCalibrationSteps = 32;  // the first, single-threaded, segment
-  constexpr int64_t kSegmentSteps = 256;
+  // Measuring a mode takes a short segment (the first one, single-threaded, and every probe of
+  // the mode that is losing); running the winner, longer ones.
+  constexpr int64_t kProbeSteps = 64, kSegmentSteps = 256;
   constexpr int kMinProbeInterval = 4, kMaxProbeInterval = 64;  // in segments
   enum { kSolo = 0, kSplit = 1 };
   Plan* plans[2] = {&solo, &split};
@@ -453,7 +454,8 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
       mode = probe ? 1 - best : best;
       if (probe) since_probe = 0;
     }
-    const int64_t steps = std::min(net.p.num_samples - t, seconds_per_step[kSolo] == 0.0 ? kCalibrationSteps : kSegmentSteps);
+    const bool measuring = probe || seconds_per_step[kSolo] == 0.0;
+    const int64_t steps = std::min(net.p.num_samples - t, measuring ? kProbeSteps : kSegmentSteps);
     // A split segment stops as soon as it falls behind what one thread would have done.
     const double budget = mode == kSplit ? seconds_per_step[kSolo] : 0.0;
     const Plan::Progress done = plans[mode]->run(t, t + steps, budget);
