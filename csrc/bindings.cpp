@@ -125,14 +125,15 @@ PYBIND11_MODULE(_C, m) {
         "instruction set and default thread count.");
 
   m.def("cpu_packed_bytes", &nvwavenet::cpu::cpu_packed_bytes, py::arg("params"),
-        "Bytes of the CPU engine's packed weights for the sizes in params.");
+        "Bytes of the CPU engine's packed weights for the sizes and weight_dtype in params.");
   m.def(
       "pack_cpu_weights",
       [](const Params& p, std::uintptr_t dst, int64_t dst_bytes) {
         nvwavenet::cpu::pack_cpu_weights(p, reinterpret_cast<void*>(dst), dst_bytes);
       },
       py::arg("params"), py::arg("dst"), py::arg("dst_bytes"),
-      "Packs params' float32 weights into the CPU engine's layout at address dst (64-byte aligned).");
+      "Packs params' weights (in weight_dtype) into the CPU engine's layout at address dst "
+      "(cpu_packed_bytes(params) bytes, 64-byte aligned).");
   m.def(
       "generate_cpu",
       [](const Params& p, const std::string& isa) {
