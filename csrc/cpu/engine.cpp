@@ -136,7 +136,7 @@ class Member {
   int64_t run(int64_t begin, int64_t end, double budget) noexcept;
 
  private:
-  // The packed float32 vector / matrix at a byte offset.
+  // A packed float32 vector, or a matrix in weight_dtype, at a byte offset.
   const float* vector(int64_t offset) const { return reinterpret_cast<const float*>(net_.w + offset); }
   const void* matrix(int64_t offset) const { return net_.w + offset; }
   // The stage slice of step t, layer l: [N][own_rows] pre-activations in gate order.
