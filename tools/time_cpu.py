@@ -57,7 +57,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {info['cpu_threads']} CPUs, isa {info['cpu_isa']}, "
           f"threads {args.threads or 'automatic'}, load average {os.getloadavg()[0]:.2f}")
     print(f"R{args.R}/S{args.S}/A{args.A} L={args.L} max_dilation={args.max_dilation} batch={args.batch} "
-          f"{args.dtype} weights: "
+          f"{args.dtype} weights, threads {args.threads or 'automatic'}: "
           f"engine median {statistics.median(engine):,.0f} samples/s "
           f"(repeats: {', '.join(f'{r:,.0f}' for r in engine)})")
     if args.no_eager:
