@@ -42,10 +42,15 @@ def extension():
     return _C
 
 
+_CPU_ISAS = ("auto", "avx2+fma", "generic")
+
+
 def cpu_isa() -> str:
     """The instruction set the CPU engine runs with: ``NVWAVENET_CPU_ISA`` if set (and not
     ``auto``), else the best this CPU supports."""
     requested = os.environ.get("NVWAVENET_CPU_ISA", "auto").strip() or "auto"
+    if requested not in _CPU_ISAS:
+        raise ValueError(f"NVWAVENET_CPU_ISA: expected one of {', '.join(_CPU_ISAS)}, got {requested!r}")
     return extension().build_info()["cpu_isa"] if requested == "auto" else requested
 
 

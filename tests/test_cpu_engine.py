@@ -212,8 +212,12 @@ def test_zero_samples():
 
 def test_error_unknown_isa(monkeypatch):
     monkeypatch.setenv("NVWAVENET_CPU_ISA", "avx9")
-    with pytest.raises(ValueError, match="isa: expected 'auto', 'avx2\\+fma' or 'generic', got 'avx9'"):
+    with pytest.raises(ValueError, match="NVWAVENET_CPU_ISA: expected one of auto, avx2\\+fma, generic, got 'avx9'"):
         make_net(8, 8, 8, 2, 2).infer(random_cond_input(8, 1, 2, 3))
+    C = engines.extension()
+    p, keep = engine_params(make_net(8, 8, 8, 2, 2), random_cond_input(8, 1, 2, 3))
+    with pytest.raises(ValueError, match="isa: expected 'auto', 'avx2\\+fma' or 'generic', got 'avx9'"):
+        C.generate_cpu(p, "avx9")
 
 
 def test_error_num_threads():
