@@ -10,6 +10,8 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/engine.h"
+#include "cpu/packing.h"
 #include "nvwavenet.h"
 #include "sizes.h"
 #ifdef NVWAVENET_WITH_CUDA
@@ -59,6 +61,8 @@ py::dict build_info() {
   info["variant_sizes"] = py::dict();
   info["precisions"] = std::vector<std::string>{};
 #endif
+  info["cpu_isa"] = nvwavenet::cpu::best_isa();
+  info["cpu_threads"] = nvwavenet::cpu::default_threads();
   return info;
 }
 
@@ -126,6 +130,8 @@ PYBIND11_MODULE(_C, m) {
       .POINTER_FIELD(Params, out_b, const void*)
       .POINTER_FIELD(Params, end_w, const void*)
       .POINTER_FIELD(Params, end_b, const void*)
+      .POINTER_FIELD(Params, cpu_weights, const void*)
+      .def_readwrite("cpu_weights_bytes", &Params::cpu_weights_bytes)
       .POINTER_FIELD(Params, cond, const void*)
       .def_readwrite("cond_dtype", &Params::cond_dtype)
       .def_readwrite("cond_stride_channel", &Params::cond_stride_channel)
@@ -156,7 +162,28 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("streams_per_block", &Params::streams_per_block)
       .def_readwrite("spin_timeout_ns", &Params::spin_timeout_ns);
 
-  m.def("build_info", &build_info, "What was compiled: CUDA kernels, architectures, sizes, precisions.");
+  m.def("build_info", &build_info,
+        "What was compiled: CUDA kernels, architectures, sizes, precisions; the CPU engine's "
+        "instruction set and default thread count.");
+
+  m.def("cpu_packed_bytes", &nvwavenet::cpu::cpu_packed_bytes, py::arg("params"),
+        "Bytes of the CPU engine's packed weights for the sizes and weight_dtype in params.");
+  m.def(
+      "pack_cpu_weights",
+      [](const Params& p, std::uintptr_t dst, int64_t dst_bytes) {
+        nvwavenet::cpu::pack_cpu_weights(p, reinterpret_cast<void*>(dst), dst_bytes);
+      },
+      py::arg("params"), py::arg("dst"), py::arg("dst_bytes"),
+      "Packs params' weights (in weight_dtype) into the CPU engine's layout at address dst "
+      "(cpu_packed_bytes(params) bytes, 64-byte aligned).");
+  m.def(
+      "generate_cpu",
+      [](const Params& p, const std::string& isa) {
+        py::gil_scoped_release release;
+        nvwavenet::cpu::generate_cpu(p, isa);
+      },
+      py::arg("params"), py::arg("isa") = "auto",
+      "Runs the CPU engine on params (cpu_weights packed); isa: 'auto', 'avx2+fma' or 'generic'.");
 #ifdef NVWAVENET_WITH_CUDA
   m.def("cuda_plan", &cuda_plan, py::arg("params"), py::arg("variant"),
         "How a CUDA variant (an nvwavenet.Impl value other than AUTO) would run these Params on "

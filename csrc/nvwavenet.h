@@ -54,6 +54,12 @@ struct Params {
   const void* end_w = nullptr;       // [A][A]
   const void* end_b = nullptr;       // [A]
 
+  // The CPU engine's own copy of the weights above, blocked for streaming through the cache:
+  // filled once by pack_cpu_weights() (csrc/cpu/packing.h) into a buffer of cpu_packed_bytes()
+  // that Python owns. Read only by generate_cpu; the CUDA kernels ignore it.
+  const void* cpu_weights = nullptr;
+  int64_t cpu_weights_bytes = 0;
+
   // Conditioning, logical [2R][batch][L][num_samples], any element strides, in cond_dtype.
   const void* cond = nullptr;
   DType cond_dtype = DType::Float32;

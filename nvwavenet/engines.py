@@ -4,6 +4,10 @@ Python owns every buffer as a torch tensor (so PyTorch's caching allocator serve
 memory); the compiled engines only see raw pointers, sizes and strides (``csrc/nvwavenet.h``).
 Importing nvwavenet never fails for lack of the compiled part: the error comes, with advice, when
 something that needs it is called.
+
+The CPU engine runs with the best instruction set the CPU has (``build_info()["cpu_isa"]``); the
+environment variable ``NVWAVENET_CPU_ISA`` (``auto``, ``avx2+fma`` or ``generic``) overrides that,
+e.g. to test or time the portable fallback.
 """
 from __future__ import annotations
 
@@ -26,8 +30,8 @@ except ImportError as error:
     _IMPORT_ERROR = ("it was never built" if importlib.util.find_spec(f"{__package__}._C") is None
                      else f"it failed to load: {error}")
 
-__all__ = ["build_info", "extension", "PackedWeights", "make_params", "CUDA_VARIANTS", "check_cuda_build",
-           "spin_timeout_ns", "run_cuda"]
+__all__ = ["build_info", "extension", "cpu_isa", "PackedWeights", "CpuWeights", "make_params",
+           "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -36,20 +40,35 @@ def extension():
     """The compiled module, or a RuntimeError that says how to build it."""
     if _C is None:
         raise RuntimeError(
-            f"nvwavenet's compiled module nvwavenet._C is not available: {_IMPORT_ERROR}. Install the package with `pip install .`, or build it in place "
+            "nvwavenet's compiled module nvwavenet._C is not available "
+            f"({_IMPORT_ERROR}). Install the package with `pip install .`, or build it in place "
             "with `python setup.py build_ext --inplace`.")
     return _C
+
+
+_CPU_ISAS = ("auto", "avx2+fma", "generic")
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU engine runs with: ``NVWAVENET_CPU_ISA`` if set (and not
+    ``auto``), else the best this CPU supports."""
+    requested = os.environ.get("NVWAVENET_CPU_ISA", "auto").strip() or "auto"
+    if requested not in _CPU_ISAS:
+        raise ValueError(f"NVWAVENET_CPU_ISA: expected one of {', '.join(_CPU_ISAS)}, got {requested!r}")
+    return extension().build_info()["cpu_isa"] if requested == "auto" else requested
 
 
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT only
-    has the sizes whose layers fit one block's shared memory), ``precisions``, ``version``, and
-    ``extension`` (whether ``_C`` loaded)."""
+    has the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
+    ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
+    and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on)."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
-                "sizes": [], "variant_sizes": {}, "precisions": [], "error": _IMPORT_ERROR}
-    return {**_C.build_info(), "extension": True}
+                "sizes": [], "variant_sizes": {}, "precisions": [], "cpu_isa": None, "cpu_threads": 0,
+                "error": _IMPORT_ERROR}
+    return {**_C.build_info(), "cpu_isa": cpu_isa(), "extension": True}
 
 
 def dtype_code(dtype: torch.dtype):
@@ -83,24 +102,53 @@ class PackedWeights:
         return cls(**{name: tensor.contiguous() for name, tensor in tensors.items()})
 
 
+def _weight_params(weights: WaveNetWeights, packed: PackedWeights):
+    """A ``_C.Params`` with the sizes and the weight pointers filled."""
+    p = extension().Params()
+    p.R, p.S, p.A, p.L = weights.n_residual, weights.n_skip, weights.n_classes, weights.n_layers
+    p.max_dilation, p.use_embed_tanh = weights.max_dilation, weights.use_embed_tanh
+    p.weight_dtype = dtype_code(packed.embed_curr.dtype)
+    for field in dataclasses.fields(PackedWeights):
+        setattr(p, field.name, getattr(packed, field.name).data_ptr())
+    return p
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuWeights:
+    """The weights for the CPU engine: the Params layout in ``dtype``, and the engine's own blocked
+    copy made from it (``csrc/cpu/packing.h``), which is what it streams through the cache. Its
+    matrices keep ``dtype`` (float16 / bfloat16 halve the bytes per sample and are widened to
+    float32 in registers); everything else is float32."""
+
+    packed: PackedWeights
+    blocked: torch.Tensor  # uint8, cpu_packed_bytes long, 64-byte aligned (torch's CPU allocator)
+
+    @classmethod
+    def pack(cls, weights: WaveNetWeights, dtype: torch.dtype = torch.float32) -> CpuWeights:
+        packed = PackedWeights.pack(weights, torch.device("cpu"), dtype)
+        p = _weight_params(weights, packed)
+        blocked = torch.empty(extension().cpu_packed_bytes(p), dtype=torch.uint8)
+        extension().pack_cpu_weights(p, blocked.data_ptr(), blocked.numel())
+        return cls(packed, blocked)
+
+
 def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torch.Tensor,
                 selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
-                teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None):
-    """A filled ``_C.Params``. The caller keeps every tensor alive until the engine returns."""
+                teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+                cpu_blocked: torch.Tensor | None = None):
+    """A filled ``_C.Params``. The caller keeps every tensor alive until the engine returns.
+
+    ``cpu_blocked`` is :attr:`CpuWeights.blocked`, for the CPU engine."""
     for key, dtype in (("queues", torch.float32), ("history", torch.int32)):
         tensor = state[key]
         if tensor.dtype != dtype or not tensor.is_contiguous():
             raise TypeError(f"state['{key}']: the compiled engines expect a contiguous {dtype} "
                             f"tensor (as init_state() makes), got {tensor.dtype}"
                             f"{'' if tensor.is_contiguous() else ', non-contiguous'}")
-    C = extension()
-    p = C.Params()
-    p.R, p.S, p.A, p.L = weights.n_residual, weights.n_skip, weights.n_classes, weights.n_layers
-    p.max_dilation, p.use_embed_tanh = weights.max_dilation, weights.use_embed_tanh
+    p = _weight_params(weights, packed)
     p.batch, p.num_samples = samples.shape
-    p.weight_dtype = dtype_code(packed.embed_curr.dtype)
-    for field in dataclasses.fields(PackedWeights):
-        setattr(p, field.name, getattr(packed, field.name).data_ptr())
+    if cpu_blocked is not None:
+        p.cpu_weights, p.cpu_weights_bytes = cpu_blocked.data_ptr(), cpu_blocked.numel()
 
     p.cond, p.cond_dtype = cond_input.data_ptr(), dtype_code(cond_input.dtype)
     (p.cond_stride_channel, p.cond_stride_batch,
@@ -118,6 +166,11 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
     p.queues, p.history = state["queues"].data_ptr(), state["history"].data_ptr()
     p.position = int(state["position"])
     return p
+
+
+def generate_cpu(params) -> None:
+    """Runs the CPU engine on filled ``params`` (without the GIL), with :func:`cpu_isa`."""
+    extension().generate_cpu(params, cpu_isa())
 
 
 # The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).

@@ -10,8 +10,7 @@ import enum
 
 import torch
 
-from . import reference
-from .engines import PackedWeights, check_cuda_build, run_cuda
+from . import engines, reference
 from .network import WaveNetWeights
 from .sampling import draw_selectors
 from .state import check_state, new_state, reset_streams
@@ -47,9 +46,13 @@ class NVWaveNet:
 
     The positional arguments are NV-WaveNet's, shapes as in the SPEC; a trailing conv dimension of
     size 1 is accepted, and ``res_weights``/``res_biases`` may hold L - 1 or L layers. Keyword-only:
-    ``conv_out_bias``/``conv_end_bias`` (A each, zero when None) and ``dtype``, the precision of
-    the CUDA kernels' weights (float32, float16 or bfloat16; activations, products and the softmax
-    are float32 in every precision). The CPU path computes in float32.
+    ``conv_out_bias``/``conv_end_bias`` (A each, zero when None), ``dtype``, the precision of
+    the weights (float32, float16 or bfloat16; products and softmax accumulate in float32, and on
+    the CPU every activation is float32 too), and ``num_threads``, the threads of the compiled CPU
+    engine: None (the default) uses up to one per CPU core, and at batch 1 measures while it runs
+    whether splitting each step over the cores beats one thread (on a machine busy with other
+    work it usually does not); an integer uses exactly that many. The CPU engine's output does not
+    depend on the thread count.
 
     ``last_implementation`` is the CUDA variant the last CUDA call ran (what AUTO resolved to).
     """
@@ -57,15 +60,21 @@ class NVWaveNet:
     def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
                  dilate_weights, dilate_biases, max_dilation, res_weights, res_biases,
                  skip_weights, skip_biases, use_embed_tanh, *, conv_out_bias=None,
-                 conv_end_bias=None, dtype: torch.dtype = torch.float32):
+                 conv_end_bias=None, dtype: torch.dtype = torch.float32,
+                 num_threads: int | None = None):
         if dtype not in _NETWORK_DTYPES:
             raise TypeError(f"dtype: expected torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                        or num_threads < 1):
+            raise ValueError(f"num_threads: expected None or an integer >= 1, got {num_threads!r}")
         self.weights = WaveNetWeights.from_nv_wavenet_args(
             embedding_prev, embedding_curr, conv_out_weight, conv_end_weight, dilate_weights,
             dilate_biases, max_dilation, res_weights, res_biases, skip_weights, skip_biases,
             use_embed_tanh, conv_out_bias=conv_out_bias, conv_end_bias=conv_end_bias)
         self.dtype = dtype
-        self._cuda_weights: dict[tuple[torch.device, torch.dtype], PackedWeights] = {}
+        self.num_threads = num_threads
+        self._cpu_weights: engines.CpuWeights | None = None  # packed on the first CPU call
+        self._cuda_weights: dict[tuple[torch.device, torch.dtype], engines.PackedWeights] = {}
         self.last_implementation: Impl | None = None
 
     # Sizes, under the names NV-WaveNet's documentation uses.
@@ -170,24 +179,36 @@ class NVWaveNet:
         return out, logits
 
     def _infer_cpu(self, cond_input, u, teacher, return_logits, state):
-        return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
-                                     return_logits=return_logits, state=state, dtype=torch.float32)
+        if not engines.build_info()["extension"]:  # never built: the float32 reference, slowly
+            return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
+                                         return_logits=return_logits, state=state, dtype=torch.float32)
+        if self._cpu_weights is None:
+            self._cpu_weights = engines.CpuWeights.pack(self.weights, self.dtype)
+        batch, samples = u.shape
+        out, logits = self._outputs(batch, samples, cond_input.device, return_logits)
+        params = engines.make_params(self.weights, self._cpu_weights.packed, cond_input, u, out, state,
+                                     teacher=teacher, logits=logits,
+                                     cpu_blocked=self._cpu_weights.blocked)
+        params.num_threads = self.num_threads or 0
+        engines.generate_cpu(params)
+        state["position"].fill_(int(state["position"]) + samples)
+        return (out, logits) if return_logits else out
 
-    def _packed_for(self, device: torch.device) -> PackedWeights:
+    def _packed_for(self, device: torch.device) -> engines.PackedWeights:
         """The weights in the kernels' layout on ``device``, packed once per (device, dtype)."""
         key = (device, self.dtype)
         if key not in self._cuda_weights:
-            self._cuda_weights[key] = PackedWeights.pack(self.weights, device, self.dtype)
+            self._cuda_weights[key] = engines.PackedWeights.pack(self.weights, device, self.dtype)
         return self._cuda_weights[key]
 
     def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):
-        check_cuda_build(self.weights, self.dtype)
+        engines.check_cuda_build(self.weights, self.dtype)
         device = cond_input.device
         batch, samples = cond_input.shape[1], cond_input.shape[3]
         with torch.cuda.device(device):
             out, logits = self._outputs(batch, samples, device, return_logits)
             if samples:
-                self.last_implementation = Impl[run_cuda(
+                self.last_implementation = Impl[engines.run_cuda(
                     self.weights, self._packed_for(device), implementation.name, cond_input, u, out, state,
                     teacher=teacher, logits=logits)]
         state["position"].fill_(int(state["position"]) + samples)

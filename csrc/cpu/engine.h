@@ -1,0 +1,24 @@
+// The compiled CPU engine: SPEC section 1 for the Params of nvwavenet.h, in float32.
+#pragma once
+
+#include <string>
+
+#include "nvwavenet.h"
+
+namespace nvwavenet::cpu {
+
+// The instruction set "auto" resolves to on this CPU: "avx2+fma" or "generic".
+std::string best_isa();
+
+// The most threads a call with num_threads = 0 uses: the CPUs this process may run on. (At
+// batch 1 it measures, as it runs, whether splitting the rows over them beats one thread.)
+int default_threads();
+
+// Generates p.num_samples steps of p.batch streams, reading and updating the state in p.
+// p.cpu_weights must hold the weights packed by pack_cpu_weights() for p's sizes. `isa` is
+// "auto", "avx2+fma" or "generic" (the portable fallback, for tests and comparisons).
+// Throws std::invalid_argument for invalid params and std::runtime_error for an instruction set
+// this CPU cannot run; it never aborts.
+void generate_cpu(const Params& p, const std::string& isa);
+
+}  // namespace nvwavenet::cpu
