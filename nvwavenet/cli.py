@@ -16,7 +16,6 @@ from .engines import build_info
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError, RuntimeError)
 EXIT_USER_ERROR = 2
-DEMO_STEPS = 300
 
 
 def _device(name: str) -> torch.device:
@@ -199,8 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "each CUDA variant), check that they agree, and write WAVs, a PNG and a report with samples/s, "
                     "real-time factor and the log-mel distance to the original (next to an untrained model's).")
     demo.add_argument("--out", type=Path, default=Path("nvwavenet-demo"), help="output folder (default: nvwavenet-demo/)")
-    demo.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"training steps (default: {DEMO_STEPS})")
-    demo.add_argument("--seconds", type=float, default=2.0, help="length of the signal (default: 2)")
+    from .demo import DemoSettings
+    defaults = DemoSettings()
+    demo.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default: {defaults.steps})")
+    demo.add_argument("--seconds", type=float, default=defaults.seconds,
+                      help=f"length of the signal (default: {defaults.seconds:g})")
     demo.set_defaults(run=cmd_demo)
 
     info = commands.add_parser("info", help="what was built, which GPUs are visible",

@@ -38,7 +38,7 @@ class DemoSettings:
 
     sample_rate: int = 8000
     seconds: float = 2.0
-    steps: int = 300
+    steps: int = 1200
     batch_size: int = 4
     learning_rate: float = 3e-3
     n_layers: int = 7
