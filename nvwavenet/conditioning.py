@@ -33,14 +33,22 @@ class FrameConditioner:
                              f"({model.upsamp_stride}) leaves samples no frame reaches")
         device = torch.device(device) if device is not None else model.embed.weight.device
         take = lambda t: t.detach().to(device=device, dtype=dtype)
-        self.up_weight, self.up_bias = take(model.upsample.weight), take(model.upsample.bias)
-        self.cond_weight, self.cond_bias = take(model.cond_layers.conv.weight), take(model.cond_layers.conv.bias)
         self.hop = model.upsamp_stride
         self.n_channels = model.n_cond_channels
         self.n_layers = model.n_layers
         self.n_residual = model.n_residual_channels
         # Earlier frames whose upsampling window still reaches into a frame's own hop.
         self.context = math.ceil(model.upsamp_window / model.upsamp_stride) - 1
+        # Frame q - j reaches sample r of frame q's hop through tap r + j * H of the transposed
+        # convolution. Grouping the taps that way makes a hop one product of the window's frames,
+        # (C * (context + 1)) -> (C * H), instead of a full transposed convolution of the window
+        # of which only one hop would be kept.
+        frames_reaching = self.context + 1
+        taps = F.pad(take(model.upsample.weight), (0, frames_reaching * self.hop - model.upsamp_window))
+        by_frame = taps.view(self.n_channels, self.n_channels, frames_reaching, self.hop)  # [c, d, j, r]
+        self.up_matrix = by_frame.permute(0, 2, 1, 3).reshape(self.n_channels * frames_reaching, -1).contiguous()
+        self.up_bias = take(model.upsample.bias)
+        self.cond_weight, self.cond_bias = take(model.cond_layers.conv.weight), take(model.cond_layers.conv.bias)
         self.device, self.dtype = device, dtype
 
     def start(self, batch: int) -> torch.Tensor:
@@ -62,13 +70,10 @@ class FrameConditioner:
         The first ``context`` frames are the ones before (from :meth:`start` or the previous call).
         """
         batch, n = frames.shape[0], frames.shape[2] - self.context
-        hops = []
+        acts = torch.empty(batch, self.cond_weight.shape[0], n * self.hop, device=self.device, dtype=self.dtype)
         for q in range(n):
-            window = frames[:, :, q:q + self.context + 1]
-            upsampled = F.conv_transpose1d(window, self.up_weight, self.up_bias, stride=self.hop)
-            own_hop = upsampled[:, :, self.context * self.hop:(self.context + 1) * self.hop]
-            hops.append(F.conv1d(own_hop, self.cond_weight, self.cond_bias))
-        if not hops:
-            return torch.empty(2 * self.n_residual, batch, self.n_layers, 0, device=self.device, dtype=self.dtype)
-        acts = torch.cat(hops, dim=2)  # (batch, L * 2R, n * H), layer-major as the model lays it out
+            newest_first = frames[:, :, q:q + self.context + 1].flip(2).reshape(batch, -1)  # [c, j]
+            own_hop = (newest_first @ self.up_matrix).view(batch, self.n_channels, self.hop) + self.up_bias[:, None]
+            acts[:, :, q * self.hop:(q + 1) * self.hop] = F.conv1d(own_hop, self.cond_weight, self.cond_bias)
+        # (batch, L * 2R, samples) is layer-major, as the training model lays it out.
         return acts.view(batch, self.n_layers, 2 * self.n_residual, -1).permute(2, 0, 1, 3)

@@ -29,8 +29,9 @@ from .model import WaveNet
 
 __all__ = ["Vocoder"]
 
-# Frames generated per engine call by one-shot vocoding: bounds the conditioning held at once.
-FRAMES_PER_CALL = 64
+# Frames generated per engine call by one-shot vocoding: bounds the conditioning held at once
+# (2R * L * hop floats a frame: about 2.6 MB at R=64, L=20, hop 256, so about 42 MB a call).
+FRAMES_PER_CALL = 16
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

@@ -123,3 +123,26 @@ def test_user_errors_are_named(model, vocoder):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device.*CUDA"):
             Vocoder(model, AudioConfig(8000, 64, MEL), device="cuda")
+
+
+def test_streaming_memory_does_not_grow_with_length():
+    """Peak memory of streaming 6 s and 60 s of audio (separate processes, benchmarks/streaming.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nvwavenet
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "streaming.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(nvwavenet.__file__).resolve().parents[1])}
+    peaks = []
+    for minutes in (0.1, 1.0):
+        result = subprocess.run([sys.executable, str(script), "--memory-child", str(minutes), "--device", "cpu",
+                                 "--memory-layers", "3", "--memory-max-dilation", "2", "--memory-residual", "8",
+                                 "--memory-skip", "16"], capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["samples"] == int(minutes * 60 * 24000 / 300) * 300
+        peaks.append(report["peak_rss_mb"])
+    assert peaks[1] < 1.10 * peaks[0], peaks
