@@ -22,7 +22,7 @@ from nvwavenet import bench
 
 HERE = Path(__file__).resolve().parent
 # Naive generation is skipped at a batch where 4 samples would take longer than this (seconds).
-NAIVE_BUDGET_SECONDS = 20.0
+NAIVE_BUDGET_SECONDS = 5.0
 
 
 def measure_all(configs, batches, device, seconds, repeats, chunk, log=print) -> list[bench.Row]:

@@ -38,6 +38,8 @@ from .testing import random_cond_input, random_nv_wavenet_args
 
 SAMPLE_RATES = (16000, 22050, 24000, 48000)
 BASELINES = ("pytorch-eager", "pytorch-cuda-graph", "pytorch-naive")
+# Conditioning held per engine call; longer runs reuse the chunk through the resumable state.
+CHUNK_BYTES = 256 * 2 ** 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,10 +232,15 @@ class Row:
 
 def run_one(config: Config, engine: str, dtype: torch.dtype, batch: int, device: torch.device, *,
             seconds: float, repeats: int, chunk: int, seed: int = 0) -> Row:
-    """One measured row; an engine that cannot run the configuration gives a row with a note."""
+    """One measured row; an engine that cannot run the configuration gives a row with a note.
+
+    ``chunk`` samples of conditioning per call at most, fewer where that would exceed CHUNK_BYTES.
+    """
     net = NVWaveNet(**random_nv_wavenet_args(config.R, config.S, config.A, config.L, config.max_dilation,
                                              seed=seed), dtype=dtype)
     cond_dtype = torch.float16 if dtype != torch.float32 else torch.float32
+    bytes_per_step = 2 * config.R * batch * config.L * (2 if cond_dtype == torch.float16 else 4)
+    chunk = max(16, min(chunk, CHUNK_BYTES // bytes_per_step))
     cond = random_cond_input(config.R, batch, config.L, chunk, seed=seed + 1, dtype=cond_dtype, device=device)
     u = torch.rand(batch, chunk, generator=torch.Generator().manual_seed(seed + 2)).to(device)
     if device.type == "cuda":

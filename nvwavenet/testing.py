@@ -51,7 +51,7 @@ def random_cond_input(n_residual: int, batch: int, n_layers: int, samples: int, 
                       dtype=torch.float32, device="cpu") -> torch.Tensor:
     """Unit-scale conditioning ``(2R, batch, L, samples)``."""
     g = torch.Generator().manual_seed(seed)
-    cond = torch.randn(2 * n_residual, batch, n_layers, samples, generator=g, dtype=torch.float64)
+    cond = torch.randn(2 * n_residual, batch, n_layers, samples, generator=g, dtype=torch.float32)
     return cond.to(device=device, dtype=dtype)
 
 
