@@ -45,7 +45,7 @@ def plot(table, path: Path, title: str) -> None:
     axis.set(yscale="log", xlabel="L (layers per block, 2 blocks)", ylabel="seconds per generated sample")
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=7)
-    axis.set_title(bench.caption(title), fontsize=7)
+    axis.set_title(bench.caption(title, 95), fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

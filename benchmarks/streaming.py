@@ -115,7 +115,9 @@ def memory_child(args) -> None:
 
 def measure_memory(args, minutes: float) -> dict:
     command = [sys.executable, __file__, "--memory-child", str(minutes), *args.child_args]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"the {minutes:g}-minute memory run failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

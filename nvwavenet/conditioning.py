@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .model import WaveNet
+from .model import WaveNet, check_frames
 
 __all__ = ["FrameConditioner"]
 
@@ -55,13 +55,9 @@ class FrameConditioner:
         """The frames "before the start": zeros, as the one-shot transposed convolution implies."""
         return torch.zeros(batch, self.n_channels, self.context, device=self.device, dtype=self.dtype)
 
-    def check_frames(self, frames, name: str = "mel") -> torch.Tensor:
-        if not isinstance(frames, torch.Tensor) or not frames.is_floating_point():
-            raise TypeError(f"{name}: expected a float tensor of mel frames, got "
-                            f"{frames.dtype if isinstance(frames, torch.Tensor) else type(frames).__name__}")
-        if frames.dim() != 3 or frames.shape[1] != self.n_channels:
-            raise ValueError(f"{name}: expected shape (batch, {self.n_channels} mel bands, frames), "
-                             f"got {tuple(frames.shape)}")
+    def as_frames(self, frames, name: str = "mel") -> torch.Tensor:
+        """``frames`` ``(batch, C, frames)`` on this conditioner's device and dtype, or an error naming ``name``."""
+        check_frames(frames, self.n_channels, name)
         return frames.to(device=self.device, dtype=self.dtype)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:

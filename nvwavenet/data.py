@@ -266,12 +266,7 @@ class TrainingWindows(torch.utils.data.Dataset):
             raise TypeError(f"mel: expected a nvwavenet.mel.MelConfig or None, got {type(mel).__name__}")
         if not isinstance(model, WaveNet):
             raise ValueError("mel: only a WaveNet takes conditioning; pass mel=None for a regression model")
-        if mel.n_mels != model.n_cond_channels:
-            raise ValueError(f"mel: {mel.n_mels} mel bands, but the model takes n_cond_channels="
-                             f"{model.n_cond_channels}")
-        if mel.hop_length != model.upsamp_stride:
-            raise ValueError(f"mel: hop_length {mel.hop_length} must equal the model's upsamp_stride "
-                             f"{model.upsamp_stride}, so that one frame conditions one hop of samples")
+        model.check_front_end(mel)
         if self.targets_per_window % mel.hop_length:
             raise ValueError(f"targets_per_window: expected a multiple of the hop length {mel.hop_length} "
                              f"(windows start on frame boundaries), got {self.targets_per_window}")

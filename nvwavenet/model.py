@@ -37,6 +37,15 @@ class Conv(nn.Module):
         return self.conv(F.pad(x, (self.left_pad, 0)) if self.left_pad else x)
 
 
+def check_frames(frames, n_channels: int, name: str = "features") -> None:
+    """Raise unless ``frames`` is a float tensor ``(batch, n_channels, frames)`` of mel frames."""
+    if not isinstance(frames, torch.Tensor) or not frames.is_floating_point():
+        raise TypeError(f"{name}: expected a float tensor (batch, {n_channels} mel bands, frames), "
+                        f"got {type(frames).__name__ if not isinstance(frames, torch.Tensor) else frames.dtype}")
+    if frames.dim() != 3 or frames.shape[1] != n_channels:
+        raise ValueError(f"{name}: expected shape (batch, {n_channels} mel bands, frames), got {tuple(frames.shape)}")
+
+
 def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
@@ -106,13 +115,15 @@ class WaveNet(nn.Module):
         """Conditioning samples that ``n_frames`` mel frames upsample to."""
         return (n_frames - 1) * self.upsamp_stride + self.upsamp_window
 
-    def _check_features(self, features) -> None:
-        if not isinstance(features, torch.Tensor) or not features.is_floating_point():
-            raise TypeError(f"features: expected a float tensor (batch, {self.n_cond_channels}, frames), "
-                            f"got {type(features).__name__ if not isinstance(features, torch.Tensor) else features.dtype}")
-        if features.dim() != 3 or features.shape[1] != self.n_cond_channels:
-            raise ValueError(f"features: expected shape (batch, {self.n_cond_channels}, frames), "
-                             f"got {tuple(features.shape)}")
+    def check_front_end(self, mel, name: str = "mel") -> None:
+        """Raise unless the mel front end ``mel`` (a MelConfig) fits this model's conditioning:
+        one band per conditioning channel, and one frame per hop of ``upsamp_stride`` samples."""
+        if mel.n_mels != self.n_cond_channels:
+            raise ValueError(f"{name}: {mel.n_mels} mel bands, but the model takes n_cond_channels="
+                             f"{self.n_cond_channels}")
+        if mel.hop_length != self.upsamp_stride:
+            raise ValueError(f"{name}: hop_length {mel.hop_length} must equal the model's upsamp_stride "
+                             f"{self.upsamp_stride}, so that one frame conditions one hop of samples")
 
     def _cond_acts(self, features: torch.Tensor, num_samples: int | None, cond_offset: int = 0) -> torch.Tensor:
         """Conditioning (batch, L, 2R, samples) from mel frames (batch, n_cond_channels, frames).
@@ -120,7 +131,7 @@ class WaveNet(nn.Module):
         The upsampled positions ``cond_offset`` onwards condition the samples: a training window
         passes the frames before it too, so that its conditioning equals the whole clip's.
         """
-        self._check_features(features)
+        check_frames(features, self.n_cond_channels)
         if isinstance(cond_offset, bool) or not isinstance(cond_offset, int) or cond_offset < 0:
             raise ValueError(f"cond_offset: expected an integer >= 0, got {cond_offset!r}")
         upsampled = self.upsample(features)

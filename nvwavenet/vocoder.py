@@ -66,13 +66,7 @@ class Vocoder:
             raise TypeError(f"model: expected a nvwavenet.model.WaveNet, got {type(model).__name__}")
         if not isinstance(audio_config, AudioConfig) or audio_config.mel is None:
             raise ValueError("audio_config: expected an AudioConfig with the mel front end the model was trained on")
-        mel = audio_config.mel
-        if mel.n_mels != model.n_cond_channels:
-            raise ValueError(f"audio_config: {mel.n_mels} mel bands, but the model takes "
-                             f"n_cond_channels={model.n_cond_channels}")
-        if mel.hop_length != model.upsamp_stride:
-            raise ValueError(f"audio_config: hop_length {mel.hop_length} differs from the model's "
-                             f"upsamp_stride {model.upsamp_stride}")
+        model.check_front_end(audio_config.mel, "audio_config")
         if audio_config.quantization_channels != model.n_out_channels:
             raise ValueError(f"audio_config: {audio_config.quantization_channels} mu-law classes, but the model "
                              f"has n_out_channels={model.n_out_channels}")
@@ -83,7 +77,7 @@ class Vocoder:
         self.implementation = _parse_impl(implementation)
         self.net = NVWaveNet(**model.export_weights(), dtype=_parse_dtype(dtype))
         self.conditioner = FrameConditioner(model, device=self.device)
-        self.front_end = MelSpectrogram(mel).to(self.device)
+        self.front_end = MelSpectrogram(audio_config.mel).to(self.device)
         self.config = model.config()
 
     @classmethod
@@ -140,7 +134,7 @@ class Vocoder:
         frames = torch.as_tensor(mel) if not isinstance(mel, torch.Tensor) else mel
         if frames.dim() == 2:
             frames = frames.unsqueeze(0)
-        return self.conditioner.check_frames(frames, name)
+        return self.conditioner.as_frames(frames, name)
 
     def stream(self, mel_chunks: Iterable, *, generator: torch.Generator | None = None,
                seed: int = 0) -> Iterator[torch.Tensor]:

@@ -42,8 +42,8 @@ def test_bitwise_identical_however_chunked(chunks):
 def test_bad_frames_and_windows_are_named():
     conditioner = FrameConditioner(_model(16, 4))
     with pytest.raises(ValueError, match="mel.*6 mel bands"):
-        conditioner.check_frames(torch.zeros(1, 5, 3))
+        conditioner.as_frames(torch.zeros(1, 5, 3))
     with pytest.raises(TypeError, match="mel"):
-        conditioner.check_frames(torch.zeros(1, 6, 3, dtype=torch.long))
+        conditioner.as_frames(torch.zeros(1, 6, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="upsamp_window"):
         FrameConditioner(_model(3, 4))
