@@ -270,8 +270,8 @@ def test_errors_in_params():
         "max_dilation: expected a power of two": {"max_dilation": 3},
         "num_samples: expected >= 0": {"num_samples": -1},
         "num_threads: expected >= 0": {"num_threads": -2},
-        "queues: null pointer": {"queues": 0},
-        "selectors: null pointer": {"selectors": 0},
+        "queues: expected a host pointer, got null": {"queues": 0},
+        "selectors: expected a host pointer, got null": {"selectors": 0},
         "L: expected 1 to 65536, got 0": {"L": 0},
     }
     for message, overrides in cases.items():

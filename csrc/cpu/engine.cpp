@@ -42,6 +42,7 @@
 #include "cpu/kernels.h"
 #include "cpu/packing.h"
 #include "cpu/threads.h"
+#include "params_check.h"
 
 namespace nvwavenet::cpu {
 namespace {
@@ -481,30 +482,18 @@ const Kernels& select_kernels(const std::string& isa) {
   throw std::invalid_argument("isa: expected 'auto', 'avx2+fma' or 'generic', got '" + isa + "'");
 }
 
-void require(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument("params." + message);
-}
-
 // Checks what the layout does not: everything a run reads through a pointer or an index.
 void validate(const Params& p) {
-  require(p.max_dilation >= 1 && p.max_dilation <= (1 << 20) && (p.max_dilation & (p.max_dilation - 1)) == 0,
-          "max_dilation: expected a power of two from 1 to 2^20, got " + std::to_string(p.max_dilation));
-  require(p.batch >= 1, "batch: expected >= 1, got " + std::to_string(p.batch));
-  require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
-  require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
+  check_call(p, "host");
+  require(p.max_dilation <= (1 << 20), "max_dilation: expected at most 2^20, got " + std::to_string(p.max_dilation));
   require(p.num_threads >= 0, "num_threads: expected >= 0 (0: automatic), got " + std::to_string(p.num_threads));
   require(p.cond_dtype == DType::Float32 || p.cond_dtype == DType::Float16 || p.cond_dtype == DType::BFloat16,
           "cond_dtype: not a DType");
-  require(p.queues != nullptr, "queues: null pointer");
-  require(p.history != nullptr, "history: null pointer");
   for (int64_t i = 0; i < 2 * int64_t(p.batch); ++i) {
     require(p.history[i] >= 0 && p.history[i] < p.A,
             "history: expected classes in [0, " + std::to_string(p.A) + "), got " + std::to_string(p.history[i]));
   }
   if (p.num_samples == 0) return;
-  require(p.cond != nullptr, "cond: null pointer");
-  require(p.selectors != nullptr, "selectors: null pointer");
-  require(p.samples != nullptr, "samples: null pointer");
   if (p.teacher != nullptr) {
     for (int64_t b = 0; b < p.batch; ++b) {
       for (int64_t t = 0; t < p.num_samples; ++t) {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/half.h"
+#include "params_check.h"
 
 namespace nvwavenet::cpu {
 namespace {
@@ -31,10 +32,6 @@ void check_size(const char* name, int64_t value, int64_t minimum) {
 }
 
 int64_t align(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
-
-void check_pointer(const void* pointer, const char* name) {
-  if (pointer == nullptr) throw std::invalid_argument(std::string("params.") + name + ": null pointer");
-}
 
 // A Params weight array: elements in weight_dtype, read raw (matrices) or as float32 (vectors).
 struct Source {
@@ -126,21 +123,8 @@ int64_t cpu_packed_bytes(const Params& p) { return Layout(p).total_bytes; }
 
 void pack_cpu_weights(const Params& p, void* dst, int64_t dst_bytes) {
   const Layout lay(p);
-  check_pointer(p.embed_prev, "embed_prev");
-  check_pointer(p.embed_curr, "embed_curr");
-  check_pointer(p.dilate_w, "dilate_w");
-  check_pointer(p.dilate_b, "dilate_b");
-  if (p.L > 1) {
-    check_pointer(p.res_w, "res_w");
-    check_pointer(p.res_b, "res_b");
-  }
-  check_pointer(p.skip_w, "skip_w");
-  check_pointer(p.skip_b, "skip_b");
-  check_pointer(p.out_w, "out_w");
-  check_pointer(p.out_b, "out_b");
-  check_pointer(p.end_w, "end_w");
-  check_pointer(p.end_b, "end_b");
-  check_pointer(dst, "cpu_weights");
+  for_each_weight(p, [](const void* pointer, const char* name) { require_pointer(pointer, name, "host"); });
+  require_pointer(dst, "cpu_weights", "host");
   if (dst_bytes != lay.total_bytes) {
     throw std::invalid_argument("cpu_weights: expected a buffer of " + std::to_string(lay.total_bytes) +
                                 " bytes, got " + std::to_string(dst_bytes));

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../params_check.h"
 #include "../sizes.h"
 #include "api.h"
 #include "host.h"
@@ -92,17 +93,9 @@ const char* variant_name(Variant variant) {
   return "an unknown variant";
 }
 
-void require(bool condition, const std::string& message) {
-  if (!condition) throw std::invalid_argument(message);
-}
-
 void require_aligned(const void* pointer, const char* name) {
   require(reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0,
           std::string(name) + ": the CUDA kernels read it 16 bytes at a time, so it must be 16-byte aligned");
-}
-
-void require_pointer(const void* pointer, const char* name) {
-  require(pointer != nullptr, std::string(name) + ": expected a device pointer, got null");
 }
 
 // Everything the kernels rely on that Params can get wrong. The network sizes come first, so an
@@ -124,36 +117,14 @@ void validate(const Params& p, Variant variant, bool launching) {
   require(
       p.max_dilation >= 1 && p.max_dilation <= 1024 && (p.max_dilation & (p.max_dilation - 1)) == 0,
       "max_dilation: the CUDA kernels support a power of two from 1 to 1024, got " + std::to_string(p.max_dilation));
-  require(p.batch >= 1, "batch: expected at least 1 stream, got " + std::to_string(p.batch));
-  require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
-  require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
   require(p.cond_dtype == DType::Float32 || p.cond_dtype == DType::Float16,
           "cond_dtype: the CUDA kernels read float32 or float16 conditioning");
   require(p.spin_timeout_ns > 0, "spin_timeout_ns: expected > 0, got " + std::to_string(p.spin_timeout_ns));
-
-  const std::pair<const void*, const char*> weights[] = {{p.embed_prev, "embed_prev"}, {p.embed_curr, "embed_curr"},
-                                                         {p.dilate_w, "dilate_w"},     {p.dilate_b, "dilate_b"},
-                                                         {p.skip_w, "skip_w"},         {p.skip_b, "skip_b"},
-                                                         {p.out_w, "out_w"},           {p.out_b, "out_b"},
-                                                         {p.end_w, "end_w"},           {p.end_b, "end_b"}};
-  for (const auto& [pointer, name] : weights) {
-    require_pointer(pointer, name);
-    require_aligned(pointer, name);
-  }
-  if (p.L > 1) {  // the last layer has no residual weights, so one layer needs none
-    require_pointer(p.res_w, "res_w");
-    require_aligned(p.res_w, "res_w");
-    require_pointer(p.res_b, "res_b");
-    require_aligned(p.res_b, "res_b");
-  }
-  require_pointer(p.cond, "cond");
-  require_pointer(p.selectors, "selectors");
-  require_pointer(p.samples, "samples");
-  require_pointer(p.queues, "queues");
+  check_call(p, "device");
+  for_each_weight(p, [](const void* pointer, const char* name) { require_aligned(pointer, name); });
   require_aligned(p.queues, "queues");
-  require_pointer(p.history, "history");
   if (launching) {
-    require_pointer(p.workspace, "workspace");
+    require_pointer(p.workspace, "workspace", "device");
     require_aligned(p.workspace, "workspace");
   }
 }

@@ -1,0 +1,61 @@
+// Checks of the Params fields that every engine reads, so the engines agree on what a valid call
+// is and name a bad field the same way. Each engine then adds its own limits (built sizes,
+// alignment, thread counts). Failures throw std::invalid_argument, which pybind11 turns into a
+// ValueError naming the field.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "nvwavenet.h"
+
+namespace nvwavenet {
+
+inline void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+// Calls fn(pointer, name) for every weight array the network reads. One layer has no residual
+// weights: its residual output would never be used.
+template <typename Fn>
+void for_each_weight(const Params& p, Fn&& fn) {
+  fn(p.embed_prev, "embed_prev");
+  fn(p.embed_curr, "embed_curr");
+  fn(p.dilate_w, "dilate_w");
+  fn(p.dilate_b, "dilate_b");
+  if (p.L > 1) {
+    fn(p.res_w, "res_w");
+    fn(p.res_b, "res_b");
+  }
+  fn(p.skip_w, "skip_w");
+  fn(p.skip_b, "skip_b");
+  fn(p.out_w, "out_w");
+  fn(p.out_b, "out_b");
+  fn(p.end_w, "end_w");
+  fn(p.end_b, "end_b");
+}
+
+// `memory` says where the engine expects the pointer to point: "host" or "device".
+inline void require_pointer(const void* pointer, const char* name, const char* memory) {
+  require(pointer != nullptr, std::string(name) + ": expected a " + memory + " pointer, got null");
+}
+
+// The shape of the call and the pointers it reads and writes. Conditioning, selectors and
+// samples are read only when there is a sample to generate.
+inline void check_call(const Params& p, const char* memory) {
+  require(p.max_dilation >= 1 && (p.max_dilation & (p.max_dilation - 1)) == 0,
+          "max_dilation: expected a power of two, got " + std::to_string(p.max_dilation));
+  require(p.batch >= 1, "batch: expected at least 1 stream, got " + std::to_string(p.batch));
+  require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
+  require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
+  for_each_weight(p, [memory](const void* pointer, const char* name) { require_pointer(pointer, name, memory); });
+  require_pointer(p.queues, "queues", memory);
+  require_pointer(p.history, "history", memory);
+  if (p.num_samples > 0) {
+    require_pointer(p.cond, "cond", memory);
+    require_pointer(p.selectors, "selectors", memory);
+    require_pointer(p.samples, "samples", memory);
+  }
+}
+
+}  // namespace nvwavenet
