@@ -46,9 +46,7 @@ def plot(table, path: Path, title: str) -> None:
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=7)
     axis.set_title(bench.caption(title, 95), fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    bench.save_figure(figure, path)
 
 
 def main(argv=None) -> int:

@@ -66,9 +66,7 @@ def plot(rows: list[bench.Row], configs: list[bench.Config], path: Path, title: 
         axis.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
     figure.suptitle(bench.caption(title), fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    bench.save_figure(figure, path)
 
 
 def main(argv=None) -> int:

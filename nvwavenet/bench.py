@@ -314,6 +314,15 @@ def update_results(path: Path, section: str, body: str) -> None:
     path.write_text(text)
 
 
+def save_figure(figure, path: Path, dpi: int = 120) -> None:
+    """Lay out, write and release a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+
+
 def caption(text: str, width: int = 110) -> str:
     """``text`` wrapped for a plot title."""
     return "\n".join(textwrap.wrap(text, width))

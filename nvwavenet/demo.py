@@ -200,9 +200,7 @@ def _plot(path: Path, sample_rate: int, signals: dict[str, np.ndarray], title: s
         axes[1][column].set(xlabel="s", ylabel="Hz", ylim=(0, min(2000, sample_rate / 2)))
     axes[0][0].set_ylabel("amplitude (40 ms excerpt)")
     figure.suptitle(bench.caption(title, 140), fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    bench.save_figure(figure, path, dpi=110)
 
 
 def run(out_dir, settings: DemoSettings | None = None, log=print) -> DemoReport:
