@@ -40,6 +40,15 @@ def cuda_archs() -> str:
     return "90"
 
 
+def forget_foreign_cmake_cache(build_dir: Path) -> None:
+    """Remove a CMake cache made for another source folder (a checkout copied or moved with its
+    build/ folder), which CMake would otherwise refuse to reuse."""
+    cache = build_dir / "CMakeCache.txt"
+    if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={ROOT}\n" not in cache.read_text():
+        cache.unlink()
+        shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
+
+
 class CMakeExtension(Extension):
     def __init__(self, name: str):
         super().__init__(name, sources=[])
@@ -52,6 +61,7 @@ class CMakeBuild(build_ext):
         output_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / ext.name
         build_dir.mkdir(parents=True, exist_ok=True)
+        forget_foreign_cmake_cache(build_dir)
         configure = [
             "cmake", str(ROOT), "-G", "Ninja",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={output_dir}",
