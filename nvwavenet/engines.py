@@ -30,7 +30,7 @@ except ImportError as error:
     _IMPORT_ERROR = ("it was never built" if importlib.util.find_spec(f"{__package__}._C") is None
                      else f"it failed to load: {error}")
 
-__all__ = ["build_info", "extension", "cpu_isa", "PackedWeights", "CpuWeights", "make_params",
+__all__ = ["build_info", "extension", "has_extension", "cpu_isa", "PackedWeights", "CpuWeights", "make_params",
            "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -49,12 +49,23 @@ def extension():
 _CPU_ISAS = ("auto", "avx2+fma", "generic")
 
 
-def cpu_isa() -> str:
-    """The instruction set the CPU engine runs with: ``NVWAVENET_CPU_ISA`` if set (and not
-    ``auto``), else the best this CPU supports."""
+def has_extension() -> bool:
+    """Whether the compiled module loaded: ``build_info()["extension"]``, without building the dict."""
+    return _C is not None
+
+
+def _requested_cpu_isa() -> str:
+    """``NVWAVENET_CPU_ISA``, checked: ``auto`` (the default), ``avx2+fma`` or ``generic``."""
     requested = os.environ.get("NVWAVENET_CPU_ISA", "auto").strip() or "auto"
     if requested not in _CPU_ISAS:
         raise ValueError(f"NVWAVENET_CPU_ISA: expected one of {', '.join(_CPU_ISAS)}, got {requested!r}")
+    return requested
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU engine runs with: ``NVWAVENET_CPU_ISA`` if set (and not
+    ``auto``), else the best this CPU supports."""
+    requested = _requested_cpu_isa()
     return extension().build_info()["cpu_isa"] if requested == "auto" else requested
 
 
@@ -169,8 +180,10 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
 
 
 def generate_cpu(params) -> None:
-    """Runs the CPU engine on filled ``params`` (without the GIL), with :func:`cpu_isa`."""
-    extension().generate_cpu(params, cpu_isa())
+    """Runs the CPU engine on filled ``params`` (without the GIL), with the instruction set of
+    :func:`cpu_isa`. ``auto`` is passed on as it is: the engine resolves it with the same rule that
+    reports ``build_info()["cpu_isa"]``, so a call does not build that dict."""
+    extension().generate_cpu(params, _requested_cpu_isa())
 
 
 # The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).

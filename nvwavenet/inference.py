@@ -179,7 +179,7 @@ class NVWaveNet:
         return out, logits
 
     def _infer_cpu(self, cond_input, u, teacher, return_logits, state):
-        if not engines.build_info()["extension"]:  # never built: the float32 reference, slowly
+        if not engines.has_extension():  # never built: the float32 reference, slowly
             return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                          return_logits=return_logits, state=state, dtype=torch.float32)
         if self._cpu_weights is None:
@@ -195,21 +195,24 @@ class NVWaveNet:
         return (out, logits) if return_logits else out
 
     def _packed_for(self, device: torch.device) -> engines.PackedWeights:
-        """The weights in the kernels' layout on ``device``, packed once per (device, dtype)."""
+        """The weights in the kernels' layout on ``device``, packed once per (device, dtype), after
+        checking that CUDA kernels were built for this network and dtype (which no later call can
+        change, so the check runs once with the packing, not on every call)."""
         key = (device, self.dtype)
         if key not in self._cuda_weights:
+            engines.check_cuda_build(self.weights, self.dtype)
             self._cuda_weights[key] = engines.PackedWeights.pack(self.weights, device, self.dtype)
         return self._cuda_weights[key]
 
     def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):
-        engines.check_cuda_build(self.weights, self.dtype)
         device = cond_input.device
         batch, samples = cond_input.shape[1], cond_input.shape[3]
         with torch.cuda.device(device):
+            packed = self._packed_for(device)  # first, so that an unbuilt size fails even with 0 samples
             out, logits = self._outputs(batch, samples, device, return_logits)
             if samples:
                 self.last_implementation = Impl[engines.run_cuda(
-                    self.weights, self._packed_for(device), implementation.name, cond_input, u, out, state,
+                    self.weights, packed, implementation.name, cond_input, u, out, state,
                     teacher=teacher, logits=logits)]
         state["position"].fill_(int(state["position"]) + samples)
         return (out, logits) if return_logits else out

@@ -179,6 +179,21 @@ def test_runs_the_compiled_engine(monkeypatch):
     assert net.infer(random_cond_input(8, 1, 2, 5)).shape == (1, 5)
 
 
+def test_a_call_does_not_build_build_info(monkeypatch):
+    """build_info() lists everything compiled; a call needs only the module and the instruction set."""
+    net = make_net(8, 8, 8, 2, 2)
+    cond, u = random_cond_input(8, 1, 2, 5), torch.rand(1, 5)
+    expected = net.infer(cond, selectors=u)
+
+    def refuse():
+        raise AssertionError("build_info() built on a generation call")
+
+    monkeypatch.setattr(engines.extension(), "build_info", refuse)
+    assert torch.equal(net.infer(cond, selectors=u), expected)
+    monkeypatch.setenv("NVWAVENET_CPU_ISA", "generic")
+    assert net.infer(cond, selectors=u).shape == (1, 5)
+
+
 def test_build_info():
     info = nvwavenet.build_info()
     assert info["cpu_isa"] in ("avx2+fma", "generic")
