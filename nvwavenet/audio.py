@@ -169,6 +169,8 @@ class AudioConfig:
             raise ValueError(f"sample_rate: expected a positive integer in Hz, got {self.sample_rate!r}")
         if self.quantization_channels is not None:
             _check_channels(self.quantization_channels)
+        if self.mel is not None and not isinstance(self.mel, MelConfig):
+            raise TypeError(f"mel: expected a nvwavenet.mel.MelConfig or None, got {type(self.mel).__name__}")
         if self.mel is not None and self.mel.sample_rate != self.sample_rate:
             raise ValueError(f"mel: its sample_rate ({self.mel.sample_rate} Hz) differs from the "
                              f"audio's ({self.sample_rate} Hz)")

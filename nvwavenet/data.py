@@ -262,8 +262,7 @@ class TrainingWindows(torch.utils.data.Dataset):
             raise ValueError("clips: expected at least one clip, got none")
 
     def _check_mel(self, mel: MelConfig, model) -> None:
-        if not isinstance(mel, MelConfig):
-            raise TypeError(f"mel: expected a nvwavenet.mel.MelConfig or None, got {type(mel).__name__}")
+        # The AudioConfig made before has checked that mel is a MelConfig at this sample rate.
         if not isinstance(model, WaveNet):
             raise ValueError("mel: only a WaveNet takes conditioning; pass mel=None for a regression model")
         model.check_front_end(mel)

@@ -136,6 +136,8 @@ def test_audio_config_round_trip_and_checks():
         AudioConfig(16000, 256, MelConfig())
     with pytest.raises(ValueError, match="sample_rate"):
         AudioConfig(0)
+    with pytest.raises(TypeError, match="mel: expected a nvwavenet.mel.MelConfig or None, got dict"):
+        AudioConfig(22050, 256, MelConfig().to_dict())
 
 
 # ---------------------------------------------------------------- mel front end

@@ -164,6 +164,8 @@ def test_training_windows_reject_mismatches():
         TrainingWindows([audio], 8000, model, targets_per_window=100, mel=MEL)
     with pytest.raises(ValueError, match="mel: its sample_rate"):
         TrainingWindows([audio], 16000, model, targets_per_window=256, mel=MEL)
+    with pytest.raises(TypeError, match="mel: expected a nvwavenet.mel.MelConfig or None, got dict"):
+        TrainingWindows([audio], 8000, model, targets_per_window=256, mel=MEL.to_dict())
     with pytest.raises(ValueError, match=r"clips\[0\] \(x.wav\): sample rate 16000 Hz, expected 8000 Hz"):
         TrainingWindows([Clip(audio, 16000, "x.wav")], 8000, model, targets_per_window=256, mel=MEL)
     with pytest.raises(ValueError, match="too short for the mel front end"):
