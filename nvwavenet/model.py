@@ -161,9 +161,9 @@ class WaveNet(nn.Module):
         if not isinstance(samples, torch.Tensor) or samples.dim() != 2:
             raise ValueError(f"samples: expected integer classes of shape (batch, T), got "
                              f"{tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__}")
+        cond = self._cond_acts(features, samples.shape[1], cond_offset)  # checks features first
         if samples.shape[0] != features.shape[0]:
             raise ValueError(f"samples: expected the batch of features ({features.shape[0]}), got {samples.shape[0]}")
-        cond = self._cond_acts(features, samples.shape[1], cond_offset)
         start = torch.full_like(samples[:, :1], self.n_in_channels // 2)
         previous = torch.cat([start, samples[:, :-1]], dim=1).long()
         x = self.embed(previous).transpose(1, 2)

@@ -100,3 +100,7 @@ def test_model_errors_name_the_argument():
         model(features[..., :2], classes)
     with pytest.raises(ValueError, match="samples"):
         model(features, classes[0])
+    with pytest.raises(ValueError, match=r"samples: expected the batch of features \(2\), got 1"):
+        model(features, classes[:1])
+    with pytest.raises(TypeError, match="features: expected a float tensor"):
+        model(features.tolist(), classes)
