@@ -28,13 +28,19 @@ def _model_and_data(size, seed, dtype, batch=2, samples=150):
     return model, features, classes
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_forward_equals_teacher_forced_reference_in_float64(size):
-    model, features, classes = _model_and_data(size, seed=1, dtype=torch.float64)
+def _forward_and_export(size, seed, dtype):
+    """The training model's logits on random data, the conditioning it computes for the same
+    frames, and its export: the two sides of SPEC section 1's identity."""
+    model, features, classes = _model_and_data(size, seed, dtype)
     with torch.no_grad():
         logits = model(features, classes)
         cond = model.get_cond_input(features, classes.shape[1])
-    net = NVWaveNet(**model.export_weights())
+    return NVWaveNet(**model.export_weights()), cond, classes, logits
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_forward_equals_teacher_forced_reference_in_float64(size):
+    net, cond, classes, logits = _forward_and_export(size, seed=1, dtype=torch.float64)
     u = torch.rand(classes.shape)
     _, inferred = reference.incremental(net.weights, cond, u, teacher_forcing=classes, return_logits=True)
     assert logits.shape == inferred.shape == (2, size["n_out_channels"], classes.shape[1])
@@ -43,11 +49,7 @@ def test_forward_equals_teacher_forced_reference_in_float64(size):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_forward_equals_nvwavenet_cpu_path_in_float32(size):
-    model, features, classes = _model_and_data(size, seed=2, dtype=torch.float32)
-    with torch.no_grad():
-        logits = model(features, classes)
-        cond = model.get_cond_input(features, classes.shape[1])
-    net = NVWaveNet(**model.export_weights())
+    net, cond, classes, logits = _forward_and_export(size, seed=2, dtype=torch.float32)
     _, inferred = net.infer(cond, Impl.AUTO, teacher_forcing=classes, return_logits=True)
     assert ((logits - inferred).norm() / logits.norm()) < 1e-4
 
