@@ -38,6 +38,7 @@ from .audio import mu_law_encode, resample
 from .data import Clip
 from .model import WaveNet
 from .network import receptive_field
+from .validation import check_int
 
 __all__ = ["ModelAnalysis", "analyze_model", "DatasetAnalysis", "analyze_dataset", "ModelSuggestion",
            "suggest_model", "autocorrelation", "correlation_length", "plot_dataset"]
@@ -162,8 +163,7 @@ def suggest_model(correlation_length: float | None, sample_rate: int, max_lag: i
     Two cycles is NV-WaveNet's shape (16 layers up to 128); more cycles add depth, and so capacity,
     at the same receptive field.
     """
-    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
-        raise ValueError(f"cycles: expected an integer >= 1, got {cycles!r}")
+    check_int("cycles", cycles)
     if correlation_length is None:
         target = max_lag
         why = (f"The autocorrelation stays above 1/e up to the longest lag analysed, {max_lag} samples"
@@ -294,8 +294,7 @@ def analyze_dataset(clips: Sequence[Clip], *, sample_rate: int | None = None, ma
     rate = rates.most_common(1)[0][0] if sample_rate is None else sample_rate
     signals = [np.asarray(resample(clip.audio, clip.sample_rate, rate), dtype=np.float64) for clip in clips]
     max_lag = max(1, rate // 20) if max_lag is None else max_lag
-    if isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 1:
-        raise ValueError(f"max_lag: expected an integer >= 1, got {max_lag!r}")
+    check_int("max_lag", max_lag)
     everything = np.concatenate(signals)
 
     frame = max(1, rate // 100)

@@ -17,15 +17,13 @@ import scipy.signal
 import torch
 
 from .mel import MelConfig
+from .validation import check_int
 
 __all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
 
 
 def _check_channels(quantization_channels) -> int:
-    if (isinstance(quantization_channels, bool) or not isinstance(quantization_channels, int)
-            or quantization_channels < 2):
-        raise ValueError(f"quantization_channels: expected an integer >= 2, got {quantization_channels!r}")
-    return quantization_channels
+    return check_int("quantization_channels", quantization_channels, 2)
 
 
 def mu_law_encode(x, quantization_channels: int = 256):

@@ -43,6 +43,7 @@ import torch
 from .audio import AudioConfig, mu_law_encode, read_wav
 from .mel import MelConfig, MelSpectrogram
 from .model import CausalConvRegressor, WaveNet
+from .validation import check_int
 
 __all__ = ["Clip", "WavFolder", "sine", "chirp", "ar2_process", "Window", "chunk_windows", "loss_mask",
            "conditioning_frames", "TrainingWindows"]
@@ -95,9 +96,8 @@ class WavFolder(Sequence):
 
 
 def _check_count(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """Counts and rates here may also be numpy integers (read from arrays)."""
+    return check_int(name, value, minimum, types=(int, np.integer))
 
 
 def _check_frequency(name: str, frequency: float, sample_rate: int) -> None:

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .validation import check_int
+
 __all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
 
 # Slaney's mel scale: linear (200/3 Hz per mel) up to 1 kHz, then logarithmic, 27 mels per
@@ -70,11 +72,6 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
     return filters * (2.0 / (edges[2:] - edges[:-2]))[:, None]
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class MelConfig:
     """Parameters of :class:`MelSpectrogram`; the defaults are Tacotron 2's.
@@ -93,7 +90,7 @@ class MelConfig:
 
     def __post_init__(self):
         for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
-            _check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length: expected at most n_fft ({self.n_fft}), got {self.win_length}")
         nyquist = self.sample_rate / 2

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .network import layer_dilations, receptive_field
+from .validation import check_int
 
 __all__ = ["WaveNet", "CausalConvRegressor"]
 
@@ -46,11 +47,6 @@ def check_frames(frames, n_channels: int, name: str = "features") -> None:
         raise ValueError(f"{name}: expected shape (batch, {n_channels} mel bands, frames), got {tuple(frames.shape)}")
 
 
-def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
-
-
 class WaveNet(nn.Module):
     """Deep Voice WaveNet for training, with NV-WaveNet's constructor arguments.
 
@@ -68,7 +64,7 @@ class WaveNet(nn.Module):
                             ("n_residual_channels", n_residual_channels), ("n_skip_channels", n_skip_channels),
                             ("n_out_channels", n_out_channels), ("n_cond_channels", n_cond_channels),
                             ("upsamp_window", upsamp_window), ("upsamp_stride", upsamp_stride)]:
-            _check_positive(name, value)
+            check_int(name, value)
         self.dilations = layer_dilations(n_layers, max_dilation)
         self.n_in_channels = n_in_channels
         self.n_layers = n_layers
@@ -132,8 +128,7 @@ class WaveNet(nn.Module):
         passes the frames before it too, so that its conditioning equals the whole clip's.
         """
         check_frames(features, self.n_cond_channels)
-        if isinstance(cond_offset, bool) or not isinstance(cond_offset, int) or cond_offset < 0:
-            raise ValueError(f"cond_offset: expected an integer >= 0, got {cond_offset!r}")
+        check_int("cond_offset", cond_offset, 0)
         upsampled = self.upsample(features)
         if num_samples is not None:
             if upsampled.shape[2] < cond_offset + num_samples:
@@ -220,7 +215,7 @@ class CausalConvRegressor(nn.Module):
 
     def __init__(self, kernel_size: int = 2):
         super().__init__()
-        _check_positive("kernel_size", kernel_size)
+        check_int("kernel_size", kernel_size)
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(1, 1, kernel_size)
 

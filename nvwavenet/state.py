@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .network import WaveNetWeights
+from .validation import check_int
 
 __all__ = ["new_state", "layer_offsets", "check_state", "copy_state", "save_state", "load_state",
            "reset_streams", "select_streams", "concat_states", "move_to_position"]
@@ -37,8 +38,7 @@ def layer_offsets(dilations: list[int]) -> list[int]:
 
 def new_state(weights: WaveNetWeights, batch: int, *, dtype=torch.float32, device="cpu") -> dict:
     """The state before the first sample: empty queues, history ``A // 2``, position 0."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch_size: expected an integer >= 1, got {batch!r}")
+    check_int("batch_size", batch)
     rows = layer_offsets(weights.dilations)[-1]
     return {
         "queues": torch.zeros(batch, rows, weights.n_residual, dtype=dtype, device=device),

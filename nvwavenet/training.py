@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .checkpoint import TRAINING_FILE, load_training_state, load_weights, save_model, save_training_state
 from .data import TrainingWindows
 from .model import WaveNet
+from .validation import check_int
 
 __all__ = ["TrainConfig", "TrainResult", "train", "batch_indices"]
 
@@ -57,9 +58,7 @@ class TrainConfig:
     def __post_init__(self):
         for name, minimum in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("num_workers", 0),
                               ("seed", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+            check_int(name, getattr(self, name), minimum)
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate!r}")
         if not self.weight_decay >= 0:

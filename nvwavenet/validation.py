@@ -1,4 +1,5 @@
-"""Checks of generation inputs against a network, shared by the reference and every engine.
+"""Checks of arguments: generation inputs against a network, shared by the reference and every
+engine, and the integer check that every module's sizes and settings use.
 
 Each message names the argument, what was expected and what was given (SPEC section 2).
 """
@@ -8,9 +9,17 @@ import torch
 
 from .network import WaveNetWeights
 
-__all__ = ["check_cond_input", "check_selectors", "check_teacher_forcing"]
+__all__ = ["check_int", "check_cond_input", "check_selectors", "check_teacher_forcing"]
 
 COND_DTYPES = (torch.float32, torch.float16)
+
+
+def check_int(name: str, value, minimum: int = 1, *, types: tuple[type, ...] = (int,)) -> int:
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an instance of ``types``
+    (a bool never counts) or is below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, types) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES) -> tuple[int, int]:

@@ -35,6 +35,10 @@ def test_sine_and_chirp():
         chirp(100, 5000, 8000, 10)
     with pytest.raises(ValueError, match="num_samples"):
         sine(100, 8000, 0)
+    # Counts may come out of numpy arrays; a bool is never a count.
+    assert sine(100, np.int64(8000), np.int64(10)).shape == (10,)
+    with pytest.raises(ValueError, match="num_samples: expected an integer >= 1, got True"):
+        sine(100, 8000, True)
 
 
 def test_ar2_process_follows_its_recursion():
