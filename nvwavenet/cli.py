@@ -166,9 +166,7 @@ def cmd_analyze(args) -> int:
     from .analysis import analyze_dataset, plot_dataset
     from .data import WavFolder
 
-    folder = WavFolder(path, args.sample_rate)
-    if not len(folder):
-        raise ValueError(f"{path}: no .wav files in this folder")
+    folder = WavFolder(path, args.sample_rate)  # refuses a folder without .wav files
     analysis = analyze_dataset(folder, sample_rate=args.sample_rate)
     print(analysis)
     if args.plots:

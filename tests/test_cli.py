@@ -112,3 +112,5 @@ def test_user_errors_are_one_line(checkpoint, tmp_path):
     assert_user_error(run("train", str(tmp_path / "data"), "--out", str(other), "--resume", *changed),
                       "checkpoint")
     assert_user_error(run("analyze", str(tmp_path / "nowhere")), "nowhere")
+    (tmp_path / "no_audio").mkdir()
+    assert_user_error(run("analyze", str(tmp_path / "no_audio")), "no_audio", "no .wav files")
