@@ -100,7 +100,11 @@ def read_config(path) -> dict:
 def load_weights(path, model: nn.Module) -> AudioConfig:
     """Load the weights of checkpoint ``path`` into ``model``, which must have the checkpoint's
     type and configuration; returns the checkpoint's :class:`~nvwavenet.audio.AudioConfig`."""
-    config = read_config(path)
+    return _load_weights(path, model, read_config(path))
+
+
+def _load_weights(path, model: nn.Module, config: dict) -> AudioConfig:
+    """:func:`load_weights` with ``path``'s config already read (by :func:`read_config`)."""
     if type(model).__name__ != config["model_type"] or model.config() != config["model"]:
         raise ValueError(f"model: the checkpoint at {path} holds a {config['model_type']} {config['model']}, "
                          f"not this {type(model).__name__} {model.config()}")
@@ -117,7 +121,7 @@ def load_model(path, device="cpu") -> tuple[nn.Module, AudioConfig]:
     :class:`~nvwavenet.audio.AudioConfig` (sample rate, mu-law classes, mel front end)."""
     config = read_config(path)
     model = _MODEL_TYPES[config["model_type"]](**config["model"])
-    audio_config = load_weights(path, model)
+    audio_config = _load_weights(path, model, config)
     return model.to(device).eval(), audio_config
 
 
