@@ -54,19 +54,14 @@ def mel_chunks(total_frames: int, chunk_frames: int, seed: int = 0):
         yield torch.randn(MELS, min(chunk_frames, total_frames - start), generator=generator) - 5.0
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def first_audio_seconds(vocoder: Vocoder, repeats: int) -> float:
     times = []
     for repeat in range(repeats + 1):  # the first run warms up
         chunk = next(mel_chunks(CHUNK_FRAMES, CHUNK_FRAMES, seed=repeat))
-        synchronize(vocoder.device)
+        bench.synchronize(vocoder.device)
         start = time.perf_counter()
         audio = next(vocoder.stream([chunk]))
-        synchronize(vocoder.device)
+        bench.synchronize(vocoder.device)
         times.append(time.perf_counter() - start)
         assert audio.shape[-1] == CHUNK_FRAMES * HOP
     return statistics.median(times[1:])
@@ -77,14 +72,14 @@ def throughput(vocoder: Vocoder, seconds: float) -> tuple[float, float]:
     frames = int(seconds * RATE / HOP)
     mel = torch.cat(list(mel_chunks(frames, CHUNK_FRAMES)), dim=1)
     list(vocoder.stream(mel_chunks(2 * CHUNK_FRAMES, CHUNK_FRAMES)))  # warm-up
-    synchronize(vocoder.device)
+    bench.synchronize(vocoder.device)
     start = time.perf_counter()
     samples = sum(chunk.shape[-1] for chunk in vocoder.stream(torch.split(mel, CHUNK_FRAMES, dim=1)))
-    synchronize(vocoder.device)
+    bench.synchronize(vocoder.device)
     streamed = samples / (time.perf_counter() - start)
     start = time.perf_counter()
     samples = vocoder(mel).shape[-1]
-    synchronize(vocoder.device)
+    bench.synchronize(vocoder.device)
     return streamed, samples / (time.perf_counter() - start)
 
 

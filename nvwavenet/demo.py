@@ -168,8 +168,7 @@ def _engine_results(settings, model, mel, out_dir, log) -> list[EngineResult]:
             log(f"  {name}: skipped ({error})")
             continue
         vocoder(mel[:, :2])  # warm-up: weight packing, kernel load
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        bench.synchronize(device)
         audio, seconds = _time(lambda: vocoder(mel, seed=settings.seed).cpu())
         slug = name.split(" (")[0].replace(" ", "-") + ("" if dtype == torch.float32 else "-" + str(dtype)[6:])
         wav = out_dir / f"generated-{slug}.wav"
