@@ -55,6 +55,10 @@ class DemoSettings:
         return MelConfig(sample_rate=self.sample_rate, n_fft=4 * self.hop, hop_length=self.hop,
                          win_length=4 * self.hop, n_mels=self.n_mels, fmin=40.0, fmax=self.sample_rate / 2)
 
+    def audio(self) -> AudioConfig:
+        """How the model sees audio: the rate, A mu-law classes and the mel front end."""
+        return AudioConfig(self.sample_rate, self.n_classes, self.mel())
+
     def model(self, seed: int) -> WaveNet:
         torch.manual_seed(seed)
         return WaveNet(n_in_channels=self.n_classes, n_layers=self.n_layers, max_dilation=self.max_dilation,
@@ -140,7 +144,7 @@ def _time(run) -> tuple[object, float]:
 
 def _engine_results(settings, model, mel, out_dir, log) -> list[EngineResult]:
     """Vocode with every engine on this machine, check each against the reference, time each."""
-    audio_config = AudioConfig(settings.sample_rate, settings.n_classes, settings.mel())
+    audio_config = settings.audio()
     excerpt_frames = max(1, int(settings.reference_seconds * settings.sample_rate) // settings.hop)
     results = []
 
@@ -230,7 +234,7 @@ def run(out_dir, settings: DemoSettings | None = None, log=print) -> DemoReport:
     cpu_engine = next(e for e in engines if e.audio is not None)
     generated, files["generated"] = cpu_engine.audio, cpu_engine.wav
 
-    untrained = Vocoder(settings.model(settings.seed), AudioConfig(settings.sample_rate, settings.n_classes, mel_config))
+    untrained = Vocoder(settings.model(settings.seed), settings.audio())
     untrained_audio = untrained(original_mel, seed=settings.seed)
     files["untrained"] = out_dir / "untrained.wav"
     write_wav(files["untrained"], untrained_audio.numpy(), settings.sample_rate)
