@@ -16,20 +16,23 @@ from pathlib import Path
 
 import torch
 
-from nvwavenet import bench
+from nvwavenet import bench, receptive_field
 
 HERE = Path(__file__).resolve().parent
 HEADER = ["L (per block)", "layers", "receptive field", "engine", "seconds per sample", "samples timed"]
 
 
-def measure_depth(depth: int, engines, device, args) -> list[tuple[str, float, int]]:
-    config = bench.Config(f"2x{depth}", args.R, args.S, args.A, 2 * depth, 2 ** (depth - 1))
+def measure_depth(config: bench.Config, engines, device, args) -> list[tuple[str, float, int]]:
     results = []
     for engine, dtype in engines:
         row = bench.run_one(config, engine, dtype, 1, device, seconds=args.seconds, repeats=args.repeats,
                             chunk=256)
         results.append((engine, row.seconds / row.samples if row.seconds else float("nan"), row.samples))
     return results
+
+
+def formatted(row: list) -> list[str]:
+    return [f"{c:.3g}" if isinstance(c, float) else str(c) for c in row]
 
 
 def plot(table, path: Path, title: str) -> None:
@@ -72,17 +75,19 @@ def main(argv=None) -> int:
     table, naive_stopped_at = [], None
     for depth in range(1, args.max_depth + 1):
         active = [e for e in engines if not (e[0] == "pytorch-naive" and naive_stopped_at)]
-        for engine, per_sample, samples in measure_depth(depth, active, device, args):
-            row = [depth, 2 * depth, 2 * (2 ** depth - 1) + 1, engine, per_sample, samples]
+        # Two blocks of `depth` layers: dilations 1 .. 2^(depth - 1), twice.
+        config = bench.Config(f"2x{depth}", args.R, args.S, args.A, 2 * depth, 2 ** (depth - 1))
+        for engine, per_sample, samples in measure_depth(config, active, device, args):
+            row = [depth, config.L, receptive_field(config.L, config.max_dilation), engine, per_sample, samples]
             table.append(row)
-            print(bench.text_table(HEADER, [[f"{c:.3g}" if isinstance(c, float) else c for c in row]]).splitlines()[-1])
+            print(bench.text_table(HEADER, [formatted(row)]).splitlines()[-1])
             if engine == "pytorch-naive" and per_sample > args.naive_limit:
                 naive_stopped_at = depth
     notes = []
     if naive_stopped_at:
         notes.append(f"Naive generation stopped after L={naive_stopped_at}: one sample took over "
                      f"{args.naive_limit:g} s on this device.")
-    cells = [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in table]
+    cells = [formatted(row) for row in table]
     print()
     print(bench.text_table(HEADER, cells))
     for note in notes:
