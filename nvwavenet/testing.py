@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["random_nv_wavenet_args", "random_cond_input"]
+__all__ = ["random_nv_wavenet_args", "random_cond_input", "generate_in_chunks", "compare_with_reference"]
 
 
 def _normal(generator, *shape, fan_in: int) -> torch.Tensor:
@@ -53,6 +53,31 @@ def random_cond_input(n_residual: int, batch: int, n_layers: int, samples: int, 
     g = torch.Generator().manual_seed(seed)
     cond = torch.randn(2 * n_residual, batch, n_layers, samples, generator=g, dtype=torch.float32)
     return cond.to(device=device, dtype=dtype)
+
+
+def generate_in_chunks(net, cond_input: torch.Tensor, selectors: torch.Tensor, chunks, implementation=None, *,
+                       teacher_forcing: torch.Tensor | None = None, state: dict | None = None):
+    """``net.infer`` on consecutive pieces of ``cond_input`` (time steps) of the lengths in ``chunks``,
+    each resuming from the state the previous one left: ``(samples, logits, state)``, the pieces
+    joined along time. For the tests that chunked generation equals one call, bit for bit.
+
+    ``selectors`` and ``teacher_forcing`` are cut like ``cond_input``; ``state`` defaults to a fresh
+    one on ``cond_input``'s device.
+    """
+    from .inference import Impl
+
+    implementation = Impl.AUTO if implementation is None else implementation
+    state = net.init_state(cond_input.shape[1], cond_input.device) if state is None else state
+    samples, logits, start = [], [], 0
+    for length in chunks:
+        part = slice(start, start + length)
+        out, part_logits = net.infer(
+            cond_input[..., part], implementation, selectors=selectors[:, part], return_logits=True, state=state,
+            teacher_forcing=None if teacher_forcing is None else teacher_forcing[:, part])
+        samples.append(out)
+        logits.append(part_logits)
+        start += length
+    return torch.cat(samples, dim=1), torch.cat(logits, dim=2), state
 
 
 # SPEC section 4 tolerances per precision: relative L2 of teacher-forced logits, and how close to a

@@ -16,7 +16,7 @@ import torch
 
 import nvwavenet
 from nvwavenet import NVWaveNet, engines
-from nvwavenet.testing import compare_with_reference, random_cond_input, random_nv_wavenet_args
+from nvwavenet.testing import compare_with_reference, generate_in_chunks, random_cond_input, random_nv_wavenet_args
 
 pytestmark = pytest.mark.skipif(not nvwavenet.build_info()["extension"],
                                 reason="nvwavenet._C is not built")
@@ -85,21 +85,6 @@ def test_non_contiguous_conditioning(layout):
                        net.infer(cond.contiguous(), selectors=torch.rand(batch, T, generator=torch.Generator().manual_seed(0))))
 
 
-def generate(net, cond, u, chunks, *, teacher=None):
-    """Samples, logits and final state of generation in the given chunk lengths."""
-    state = net.init_state(cond.shape[1])
-    samples, logits, start = [], [], 0
-    for length in chunks:
-        part = slice(start, start + length)
-        out, lg = net.infer(cond[..., part], selectors=u[:, part], return_logits=True, state=state,
-                            teacher_forcing=None if teacher is None else teacher[:, part])
-        samples.append(out)
-        logits.append(lg)
-        start += length
-    assert start == cond.shape[3]
-    return torch.cat(samples, 1), torch.cat(logits, 2), state
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("chunks", [[1] * 12 + [48], [2, 3, 5, 7, 11, 13, 19], [59, 1], [17, 0, 43]],
                          ids=["ones", "primes", "uneven", "empty"])
@@ -107,8 +92,8 @@ def test_chunked_equals_one_call(chunks, batch):
     net = make_net(16, 32, 48, 5, 4)
     cond = random_cond_input(16, batch, 5, 60)
     u = torch.rand(batch, 60, generator=torch.Generator().manual_seed(1))
-    whole = generate(net, cond, u, [60])
-    pieces = generate(net, cond, u, chunks)
+    whole = generate_in_chunks(net, cond, u, [60])
+    pieces = generate_in_chunks(net, cond, u, chunks)
     assert torch.equal(whole[0], pieces[0])
     assert torch.equal(whole[1], pieces[1])
     for key in ("queues", "history", "position"):
@@ -121,8 +106,8 @@ def test_chunked_teacher_forcing_and_state():
     cond = random_cond_input(8, 2, 4, 40)
     u = torch.rand(2, 40, generator=torch.Generator().manual_seed(2))
     teacher = torch.randint(0, 24, (2, 40), generator=torch.Generator().manual_seed(3))
-    whole = generate(net, cond, u, [40], teacher=teacher)
-    pieces = generate(net, cond, u, [9, 1, 30], teacher=teacher)
+    whole = generate_in_chunks(net, cond, u, [40], teacher_forcing=teacher)
+    pieces = generate_in_chunks(net, cond, u, [9, 1, 30], teacher_forcing=teacher)
     assert torch.equal(whole[0], pieces[0]) and torch.equal(whole[1], pieces[1])
     # Teacher forcing feeds the given classes back: the history ends with the teacher's last two.
     assert torch.equal(pieces[2]["history"], teacher[:, -2:].to(torch.int32))

@@ -16,7 +16,8 @@ import torch
 from nvwavenet import Impl, NVWaveNet, autotune, build_info, reference
 from nvwavenet.engines import CUDA_VARIANTS, check_cuda_build, spin_timeout_ns
 from nvwavenet.state import layer_offsets
-from nvwavenet.testing import TOLERANCES, compare_with_reference, random_cond_input, random_nv_wavenet_args
+from nvwavenet.testing import (TOLERANCES, compare_with_reference, generate_in_chunks, random_cond_input,
+                               random_nv_wavenet_args)
 
 INFO = build_info()
 HAVE_KERNELS = bool(INFO["cuda"])
@@ -315,16 +316,9 @@ def test_chunked_calls_equal_one_call(variant, dtype):
     # PERSISTENT float32: 10 layer blocks + 4 head blocks, a non-portable cluster the device may decline.
     whole, whole_logits = run_or_refused(
         variant, lambda: net.infer(cond, variant, selectors=u, state=whole_state, return_logits=True))
-    state = net.init_state(batch, "cuda")
-    parts, part_logits, start = [], [], 0
-    for length in (17, 1, 42):
-        out, logits = net.infer(cond[..., start:start + length], variant, selectors=u[:, start:start + length],
-                                state=state, return_logits=True)
-        parts.append(out)
-        part_logits.append(logits)
-        start += length
-    assert torch.equal(torch.cat(parts, dim=1), whole)
-    assert torch.equal(torch.cat(part_logits, dim=2), whole_logits)
+    parts, part_logits, state = generate_in_chunks(net, cond, u, [17, 1, 42], variant)
+    assert torch.equal(parts, whole)
+    assert torch.equal(part_logits, whole_logits)
     for key in ("queues", "history", "position"):
         assert torch.equal(state[key], whole_state[key]), key
 

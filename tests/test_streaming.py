@@ -5,7 +5,7 @@ import torch
 from nvwavenet import Impl, NVWaveNet
 from nvwavenet.state import (concat_states, copy_state, load_state, move_to_position, save_state,
                              select_streams)
-from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
+from nvwavenet.testing import generate_in_chunks, random_cond_input, random_nv_wavenet_args
 
 R, L, T = 8, 6, 40
 
@@ -22,20 +22,11 @@ def data():
     return cond, u
 
 
-def _chunked(net, cond, u, chunks, state=None):
-    state = state or net.init_state(cond.shape[1])
-    parts, start = [], 0
-    for size in chunks:
-        parts.append(net.infer(cond[..., start:start + size], selectors=u[:, start:start + size], state=state))
-        start += size
-    return torch.cat(parts, dim=1), state
-
-
 @pytest.mark.parametrize("chunks", [[1] * T, [2, 3, 5, 7, 11, 12], [39, 1], [T], [13, 0, 27]])
 def test_chunked_equals_one_shot(net, data, chunks):
     cond, u = data
     whole = net.infer(cond, selectors=u)
-    chunked, state = _chunked(net, cond, u, chunks)
+    chunked, _, state = generate_in_chunks(net, cond, u, chunks)
     assert torch.equal(chunked, whole)
     assert int(state["position"]) == T
 
@@ -67,7 +58,7 @@ def test_prime_errors_are_named(net, data):
 def test_saved_and_copied_states_continue_exactly(net, data, tmp_path):
     cond, u = data
     whole = net.infer(cond, selectors=u)
-    first, state = _chunked(net, cond, u, [17])
+    first, _, state = generate_in_chunks(net, cond, u, [17])
     save_state(state, tmp_path / "state.safetensors")
     spare = copy_state(state)
     restored = load_state(tmp_path / "state.safetensors")
