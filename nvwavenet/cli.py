@@ -182,7 +182,7 @@ def _add_engine_options(parser) -> None:
     parser.add_argument("--impl", default="auto", choices=[i.name.lower() for i in Impl],
                         help="CUDA kernel variant (default: auto, the fastest that fits)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="CUDA kernel precision (the CPU engine computes in float32)")
+                        help="weight precision (the CPU engine keeps its matrices in it and computes in float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,9 +15,10 @@ Alignment with the training model: ``T`` samples give ``1 + T // hop_length`` fr
 upsamples with a transposed convolution of stride ``upsamp_stride`` (which must equal
 ``hop_length``) and width ``upsamp_window``, so frame ``k`` conditions samples
 ``[k * hop, k * hop + upsamp_window)``; the ``1 + T // hop`` frames upsample to
-``(T // hop) * hop + upsamp_window`` positions, at least ``T`` when ``upsamp_window >= hop``, so
-vocoding ``F`` frames gives about ``(F - 1) * hop`` samples. :class:`nvwavenet.data.TrainingWindows` cuts training windows so that their conditioning
-equals, sample for sample, that of the whole clip.
+``(T // hop) * hop + upsamp_window`` positions, at least ``T`` when ``upsamp_window >= hop``.
+The vocoder generates one hop per frame, so ``F`` frames give ``F * hop`` samples: the ``T`` they
+were computed from and up to one hop more. :class:`nvwavenet.data.TrainingWindows` cuts training
+windows so that their conditioning equals, sample for sample, that of the whole clip.
 """
 from __future__ import annotations
 

@@ -56,8 +56,8 @@ def _parse_impl(implementation) -> Impl:
 class Vocoder:
     """Mel frames to audio with a trained :class:`~nvwavenet.model.WaveNet`.
 
-    ``dtype`` is the CUDA kernels' precision (the CPU engine computes in float32);
-    ``implementation`` the CUDA kernel variant (:class:`~nvwavenet.Impl` or its name).
+    ``dtype`` is the weights' precision, as :class:`~nvwavenet.NVWaveNet` takes it (the CPU engine
+    keeps its matrices in it and computes in float32); ``implementation`` the CUDA kernel variant (:class:`~nvwavenet.Impl` or its name).
     """
 
     def __init__(self, model: WaveNet, audio_config: AudioConfig, *, device="cpu", dtype=torch.float32,
