@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nvwavenet import Impl, NVWaveNet
+from nvwavenet import NVWaveNet
 from nvwavenet.state import (concat_states, copy_state, load_state, move_to_position, save_state,
                              select_streams)
 from nvwavenet.testing import generate_in_chunks, random_cond_input, random_nv_wavenet_args
