@@ -1,7 +1,10 @@
-"""Random networks and inputs at realistic scales, for tests, benchmarks and untrained baselines.
+"""Random networks and inputs at realistic scales, for tests, benchmarks and untrained baselines,
+and the checks that every engine's tests share.
 
 SPEC section 4: weights ~ N(0, 1/fan_in) and conditioning of unit scale, never zeros, so that a
-wrong index or an unwritten output cannot hide.
+wrong index or an unwritten output cannot hide. :func:`compare_with_reference` is that section's
+check of one path against the float64 reference; :func:`generate_in_chunks` generates through a
+resumed state, for the tests that chunked calls equal one call.
 """
 from __future__ import annotations
 
