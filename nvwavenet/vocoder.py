@@ -166,12 +166,13 @@ class Vocoder:
                  progress: bool = False) -> torch.Tensor:
         """The waveform of ``mel`` ``(n_mels, frames)`` -> ``(frames * hop,)``, or batched
         ``(batch, n_mels, frames)`` -> ``(batch, frames * hop)``; float in [-1, 1]."""
+        mel = torch.as_tensor(mel)  # once: its dimensions also say whether one stream was given
         frames = self._frames(mel, "mel")
         chunks = list(torch.split(frames, FRAMES_PER_CALL, dim=2))
         pieces = list(tqdm(self.stream(chunks, generator=generator, seed=seed), total=len(chunks),
                            disable=not progress, desc="vocoding", unit="chunk"))
         audio = torch.cat(pieces, dim=1) if pieces else torch.zeros(frames.shape[0], 0, device=self.device)
-        return audio[0] if torch.as_tensor(mel).dim() == 2 else audio
+        return audio[0] if mel.dim() == 2 else audio
 
 
 def _load_nv_wavenet_state(model: WaveNet, state_dict) -> None:
