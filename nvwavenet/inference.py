@@ -154,8 +154,9 @@ class NVWaveNet:
                 raise ValueError("prime: cannot be combined with teacher_forcing, which already fixes every step")
             prime = check_teacher_forcing(prime, self.A, batch, samples, device, name="prime", at_most=True)
         if state is None:
-            state = self.init_state(batch, device)
-        check_state(state, self.weights, batch, device)
+            state = self.init_state(batch, device)  # valid by construction
+        else:
+            check_state(state, self.weights, batch, device)
 
         if prime is None or prime.shape[1] == 0:
             return self._generate(cond_input, implementation, u, teacher, return_logits, state)

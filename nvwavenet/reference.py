@@ -117,8 +117,9 @@ def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: to
     batch, samples, u, teacher = _inputs(weights, cond_input, selectors, teacher_forcing, dtype)
     device = cond_input.device
     if state is None:
-        state = init_state(weights, batch, dtype=dtype, device=device)
-    check_state(state, weights, batch, device)
+        state = init_state(weights, batch, dtype=dtype, device=device)  # valid by construction
+    else:
+        check_state(state, weights, batch, device)
     net = prepare(weights, dtype, device)
     offsets, dilations = slot_table(weights, device)
     # (samples, L, batch, 2R): one contiguous slice per step.
