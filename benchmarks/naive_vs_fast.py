@@ -54,7 +54,7 @@ def plot(table, path: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(bench.default_device()))
     parser.add_argument("--max-depth", type=int, default=15)
     parser.add_argument("--R", type=int, default=32)
     parser.add_argument("--S", type=int, default=128)

@@ -118,7 +118,7 @@ def measure_memory(args, minutes: float) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(bench.default_device()))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seconds", type=float, default=5.0, help="audio for the throughput comparison")
     parser.add_argument("--repeats", type=int, default=7, help="time-to-first-audio repeats (median)")

@@ -71,7 +71,7 @@ def plot(rows: list[bench.Row], configs: list[bench.Config], path: Path, title: 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(bench.default_device()))
     parser.add_argument("--configs", nargs="+", choices=list(bench.CONFIGS), default=list(bench.CONFIGS))
     parser.add_argument("--batches", nargs="+", type=int, default=[2 ** k for k in range(9)])
     parser.add_argument("--seconds", type=float, default=0.5, help="target duration of one timed run")

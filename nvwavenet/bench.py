@@ -63,6 +63,11 @@ CONFIGS = {
 }
 
 
+def default_device() -> torch.device:
+    """The GPU when PyTorch sees one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model and core count."""
     if device.type == "cuda":
@@ -336,7 +341,7 @@ def environment_line(env: dict, command: str) -> str:
 def quick(device: torch.device | None = None) -> list[Row]:
     """The quick suite: R64/S256/A256 L=20 at batch 1 and 16, each nvwavenet engine on the device
     against the eager PyTorch loop; a short calibration keeps it under a minute."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     config = CONFIGS["r64-l20"]
     rows = []
     for batch in (1, 16):
@@ -350,9 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nvwavenet.bench", description=quick.__doc__)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device) if args.device else None
+    device = torch.device(args.device) if args.device else default_device()
     rows = quick(device)
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)
     print(f"nvwavenet quick benchmark, {CONFIGS['r64-l20']}: {env['date']}, {env['device']}, torch {env['torch']}")
     print(text_table(COLUMNS, [row_cells(row) for row in rows]))

@@ -242,7 +242,7 @@ def run(out_dir, settings: DemoSettings | None = None, log=print) -> DemoReport:
         distance_trained = log_mel_distance(front_end, generated, original_mel)
         distance_untrained = log_mel_distance(front_end, untrained_audio, original_mel)
 
-    environment = bench.environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    environment = bench.environment(bench.default_device())
     files["plot"] = out_dir / "demo.png"
     report = DemoReport(settings, train_seconds, result.losses[-1], distance_trained, distance_untrained, engines,
                         files, environment)
