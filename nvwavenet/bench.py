@@ -7,7 +7,8 @@ the real-time factor, tables, CSV, RESULTS.md sections), and the quick suite:
 Engines, each generating ``n`` samples for ``batch`` streams in chunks through a resumable state
 (so conditioning memory stays bounded however long the run):
 
-- ``nvwavenet-cpu``: ``NVWaveNet.infer`` on CPU tensors (the compiled CPU engine);
+- ``nvwavenet-cpu-<dtype>``: ``NVWaveNet.infer`` on CPU tensors (the compiled CPU engine), with
+  the weights stored in ``dtype``;
 - ``nvwavenet-<variant>-<dtype>``: ``NVWaveNet.infer`` with one CUDA kernel variant;
 - ``pytorch-eager``: the queue-based reference step (:func:`nvwavenet.reference.step`) in float32;
 - ``pytorch-cuda-graph``: that same step captured once in a CUDA graph and replayed per sample;
@@ -187,7 +188,8 @@ def make_runner(engine: str, net: NVWaveNet, cond_chunk: torch.Tensor,
             reference.incremental(net.weights, cond_chunk[..., :n], u_chunk[:, :n], state=state,
                                   dtype=torch.float32)
     else:
-        impl = Impl.AUTO if engine == "nvwavenet-cpu" else Impl[engine.split("-")[1].upper()]
+        variant = engine.split("-")[1]
+        impl = Impl.AUTO if variant == "cpu" else Impl[variant.upper()]
         state = net.init_state(batch, device)
 
         def generate(n):
@@ -204,9 +206,7 @@ def make_runner(engine: str, net: NVWaveNet, cond_chunk: torch.Tensor,
 
 def engines_for(device: torch.device) -> list[tuple[str, torch.dtype]]:
     """The nvwavenet engines that exist for ``device``, with the network precision each runs."""
-    if device.type == "cpu":
-        return [("nvwavenet-cpu", torch.float32)]
-    variants = ("single_block", "dual_block", "persistent")
+    variants = ("cpu",) if device.type == "cpu" else ("single_block", "dual_block", "persistent")
     return [(f"nvwavenet-{variant}-{str(dtype).replace('torch.', '')}", dtype)
             for variant in variants for dtype in (torch.float16, torch.float32)]
 

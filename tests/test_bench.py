@@ -18,7 +18,7 @@ TINY = bench.Config("tiny", 8, 16, 32, 4, 2)
 def test_rows_measure_and_compare_with_the_best_baseline():
     cpu = torch.device("cpu")
     rows = [bench.run_one(TINY, engine, torch.float32, 2, cpu, seconds=0.02, repeats=1, chunk=64)
-            for engine in ("nvwavenet-cpu", "pytorch-eager", "pytorch-naive")]
+            for engine in ("nvwavenet-cpu-float32", "pytorch-eager", "pytorch-naive")]
     bench.add_ratios(rows)
     for row in rows:
         assert row.seconds > 0 and row.samples > 0 and row.aggregate == pytest.approx(2 * row.per_stream)
@@ -39,7 +39,8 @@ def test_results_sections_are_replaced_not_duplicated(tmp_path):
 def test_throughput_script_writes_table_csv_plot(tmp_path):
     script = runpy.run_path(str(BENCHMARKS / "throughput.py"))
     rows = script["measure_all"]([TINY], [1, 2], torch.device("cpu"), 0.02, 1, 32, log=lambda line: None)
-    assert {row.engine for row in rows} == {"nvwavenet-cpu", "pytorch-eager", "pytorch-naive"}
+    assert {row.engine for row in rows} == {"nvwavenet-cpu-float32", "nvwavenet-cpu-float16", "pytorch-eager",
+                                            "pytorch-naive"}
     script["plot"](rows, [TINY], tmp_path / "t.png", "tiny")
     assert (tmp_path / "t.png").stat().st_size > 10_000
 

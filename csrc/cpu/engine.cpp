@@ -32,10 +32,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "cpu/half.h"
@@ -430,6 +433,27 @@ class Plan {
   std::vector<std::unique_ptr<Member>> members_;
 };
 
+// What run_adaptive has learnt about one network shape on this machine. It outlives the call:
+// a streaming caller generates a few hundred steps per call, and re-measuring from scratch each
+// time would spend most of every call on the measuring (the first segment runs one thread).
+struct AdaptiveRecord {
+  double seconds_per_step[2] = {0.0, 0.0};  // solo, split; 0: not yet measured
+  int probe_interval = 0;                    // in segments; 0: not yet set
+  int since_probe = 0;
+};
+
+// The record for this shape, copied out; put_record stores it back after the call. Concurrent
+// calls of one shape may overwrite each other's record: it steers speed, never results.
+using RecordKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int>;
+std::mutex record_mutex;
+std::map<RecordKey, AdaptiveRecord>& records() {
+  static std::map<RecordKey, AdaptiveRecord> all;
+  return all;
+}
+RecordKey record_key(const Net& net, int threads) {
+  return {net.lay.R, net.lay.S, net.lay.A, net.lay.L, int(net.lay.weight_dtype), threads};
+}
+
 // Batch 1 with the default thread count: alternates, as the call runs, between one thread and a
 // row split over all cores, by measured speed. The split usually wins on an idle machine and
 // collapses on a busy one (a member without a core stalls every barrier), and which is the case
@@ -441,8 +465,14 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
   constexpr int kMinProbeInterval = 4, kMaxProbeInterval = 64;  // in segments
   enum { kSolo = 0, kSplit = 1 };
   Plan* plans[2] = {&solo, &split};
-  double seconds_per_step[2] = {0.0, 0.0};  // measured; 0: not yet
-  int probe_interval = kMinProbeInterval, since_probe = 0;
+  const RecordKey key = record_key(net, split.threads());
+  AdaptiveRecord record;
+  {
+    std::lock_guard<std::mutex> lock(record_mutex);
+    record = records()[key];
+  }
+  double* seconds_per_step = record.seconds_per_step;
+  if (record.probe_interval == 0) record.probe_interval = kMinProbeInterval;
   for (int64_t t = 0; t < net.p.num_samples;) {
     int mode;
     bool probe = false;
@@ -452,9 +482,9 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
       mode = kSplit;
     } else {
       const int best = seconds_per_step[kSplit] < seconds_per_step[kSolo] ? kSplit : kSolo;
-      probe = ++since_probe >= probe_interval;
+      probe = ++record.since_probe >= record.probe_interval;
       mode = probe ? 1 - best : best;
-      if (probe) since_probe = 0;
+      if (probe) record.since_probe = 0;
     }
     const bool measuring = probe || seconds_per_step[kSolo] == 0.0;
     const int64_t steps = std::min(net.p.num_samples - t, measuring ? kProbeSteps : kSegmentSteps);
@@ -463,12 +493,19 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
     const Plan::Progress done = plans[mode]->run(t, t + steps, budget);
     // The latest measurement only: the load on the machine changes faster than an average follows.
     seconds_per_step[mode] = std::chrono::duration<double>(Clock::now() - done.assembled).count() / double(done.reached - t);
+    const bool behind = seconds_per_step[mode] >= seconds_per_step[1 - mode];
     if (probe) {  // a probe that lost makes the next one wait longer
-      const bool lost = seconds_per_step[mode] >= seconds_per_step[1 - mode];
-      probe_interval = lost ? std::min(2 * probe_interval, kMaxProbeInterval) : kMinProbeInterval;
+      record.probe_interval = behind ? std::min(2 * record.probe_interval, kMaxProbeInterval) : kMinProbeInterval;
+    } else if (behind) {
+      // The winner lost its lead: often one bad segment (a member that lost its core for a
+      // scheduler tick), so the other mode gets the soonest probe, not the backed-off one.
+      record.probe_interval = kMinProbeInterval;
+      record.since_probe = 0;
     }
     t = done.reached;
   }
+  std::lock_guard<std::mutex> lock(record_mutex);
+  records()[key] = record;
 }
 
 const Kernels& select_kernels(const std::string& isa) {
