@@ -440,10 +440,11 @@ struct AdaptiveRecord {
   double seconds_per_step[2] = {0.0, 0.0};  // solo, split; 0: not yet measured
   int probe_interval = 0;                    // in segments; 0: not yet set
   int since_probe = 0;
+  bool recheck = false;  // the winner just fell behind: probe it again at once
 };
 
-// The record for this shape, copied out; put_record stores it back after the call. Concurrent
-// calls of one shape may overwrite each other's record: it steers speed, never results.
+// The record of each shape, copied in at the start of a call and back at its end. Concurrent calls
+// of one shape may overwrite each other's record: it steers speed, never results.
 using RecordKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int>;
 std::mutex record_mutex;
 std::map<RecordKey, AdaptiveRecord>& records() {
@@ -482,7 +483,7 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
       mode = kSplit;
     } else {
       const int best = seconds_per_step[kSplit] < seconds_per_step[kSolo] ? kSplit : kSolo;
-      probe = ++record.since_probe >= record.probe_interval;
+      probe = record.recheck || ++record.since_probe >= record.probe_interval;
       mode = probe ? 1 - best : best;
       if (probe) record.since_probe = 0;
     }
@@ -494,13 +495,16 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
     // The latest measurement only: the load on the machine changes faster than an average follows.
     seconds_per_step[mode] = std::chrono::duration<double>(Clock::now() - done.assembled).count() / double(done.reached - t);
     const bool behind = seconds_per_step[mode] >= seconds_per_step[1 - mode];
-    if (probe) {  // a probe that lost makes the next one wait longer
+    if (probe && record.recheck) {
+      // Only a winner that stays behind has lost its place; one bad segment (a member that lost
+      // its core for a scheduler tick, or PyTorch's OpenMP threads still spinning after the
+      // caller's last operation) keeps the backed-off probing of the loser as it was.
+      record.recheck = false;
+      if (behind) record.probe_interval = kMinProbeInterval;
+    } else if (probe) {  // a probe that lost makes the next one wait longer
       record.probe_interval = behind ? std::min(2 * record.probe_interval, kMaxProbeInterval) : kMinProbeInterval;
-    } else if (behind) {
-      // The winner lost its lead: often one bad segment (a member that lost its core for a
-      // scheduler tick), so the other mode gets the soonest probe, not the backed-off one.
-      record.probe_interval = kMinProbeInterval;
-      record.since_probe = 0;
+    } else {
+      record.recheck = behind;
     }
     t = done.reached;
   }
