@@ -67,20 +67,26 @@ def first_audio_seconds(vocoder: Vocoder, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def throughput(vocoder: Vocoder, seconds: float) -> tuple[float, float]:
-    """(streamed, one-shot) samples/s for ``seconds`` of audio."""
+def throughput(vocoder: Vocoder, seconds: float, repeats: int) -> tuple[float, float]:
+    """(streamed, one-shot) samples/s for ``seconds`` of audio, medians over ``repeats`` runs of each,
+    taken in turns so that both see the same load on the machine."""
     frames = int(seconds * RATE / HOP)
     mel = torch.cat(list(mel_chunks(frames, CHUNK_FRAMES)), dim=1)
     list(vocoder.stream(mel_chunks(2 * CHUNK_FRAMES, CHUNK_FRAMES)))  # warm-up
-    bench.synchronize(vocoder.device)
-    start = time.perf_counter()
-    samples = sum(chunk.shape[-1] for chunk in vocoder.stream(torch.split(mel, CHUNK_FRAMES, dim=1)))
-    bench.synchronize(vocoder.device)
-    streamed = samples / (time.perf_counter() - start)
-    start = time.perf_counter()
-    samples = vocoder(mel).shape[-1]
-    bench.synchronize(vocoder.device)
-    return streamed, samples / (time.perf_counter() - start)
+
+    def rate(generate) -> float:
+        bench.synchronize(vocoder.device)
+        start = time.perf_counter()
+        samples = generate()
+        bench.synchronize(vocoder.device)
+        return samples / (time.perf_counter() - start)
+
+    streamed, one_shot = [], []
+    for _ in range(repeats):
+        streamed.append(rate(lambda: sum(chunk.shape[-1] for chunk in
+                                         vocoder.stream(torch.split(mel, CHUNK_FRAMES, dim=1)))))
+        one_shot.append(rate(lambda: vocoder(mel).shape[-1]))
+    return statistics.median(streamed), statistics.median(one_shot)
 
 
 def peak_rss_mb() -> float:
@@ -122,6 +128,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--seconds", type=float, default=5.0, help="audio for the throughput comparison")
     parser.add_argument("--repeats", type=int, default=7, help="time-to-first-audio repeats (median)")
+    parser.add_argument("--throughput-repeats", type=int, default=3,
+                        help="streamed and one-shot runs of --seconds audio each (median)")
     parser.add_argument("--minutes", type=float, nargs=2, default=[1.0, 10.0], help="utterance lengths compared")
     parser.add_argument("--memory-layers", type=int, default=8)
     parser.add_argument("--memory-max-dilation", type=int, default=128)
@@ -142,15 +150,16 @@ def main(argv=None) -> int:
     command = "python benchmarks/streaming.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     vocoder = make_vocoder(64, 256, 20, 512, device, args.dtype)
     latency = first_audio_seconds(vocoder, args.repeats)
-    streamed, one_shot = throughput(vocoder, args.seconds)
+    streamed, one_shot = throughput(vocoder, args.seconds, args.throughput_repeats)
     short, long = (measure_memory(args, minutes) for minutes in args.minutes)
     memory_key = "peak_cuda_mb" if device.type == "cuda" else "peak_rss_mb"
     growth = long[memory_key] / short[memory_key] - 1
 
     rows = [
         ["time to first audio, 50 ms chunk", f"{latency * 1000:.1f} ms"],
-        ["streamed (50 ms chunks)", f"{streamed:,.0f} samples/s, {streamed / RATE:.2f}x real time"],
-        ["one-shot", f"{one_shot:,.0f} samples/s, {one_shot / RATE:.2f}x real time"],
+        [f"streamed (50 ms chunks), median of {args.throughput_repeats}",
+         f"{streamed:,.0f} samples/s, {streamed / RATE:.2f}x real time"],
+        [f"one-shot, median of {args.throughput_repeats}", f"{one_shot:,.0f} samples/s, {one_shot / RATE:.2f}x real time"],
         [f"peak memory, {args.minutes[0]:g} min", f"{short[memory_key]:,.1f} MiB"],
         [f"peak memory, {args.minutes[1]:g} min", f"{long[memory_key]:,.1f} MiB ({growth:+.1%})"],
     ]

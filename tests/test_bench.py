@@ -56,3 +56,14 @@ def test_naive_vs_fast_script_runs(tmp_path):
     assert [int(r["L (per block)"]) for r in table if r["engine"] == "pytorch-naive"] == [1, 2, 3]
     assert "naive-vs-fast-cpu:begin" in (tmp_path / "RESULTS.md").read_text()
     assert (tmp_path / "naive-vs-fast-cpu.png").exists()
+
+
+def test_streaming_script_runs(tmp_path):
+    env = {"PYTHONPATH": str(Path(nvwavenet.__file__).resolve().parents[1]), "PATH": ""}
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "streaming.py"), "--device", "cpu", "--seconds", "0.1",
+                             "--repeats", "1", "--throughput-repeats", "1", "--minutes", "0.01", "0.02",
+                             "--results", str(tmp_path / "RESULTS.md")], env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    section = (tmp_path / "RESULTS.md").read_text()
+    assert "streaming-cpu:begin" in section and "time to first audio" in section and "one-shot, median of 1" in section
