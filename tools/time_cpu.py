@@ -3,7 +3,10 @@
     PYTHONPATH=. python tools/time_cpu.py --R 64 --S 256 --batch 1 --samples 16000 --repeats 7
 
 Prints the median samples/s (all streams together) over the repeats, each one full
-``NVWaveNet.infer`` call, and, unless ``--no-eager``, the eager float32 loop
+``NVWaveNet.infer`` call (or, with ``--chunk N``, calls of N samples through a state, as a
+streaming caller makes them; ``--torch-between`` adds, before each call, the matrix product a
+vocoder's conditioning makes, so that PyTorch's OpenMP threads compete with the engine as they do
+in streaming), and, unless ``--no-eager``, the eager float32 loop
 (``reference.incremental``) on a shorter run with the ratio. The load average is printed too:
 on a shared machine, timings taken under load are not comparable with those taken idle.
 """
@@ -44,6 +47,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU engine threads (default: automatic)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                         help="weight precision (NVWaveNet's dtype)")
+    parser.add_argument("--chunk", type=int, default=None, help="samples per call, through a state (default: one call)")
+    parser.add_argument("--torch-between", action="store_true",
+                        help="a PyTorch product of conditioning size (2RL x 80 by 80 x chunk) before each call")
     parser.add_argument("--eager-samples", type=int, default=200)
     parser.add_argument("--no-eager", action="store_true")
     args = parser.parse_args()
@@ -52,12 +58,23 @@ def main() -> None:
                     num_threads=args.threads, dtype=getattr(torch, args.dtype))
     cond = random_cond_input(args.R, args.batch, args.L, args.samples)
     net.infer(cond[..., :100])  # packs the weights, starts the threads
-    engine = rate(lambda: net.infer(cond), args.batch, args.samples, args.repeats)
+    chunk = args.chunk or args.samples
+    mel_projection, mel = torch.randn(2 * args.R * args.L, 80), torch.randn(80, chunk)
+
+    def generate():
+        state = net.init_state(args.batch)
+        for start in range(0, args.samples, chunk):
+            if args.torch_between:
+                torch.mm(mel_projection, mel)
+            net.infer(cond[..., start:start + chunk], state=state)
+
+    engine = rate(generate, args.batch, args.samples, args.repeats)
     info = nvwavenet.build_info()
     print(f"{platform.processor() or platform.machine()}, {info['cpu_threads']} CPUs, isa {info['cpu_isa']}, "
           f"threads {args.threads or 'automatic'}, load average {os.getloadavg()[0]:.2f}")
     print(f"R{args.R}/S{args.S}/A{args.A} L={args.L} max_dilation={args.max_dilation} batch={args.batch} "
-          f"{args.dtype} weights, threads {args.threads or 'automatic'}: "
+          f"{args.dtype} weights, threads {args.threads or 'automatic'}, {chunk} samples per call"
+          f"{', PyTorch product before each' if args.torch_between else ''}: "
           f"engine median {statistics.median(engine):,.0f} samples/s "
           f"(repeats: {', '.join(f'{r:,.0f}' for r in engine)})")
     if args.no_eager:
