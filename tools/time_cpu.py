@@ -4,9 +4,9 @@
 
 Prints the median samples/s (all streams together) over the repeats, each one full
 ``NVWaveNet.infer`` call (or, with ``--chunk N``, calls of N samples through a state, as a
-streaming caller makes them; ``--torch-between`` adds, before each call, the matrix product a
-vocoder's conditioning makes, so that PyTorch's OpenMP threads compete with the engine as they do
-in streaming), and, unless ``--no-eager``, the eager float32 loop
+streaming caller makes them; ``--torch-between`` adds, before each call and outside the timing,
+the matrix product a vocoder's conditioning makes, so that PyTorch's OpenMP threads compete with
+the engine as they do in streaming), and, unless ``--no-eager``, the eager float32 loop
 (``reference.incremental``) on a shorter run with the ratio. The load average is printed too:
 on a shared machine, timings taken under load are not comparable with those taken idle.
 """
@@ -25,13 +25,15 @@ from nvwavenet import NVWaveNet, reference
 from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
 
 
+def seconds_of(run) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def rate(run, streams: int, samples: int, repeats: int) -> list[float]:
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        rates.append(streams * samples / (time.perf_counter() - start))
-    return rates
+    """Samples/s of each repeat; ``run()`` returns the seconds to count."""
+    return [streams * samples / run() for _ in range(repeats)]
 
 
 def main() -> None:
@@ -61,12 +63,15 @@ def main() -> None:
     chunk = args.chunk or args.samples
     mel_projection, mel = torch.randn(2 * args.R * args.L, 80), torch.randn(80, chunk)
 
-    def generate():
+    def generate() -> float:
+        """Seconds in the engine only (the PyTorch products are not counted)."""
         state = net.init_state(args.batch)
+        engine_seconds = 0.0
         for start in range(0, args.samples, chunk):
             if args.torch_between:
                 torch.mm(mel_projection, mel)
-            net.infer(cond[..., start:start + chunk], state=state)
+            engine_seconds += seconds_of(lambda: net.infer(cond[..., start:start + chunk], state=state))
+        return engine_seconds
 
     engine = rate(generate, args.batch, args.samples, args.repeats)
     info = nvwavenet.build_info()
@@ -81,7 +86,7 @@ def main() -> None:
         return
     short = cond[..., :args.eager_samples]
     u = torch.rand(args.batch, args.eager_samples)
-    eager = rate(lambda: reference.incremental(net.weights, short, u, dtype=torch.float32),
+    eager = rate(lambda: seconds_of(lambda: reference.incremental(net.weights, short, u, dtype=torch.float32)),
                  args.batch, args.eager_samples, 3)
     print(f"eager PyTorch float32 loop median {statistics.median(eager):,.0f} samples/s; "
           f"engine / eager = {statistics.median(engine) / statistics.median(eager):.0f}x")
