@@ -230,7 +230,7 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
             optimizer.step()
             losses.append(float(totals[0] / totals[1]))
             progress.update(1)
-            progress.set_postfix(loss=f"{losses[-1]:.4f}")
+            progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)  # redrawn at the bar's own pace
             if config.checkpoint_dir and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
                 save(step + 1)
         progress.close()
