@@ -52,6 +52,20 @@ namespace nvwavenet::gpu {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 namespace cg = cooperative_groups;
 
+// Thread 0 waits (bounded) until a counter in this block's shared memory reaches `target`; then the
+// whole block agrees on the outcome, which is also the barrier before anyone reads what the
+// counter announced. False: a timeout or another block's abort, already reported.
+__device__ __forceinline__ bool block_wait_counter(const uint64_t* counter, uint64_t target, int32_t site,
+                                                   WaitContext& wait) {
+  bool ready = true;
+  if (threadIdx.x == 0) {
+    wait.site = site;
+    uint64_t seen;
+    ready = bounded_wait([&] { return load_acquire_cluster(counter); }, target, wait, seen);
+  }
+  return block_all(ready);
+}
+
 template <int R, int S, int A, class W>
 __device__ void persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
                                        const cg::cluster_group& cluster, int rank, int64_t stream,
@@ -86,14 +100,8 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
 
   precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, 0, pre, tid);
   for (int64_t t = 0; t < T; ++t) {
-    bool ready = true;
-    if (tid == 0) {
-      wait.step = t;
-      uint64_t seen;
-      ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kInputCounter); }, uint64_t(t) + 1,
-                           wait, seen);
-    }
-    if (!block_all(ready)) break;
+    wait.step = t;
+    if (!block_wait_counter(counters + Layout::kInputCounter, uint64_t(t) + 1, kSitePersistentInput, wait)) break;
 
     int64_t offset = first_offset;
     int dilation = first_dilation;
@@ -201,14 +209,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
     }
     wait.step = t;
 
-    bool ready = true;
-    if (tid == 0) {
-      wait.site = kSitePersistentSkip;
-      uint64_t seen;
-      ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kSkipCounter); },
-                           uint64_t(split.layer_blocks) * uint64_t(t + 1), wait, seen);
-    }
-    if (!block_all(ready)) {
+    if (!block_wait_counter(counters + Layout::kSkipCounter, uint64_t(split.layer_blocks) * uint64_t(t + 1),
+                            kSitePersistentSkip, wait)) {
       completed = false;
       break;
     }
@@ -228,13 +230,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
     if (tid < split.head_blocks)
       add_release_cluster(cluster.map_shared_rank(counters + Layout::kHiddenCounter, split.layer_blocks + tid), 1);
 
-    if (tid == 0) {
-      wait.site = kSitePersistentHidden;
-      uint64_t seen;
-      ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kHiddenCounter); },
-                           uint64_t(split.head_blocks) * uint64_t(t + 1), wait, seen);
-    }
-    if (!block_all(ready)) {
+    if (!block_wait_counter(counters + Layout::kHiddenCounter, uint64_t(split.head_blocks) * uint64_t(t + 1),
+                            kSitePersistentHidden, wait)) {
       completed = false;
       break;
     }
@@ -245,13 +242,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
     if (tid == 0) add_release_cluster(cluster.map_shared_rank(counters + Layout::kLogitCounter, sampler_rank), 1);
 
     if (sampler) {
-      if (tid == 0) {
-        wait.site = kSitePersistentLogits;
-        uint64_t seen;
-        ready = bounded_wait([&] { return load_acquire_cluster(counters + Layout::kLogitCounter); },
-                             uint64_t(split.head_blocks) * uint64_t(t + 1), wait, seen);
-      }
-      if (!block_all(ready)) {
+      if (!block_wait_counter(counters + Layout::kLogitCounter, uint64_t(split.head_blocks) * uint64_t(t + 1),
+                              kSitePersistentLogits, wait)) {
         completed = false;
         break;
       }
