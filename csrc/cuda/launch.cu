@@ -129,40 +129,35 @@ void validate(const Params& p, Variant variant, bool launching) {
   }
 }
 
-Plan plan_on(const Params& p, Variant variant, const DeviceFacts& device) {
-  return dispatch_size_and_type(p, [&](auto size, auto type) -> Plan {
+// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock or Persistent) for p's
+// size and weight type; AUTO names no class of its own and throws `auto_error`.
+template <class F>
+decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
+  return dispatch_size_and_type(p, [&](auto size, auto type) -> decltype(auto) {
     using Size = decltype(size);
     using W = typename decltype(type)::type;
     switch (variant) {
       case Variant::SingleBlock:
-        return SingleBlock<Size::R, Size::S, Size::A, W>::plan(p, device);
+        return f(TypeTag<SingleBlock<Size::R, Size::S, Size::A, W>>{});
       case Variant::DualBlock:
-        return DualBlock<Size::R, Size::S, Size::A, W>::plan(p, device);
+        return f(TypeTag<DualBlock<Size::R, Size::S, Size::A, W>>{});
       case Variant::Persistent:
-        return Persistent<Size::R, Size::S, Size::A, W>::plan(p, device);
+        return f(TypeTag<Persistent<Size::R, Size::S, Size::A, W>>{});
       case Variant::Auto:
         break;
     }
-    throw std::invalid_argument("variant: AUTO has no plan of its own");
+    throw std::invalid_argument(auto_error);
   });
 }
 
+Plan plan_on(const Params& p, Variant variant, const DeviceFacts& device) {
+  return dispatch_variant(p, variant, "variant: AUTO has no plan of its own",
+                          [&](auto impl) { return decltype(impl)::type::plan(p, device); });
+}
+
 void launch(const Params& p, const Plan& plan) {
-  dispatch_size_and_type(p, [&](auto size, auto type) {
-    using Size = decltype(size);
-    using W = typename decltype(type)::type;
-    switch (plan.variant) {
-      case Variant::SingleBlock:
-        return SingleBlock<Size::R, Size::S, Size::A, W>::launch(p, plan);
-      case Variant::DualBlock:
-        return DualBlock<Size::R, Size::S, Size::A, W>::launch(p, plan);
-      case Variant::Persistent:
-        return Persistent<Size::R, Size::S, Size::A, W>::launch(p, plan);
-      case Variant::Auto:
-        break;
-    }
-    throw std::invalid_argument("variant: AUTO cannot be launched");
-  });
+  dispatch_variant(p, plan.variant, "variant: AUTO cannot be launched",
+                   [&](auto impl) { decltype(impl)::type::launch(p, plan); });
 }
 
 const char* site_text(int32_t site) {
