@@ -436,9 +436,12 @@ class Plan {
 // What run_adaptive has learnt about one network shape on this machine. It outlives the call:
 // a streaming caller generates a few hundred steps per call, and re-measuring from scratch each
 // time would spend most of every call on the measuring (the first segment runs one thread).
+// Probing the losing mode waits this many segments, doubling after each probe it loses.
+constexpr int kMinProbeInterval = 4, kMaxProbeInterval = 64;
+
 struct AdaptiveRecord {
   double seconds_per_step[2] = {0.0, 0.0};  // solo, split; 0: not yet measured
-  int probe_interval = 0;                    // in segments; 0: not yet set
+  int probe_interval = kMinProbeInterval;    // in segments
   int since_probe = 0;
   bool recheck = false;  // the winner just fell behind: probe it again at once
 };
@@ -463,7 +466,6 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
   // Measuring a mode takes a short segment (the first one, single-threaded, and every probe of
   // the mode that is losing); running the winner, longer ones.
   constexpr int64_t kProbeSteps = 64, kSegmentSteps = 256;
-  constexpr int kMinProbeInterval = 4, kMaxProbeInterval = 64;  // in segments
   enum { kSolo = 0, kSplit = 1 };
   Plan* plans[2] = {&solo, &split};
   const RecordKey key = record_key(net, split.threads());
@@ -473,7 +475,6 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
     record = records()[key];
   }
   double* seconds_per_step = record.seconds_per_step;
-  if (record.probe_interval == 0) record.probe_interval = kMinProbeInterval;
   for (int64_t t = 0; t < net.p.num_samples;) {
     int mode;
     bool probe = false;
