@@ -2,8 +2,9 @@
 
 For each configuration and batch size: samples/s per stream and in aggregate, the real-time factor
 at 16, 22.05, 24 and 48 kHz, peak GPU memory, and the ratio to the best baseline measured in the
-same run (eager PyTorch loop, the same step in a CUDA graph, the naive recomputation where it
-finishes in reasonable time). Writes a table, a CSV, a PNG (samples/s against batch, log-log) and
+same run (eager PyTorch loop; the same step in a CUDA graph on a GPU, through torch.compile on a
+CPU, compiled once per configuration and batch; the naive recomputation where it finishes in
+reasonable time). Writes a table, a CSV, a PNG (samples/s against batch, log-log) and
 this device's section of benchmarks/RESULTS.md.
 
     python benchmarks/throughput.py                 # every configuration, batch 1 .. 256
@@ -25,10 +26,8 @@ HERE = Path(__file__).resolve().parent
 NAIVE_BUDGET_SECONDS = 5.0
 
 
-def measure_all(configs, batches, device, seconds, repeats, chunk, log=print) -> list[bench.Row]:
-    baselines = ["pytorch-eager", "pytorch-naive"]
-    if device.type == "cuda":
-        baselines.insert(1, "pytorch-cuda-graph")
+def measure_all(configs, batches, device, seconds, repeats, chunk, log=print, baselines=None) -> list[bench.Row]:
+    baselines = bench.baselines_for(device) if baselines is None else baselines
     rows = []
     for config in configs:
         naive_rate = None

@@ -12,6 +12,7 @@ Engines, each generating ``n`` samples for ``batch`` streams in chunks through a
 - ``nvwavenet-<variant>-<dtype>``: ``NVWaveNet.infer`` with one CUDA kernel variant;
 - ``pytorch-eager``: the queue-based reference step (:func:`nvwavenet.reference.step`) in float32;
 - ``pytorch-cuda-graph``: that same step captured once in a CUDA graph and replayed per sample;
+- ``pytorch-compiled``: that same step through ``torch.compile`` (the CPU's counterpart of the graph);
 - ``pytorch-naive``: :func:`nvwavenet.reference.naive`, recomputing the receptive field per sample.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .sampling import select_classes
 from .testing import random_cond_input, random_nv_wavenet_args
 
 SAMPLE_RATES = (16000, 22050, 24000, 48000)
-BASELINES = ("pytorch-eager", "pytorch-cuda-graph", "pytorch-naive")
+BASELINES = ("pytorch-eager", "pytorch-cuda-graph", "pytorch-compiled", "pytorch-naive")
 # Conditioning held per engine call; longer runs reuse the chunk through the resumable state.
 CHUNK_BYTES = 256 * 2 ** 20
 
@@ -127,12 +128,10 @@ def measure(run: Callable[[int], None], device: torch.device, *, seconds: float,
     return samples, statistics.median(timed(run, samples, device) for _ in range(repeats))
 
 
-class CudaGraphStep:
-    """The reference step captured once in a CUDA graph, replayed once per sample.
-
-    What a careful PyTorch user gets without custom kernels: no Python or launch overhead per op,
-    but still one kernel per matrix product. Position, slots, conditioning and selectors are read
-    through device tensors so the one captured step serves every position.
+class ReferenceStepLoop:
+    """The reference step (:func:`nvwavenet.reference.step`) plus sampling, one call per sample,
+    with position, queue slots, conditioning and selectors read through tensors, so that one
+    captured or compiled step serves every position without a host value changing between steps.
     """
 
     def __init__(self, net: NVWaveNet, cond_chunk: torch.Tensor, u_chunk: torch.Tensor):
@@ -146,15 +145,6 @@ class CudaGraphStep:
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.index = torch.zeros(1, dtype=torch.long, device=device)
         self.drawn = torch.zeros(cond_chunk.shape[1], dtype=torch.long, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up outside capture, as CUDA graphs require
-            for _ in range(3):
-                self._step()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step()
 
     def _step(self) -> None:
         slots = self.offsets + self.position % self.dilations
@@ -165,9 +155,53 @@ class CudaGraphStep:
         self.position += 1
         self.index.copy_((self.index + 1) % self.cond_steps.shape[0])
 
+
+class CudaGraphStep(ReferenceStepLoop):
+    """The reference step captured once in a CUDA graph, replayed once per sample.
+
+    What a careful PyTorch user gets on a GPU without custom kernels: no Python or launch overhead
+    per op, but still one kernel per matrix product.
+    """
+
+    def __init__(self, net: NVWaveNet, cond_chunk: torch.Tensor, u_chunk: torch.Tensor):
+        super().__init__(net, cond_chunk, u_chunk)
+        device = cond_chunk.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up outside capture, as CUDA graphs require
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step()
+
     def __call__(self, samples: int) -> None:
         for _ in range(samples):
             self.graph.replay()
+
+
+class CompiledStep(ReferenceStepLoop):
+    """The reference step through ``torch.compile`` (Inductor, static shapes), called once per sample.
+
+    What a PyTorch user reaches for on a CPU, where there are no CUDA graphs: fused element-wise
+    work and no Python per op. Compiled once per network and batch, in the constructor, so that the
+    compile time (seconds) stays out of the timing as the CUDA graph's capture does. Dynamic shapes
+    are off: Inductor's dynamic-shape CPU code measured several times slower than eager here.
+    """
+
+    def __init__(self, net: NVWaveNet, cond_chunk: torch.Tensor, u_chunk: torch.Tensor):
+        super().__init__(net, cond_chunk, u_chunk)
+        # Every runner is a new network or batch; starting Dynamo afresh keeps its per-function
+        # recompile limit from silently sending later runners back to eager.
+        torch._dynamo.reset()
+        self.compiled = torch.compile(self._step, dynamic=False)
+        for _ in range(2):
+            self.compiled()
+
+    def __call__(self, samples: int) -> None:
+        for _ in range(samples):
+            self.compiled()
 
 
 def make_runner(engine: str, net: NVWaveNet, cond_chunk: torch.Tensor,
@@ -178,6 +212,8 @@ def make_runner(engine: str, net: NVWaveNet, cond_chunk: torch.Tensor,
     device = cond_chunk.device
     if engine == "pytorch-cuda-graph":
         return CudaGraphStep(net, cond_chunk, u_chunk)
+    if engine == "pytorch-compiled":
+        return CompiledStep(net, cond_chunk, u_chunk)
     if engine == "pytorch-naive":
         def generate(n):
             reference.naive(net.weights, cond_chunk[..., :n], u_chunk[:, :n], dtype=torch.float32)
@@ -209,6 +245,13 @@ def engines_for(device: torch.device) -> list[tuple[str, torch.dtype]]:
     variants = ("cpu",) if device.type == "cpu" else ("single_block", "dual_block", "persistent")
     return [(f"nvwavenet-{variant}-{str(dtype).replace('torch.', '')}", dtype)
             for variant in variants for dtype in (torch.float16, torch.float32)]
+
+
+def baselines_for(device: torch.device) -> list[str]:
+    """What a PyTorch user would run instead on ``device``: the eager loop, the same step made
+    cheaper per call (a CUDA graph on a GPU, ``torch.compile`` on a CPU), and naive recomputation."""
+    faster_step = "pytorch-cuda-graph" if device.type == "cuda" else "pytorch-compiled"
+    return ["pytorch-eager", faster_step, "pytorch-naive"]
 
 
 @dataclasses.dataclass

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import nvwavenet
-from nvwavenet import bench
+from nvwavenet import bench, reference
+from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = bench.Config("tiny", 8, 16, 32, 4, 2)
@@ -36,9 +37,26 @@ def test_results_sections_are_replaced_not_duplicated(tmp_path):
     assert "second" in text and "first" not in text and text.count("throughput-cpu:begin") == 1 and "gpu" in text
 
 
+def test_compiled_baseline_is_the_reference_step():
+    """``pytorch-compiled`` runs the reference's arithmetic, not a cheaper stand-in: after 16 steps
+    its samples and queues are the float32 reference's."""
+    net = nvwavenet.NVWaveNet(**random_nv_wavenet_args(TINY.R, TINY.S, TINY.A, TINY.L, TINY.max_dilation, seed=3))
+    cond = random_cond_input(TINY.R, 2, TINY.L, 16, seed=4)
+    u = torch.rand(2, 16, generator=torch.Generator().manual_seed(5))
+    compiled = bench.CompiledStep(net, cond, u)  # compiles and runs 2 steps
+    compiled(14)
+    state = reference.init_state(net.weights, 2, dtype=torch.float32)
+    samples = reference.incremental(net.weights, cond, u, state=state, dtype=torch.float32)
+    assert torch.equal(compiled.history, samples[:, -2:].long())
+    assert int(compiled.position) == 16
+    torch.testing.assert_close(compiled.state["queues"], state["queues"], rtol=1e-5, atol=1e-5)
+
+
 def test_throughput_script_writes_table_csv_plot(tmp_path):
     script = runpy.run_path(str(BENCHMARKS / "throughput.py"))
-    rows = script["measure_all"]([TINY], [1, 2], torch.device("cpu"), 0.02, 1, 32, log=lambda line: None)
+    # Without the compiled baseline, whose compile per batch (seconds) the test above covers once.
+    rows = script["measure_all"]([TINY], [1, 2], torch.device("cpu"), 0.02, 1, 32, log=lambda line: None,
+                                 baselines=["pytorch-eager", "pytorch-naive"])
     assert {row.engine for row in rows} == {"nvwavenet-cpu-float32", "nvwavenet-cpu-float16", "pytorch-eager",
                                             "pytorch-naive"}
     script["plot"](rows, [TINY], tmp_path / "t.png", "tiny")
