@@ -183,7 +183,7 @@ PYBIND11_MODULE(_C, m) {
         nvwavenet::cpu::generate_cpu(p, isa);
       },
       py::arg("params"), py::arg("isa") = "auto",
-      "Runs the CPU engine on params (cpu_weights packed); isa: 'auto', 'avx2+fma' or 'generic'.");
+      "Runs the CPU engine on params (cpu_weights packed); isa: 'auto', 'avx512', 'avx2+fma' or 'generic'.");
 #ifdef NVWAVENET_WITH_CUDA
   m.def("cuda_plan", &cuda_plan, py::arg("params"), py::arg("variant"),
         "How a CUDA variant (an nvwavenet.Impl value other than AUTO) would run these Params on "

@@ -6,7 +6,7 @@ Importing nvwavenet never fails for lack of the compiled part: the error comes, 
 something that needs it is called.
 
 The CPU engine runs with the best instruction set the CPU has (``build_info()["cpu_isa"]``); the
-environment variable ``NVWAVENET_CPU_ISA`` (``auto``, ``avx2+fma`` or ``generic``) overrides that,
+environment variable ``NVWAVENET_CPU_ISA`` (``auto``, ``avx512``, ``avx2+fma`` or ``generic``) overrides that,
 e.g. to test or time the portable fallback.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def extension():
     return _C
 
 
-_CPU_ISAS = ("auto", "avx2+fma", "generic")
+_CPU_ISAS = ("auto", "avx512", "avx2+fma", "generic")
 
 
 def has_extension() -> bool:
@@ -55,7 +55,7 @@ def has_extension() -> bool:
 
 
 def _requested_cpu_isa() -> str:
-    """``NVWAVENET_CPU_ISA``, checked: ``auto`` (the default), ``avx2+fma`` or ``generic``."""
+    """``NVWAVENET_CPU_ISA``, checked: ``auto`` (the default), ``avx512``, ``avx2+fma`` or ``generic``."""
     requested = os.environ.get("NVWAVENET_CPU_ISA", "auto").strip() or "auto"
     if requested not in _CPU_ISAS:
         raise ValueError(f"NVWAVENET_CPU_ISA: expected one of {', '.join(_CPU_ISAS)}, got {requested!r}")
@@ -73,7 +73,7 @@ def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT only
     has the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
-    ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
+    ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on)."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],

@@ -179,9 +179,30 @@ def test_a_call_does_not_build_build_info(monkeypatch):
     assert net.infer(cond, selectors=u).shape == (1, 5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_avx512_equals_avx2_bit_for_bit(dtype, monkeypatch):
+    """The AVX-512 products pair up 8-row blocks in one register but add each row's products in
+    the AVX2 kernel's order: the same bits at every batch (tiles of 1 to 4 streams, several tiles,
+    odd block counts going through the AVX2 kernel). With test_matches_reference running the best
+    instruction set, this is also what keeps the AVX2 kernel tested on an AVX-512 machine."""
+    if engines.extension().build_info()["cpu_isa"] != "avx512":
+        pytest.skip("this CPU (or build) has no AVX-512")
+    for R, S, A in [(64, 256, 256), (13, 24, 40), (24, 9, 17)]:
+        net = make_net(R, S, A, dtype=dtype, seed=R, with_head_biases=True)
+        for batch in (1, 2, 5, 9):
+            cond = random_cond_input(R, batch, net.num_layers, 12, seed=batch)
+            u = torch.rand(batch, 12, generator=torch.Generator().manual_seed(batch))
+            results = {}
+            for isa in ("avx512", "avx2+fma"):
+                monkeypatch.setenv("NVWAVENET_CPU_ISA", isa)
+                results[isa] = net.infer(cond, selectors=u, return_logits=True)
+            assert torch.equal(results["avx512"][0], results["avx2+fma"][0]), (R, S, A, batch)
+            assert torch.equal(results["avx512"][1], results["avx2+fma"][1]), (R, S, A, batch)
+
+
 def test_build_info():
     info = nvwavenet.build_info()
-    assert info["cpu_isa"] in ("avx2+fma", "generic")
+    assert info["cpu_isa"] in ("avx512", "avx2+fma", "generic")
     assert info["cpu_threads"] >= 1
 
 
@@ -212,11 +233,11 @@ def test_zero_samples():
 
 def test_error_unknown_isa(monkeypatch):
     monkeypatch.setenv("NVWAVENET_CPU_ISA", "avx9")
-    with pytest.raises(ValueError, match="NVWAVENET_CPU_ISA: expected one of auto, avx2\\+fma, generic, got 'avx9'"):
+    with pytest.raises(ValueError, match="NVWAVENET_CPU_ISA: expected one of auto, avx512, avx2\\+fma, generic, got 'avx9'"):
         make_net(8, 8, 8, 2, 2).infer(random_cond_input(8, 1, 2, 3))
     C = engines.extension()
     p, keep = engine_params(make_net(8, 8, 8, 2, 2), random_cond_input(8, 1, 2, 3))
-    with pytest.raises(ValueError, match="isa: expected 'auto', 'avx2\\+fma' or 'generic', got 'avx9'"):
+    with pytest.raises(ValueError, match="isa: expected 'auto', 'avx512', 'avx2\\+fma' or 'generic', got 'avx9'"):
         C.generate_cpu(p, "avx9")
 
 

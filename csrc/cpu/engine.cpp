@@ -514,14 +514,16 @@ void run_adaptive(const Net& net, Plan& solo, Plan& split) {
 }
 
 const Kernels& select_kernels(const std::string& isa) {
+  const Kernels* avx512 = avx512_kernels();
   const Kernels* avx2 = avx2_kernels();
-  if (isa == "auto") return avx2 != nullptr ? *avx2 : generic_kernels();
+  if (isa == "auto") return avx512 != nullptr ? *avx512 : avx2 != nullptr ? *avx2 : generic_kernels();
   if (isa == "generic") return generic_kernels();
-  if (isa == "avx2+fma") {
-    if (avx2 == nullptr) throw std::runtime_error("isa: this CPU (or this build) cannot run 'avx2+fma'");
-    return *avx2;
+  if (isa == "avx2+fma" || isa == "avx512") {
+    const Kernels* chosen = isa == "avx512" ? avx512 : avx2;
+    if (chosen == nullptr) throw std::runtime_error("isa: this CPU (or this build) cannot run '" + isa + "'");
+    return *chosen;
   }
-  throw std::invalid_argument("isa: expected 'auto', 'avx2+fma' or 'generic', got '" + isa + "'");
+  throw std::invalid_argument("isa: expected 'auto', 'avx512', 'avx2+fma' or 'generic', got '" + isa + "'");
 }
 
 // Checks what the layout does not: everything a run reads through a pointer or an index.

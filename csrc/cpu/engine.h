@@ -7,7 +7,7 @@
 
 namespace nvwavenet::cpu {
 
-// The instruction set "auto" resolves to on this CPU: "avx2+fma" or "generic".
+// The instruction set "auto" resolves to on this CPU: "avx512", "avx2+fma" or "generic".
 std::string best_isa();
 
 // The most threads a call with num_threads = 0 uses: the CPUs this process may run on. (At
@@ -16,7 +16,7 @@ int default_threads();
 
 // Generates p.num_samples steps of p.batch streams, reading and updating the state in p.
 // p.cpu_weights must hold the weights packed by pack_cpu_weights() for p's sizes. `isa` is
-// "auto", "avx2+fma" or "generic" (the portable fallback, for tests and comparisons).
+// "auto", "avx512", "avx2+fma" or "generic" (the portable fallback, for tests and comparisons).
 // Throws std::invalid_argument for invalid params and std::runtime_error for an instruction set
 // this CPU cannot run; it never aborts.
 void generate_cpu(const Params& p, const std::string& isa);

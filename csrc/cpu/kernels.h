@@ -3,7 +3,7 @@
 // The engine (engine.cpp) is written once and calls these through a table chosen at run time:
 // kernels_generic.cpp builds them for any x86-64 (or any CPU at all), kernels_avx2.cpp for
 // AVX2 + FMA. Both instantiate the same templates (kernels_impl.h); only the 8-wide vector type
-// underneath differs.
+// underneath differs. kernels_avx512.cpp swaps in 16-wide matrix products for AVX-512.
 #pragma once
 
 #include <cstdint>
@@ -40,5 +40,9 @@ const Kernels& generic_kernels();
 // nullptr where this CPU lacks AVX2, FMA or F16C (every AVX2 CPU has the last), or the variant
 // was not compiled (a non-x86 build).
 const Kernels* avx2_kernels();
+
+// The AVX2 table with AVX-512 matrix products; nullptr where the CPU lacks AVX-512F (or AVX2),
+// or the variant was not compiled.
+const Kernels* avx512_kernels();
 
 }  // namespace nvwavenet::cpu
