@@ -72,6 +72,11 @@ class CMakeBuild(build_ext):
             f"-DNVWAVENET_CUDA={'OFF' if os.environ.get('NVWAVENET_CUDA') == '0' else 'ON'}",
             f"-DNVWAVENET_CUDA_ARCHS={cuda_archs()}",
         ]
+        # The ninja of this build, named on every configure: a cache from an earlier `pip install`
+        # remembers the ninja of that install's temporary build environment, which pip has deleted.
+        ninja = shutil.which("ninja")
+        if ninja:
+            configure.append(f"-DCMAKE_MAKE_PROGRAM={ninja}")
         jobs = os.environ.get("NVWAVENET_BUILD_JOBS", str(os.cpu_count() or 1))
         subprocess.run(configure, cwd=build_dir, check=True)
         subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
