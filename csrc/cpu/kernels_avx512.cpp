@@ -14,6 +14,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <iterator>
 #include <type_traits>
 
 #define NVWAVENET_KERNEL __attribute__((target("avx512f,avx2,fma,f16c")))
@@ -96,6 +97,10 @@ constexpr int dtype_index() {
   return int(DType::BFloat16);
 }
 
+// The AVX2 products, indexed by DType; filled once, with the AVX-512 table, before any product
+// runs, so the products below need no lookup per call.
+Kernels::Gemm avx2_gemm[3];
+
 // Kernels::Gemm: pairs of blocks here, an odd last block through the AVX2 kernel (which adds in
 // the same order, so where the boundary falls changes nothing). A single stream goes to the AVX2
 // kernel whole: it is bound by memory bandwidth, and the AVX2 tile's 8 weight streams measured
@@ -103,8 +108,8 @@ constexpr int dtype_index() {
 template <class WT>
 NVWAVENET_KERNEL void pair_gemm(const void* W, int64_t K, int64_t b0, int64_t b1, const float* X, int64_t ldx,
                                 int64_t N, float* Y, int64_t ldy) {
-  const Kernels::Gemm avx2_gemm = avx2_kernels()->gemm[dtype_index<WT>()];
-  if (N == 1) return avx2_gemm(W, K, b0, b1, X, ldx, N, Y, ldy);
+  const Kernels::Gemm avx2 = avx2_gemm[dtype_index<WT>()];
+  if (N == 1) return avx2(W, K, b0, b1, X, ldx, N, Y, ldy);
   int64_t b = b0;
   for (; b + 2 <= b1;) {
     const int rp = int(std::min<int64_t>((b1 - b) / 2, kMaxPairs));
@@ -116,7 +121,7 @@ NVWAVENET_KERNEL void pair_gemm(const void* W, int64_t K, int64_t b0, int64_t b1
     }
     b += 2 * rp;
   }
-  if (b < b1) avx2_gemm(W, K, b, b1, X, ldx, N, Y + (b - b0) * 8, ldy);
+  if (b < b1) avx2(W, K, b, b1, X, ldx, N, Y + (b - b0) * 8, ldy);
 }
 
 }  // namespace
@@ -127,6 +132,7 @@ const Kernels* avx512_kernels() {
   if (!supported) return nullptr;
   static const Kernels kernels = [] {
     Kernels table = *avx2_kernels();
+    std::copy(std::begin(table.gemm), std::end(table.gemm), avx2_gemm);
     table.name = "avx512";
     table.gemm[int(DType::Float32)] = &pair_gemm<float>;
     table.gemm[int(DType::Float16)] = &pair_gemm<Half>;
