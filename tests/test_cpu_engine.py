@@ -135,6 +135,22 @@ def test_independent_of_threads_and_batch():
         assert torch.equal(batched[b:b + 1], alone) and torch.equal(batched_logits[b:b + 1], alone_logits)
 
 
+def test_groups_of_streams_run_one_after_another_unchanged():
+    """Past about 8 streams a thread, the engine cuts the batch into groups that one thread runs
+    one after another (1, 2 and 3 threads cut 21 streams differently); no stream may notice."""
+    R, L, T = 16, 3, 60
+    cond = random_cond_input(R, 21, L, T, seed=7)
+    u = torch.rand(21, T, generator=torch.Generator().manual_seed(8))
+    runs = [make_net(R, 16, 24, L, 4, num_threads=threads).infer(cond, selectors=u, return_logits=True)
+            for threads in (1, 2, 3)]
+    for samples, logits in runs[1:]:
+        assert torch.equal(samples, runs[0][0]) and torch.equal(logits, runs[0][1])
+    for b in (0, 10, 20):
+        alone = make_net(R, 16, 24, L, 4, num_threads=1).infer(cond[:, b:b + 1], selectors=u[b:b + 1],
+                                                               return_logits=True)
+        assert torch.equal(alone[0], runs[0][0][b:b + 1]) and torch.equal(alone[1], runs[0][1][b:b + 1])
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_its_own_threads():
     """A fork()ed child (a DataLoader worker, say) has none of the parent's pool threads."""
