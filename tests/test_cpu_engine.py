@@ -85,6 +85,22 @@ def test_non_contiguous_conditioning(layout):
                        net.infer(cond.contiguous(), selectors=torch.rand(batch, T, generator=torch.Generator().manual_seed(0))))
 
 
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_vectorised_staging_equals_scalar(dtype, isa, monkeypatch):
+    """Time-contiguous conditioning is staged 16 steps x 8 channels at a time by a vectorised
+    transpose; the same values one step apart in memory go through the scalar loop. R = 20 leaves
+    a last block of 4 channels, and 40 steps a last stage of 8."""
+    monkeypatch.setenv("NVWAVENET_CPU_ISA", isa)
+    R, batch, L, T = 20, 2, 3, 40
+    net = make_net(R, 24, 32, L, 2)
+    strided = random_cond_input(R, batch, L, 2 * T, dtype=dtype)[..., ::2]
+    u = torch.rand(batch, T, generator=torch.Generator().manual_seed(9))
+    scalar = net.infer(strided, selectors=u, return_logits=True)
+    vectorised = net.infer(strided.contiguous(), selectors=u, return_logits=True)
+    assert torch.equal(scalar[0], vectorised[0]) and torch.equal(scalar[1], vectorised[1])
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("chunks", [[1] * 12 + [48], [2, 3, 5, 7, 11, 13, 19], [59, 1], [17, 0, 43]],
                          ids=["ones", "primes", "uneven", "empty"])

@@ -24,6 +24,13 @@ struct Kernels {
                         float* Y, int64_t ldy);
   Gemm gemm[3];
 
+  // The conditioning of 8 rows for 16 steps, the common case of the engine's staging: row j's
+  // steps are contiguous at src + j * row_stride (elements of the DType), and
+  //   dst[s * dst_step + j] = bias[j] + float(row j, step s)  for s < 16, j < 8.
+  // One variant per conditioning precision, indexed by DType.
+  using Stage = void (*)(const void* src, int64_t row_stride, const float* bias, float* dst, int64_t dst_step);
+  Stage stage[3];
+
   // The gated activation over pre-activations in gate order (packing.h):
   //   h[8c + j] = tanh(a[16c + j]) * sigmoid(a[16c + 8 + j])  for c < chunks, j < 8.
   void (*gate)(const float* a, int64_t chunks, float* h);

@@ -2,6 +2,7 @@
 // whatever vector instructions the baseline target has (SSE2 on x86-64), so this runs on any CPU.
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "cpu/half.h"
 
@@ -44,6 +45,11 @@ struct Generic {
     return map([&](int j) { return a.v[j] * b.v[j] + c.v[j]; });
   }
   static V floor(const V& a) { return map([&](int j) { return std::floor(a.v[j]); }); }
+  static void transpose(V r[8]) {
+    for (int i = 0; i < 8; ++i) {
+      for (int j = i + 1; j < 8; ++j) std::swap(r[i].v[j], r[j].v[i]);
+    }
+  }
   static V pow2(const V& n) {
     return map([&](int j) {
       const int32_t bits = (int32_t(n.v[j]) + 127) << 23;

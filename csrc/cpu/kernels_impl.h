@@ -6,6 +6,7 @@
 //   widen(p): 8 weights as floats, from float, Half or BFloat16 p
 //   add, sub, mul, div, min, max, fmadd(a, b, c) = a * b + c
 //   floor(v), pow2(n) = 2^n for integral n in [-126, 127]
+//   transpose(r): r[8] as an 8 x 8 matrix, in place
 //
 // Each kernels_<isa>.cpp defines its policy and NVWAVENET_KERNEL (the function attributes that
 // compile a function for its instruction set), then includes this file. Everything here has
@@ -111,6 +112,21 @@ NVWAVENET_KERNEL void gemm(const void* W, int64_t K, int64_t b0, int64_t b1, con
   }
 }
 
+// Kernels::Stage: two 8 x 8 transposes, so that the conditioning is read a cache line (16 float32
+// steps) at a time and the stage written a whole vector at a time.
+template <class I, class CT>
+NVWAVENET_KERNEL void stage(const void* src, int64_t row_stride, const float* bias, float* dst, int64_t dst_step) {
+  using V = typename I::V;
+  const CT* rows = static_cast<const CT*>(src);
+  const V b = I::load(bias);
+  for (int half = 0; half < 2; ++half) {
+    V r[8];
+    for (int j = 0; j < 8; ++j) r[j] = I::widen(rows + j * row_stride + 8 * half);
+    I::transpose(r);
+    for (int s = 0; s < 8; ++s) I::store(dst + (8 * half + s) * dst_step, I::add(b, r[s]));
+  }
+}
+
 // exp(x) to about 1 ulp, Cephes' expf: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial
 // for exp(r), and 2^n built in the exponent bits. Inputs are clamped to where the result is a
 // normal float, so tanh and sigmoid built on it saturate cleanly instead of producing inf / NaN.
@@ -188,7 +204,12 @@ NVWAVENET_KERNEL float exp_sum(const float* x, int64_t n, float shift, float* e)
 template <class I>
 Kernels make_kernels(const char* name) {
   // In DType order: Float32, Float16, BFloat16.
-  return Kernels{name, {&gemm<I, float>, &gemm<I, Half>, &gemm<I, BFloat16>}, &gate<I>, &tanh_inplace<I>, &exp_sum<I>};
+  return Kernels{name,
+                 {&gemm<I, float>, &gemm<I, Half>, &gemm<I, BFloat16>},
+                 {&stage<I, float>, &stage<I, Half>, &stage<I, BFloat16>},
+                 &gate<I>,
+                 &tanh_inplace<I>,
+                 &exp_sum<I>};
 }
 
 }  // namespace
