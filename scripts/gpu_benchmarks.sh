@@ -20,6 +20,8 @@ LOGS="${OUT:-$PWD/gpu_benchmarks_out}"
 LOG="$LOGS/benchmarks.log"
 mkdir -p "$LOGS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The interpreter that holds PyTorch: `python`, or `python3` where only that is on the PATH.
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 export NVWAVENET_BUILD_JOBS="${NVWAVENET_BUILD_JOBS:-$(nproc)}"
 FAILED=0
 
@@ -35,10 +37,10 @@ step() {
 }
 
 : >"$LOG"
-python -c 'import nvwavenet._C' 2>/dev/null || step 180 python setup.py build_ext --inplace
-step 330 python benchmarks/throughput.py --device "$DEVICE" --seconds 0.1
-step 60 python benchmarks/naive_vs_fast.py --device "$DEVICE" --max-depth 12 --seconds 0.1
-step 180 python benchmarks/streaming.py --device "$DEVICE" --dtype float16
+"$PYTHON" -c 'import nvwavenet._C' 2>/dev/null || step 180 "$PYTHON" setup.py build_ext --inplace
+step 330 "$PYTHON" benchmarks/throughput.py --device "$DEVICE" --seconds 0.1
+step 60 "$PYTHON" benchmarks/naive_vs_fast.py --device "$DEVICE" --max-depth 12 --seconds 0.1
+step 180 "$PYTHON" benchmarks/streaming.py --device "$DEVICE" --dtype float16
 cp benchmarks/RESULTS.md "$LOGS/"
 cp benchmarks/out/*-"$DEVICE".csv benchmarks/out/*-"$DEVICE".png "$LOGS/" 2>/dev/null
 tail -n 40 "$LOG"

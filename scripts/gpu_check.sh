@@ -16,6 +16,8 @@ LOGS="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$LOGS"
 export NVWAVENET_BUILD_JOBS="${NVWAVENET_BUILD_JOBS:-$(nproc)}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import the in-place build
+# The interpreter that holds PyTorch: `python`, or `python3` where only that is on the PATH.
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
 BUDGET="${GPU_CHECK_BUDGET:-540}"
 ROWS=()
@@ -48,7 +50,7 @@ run_step() {
 summary() {
   echo
   echo "== nvwavenet gpu_check: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)," \
-    "torch $(python -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>/dev/null), $(date -u +%F)"
+    "torch $("$PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>/dev/null), $(date -u +%F)"
   printf '%-22s %-16s %6s  %s\n' step status time "last line of the log ($LOGS)"
   printf '%s\n' "${ROWS[@]}"
   if [ -f "$LOGS/timing.log" ]; then
@@ -58,12 +60,12 @@ summary() {
 }
 
 nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1
-if ! run_step build 180 python setup.py build_ext --inplace; then
+if ! run_step build 180 "$PYTHON" setup.py build_ext --inplace; then
   summary
   exit 1
 fi
-python -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
-run_step tests 200 python -m pytest -q -rs tests/test_cuda.py
+"$PYTHON" -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
+run_step tests 200 "$PYTHON" -m pytest -q -rs tests/test_cuda.py
 for tool in memcheck racecheck; do
   if [ -z "$SANITIZER" ]; then
     ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$tool" "MISSING" 0 "compute-sanitizer not found")")
@@ -71,11 +73,11 @@ for tool in memcheck racecheck; do
     continue
   fi
   run_step "$tool" 90 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
-    "$SANITIZER" --tool "$tool" --error-exitcode 99 python scripts/cuda_sanitize_case.py
+    "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py
 done
-run_step timing 90 python scripts/cuda_timing.py
+run_step timing 90 "$PYTHON" scripts/cuda_timing.py
 if [ -f benchmarks/throughput.py ]; then
-  run_step benchmark 150 python benchmarks/throughput.py --quick
+  run_step benchmark 150 "$PYTHON" benchmarks/throughput.py --quick
 fi
 summary
 exit $FAILED
