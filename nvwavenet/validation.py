@@ -40,7 +40,25 @@ def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES)
         raise ValueError(f"cond_input: expected {weights.n_layers} layers in dimension 2, got {layers}")
     if batch < 1:
         raise ValueError(f"cond_input: expected a batch of at least 1 stream in dimension 1, got {batch}")
+    _check_no_nan(cond_input)
     return batch, samples
+
+
+def _check_no_nan(cond_input: torch.Tensor) -> None:
+    """A ValueError naming the earliest NaN of ``cond_input``, if it holds one.
+
+    From a NaN on, every logit of that stream is NaN and every sample garbage, which no engine
+    can tell from data. ``amax`` propagates NaN (and only NaN), so one pass over the tensor, a few
+    percent of a call's time on the CPU, decides; the search for where runs only on failure.
+    Infinite values are accepted: tanh and sigmoid take them to their limits, as the reference does.
+    """
+    if cond_input.numel() == 0 or not bool(torch.isnan(cond_input.amax())):
+        return
+    nan_at = torch.isnan(cond_input).any(dim=2).any(dim=0)  # (batch, samples)
+    sample = int(nan_at.any(dim=0).nonzero()[0])
+    stream = int(nan_at[:, sample].nonzero()[0])
+    raise ValueError(f"cond_input: expected no NaN values, got NaN at {int(nan_at.sum())} (stream, sample) "
+                     f"positions, the earliest at stream {stream}, sample {sample}")
 
 
 def check_selectors(selectors, batch: int, samples: int, device: torch.device) -> torch.Tensor:

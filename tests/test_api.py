@@ -81,6 +81,26 @@ def test_misuse_is_named(net, description, kwargs, error, pattern):
         net.infer(**call)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_nan_conditioning_is_refused_before_anything_runs(net, dtype):
+    cond = random_cond_input(8, 3, 5, 20, seed=5, dtype=dtype)
+    cond[3, 2, 1, 9] = cond[9, 1, 4, 12] = cond[0, 0, 0, 9] = float("nan")
+    state = net.init_state(3)
+    before = {key: value.clone() for key, value in state.items()}
+    with pytest.raises(ValueError, match=r"cond_input: .*NaN at 3 .*earliest at stream 0, sample 9"):
+        net.infer(cond, state=state)
+    assert all(torch.equal(state[key], before[key]) for key in state)
+    assert net.infer(cond[..., :9]).shape == (3, 9)  # the steps before the first NaN are fine
+
+
+def test_infinite_conditioning_follows_the_reference(net):
+    # tanh and sigmoid take +-inf to their limits: the logits stay finite and match the reference.
+    cond = random_cond_input(8, 2, 5, 16, seed=6)
+    cond[0, 0, 1, 3] = cond[9, 1, 2, 5] = float("inf")
+    cond[2, 1, 0, 7] = cond[12, 0, 4, 9] = float("-inf")
+    assert compare_with_reference(net, cond)["logits_rel_l2"] < 1e-5
+
+
 def test_state_for_another_batch_is_refused(net):
     with pytest.raises(ValueError, match=r"state\['queues'\]"):
         net.infer(torch.zeros(16, 2, 5, 4), state=net.init_state(3))
