@@ -98,6 +98,10 @@ def load_state(path, device="cpu") -> dict:
     loaded = load_file(str(path))
     if set(loaded) != set(_KEYS):
         raise ValueError(f"path: {path} does not hold a generation state (keys {sorted(loaded)})")
+    # Generation keeps every queue entry finite (tanh and sigmoid bound each update), so a
+    # non-finite one is a damaged file, and it would turn that stream's output into garbage.
+    if loaded["queues"].is_floating_point() and not bool(torch.isfinite(loaded["queues"]).all()):
+        raise ValueError(f"path: {path} holds NaN or infinite values in its queues: not a state that generation made")
     return {"queues": loaded["queues"].to(device), "history": loaded["history"].to(device),
             "position": loaded["position"]}
 

@@ -72,6 +72,12 @@ def test_load_state_refuses_other_files(tmp_path):
     save_file({"weights": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(ValueError, match="path"):
         load_state(tmp_path / "x.safetensors")
+    damaged = {"queues": torch.zeros(1, 4, 2), "history": torch.zeros(1, 2, dtype=torch.int32),
+               "position": torch.tensor(3)}
+    damaged["queues"][0, 2, 1] = float("nan")
+    save_file(damaged, str(tmp_path / "damaged.safetensors"))
+    with pytest.raises(ValueError, match="path: .*NaN or infinite"):
+        load_state(tmp_path / "damaged.safetensors")
 
 
 def test_a_stream_restarted_mid_run_equals_a_fresh_stream_and_disturbs_no_other(net, data):
