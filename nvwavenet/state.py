@@ -17,6 +17,8 @@ made at different positions (their queues are rotated to a common position first
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .network import WaveNetWeights
@@ -47,17 +49,24 @@ def new_state(weights: WaveNetWeights, batch: int, *, dtype=torch.float32, devic
     }
 
 
+def _check_keys(state, name: str = "state") -> dict:
+    """``state`` if it is a dict of tensors under the keys that :func:`new_state` makes."""
+    if not isinstance(state, dict) or set(state) != set(_KEYS):
+        raise TypeError(f"{name}: expected the dict made by init_state() with keys "
+                        "'queues', 'history', 'position'")
+    for key in _KEYS:
+        if not isinstance(state[key], torch.Tensor):
+            raise TypeError(f"{name}['{key}']: expected a tensor, got {type(state[key]).__name__}")
+    return state
+
+
 def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device) -> None:
     """Raise unless ``state`` is a state of this network for ``batch`` streams on ``device``."""
-    if not isinstance(state, dict) or set(state) != set(_KEYS):
-        raise TypeError("state: expected the dict made by init_state() with keys "
-                        "'queues', 'history', 'position'")
+    _check_keys(state)
     rows = layer_offsets(weights.dilations)[-1]
     expected = {"queues": (batch, rows, weights.n_residual), "history": (batch, 2), "position": ()}
     for key, shape in expected.items():
         value = state[key]
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"state['{key}']: expected a tensor, got {type(value).__name__}")
         if tuple(value.shape) != shape:
             raise ValueError(f"state['{key}']: expected shape {shape} for this network and a batch of "
                              f"{batch}, got {tuple(value.shape)}")
@@ -81,14 +90,14 @@ def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device
 
 def copy_state(state: dict) -> dict:
     """An independent copy (generation from it does not touch the original)."""
-    return {key: state[key].clone() for key in _KEYS}
+    return {key: _check_keys(state)[key].clone() for key in _KEYS}
 
 
 def save_state(state: dict, path) -> None:
     """Write ``state`` to ``path`` as safetensors."""
     from safetensors.torch import save_file
 
-    save_file({key: state[key].contiguous().cpu() for key in _KEYS}, str(path))
+    save_file({key: _check_keys(state)[key].contiguous().cpu() for key in _KEYS}, str(path))
 
 
 def load_state(path, device="cpu") -> dict:
@@ -107,7 +116,16 @@ def load_state(path, device="cpu") -> dict:
 
 
 def _stream_index(streams, batch: int, device) -> torch.Tensor:
-    index = torch.as_tensor(streams, dtype=torch.long).reshape(-1)
+    """``streams`` (an int, a sequence of ints or an integer tensor) as a flat long index."""
+    try:
+        index = torch.as_tensor(streams).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        index = None
+    # as_tensor(..., dtype=long) would truncate 1.5 to stream 1 and take True for stream 1.
+    if index is None or (index.numel() and (index.is_floating_point() or index.is_complex()
+                                            or index.dtype == torch.bool)):
+        raise TypeError(f"streams: expected stream indices (an int, ints or an integer tensor), got {streams!r}")
+    index = index.long()
     if index.numel() and (index.min() < 0 or index.max() >= batch):
         raise ValueError(f"streams: expected stream indices in [0, {batch}), got {index.tolist()}")
     return index.to(device)
@@ -118,14 +136,14 @@ def reset_streams(state: dict, streams, n_classes: int) -> None:
 
     Their slot positions need no change: an empty queue reads as zeros from any slot.
     """
-    index = _stream_index(streams, state["queues"].shape[0], state["queues"].device)
+    index = _stream_index(streams, _check_keys(state)["queues"].shape[0], state["queues"].device)
     state["queues"].index_fill_(0, index, 0.0)
     state["history"].index_fill_(0, index, n_classes // 2)
 
 
 def select_streams(state: dict, streams) -> dict:
     """A new state holding only ``streams`` (in that order), e.g. when others have finished."""
-    index = _stream_index(streams, state["queues"].shape[0], state["queues"].device)
+    index = _stream_index(streams, _check_keys(state)["queues"].shape[0], state["queues"].device)
     return {"queues": state["queues"].index_select(0, index), "history": state["history"].index_select(0, index),
             "position": state["position"].clone()}
 
@@ -136,7 +154,7 @@ def move_to_position(state: dict, position: int, dilations: list[int]) -> dict:
     Layer ``l``'s slot ``p mod d_l`` holds what the next step reads; rolling each queue by the
     change of position keeps every entry where the new position will look for it.
     """
-    shift = int(position) - int(state["position"])
+    shift = check_int("position", position, 0, types=(numbers.Integral,)) - int(_check_keys(state)["position"])
     queues = state["queues"].clone()
     offsets = layer_offsets(dilations)
     for start, dilation in zip(offsets[:-1], dilations):
@@ -147,8 +165,14 @@ def move_to_position(state: dict, position: int, dilations: list[int]) -> dict:
 
 def concat_states(states: list[dict], dilations: list[int]) -> dict:
     """One state holding every stream of ``states``, at the first state's position."""
+    if not isinstance(states, (list, tuple)):
+        raise TypeError(f"states: expected a list of states, got {type(states).__name__}")
     if not states:
         raise ValueError("states: expected at least one state")
+    for i, state in enumerate(states):
+        if _check_keys(state, f"states[{i}]")["queues"].shape[1:] != states[0]["queues"].shape[1:]:
+            raise ValueError(f"states[{i}]: expected queues of shape (batch, {', '.join(map(str, states[0]['queues'].shape[1:]))}) "
+                             f"like states[0] (one network), got {tuple(state['queues'].shape)}")
     position = int(states[0]["position"])
     aligned = [move_to_position(state, position, dilations) for state in states]
     return {"queues": torch.cat([s["queues"] for s in aligned]), "history": torch.cat([s["history"] for s in aligned]),

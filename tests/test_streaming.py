@@ -150,6 +150,30 @@ def test_history_outside_the_classes_is_refused(net, data):
 def test_stream_indices_are_checked(net):
     with pytest.raises(ValueError, match="streams"):
         net.reset_streams(net.init_state(2), [2])
+    # Not indices at all: a float or a bool would otherwise be truncated to a stream silently.
+    for not_indices in ([1.5], torch.tensor([0.7]), [True], None, "0"):
+        with pytest.raises(TypeError, match="streams"):
+            net.reset_streams(net.init_state(2), not_indices)
+    state = net.init_state(3)
+    net.reset_streams(state, torch.tensor(1))
+    assert select_streams(state, (0, 2))["queues"].shape[0] == 2
+
+
+def test_state_helpers_name_what_is_not_a_state(net, tmp_path):
+    state, dilations = net.init_state(2), net.weights.dilations
+    with pytest.raises(TypeError, match=r"^state:"):
+        copy_state({"queues": state["queues"]})
+    with pytest.raises(TypeError, match=r"state\['history'\]"):
+        save_state({**state, "history": [[0, 0]]}, tmp_path / "state.safetensors")
+    with pytest.raises(TypeError, match=r"^states: expected a list"):
+        concat_states(state, dilations)
+    with pytest.raises(TypeError, match=r"^states\[1\]"):
+        concat_states([state, 5], dilations)
+    other = NVWaveNet(**random_nv_wavenet_args(R, 16, 32, L + 1, 4, seed=1)).init_state(1)
+    with pytest.raises(ValueError, match=r"^states\[1\]: expected queues"):
+        concat_states([state, other], dilations)
+    with pytest.raises(ValueError, match="position"):
+        move_to_position(state, -1, dilations)
 
 
 def test_chunks_drawing_from_one_cpu_generator_equal_one_call(net, data):
