@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import struct
 from fractions import Fraction
 
 import numpy as np
@@ -24,6 +25,18 @@ __all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_w
 
 def _check_channels(quantization_channels) -> int:
     return check_int("quantization_channels", quantization_channels, 2)
+
+
+def check_finite(name: str, values) -> None:
+    """Raise a ValueError naming ``name`` unless every value of ``values`` (array or tensor) is finite.
+
+    NaN and infinities pass clipping, resampling, the STFT and the WAV writer without an error and
+    come out as garbage: classes out of range, NaN mels, samples written as 0.
+    """
+    finite = torch.isfinite(values) if isinstance(values, torch.Tensor) else np.isfinite(values)
+    if not bool(finite.all()):
+        raise ValueError(f"{name}: expected finite values, got {int((~finite).sum())} NaN or infinite "
+                         f"of {math.prod(finite.shape)}")
 
 
 def mu_law_encode(x, quantization_channels: int = 256):
@@ -106,13 +119,30 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
     - With ``sample_rate`` given, audio at another rate is resampled to it when
       ``resample_to_rate``, else a ``ValueError`` names both rates.
     """
+    if sample_rate is not None:
+        check_int("sample_rate", sample_rate, types=(int, np.integer))
+    # os.path.isfile() would take an int as a file descriptor; None fails deep inside os.stat.
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path: expected a WAV file path (str or os.PathLike), got {type(path).__name__}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: a directory, expected a WAV file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such WAV file")
     try:
         rate, data = scipy.io.wavfile.read(path)
     except ValueError as error:
         raise ValueError(f"{path}: not a readable WAV file ({error})") from error
+    # scipy's own errors for headers it cannot make sense of: struct.error for one cut short,
+    # ZeroDivisionError for one declaring 0 channels or 0-bit samples.
+    except struct.error as error:
+        raise ValueError(f"{path}: not a readable WAV file (its header is cut short)") from error
+    except ZeroDivisionError as error:
+        raise ValueError(f"{path}: not a readable WAV file (its header gives 0 channels or 0-bit samples)") from error
+    if rate < 1:
+        raise ValueError(f"{path}: sample rate {rate} Hz in its header, expected a positive rate")
     audio = _to_float(data, path)
+    # Float WAVs can hold NaN and infinities (float64 ones also values beyond float32's range).
+    check_finite(str(path), audio)
     if audio.ndim == 2:
         if audio.shape[1] > 1 and not mix_to_mono:
             raise ValueError(f"{path}: expected a mono WAV, got {audio.shape[1]} channels")

@@ -1,5 +1,6 @@
 """Mu-law, WAV files, resampling and the mel front end."""
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -113,6 +114,39 @@ def test_wav_errors(tmp_path):
     with pytest.raises(ValueError, match="audio: expected shape"):
         write_wav(tmp_path / "b.wav", np.zeros((1, 2, 3)), 8000)
 
+
+
+def _wav_header(channels=1, rate=8000, bits=16, samples=10) -> bytes:
+    """A PCM WAV whose header fields are taken as given, however wrong."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * block, block, bits)
+    data = bytes(samples * 2)
+    return (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt "
+            + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def test_damaged_wavs_are_named(tmp_path):
+    """Headers scipy cannot make sense of, and float samples that are not numbers, are ValueErrors
+    naming the file (scipy's own are a struct.error or a ZeroDivisionError, or no error at all)."""
+    cases = {"no_channels.wav": (_wav_header(channels=0), "0 channels"),
+             "no_bits.wav": (_wav_header(bits=0), "0-bit"),
+             "cut.wav": (_wav_header()[:40], "cut short"),
+             "rate0.wav": (_wav_header(rate=0), "sample rate 0 Hz")}
+    for name, (content, reason) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: .*{reason}"):
+            read_wav(tmp_path / name)
+    scipy.io.wavfile.write(tmp_path / "nan.wav", 8000, np.array([0.1, np.nan, np.inf, 0.2], dtype=np.float32))
+    with pytest.raises(ValueError, match="nan.wav: expected finite values, got 2 NaN or infinite of 4"):
+        read_wav(tmp_path / "nan.wav")
+    (tmp_path / "folder.wav").mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.wav: a directory"):
+        read_wav(tmp_path / "folder.wav")
+    with pytest.raises(TypeError, match="path: expected a WAV file path"):
+        read_wav(None)
+    write_wav(tmp_path / "ok.wav", np.zeros(10), 8000)
+    with pytest.raises(ValueError, match="sample_rate: expected an integer >= 1, got 8000.5"):
+        read_wav(tmp_path / "ok.wav", 8000.5)
 
 def test_resampling_keeps_a_tone(tmp_path):
     t16 = np.arange(16000) / 16000
