@@ -40,7 +40,7 @@ def check_finite(name: str, values) -> None:
 
 
 def mu_law_encode(x, quantization_channels: int = 256):
-    """Mu-law classes of audio ``x`` (float, nominally in [-1, 1]; values outside are clipped).
+    """Mu-law classes of audio ``x`` (finite floats, nominally in [-1, 1]; values outside are clipped).
 
     ``mu = Q - 1``, ``f = sign(x) log1p(mu |x|) / log1p(mu)``, class ``floor((f + 1) / 2 * mu + 0.5)``.
     A tensor gives an int64 tensor, an array an int64 array, of ``x``'s shape.
@@ -49,6 +49,7 @@ def mu_law_encode(x, quantization_channels: int = 256):
     if isinstance(x, torch.Tensor):
         if not x.is_floating_point():
             raise TypeError(f"x: expected floating-point audio, got dtype {x.dtype}")
+        check_finite("x", x)  # NaN would become class -2^63
         # float64 so that the class boundaries do not move with the input precision.
         x = x.to(torch.float64).clamp(-1.0, 1.0)
         f = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
@@ -56,6 +57,7 @@ def mu_law_encode(x, quantization_channels: int = 256):
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"x: expected floating-point audio, got dtype {x.dtype}")
+    check_finite("x", x)
     x = np.clip(x.astype(np.float64), -1.0, 1.0)
     f = np.sign(x) * np.log1p(mu * np.abs(x)) / math.log1p(mu)
     return np.floor((f + 1) / 2 * mu + 0.5).astype(np.int64)
@@ -73,6 +75,11 @@ def mu_law_decode(q, quantization_channels: int = 256):
     q64 = q.detach().cpu().numpy() if is_tensor else np.asarray(q)
     if not (np.issubdtype(q64.dtype, np.integer) or np.issubdtype(q64.dtype, np.floating)):
         raise TypeError(f"q: expected integer mu-law classes, got dtype {q64.dtype}")
+    # Float classes are taken when they are whole numbers; 1.5 (or NaN) is no class.
+    fractional = q64[q64 != np.round(q64)] if np.issubdtype(q64.dtype, np.floating) else q64[:0]
+    if fractional.size:
+        raise ValueError(f"q: expected whole-number classes, got {fractional.size} values that are not, "
+                         f"such as {fractional.flat[0]}")
     if q64.size and (q64.min() < 0 or q64.max() > mu):
         raise ValueError(f"q: expected classes in [0, {mu}], got values in [{q64.min()}, {q64.max()}]")
     f = 2 * q64.astype(np.float64) / mu - 1

@@ -66,6 +66,19 @@ def test_mu_law_bad_input():
         mu_law_decode(np.array([0, 256]))
 
 
+
+def test_mu_law_refuses_values_that_are_no_audio_or_no_class():
+    # NaN became class -2^63 (and infinities were clipped as if they were audio).
+    for x in (np.array([0.1, np.nan]), torch.tensor([0.1, float("inf")])):
+        with pytest.raises(ValueError, match="x: expected finite values, got 1 NaN or infinite of 2"):
+            mu_law_encode(x)
+    # Float classes that are not whole numbers decoded to values between the classes.
+    for q in (np.array([3.0, 1.5]), torch.tensor([float("nan"), 2.0])):
+        with pytest.raises(ValueError, match="q: expected whole-number classes, got 1 values that are not"):
+            mu_law_decode(q)
+    np.testing.assert_array_equal(mu_law_decode(np.array([0.0, 255.0])), [-1.0, 1.0])
+
+
 # ---------------------------------------------------------------- WAV files and resampling
 
 def test_wav_round_trip_int16_int32_float(tmp_path):
