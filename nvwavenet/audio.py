@@ -179,6 +179,17 @@ def write_wav(path, audio, sample_rate: int, *, sample_format: str = "int16") ->
         raise TypeError(f"audio: expected float samples in [-1, 1], got dtype {array.dtype}")
     if array.ndim not in (1, 2):
         raise ValueError(f"audio: expected shape (samples,) or (channels, samples), got {array.shape}")
+    channels = 1 if array.ndim == 1 else array.shape[0]
+    # A header holds 1 to 65535 channels. (samples, channels) audio, scipy's own layout, would
+    # otherwise be written as thousands of channels of a few samples each.
+    if not 1 <= channels <= 65535 or (array.ndim == 2 and 0 < array.shape[1] < channels):
+        raise ValueError(f"audio: expected (channels, samples) with 1 to 65535 channels and no more channels than "
+                         f"samples, got shape {array.shape}; for (samples, channels) audio pass audio.T")
+    bytes_per_second = int(sample_rate) * channels * np.dtype(_WAV_FORMATS[sample_format]).itemsize
+    if bytes_per_second >= 2**32:
+        raise ValueError(f"sample_rate: {sample_rate} Hz of {channels} {sample_format} channel(s) is more bytes per "
+                         "second than a WAV header holds (2^32 - 1)")
+    check_finite("audio", array)  # NaN would be written as 0 (int16, int32) or as NaN (float32)
     array = array.astype(np.float64).T  # scipy wants (samples, channels)
     if sample_format == "float32":
         pcm = array.astype(np.float32)

@@ -129,6 +129,20 @@ def test_wav_errors(tmp_path):
 
 
 
+def test_write_wav_refuses_what_it_would_write_as_garbage(tmp_path):
+    # NaN was written as 0 (int16) or NaN (float32), with no more than a RuntimeWarning.
+    for fmt in ("int16", "float32"):
+        with pytest.raises(ValueError, match="audio: expected finite values, got 1 NaN or infinite of 3"):
+            write_wav(tmp_path / "nan.wav", np.array([0.1, np.nan, 0.2]), 8000, sample_format=fmt)
+    # (samples, channels) audio was written as 16000 channels of 2 samples, or failed in struct.
+    for shape in ((16000, 2), (70000, 3), (0, 5)):
+        with pytest.raises(ValueError, match=r"audio: expected \(channels, samples\) with 1 to 65535 channels"):
+            write_wav(tmp_path / "t.wav", np.zeros(shape), 8000)
+    with pytest.raises(ValueError, match="sample_rate: .* more bytes per second than a WAV header holds"):
+        write_wav(tmp_path / "fast.wav", np.zeros(10), 2**31)
+    assert not any(tmp_path.iterdir())
+
+
 def _wav_header(channels=1, rate=8000, bits=16, samples=10) -> bytes:
     """A PCM WAV whose header fields are taken as given, however wrong."""
     block = channels * bits // 8
