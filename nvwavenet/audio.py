@@ -97,6 +97,13 @@ def resample(audio, orig_rate: int, target_rate: int):
             raise ValueError(f"{name}: expected a positive integer sample rate in Hz, got {rate!r}")
     is_tensor = isinstance(audio, torch.Tensor)
     array = audio.detach().cpu().numpy() if is_tensor else np.asarray(audio)
+    # Integer PCM would come back unscaled as if it were float audio, complex without its
+    # imaginary part, and NaN would spread over the filter's length.
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"audio: expected floating-point audio, got dtype {array.dtype}")
+    if array.ndim < 1:
+        raise ValueError(f"audio: expected samples along the last axis, got a scalar of shape {array.shape}")
+    check_finite("audio", array)
     if orig_rate != target_rate:
         ratio = Fraction(int(target_rate), int(orig_rate))
         array = scipy.signal.resample_poly(array, ratio.numerator, ratio.denominator, axis=-1)

@@ -189,6 +189,18 @@ def test_resampling_keeps_a_tone(tmp_path):
         resample(audio, 8000, 0)
 
 
+def test_resample_refuses_audio_it_would_turn_into_garbage():
+    # int16 PCM came back unscaled, complex without its imaginary part, NaN spread over the filter;
+    # a string or a scalar failed with "tuple index out of range".
+    with pytest.raises(TypeError, match="audio: expected floating-point audio, got dtype int16"):
+        resample(np.zeros(10, dtype=np.int16), 8000, 16000)
+    with pytest.raises(TypeError, match="audio: expected floating-point audio, got dtype complex128"):
+        resample(np.zeros(10, dtype=complex), 8000, 16000)
+    with pytest.raises(ValueError, match="audio: expected finite values, got 1 NaN or infinite of 10"):
+        resample(torch.tensor([0.1] * 9 + [float("nan")]), 8000, 16000)
+    with pytest.raises(ValueError, match="audio: expected samples along the last axis"):
+        resample(np.float32(0.5), 8000, 16000)
+
 def test_audio_config_round_trip_and_checks():
     config = AudioConfig(22050, 256, MelConfig())
     assert AudioConfig.from_dict(config.to_dict()) == config
