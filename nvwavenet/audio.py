@@ -17,7 +17,7 @@ import scipy.io.wavfile
 import scipy.signal
 import torch
 
-from .mel import MelConfig
+from .mel import MelConfig, check_fields
 from .validation import check_int
 
 __all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
@@ -234,6 +234,9 @@ class AudioConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> AudioConfig:
+        check_fields("audio config", values, cls)
+        if "sample_rate" not in values:
+            raise ValueError("audio config: expected a sample_rate field, got none")
         mel = values.get("mel")
         return cls(sample_rate=values["sample_rate"], quantization_channels=values.get("quantization_channels"),
                    mel=None if mel is None else MelConfig.from_dict(mel))

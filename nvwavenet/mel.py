@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -57,12 +58,34 @@ def mel_to_hz(mel):
     return np.where(mel >= _MIN_LOG_MEL, logarithmic, linear)
 
 
+def _check_band(fmin, fmax, sample_rate: int) -> None:
+    """Raise unless ``0 <= fmin < fmax <= sample_rate / 2`` (NaN fails too): an empty or inverted
+    band divides by zero widths and gives NaN filters."""
+    nyquist = sample_rate / 2
+    if not fmax <= nyquist:
+        raise ValueError(f"fmax: expected at most the Nyquist frequency ({nyquist} Hz), got {fmax}")
+    if not 0 <= fmin < fmax:
+        raise ValueError(f"fmin: expected 0 <= fmin < fmax ({fmax} Hz), got {fmin}")
+
+
+def check_fields(what: str, values, cls) -> None:
+    """Raise unless ``values`` (a config read back from JSON) is a dict of fields of dataclass ``cls``."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{what}: expected a dict of fields, got {type(values).__name__}")
+    unknown = sorted(map(str, set(values) - {field.name for field in dataclasses.fields(cls)}))
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {unknown}")
+
+
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     """Slaney-normalised triangular filters, float64 ``(n_mels, n_fft // 2 + 1)``.
 
     Band ``i`` rises from edge ``i`` to edge ``i + 1`` and falls to edge ``i + 2`` of
     ``n_mels + 2`` edges equally spaced in mel between ``fmin`` and ``fmax``.
     """
+    for name, value in (("sample_rate", sample_rate), ("n_fft", n_fft), ("n_mels", n_mels)):
+        check_int(name, value)
+    _check_band(fmin, fmax, sample_rate)
     bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
     widths = np.diff(edges)
@@ -94,14 +117,15 @@ class MelConfig:
             check_int(name, getattr(self, name))
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length: expected at most n_fft ({self.n_fft}), got {self.win_length}")
-        nyquist = self.sample_rate / 2
-        fmax = nyquist if self.fmax is None else self.fmax
-        if not 0 <= self.fmin < fmax:
-            raise ValueError(f"fmin: expected 0 <= fmin < fmax ({fmax} Hz), got {self.fmin}")
-        if fmax > nyquist:
-            raise ValueError(f"fmax: expected at most the Nyquist frequency ({nyquist} Hz), got {fmax}")
-        if not self.clamp_min > 0:
-            raise ValueError(f"clamp_min: expected a positive floor for the log, got {self.clamp_min}")
+        # Hand-edited JSON gives strings, which would fail below in a comparison naming nothing.
+        for name in ("fmin", "fmax", "clamp_min"):
+            value = getattr(self, name)
+            if not (name == "fmax" and value is None) and (isinstance(value, bool)
+                                                           or not isinstance(value, numbers.Real)):
+                raise TypeError(f"{name}: expected a number, got {value!r}")
+        _check_band(self.fmin, self.sample_rate / 2 if self.fmax is None else self.fmax, self.sample_rate)
+        if not 0 < self.clamp_min < math.inf:  # log(inf) would make every mel inf
+            raise ValueError(f"clamp_min: expected a positive finite floor for the log, got {self.clamp_min}")
 
     @classmethod
     def tacotron2(cls) -> MelConfig:
@@ -110,17 +134,14 @@ class MelConfig:
 
     def num_frames(self, num_samples: int) -> int:
         """Frames that ``num_samples`` samples give (``center=True``)."""
-        return 1 + num_samples // self.hop_length
+        return 1 + check_int("num_samples", num_samples, 0, types=(int, np.integer)) // self.hop_length
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> MelConfig:
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"mel config: unknown fields {unknown}")
+        check_fields("mel config", values, cls)
         return cls(**values)
 
 

@@ -285,3 +285,27 @@ def test_mel_bad_input():
     with pytest.raises(ValueError, match=r"unknown fields \['hop'\]"):
         MelConfig.from_dict({"hop": 256})
     assert MelConfig.from_dict(MelConfig().to_dict()) == MelConfig()
+
+
+def test_configs_read_back_from_json_are_checked_by_name():
+    # Strings failed in a comparison naming nothing, NaN fmax blamed fmin, an infinite log floor made
+    # every mel inf, a non-dict or a missing sample_rate was an AttributeError or KeyError.
+    with pytest.raises(TypeError, match="fmax: expected a number, got '8000'"):
+        MelConfig(fmax="8000")
+    with pytest.raises(ValueError, match="fmax: expected at most the Nyquist frequency .* got nan"):
+        MelConfig(fmax=float("nan"))
+    with pytest.raises(ValueError, match="clamp_min: expected a positive finite floor"):
+        MelConfig(clamp_min=float("inf"))
+    with pytest.raises(TypeError, match="mel config: expected a dict of fields, got list"):
+        MelConfig.from_dict([1])
+    with pytest.raises(TypeError, match="audio config: expected a dict of fields, got int"):
+        AudioConfig.from_dict(5)
+    with pytest.raises(ValueError, match="audio config: expected a sample_rate field"):
+        AudioConfig.from_dict({"quantization_channels": 256})
+    with pytest.raises(ValueError, match=r"audio config: unknown fields \['rate'\]"):
+        AudioConfig.from_dict({"sample_rate": 8000, "rate": 8000})
+    # fmin == fmax gave a filterbank of NaN; a negative count of samples gave 0 frames.
+    with pytest.raises(ValueError, match="fmin: expected 0 <= fmin < fmax"):
+        mel_filterbank(8000, 256, 10, 100.0, 100.0)
+    with pytest.raises(ValueError, match="num_samples: expected an integer >= 0, got -5"):
+        MelConfig().num_frames(-5)
