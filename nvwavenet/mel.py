@@ -165,8 +165,10 @@ class MelSpectrogram(nn.Module):
         if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
             raise TypeError(f"audio: expected a float tensor, got "
                             f"{audio.dtype if isinstance(audio, torch.Tensor) else type(audio).__name__}")
-        if audio.dim() not in (1, 2):
-            raise ValueError(f"audio: expected shape (samples,) or (batch, samples), got {tuple(audio.shape)}")
+        if audio.dim() not in (1, 2) or (audio.dim() == 2 and audio.shape[0] == 0):
+            raise ValueError(f"audio: expected shape (samples,) or (batch >= 1, samples), got {tuple(audio.shape)}")
+        from .audio import check_finite  # here: audio imports this module
+        check_finite("audio", audio)  # NaN or infinite samples would give NaN or infinite mels
         c = self.config
         # Reflect padding needs more samples than the padding itself.
         if audio.shape[-1] <= c.n_fft // 2:

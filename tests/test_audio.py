@@ -276,6 +276,11 @@ def test_mel_bad_input():
         mel(torch.zeros(1, 1, 3000))
     with pytest.raises(TypeError, match="audio: expected a float tensor"):
         mel(np.zeros(3000))
+    # NaN samples gave NaN mels; an empty batch failed inside torch.stft.
+    with pytest.raises(ValueError, match="audio: expected finite values, got 1 NaN or infinite of 3000"):
+        mel(torch.cat([torch.zeros(2999), torch.tensor([float("nan")])]))
+    with pytest.raises(ValueError, match=r"audio: expected shape .*\(batch >= 1, samples\), got \(0, 3000\)"):
+        mel(torch.zeros(0, 3000))
     with pytest.raises(ValueError, match="win_length"):
         MelConfig(win_length=2048)
     with pytest.raises(ValueError, match="fmax"):
