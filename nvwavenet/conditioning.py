@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .audio import check_finite
 from .model import WaveNet, check_frames
 
 __all__ = ["FrameConditioner"]
@@ -28,6 +29,8 @@ class FrameConditioner:
     """Conditioning ``(2R, batch, L, H)`` per mel frame, for a trained :class:`WaveNet`."""
 
     def __init__(self, model: WaveNet, *, device=None, dtype: torch.dtype = torch.float32):
+        if not isinstance(model, WaveNet):
+            raise TypeError(f"model: expected a nvwavenet.model.WaveNet, got {type(model).__name__}")
         if model.upsamp_window < model.upsamp_stride:
             raise ValueError(f"model: upsamp_window ({model.upsamp_window}) shorter than upsamp_stride "
                              f"({model.upsamp_stride}) leaves samples no frame reaches")
@@ -58,6 +61,8 @@ class FrameConditioner:
     def as_frames(self, frames, name: str = "mel") -> torch.Tensor:
         """``frames`` ``(batch, C, frames)`` on this conditioner's device and dtype, or an error naming ``name``."""
         check_frames(frames, self.n_channels, name)
+        # A NaN frame's hops of conditioning would be NaN, and the samples generated from them garbage.
+        check_finite(name, frames)
         return frames.to(device=self.device, dtype=self.dtype)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
@@ -66,6 +71,9 @@ class FrameConditioner:
         The first ``context`` frames are the ones before (from :meth:`start` or the previous call).
         """
         batch, n = frames.shape[0], frames.shape[2] - self.context
+        if n < 0:
+            raise ValueError(f"frames: expected at least the {self.context} frames of context before the new ones, "
+                             f"got {frames.shape[2]}")
         acts = torch.empty(batch, self.cond_weight.shape[0], n * self.hop, device=self.device, dtype=self.dtype)
         for q in range(n):
             newest_first = frames[:, :, q:q + self.context + 1].flip(2).reshape(batch, -1)  # [c, j]

@@ -47,3 +47,10 @@ def test_bad_frames_and_windows_are_named():
         conditioner.as_frames(torch.zeros(1, 6, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="upsamp_window"):
         FrameConditioner(_model(3, 4))
+    # NaN frames gave NaN conditioning, which the engines sampled from without an error.
+    with pytest.raises(ValueError, match="mel chunk 2: expected finite values, got 1 NaN or infinite"):
+        conditioner.as_frames(torch.tensor([float("nan")] + [0.0] * 17).view(1, 6, 3), "mel chunk 2")
+    with pytest.raises(ValueError, match="frames: expected at least the 3 frames of context"):
+        conditioner(torch.zeros(1, 6, 2))
+    with pytest.raises(TypeError, match="model: expected a nvwavenet.model.WaveNet, got NoneType"):
+        FrameConditioner(None)

@@ -111,6 +111,11 @@ def test_user_errors_are_named(model, vocoder):
         vocoder(torch.randn(12, 5))
     with pytest.raises(ValueError, match="mel chunk 1.*batch"):
         list(vocoder.stream([torch.randn(2, 10, 3), torch.randn(3, 10, 3)]))
+    # NaN or infinite mels were vocoded into garbage audio without an error.
+    mel = torch.randn(10, 3)
+    mel[4, 2] = float("inf")
+    with pytest.raises(ValueError, match="mel: expected finite values, got 1 NaN or infinite of 30"):
+        vocoder(mel)
     with pytest.raises(ValueError, match="audio_config.*mel bands"):
         Vocoder(model, AudioConfig(8000, 64, MelConfig(sample_rate=8000, n_fft=256, hop_length=32, win_length=256,
                                                        n_mels=11, fmax=4000.0)))
