@@ -13,11 +13,14 @@ the default one made from ``seed`` is).
 """
 from __future__ import annotations
 
+import json
+import numbers
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from .audio import AudioConfig, mu_law_decode
@@ -50,7 +53,28 @@ def _parse_impl(implementation) -> Impl:
         except KeyError:
             raise ValueError(f"implementation: expected one of {', '.join(i.name.lower() for i in Impl)}, "
                              f"got {implementation!r}") from None
+    if not isinstance(implementation, Impl):  # else refused only at the first call, by the engine
+        raise TypeError(f"implementation: expected an nvwavenet.Impl or its name, got {implementation!r}")
     return implementation
+
+
+def _as_tensor(value, name: str) -> torch.Tensor:
+    """``value`` (a tensor, array or nested lists) as a tensor; anything else is a TypeError naming
+    ``name`` instead of torch's "new(): invalid data type 'str'" or "Could not infer dtype"."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name}: expected a float tensor or array, got {type(value).__name__}") from error
+
+
+def _seed_generator(seed) -> torch.Generator:
+    # manual_seed's own errors ("expected a long, but got float", "Overflow when unpacking long long")
+    # do not say which argument.
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed: expected an integer in [-2^63, 2^64), got {seed!r}")
+    return torch.Generator().manual_seed(int(seed))
 
 
 class Vocoder:
@@ -70,7 +94,10 @@ class Vocoder:
         if audio_config.quantization_channels != model.n_out_channels:
             raise ValueError(f"audio_config: {audio_config.quantization_channels} mu-law classes, but the model "
                              f"has n_out_channels={model.n_out_channels}")
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from error
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device: CUDA was asked for, but no CUDA GPU is visible to PyTorch")
         self.audio_config = audio_config
@@ -99,13 +126,21 @@ class Vocoder:
         ``res_layers.N.conv``, ``skip_layers.N.conv``, ``embed``, ``conv_out.conv``, ``conv_end.conv``)
         are nvwavenet's own, so the weights load unchanged; any mismatch is a ValueError listing it.
         """
-        import json
-
         if isinstance(config, (str, os.PathLike)):
-            config = json.loads(Path(config).read_text())
-        if not isinstance(config, dict) or "wavenet_config" not in config or "data_config" not in config:
+            path = Path(config)
+            if not path.is_file():
+                raise FileNotFoundError(f"config: no file at {path}")
+            try:
+                config = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise ValueError(f"config: {path} is not valid JSON ({error})") from None
+        if not (isinstance(config, dict) and isinstance(config.get("wavenet_config"), dict)
+                and isinstance(config.get("data_config"), dict)):
             raise ValueError("config: expected NV-WaveNet's config.json with 'wavenet_config' and 'data_config'")
-        model = WaveNet(**config["wavenet_config"])
+        try:
+            model = WaveNet(**config["wavenet_config"])
+        except TypeError as error:  # a missing or unknown argument
+            raise ValueError(f"config: wavenet_config does not fit WaveNet's arguments ({error})") from None
         data = config["data_config"]
         try:
             mel = MelConfig(sample_rate=data["sampling_rate"], n_fft=data["filter_length"],
@@ -114,6 +149,8 @@ class Vocoder:
             audio_config = AudioConfig(data["sampling_rate"], data["mu_quantization"], mel)
         except KeyError as missing:
             raise ValueError(f"config: data_config lacks {missing}") from None
+        except (TypeError, ValueError) as error:  # float(None), float("abc"), or MelConfig's own checks
+            raise ValueError(f"config: data_config: {error}") from None
         _load_nv_wavenet_state(model, state_dict)
         return cls(model, audio_config, device=device, dtype=dtype, implementation=implementation)
 
@@ -128,10 +165,11 @@ class Vocoder:
     def mel_spectrogram(self, audio: torch.Tensor) -> torch.Tensor:
         """The model's own front end: float audio ``(samples,)`` or ``(batch, samples)`` to mels."""
         with torch.no_grad():
-            return self.front_end(torch.as_tensor(audio, dtype=torch.float32).to(self.device))
+            # The dtype as given: the front end refuses integer PCM, which a cast would pass unscaled.
+            return self.front_end(_as_tensor(audio, "audio").to(self.device))
 
     def _frames(self, mel, name: str) -> torch.Tensor:
-        frames = torch.as_tensor(mel) if not isinstance(mel, torch.Tensor) else mel
+        frames = _as_tensor(mel, name)
         if frames.dim() == 2:
             frames = frames.unsqueeze(0)
         return self.conditioner.as_frames(frames, name)
@@ -143,7 +181,7 @@ class Vocoder:
 
         Memory holds one chunk, the network's state and a few frames of context, whatever the length.
         """
-        generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        generator = generator if generator is not None else _seed_generator(seed)
         state = history = None
         for index, chunk in enumerate(mel_chunks):
             frames = self._frames(chunk, f"mel chunk {index}")
@@ -166,7 +204,7 @@ class Vocoder:
                  progress: bool = False) -> torch.Tensor:
         """The waveform of ``mel`` ``(n_mels, frames)`` -> ``(frames * hop,)``, or batched
         ``(batch, n_mels, frames)`` -> ``(batch, frames * hop)``; float in [-1, 1]."""
-        mel = torch.as_tensor(mel)  # once: its dimensions also say whether one stream was given
+        mel = _as_tensor(mel, "mel")  # once: its dimensions also say whether one stream was given
         frames = self._frames(mel, "mel")
         chunks = list(torch.split(frames, FRAMES_PER_CALL, dim=2))
         pieces = list(tqdm(self.stream(chunks, generator=generator, seed=seed), total=len(chunks),
@@ -182,7 +220,10 @@ def _load_nv_wavenet_state(model: WaveNet, state_dict) -> None:
             raise FileNotFoundError(f"state_dict: no file at {path}")
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
-            state_dict = load_file(str(path))
+            try:
+                state_dict = load_file(str(path))
+            except SafetensorError as error:  # not a ValueError: a traceback in the CLI
+                raise ValueError(f"state_dict: {path} is not a readable safetensors file ({error})") from None
         else:
             try:
                 state_dict = torch.load(path, map_location="cpu", weights_only=True)

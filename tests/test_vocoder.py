@@ -106,6 +106,26 @@ def test_nv_wavenet_mismatches_are_listed(model, tmp_path):
         Vocoder.from_nv_wavenet(model.state_dict(), {"wavenet_config": WAVENET_CONFIG})
 
 
+
+def test_nv_wavenet_files_that_are_not_what_they_should_be(model, tmp_path):
+    # These were a JSONDecodeError naming no file, a TypeError from WaveNet.__init__ or float(), and a
+    # SafetensorError (no ValueError: a traceback in the CLI).
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config: .*config.json is not valid JSON"):
+        Vocoder.from_nv_wavenet(model.state_dict(), tmp_path / "config.json")
+    with pytest.raises(FileNotFoundError, match="config: no file at"):
+        Vocoder.from_nv_wavenet(model.state_dict(), tmp_path / "missing.json")
+    config = _nv_wavenet_config()
+    with pytest.raises(ValueError, match="config: wavenet_config does not fit WaveNet's arguments.*'n_channels'"):
+        Vocoder.from_nv_wavenet(model.state_dict(), {**config, "wavenet_config": {**WAVENET_CONFIG, "n_channels": 3}})
+    no_fmax = {**config, "data_config": {**config["data_config"], "mel_fmax": None}}
+    with pytest.raises(ValueError, match="config: data_config: float"):
+        Vocoder.from_nv_wavenet(model.state_dict(), no_fmax)
+    (tmp_path / "wavenet.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="state_dict: .*wavenet.safetensors is not a readable safetensors file"):
+        Vocoder.from_nv_wavenet(tmp_path / "wavenet.safetensors", config)
+
+
 def test_user_errors_are_named(model, vocoder):
     with pytest.raises(ValueError, match="mel.*10 mel bands"):
         vocoder(torch.randn(12, 5))
@@ -125,6 +145,20 @@ def test_user_errors_are_named(model, vocoder):
         Vocoder(model, AudioConfig(8000, 64, MEL), dtype="float8")
     with pytest.raises(ValueError, match="implementation"):
         Vocoder(model, AudioConfig(8000, 64, MEL), implementation="fastest")
+    # Refused only at the first call by the engine; torch's own messages name nothing.
+    with pytest.raises(TypeError, match="implementation: expected an nvwavenet.Impl or its name, got 3"):
+        Vocoder(model, AudioConfig(8000, 64, MEL), implementation=3)
+    with pytest.raises(ValueError, match="device: expected a torch device.*'gpu'"):
+        Vocoder(model, AudioConfig(8000, 64, MEL), device="gpu")
+    with pytest.raises(ValueError, match="seed: expected an integer"):
+        vocoder(torch.randn(10, 2), seed=1.5)
+    with pytest.raises(ValueError, match="seed: expected an integer"):
+        vocoder(torch.randn(10, 2), seed=2**70)
+    with pytest.raises(TypeError, match="mel: expected a float tensor or array, got str"):
+        vocoder("mel.npy")
+    # Integer PCM was cast to float unscaled (values up to 32767) and went through the front end.
+    with pytest.raises(TypeError, match="audio: expected a float tensor, got torch.int16"):
+        vocoder.mel_spectrogram(torch.zeros(400, dtype=torch.int16))
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device.*CUDA"):
             Vocoder(model, AudioConfig(8000, 64, MEL), device="cuda")
