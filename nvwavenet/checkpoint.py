@@ -25,6 +25,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from .audio import AudioConfig
@@ -56,6 +57,13 @@ def _replace_tensors(path: Path, tensors: dict, step: int) -> None:
     os.replace(temporary, path)
 
 
+def _make_directory(path: Path) -> None:
+    # mkdir(exist_ok=True) raises FileExistsError, which says nothing of what was expected, for a file.
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"path: {path} is a file, expected a checkpoint directory")
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def _model_type(model: nn.Module) -> str:
     for name, cls in _MODEL_TYPES.items():
         if type(model) is cls:
@@ -69,7 +77,7 @@ def save_model(path, model: nn.Module, audio_config: AudioConfig, *, step: int =
         raise TypeError(f"audio_config: expected a nvwavenet.audio.AudioConfig, got {type(audio_config).__name__}")
     path = Path(path)
     model_type = _model_type(model)
-    path.mkdir(parents=True, exist_ok=True)
+    _make_directory(path)
     _replace_tensors(path / MODEL_FILE, model.state_dict(), step)
     _replace_json(path / CONFIG_FILE, {"format": FORMAT, "version": VERSION, "model_type": model_type,
                                        "model": model.config(), "audio": audio_config.to_dict(), "step": step})
@@ -85,7 +93,7 @@ def read_config(path) -> dict:
                                 f"{MODEL_FILE} in that directory)")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{config_path}: not valid JSON ({error})") from error
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{config_path}: not an nvwavenet checkpoint config (format {FORMAT!r} expected)")
@@ -94,6 +102,10 @@ def read_config(path) -> dict:
     if config.get("model_type") not in _MODEL_TYPES:
         raise ValueError(f"{config_path}: unknown model_type {config.get('model_type')!r}, "
                          f"expected one of {sorted(_MODEL_TYPES)}")
+    for key in ("model", "audio"):  # else a KeyError or AttributeError when loading
+        if not isinstance(config.get(key), dict):
+            raise ValueError(f"{config_path}: expected {key!r} settings (a JSON object), "
+                             f"got {type(config.get(key)).__name__ if key in config else 'none'}")
     return config
 
 
@@ -105,22 +117,35 @@ def load_weights(path, model: nn.Module) -> AudioConfig:
 
 def _load_weights(path, model: nn.Module, config: dict) -> AudioConfig:
     """:func:`load_weights` with ``path``'s config already read (by :func:`read_config`)."""
-    if type(model).__name__ != config["model_type"] or model.config() != config["model"]:
+    if _model_type(model) != config["model_type"] or model.config() != config["model"]:
         raise ValueError(f"model: the checkpoint at {path} holds a {config['model_type']} {config['model']}, "
                          f"not this {type(model).__name__} {model.config()}")
-    state = safetensors.torch.load_file(os.fspath(Path(path) / MODEL_FILE))
+    try:
+        audio_config = AudioConfig.from_dict(config["audio"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{Path(path) / CONFIG_FILE}: audio: {error}") from error
+    weights_path = Path(path) / MODEL_FILE
+    try:
+        state = safetensors.torch.load_file(os.fspath(weights_path))
+    except SafetensorError as error:  # no ValueError: a traceback in the CLI
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({error}); "
+                         "was a save interrupted?") from error
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise ValueError(f"{path}: the weights do not match the configuration in {CONFIG_FILE}: {error}") from error
-    return AudioConfig.from_dict(config["audio"])
+    return audio_config
 
 
 def load_model(path, device="cpu") -> tuple[nn.Module, AudioConfig]:
     """The model saved in checkpoint directory ``path`` (in eval mode on ``device``) and its
     :class:`~nvwavenet.audio.AudioConfig` (sample rate, mu-law classes, mel front end)."""
     config = read_config(path)
-    model = _MODEL_TYPES[config["model_type"]](**config["model"])
+    try:
+        model = _MODEL_TYPES[config["model_type"]](**config["model"])
+    except (TypeError, ValueError) as error:  # settings missing, unknown or out of range
+        raise ValueError(f"{Path(path) / CONFIG_FILE}: model: not a valid {config['model_type']} "
+                         f"configuration ({error})") from error
     audio_config = _load_weights(path, model, config)
     return model.to(device).eval(), audio_config
 
@@ -128,7 +153,7 @@ def load_model(path, device="cpu") -> tuple[nn.Module, AudioConfig]:
 def save_training_state(path, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:
     """Write the optimizer and the JSON-serialisable ``extra`` (losses, settings) for ``step``."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    _make_directory(path)
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for param_id, values in state["state"].items():
@@ -148,13 +173,27 @@ def load_training_state(path, optimizer: torch.optim.Optimizer) -> dict:
     training_path, optimizer_path = path / TRAINING_FILE, path / OPTIMIZER_FILE
     if not training_path.is_file() or not optimizer_path.is_file():
         raise FileNotFoundError(f"path: {path} holds no training state ({TRAINING_FILE}, {OPTIMIZER_FILE})")
-    training = json.loads(training_path.read_text())
+    try:
+        training = json.loads(training_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{training_path}: not valid JSON ({error})") from error
+    if not (isinstance(training, dict) and "step" in training and isinstance(training.get("optimizer"), dict)
+            and {"param_groups", "scalars"} <= training["optimizer"].keys()):
+        raise ValueError(f"{training_path}: expected nvwavenet's training state (the step, the optimizer's "
+                         "param_groups and scalars)")
     step = training["step"]
-    with safetensors.safe_open(os.fspath(optimizer_path), framework="pt") as f:
-        optimizer_step = int(f.metadata()["step"])
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-    with safetensors.safe_open(os.fspath(path / MODEL_FILE), framework="pt") as f:
-        model_step = int(f.metadata()["step"])
+    # Files cut short by an interrupted save, or without the step nvwavenet writes in their metadata.
+    try:
+        with safetensors.safe_open(os.fspath(optimizer_path), framework="pt") as f:
+            optimizer_step = int(f.metadata()["step"])
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{optimizer_path}: not a readable nvwavenet safetensors file ({error!r})") from error
+    try:
+        with safetensors.safe_open(os.fspath(path / MODEL_FILE), framework="pt") as f:
+            model_step = int(f.metadata()["step"])
+    except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path / MODEL_FILE}: not a readable nvwavenet safetensors file ({error!r})") from error
     if not step == optimizer_step == model_step:
         raise RuntimeError(f"{path}: inconsistent checkpoint (model step {model_step}, optimizer step "
                            f"{optimizer_step}, training step {step}); was a save interrupted?")

@@ -68,6 +68,28 @@ def test_checkpoint_round_trip(model, vocoder, tmp_path):
     assert torch.equal(loaded(mel), vocoder(mel))
 
 
+def test_damaged_checkpoints_are_errors_naming_the_file(model, tmp_path):
+    """Each was a KeyError, TypeError, SafetensorError or FileExistsError: tracebacks in the CLI."""
+    audio_config = AudioConfig(8000, 64, MEL)
+    cases = {"no_audio": (lambda c: c.pop("audio"), "config.json: expected 'audio' settings"),
+             "extra_setting": (lambda c: c["model"].update(n_channels=3), "config.json: model: not a valid WaveNet"),
+             "rate_as_text": (lambda c: c["audio"].update(sample_rate="8000"), "config.json: audio: sample_rate")}
+    for name, (change, message) in cases.items():
+        path = save_model(tmp_path / name, model, audio_config)
+        config = json.loads((path / "config.json").read_text())
+        change(config)
+        (path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=f"{name}/{message}"):
+            Vocoder.from_checkpoint(path)
+    path = save_model(tmp_path / "cut", model, audio_config)
+    (path / "model.safetensors").write_bytes(bytes(7))
+    with pytest.raises(ValueError, match="cut/model.safetensors: not a readable safetensors file"):
+        Vocoder.from_checkpoint(path)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(NotADirectoryError, match="path: .*a_file is a file, expected a checkpoint directory"):
+        save_model(tmp_path / "a_file", model, audio_config)
+
+
 def _nv_wavenet_config():
     return {"wavenet_config": WAVENET_CONFIG,
             "data_config": {"sampling_rate": 8000, "filter_length": 256, "hop_length": 32, "win_length": 256,
