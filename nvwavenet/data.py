@@ -40,8 +40,8 @@ import numpy as np
 import scipy.signal
 import torch
 
-from .audio import AudioConfig, mu_law_encode, read_wav
-from .mel import MelConfig, MelSpectrogram
+from .audio import AudioConfig, check_finite, mu_law_encode, read_wav
+from .mel import MelConfig, MelSpectrogram, mel_filterbank
 from .model import CausalConvRegressor, WaveNet
 from .validation import check_int
 
@@ -56,6 +56,9 @@ class Clip:
     audio: np.ndarray
     sample_rate: int
     name: str = ""
+
+    def __post_init__(self):
+        _check_count("sample_rate", self.sample_rate)  # else duration divides by 0, resampling names orig_rate
 
     @property
     def duration(self) -> float:
@@ -72,6 +75,8 @@ class WavFolder(Sequence):
 
     def __init__(self, root, sample_rate: int | None = None, *, resample_to_rate: bool = True,
                  mix_to_mono: bool = True):
+        if sample_rate is not None:  # else refused only when a file is read, as resample's target_rate
+            _check_count("sample_rate", sample_rate)
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"root: {root} is not a directory")
@@ -134,6 +139,8 @@ def ar2_process(a: float, b: float, num_samples: int, *, c: float = 0.0, noise_s
     It is stationary when ``|b| < 1`` and ``b +- a < 1``; otherwise it grows without bound.
     """
     num_samples = _check_count("num_samples", num_samples, 2)
+    if not noise_std >= 0:  # numpy's own message is "scale < 0"
+        raise ValueError(f"noise_std: expected a standard deviation >= 0, got {noise_std}")
     noise = np.random.default_rng(seed).normal(0.0, noise_std, num_samples)
     x = np.empty(num_samples)
     x[0], x[1] = x0, x1
@@ -168,7 +175,7 @@ def chunk_windows(num_samples: int, targets_per_window: int, receptive_field: in
 def loss_mask(window: Window, window_length: int) -> torch.Tensor:
     """Bool ``(window_length,)``: True at the window's loss targets, False at masked positions and
     at the padding after ``stop``."""
-    mask = torch.zeros(window_length, dtype=torch.bool)
+    mask = torch.zeros(_check_count("window_length", window_length, 0), dtype=torch.bool)
     mask[window.first_target:window.stop - window.start] = True
     return mask
 
@@ -181,6 +188,9 @@ def conditioning_frames(num_samples: int, hop: int, upsamp_window: int) -> tuple
     takes ``num_frames`` frames from the first of those, and its first sample is upsampled position
     ``cond_offset``.
     """
+    num_samples = _check_count("num_samples", num_samples)
+    hop = _check_count("hop", hop)
+    upsamp_window = _check_count("upsamp_window", upsamp_window)
     frames_before = math.ceil(upsamp_window / hop) - 1
     cond_offset = frames_before * hop
     # Every frame that starts inside the window conditions it; and the frames must upsample to at
@@ -188,6 +198,18 @@ def conditioning_frames(num_samples: int, hop: int, upsamp_window: int) -> tuple
     num_frames = max(frames_before + (num_samples - 1) // hop + 1,
                      1 + math.ceil((cond_offset + num_samples - upsamp_window) / hop))
     return frames_before, num_frames, cond_offset
+
+
+def check_clip_audio(audio, name: str) -> np.ndarray:
+    """``audio`` (array or tensor) as float32 samples, or a ValueError naming ``name`` unless it is
+    1-D, float, not empty and finite (NaN would reach the loss, or the analysis, as garbage)."""
+    audio = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"{name}: expected 1-D float audio, got shape {audio.shape} dtype {audio.dtype}")
+    if not audio.size:
+        raise ValueError(f"{name}: empty audio")
+    check_finite(name, audio)
+    return audio.astype(np.float32)
 
 
 def _clip_audio(clip, index: int, sample_rate: int) -> tuple[np.ndarray, str]:
@@ -198,12 +220,7 @@ def _clip_audio(clip, index: int, sample_rate: int) -> tuple[np.ndarray, str]:
         audio, name = clip.audio, clip.name or f"clips[{index}]"
     else:
         audio, name = clip, f"clips[{index}]"
-    audio = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
-        raise ValueError(f"{name}: expected 1-D float audio, got shape {audio.shape} dtype {audio.dtype}")
-    if not audio.size:
-        raise ValueError(f"{name}: empty audio")
-    return audio.astype(np.float32), name
+    return check_clip_audio(audio, name), name
 
 
 class TrainingWindows(torch.utils.data.Dataset):
@@ -266,6 +283,15 @@ class TrainingWindows(torch.utils.data.Dataset):
         if not isinstance(model, WaveNet):
             raise ValueError("mel: only a WaveNet takes conditioning; pass mel=None for a regression model")
         model.check_front_end(mel)
+        # A band narrower than the spacing of the FFT's bins catches none of them: its channel stays at
+        # log(clamp_min) whatever the audio, and the model trains on conditioning that carries nothing.
+        fmax = mel.sample_rate / 2 if mel.fmax is None else mel.fmax
+        empty = int(np.count_nonzero(mel_filterbank(mel.sample_rate, mel.n_fft, mel.n_mels, mel.fmin, fmax)
+                                     .max(axis=1) == 0))
+        if empty:
+            raise ValueError(f"mel: {empty} of its {mel.n_mels} bands fall between the FFT's bins (n_fft {mel.n_fft}: "
+                             f"{mel.sample_rate / mel.n_fft:g} Hz apart) and would stay silent; expected a larger "
+                             "n_fft or fewer n_mels")
         if self.targets_per_window % mel.hop_length:
             raise ValueError(f"targets_per_window: expected a multiple of the hop length {mel.hop_length} "
                              f"(windows start on frame boundaries), got {self.targets_per_window}")

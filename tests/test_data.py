@@ -182,3 +182,35 @@ def test_training_windows_reject_mismatches():
         TrainingWindows([audio], 8000, CausalConvRegressor(), targets_per_window=256, mel=MEL)
     with pytest.raises(ValueError, match="clips: expected at least one clip"):
         TrainingWindows([], 8000, model, targets_per_window=256)
+
+
+def test_training_windows_refuse_data_they_would_train_garbage_on():
+    model = small_wavenet(n_cond_channels=8)
+    audio = sine(300, 8000, 2000)
+    # NaN samples became class -2^63 (an IndexError in the embedding), or NaN losses for a regression.
+    broken = audio.copy()
+    broken[7] = np.nan
+    with pytest.raises(ValueError, match=r"take.wav: expected finite values, got 1 NaN or infinite of 2000"):
+        TrainingWindows([Clip(broken, 8000, "take.wav")], 8000, model, targets_per_window=256, mel=MEL)
+    with pytest.raises(ValueError, match=r"clips\[0\]: expected finite values"):
+        TrainingWindows([broken], 8000, CausalConvRegressor(), targets_per_window=256)
+    # 80 bands up to 8 kHz from a 256-point FFT at 22050 Hz: 4 low bands caught no bin and stayed silent.
+    with pytest.raises(ValueError, match="mel: 4 of its 80 bands fall between the FFT's bins .*n_fft 256"):
+        TrainingWindows([audio], 22050, small_wavenet(n_cond_channels=80), targets_per_window=256,
+                        mel=MelConfig(22050, 256, 64, 256, 80))
+
+
+def test_sizes_and_rates_are_checked_where_they_are_given(tmp_path):
+    # Each failed later or elsewhere: ZeroDivisionError, a RuntimeError from torch.zeros, numpy's
+    # "scale < 0", or an error naming resample's target_rate when the first file was read.
+    with pytest.raises(ValueError, match="hop: expected an integer >= 1, got 0"):
+        conditioning_frames(100, 0, 200)
+    with pytest.raises(ValueError, match="window_length: expected an integer >= 0, got -1"):
+        loss_mask(Window(0, 10, 0), -1)
+    with pytest.raises(ValueError, match="noise_std: expected a standard deviation >= 0"):
+        ar2_process(0.5, 0.1, 10, noise_std=-1.0)
+    with pytest.raises(ValueError, match="sample_rate: expected an integer >= 1, got 0"):
+        Clip(np.zeros(10, dtype=np.float32), 0)
+    write_wav(tmp_path / "a.wav", np.zeros(10), 8000)
+    with pytest.raises(ValueError, match="sample_rate: expected an integer >= 1, got '8000'"):
+        WavFolder(tmp_path, "8000")
