@@ -34,8 +34,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .audio import mu_law_encode, resample
-from .data import Clip
+from .audio import check_finite, mu_law_encode, resample
+from .data import Clip, check_clip_audio
 from .model import WaveNet
 from .network import receptive_field
 from .validation import check_int
@@ -164,6 +164,11 @@ def suggest_model(correlation_length: float | None, sample_rate: int, max_lag: i
     at the same receptive field.
     """
     check_int("cycles", cycles)
+    check_int("sample_rate", sample_rate)
+    check_int("max_lag", max_lag)
+    if correlation_length is not None and not 0 <= correlation_length < math.inf:
+        raise ValueError(f"correlation_length: expected a finite number of samples >= 0 or None, "
+                         f"got {correlation_length}")
     if correlation_length is None:
         target = max_lag
         why = (f"The autocorrelation stays above 1/e up to the longest lag analysed, {max_lag} samples"
@@ -192,9 +197,12 @@ def autocorrelation(signals: Sequence[np.ndarray], max_lag: int) -> np.ndarray:
     The biased estimator (sums of lagged products over all signals, divided by the summed energy),
     so that ``|r| <= 1``. Zero for a signal with no variance at all.
     """
-    products = np.zeros(max_lag + 1)
-    for x in signals:
+    products = np.zeros(check_int("max_lag", max_lag) + 1)
+    for index, x in enumerate(signals):
         x = np.asarray(x, dtype=np.float64)
+        check_finite(f"signals[{index}]", x)
+        if not x.size:  # no lagged products to add (and no FFT size for it)
+            continue
         x = x - x.mean()
         # Zero-padded FFT: the circular correlation equals the linear one at lags < len(x).
         size = 1 << int(np.ceil(np.log2(2 * len(x))))
@@ -287,12 +295,20 @@ def analyze_dataset(clips: Sequence[Clip], *, sample_rate: int | None = None, ma
     clips = list(clips)
     if not clips:
         raise ValueError("clips: expected at least one clip, got none")
+    # Empty, NaN or 2-D clips failed deep inside numpy (or gave NaN figures), naming no clip.
+    audio = []
     for index, clip in enumerate(clips):
         if not isinstance(clip, Clip):
             raise TypeError(f"clips[{index}]: expected a nvwavenet.data.Clip, got {type(clip).__name__}")
+        audio.append(check_clip_audio(clip.audio, clip.name or f"clips[{index}]"))
+    for name, value in (("clip_level", clip_level), ("example_seconds", example_seconds)):
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if not -math.inf < silence_db < math.inf:
+        raise ValueError(f"silence_db: expected a finite level in dBFS, got {silence_db!r}")
     rates = Counter(clip.sample_rate for clip in clips)
-    rate = rates.most_common(1)[0][0] if sample_rate is None else sample_rate
-    signals = [np.asarray(resample(clip.audio, clip.sample_rate, rate), dtype=np.float64) for clip in clips]
+    rate = rates.most_common(1)[0][0] if sample_rate is None else check_int("sample_rate", sample_rate)
+    signals = [np.asarray(resample(x, clip.sample_rate, rate), dtype=np.float64) for x, clip in zip(audio, clips)]
     max_lag = max(1, rate // 20) if max_lag is None else max_lag
     check_int("max_lag", max_lag)
     everything = np.concatenate(signals)
@@ -313,7 +329,7 @@ def analyze_dataset(clips: Sequence[Clip], *, sample_rate: int | None = None, ma
 
     acf = autocorrelation(signals, max_lag)
     length = correlation_length(acf)
-    example = signals[0][:int(example_seconds * rate)]
+    example = signals[0][:max(1, int(example_seconds * rate))]  # the plots need at least one sample
     return DatasetAnalysis(
         count=len(clips), lengths=[len(x) for x in signals], sample_rates=dict(rates), analysis_rate=rate,
         peak=float(np.abs(everything).max()), rms=float(np.sqrt(np.mean(everything ** 2))),
@@ -341,6 +357,8 @@ def plot_dataset(analysis: DatasetAnalysis, out_dir) -> dict[str, Path]:
     """Write ``class_histogram.png``, ``autocorrelation.png`` and ``waveform.png`` (waveform and
     spectrogram of the first clip's start) into ``out_dir``; returns their paths by name."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # mkdir's FileExistsError says nothing of what was expected
+        raise NotADirectoryError(f"out_dir: {out_dir} is a file, expected a folder for the plots")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     rate = analysis.analysis_rate

@@ -151,3 +151,35 @@ def test_plots_are_written(tmp_path):
     assert sorted(paths) == ["autocorrelation", "class_histogram", "waveform"]
     for path in paths.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_dataset_analysis_refuses_clips_and_settings_it_would_fail_on_or_misreport():
+    tone = sine(440, 8000, 800)
+    # An empty clip was a ZeroDivisionError in numpy's rfftfreq ('nvwavenet analyze' traceback), NaN
+    # a "'list' argument must have no negative elements", infinities a report of inf peak and RMS.
+    with pytest.raises(ValueError, match="silent.wav: empty audio"):
+        analyze_dataset([Clip(tone, 8000, "a.wav"), Clip(np.zeros(0, np.float32), 8000, "silent.wav")])
+    with pytest.raises(ValueError, match="loud.wav: expected finite values, got 800 NaN or infinite of 800"):
+        analyze_dataset([Clip(np.full(800, np.inf, np.float32), 8000, "loud.wav")])
+    with pytest.raises(ValueError, match=r"clips\[0\]: expected 1-D float audio, got shape \(2, 400\)"):
+        analyze_dataset([Clip(tone.reshape(2, 400), 8000)])
+    # sample_rate was reported as resample's target_rate; a negative example length made the plots fail.
+    with pytest.raises(ValueError, match="sample_rate: expected an integer >= 1, got 0"):
+        analyze_dataset([Clip(tone, 8000)], sample_rate=0)
+    with pytest.raises(ValueError, match="example_seconds: expected a positive number"):
+        analyze_dataset([Clip(tone, 8000)], example_seconds=-1.0)
+    # ZeroDivisionError, OverflowError and IndexError before.
+    with pytest.raises(ValueError, match="sample_rate: expected an integer >= 1, got 0"):
+        suggest_model(10.0, 0, 100)
+    with pytest.raises(ValueError, match="correlation_length: expected a finite number"):
+        suggest_model(math.inf, 8000, 100)
+    with pytest.raises(ValueError, match="max_lag: expected an integer >= 1, got -1"):
+        autocorrelation([tone], -1)
+    np.testing.assert_array_equal(autocorrelation([tone, np.zeros(0)], 5), autocorrelation([tone], 5))
+
+
+def test_plots_into_a_file_name_the_folder(tmp_path):
+    (tmp_path / "plots").write_text("")
+    analysis = analyze_dataset([Clip(sine(440, 8000, 800), 8000)])
+    with pytest.raises(NotADirectoryError, match="out_dir: .*plots is a file, expected a folder"):
+        plot_dataset(analysis, tmp_path / "plots")
