@@ -13,8 +13,11 @@ import numpy as np
 import torch
 
 from .engines import build_info
+from .validation import check_int
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError, RuntimeError)
+# OSError: a missing file or folder, a file where a folder is wanted, no permission, a full disk;
+# each names its path.
+USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
 EXIT_USER_ERROR = 2
 
 
@@ -79,31 +82,57 @@ def _load_vocoder(args):
 
 def _input_mel(vocoder, path: Path, args) -> torch.Tensor:
     """A mel ``(n_mels, frames)`` from a ``.npy`` of mel frames or a ``.wav`` through the front end."""
-    from .audio import read_wav
+    from .audio import check_finite, read_wav
 
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: a directory, expected a .npy mel spectrogram or a .wav file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
-        mel = torch.from_numpy(np.load(path, allow_pickle=False)).float()
-        if mel.dim() != 2 or mel.shape[0] != vocoder.audio_config.mel.n_mels:
-            raise ValueError(f"{path}: expected a mel of shape ({vocoder.audio_config.mel.n_mels} bands, frames), "
-                             f"got {tuple(mel.shape)}")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:  # numpy's own messages do not name the file
+            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+        # Integers, booleans and complex numbers would be cast to float frames without a word.
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"{path}: expected float mel frames, got dtype {array.dtype}")
+        mel = torch.from_numpy(array).float()
+        if mel.dim() != 2 or mel.shape[0] != vocoder.audio_config.mel.n_mels or mel.shape[1] == 0:
+            raise ValueError(f"{path}: expected a mel of shape ({vocoder.audio_config.mel.n_mels} bands, "
+                             f"frames >= 1), got {tuple(mel.shape)}")
+        check_finite(str(path), mel)
         return mel
     if path.suffix.lower() == ".wav":
         audio, _ = read_wav(path, vocoder.sample_rate, resample_to_rate=args.resample, mix_to_mono=args.mix_to_mono)
-        return vocoder.mel_spectrogram(torch.from_numpy(audio)).cpu()
+        try:
+            return vocoder.mel_spectrogram(torch.from_numpy(audio)).cpu()
+        except ValueError as error:  # too short for the front end: the message names its audio, not the file
+            raise ValueError(f"{path}: {error}") from error
     raise ValueError(f"{path}: expected a .npy mel spectrogram or a .wav file")
 
 
 def cmd_vocode(args) -> int:
     from .audio import write_wav
 
-    vocoder = _load_vocoder(args)
+    check_int("--batch-size", args.batch_size)  # else range() fails, or with a negative size writes nothing
     inputs = [Path(p) for p in args.inputs]
     single_file = len(inputs) == 1 and args.out.suffix.lower() == ".wav"
-    if not single_file:
-        args.out.mkdir(parents=True, exist_ok=True)
+    targets = [args.out] if single_file else [args.out / f"{path.stem}.wav" for path in inputs]
+    written_by = {}
+    for path, target in zip(inputs, targets):  # the second would overwrite the first
+        if target in written_by:
+            raise ValueError(f"{written_by[target]} and {path}: both would be written to {target}; "
+                             "vocode inputs with the same name into different --out folders")
+        written_by[target] = path
+    if not single_file and args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(f"--out: {args.out} is a file, expected a folder for the outputs "
+                                 "(or a .wav file for a single input)")
+    if single_file and args.out.is_dir():
+        raise IsADirectoryError(f"--out: {args.out} is a folder, expected a .wav file to write")
+    vocoder = _load_vocoder(args)
     mels = [_input_mel(vocoder, path, args) for path in inputs]
+    # Created once every input has been read: a mistake in one leaves no empty folder behind.
+    (args.out.parent if single_file else args.out).mkdir(parents=True, exist_ok=True)
     silence = float(np.log(vocoder.audio_config.mel.clamp_min))
     for first in range(0, len(mels), args.batch_size):
         group = mels[first:first + args.batch_size]
@@ -113,8 +142,7 @@ def cmd_vocode(args) -> int:
                              for mel in group])
         audio = vocoder(batch, seed=args.seed + first, progress=not args.quiet).cpu()
         for offset, mel in enumerate(group):
-            path = inputs[first + offset]
-            target = args.out if single_file else args.out / f"{path.stem}.wav"
+            path, target = inputs[first + offset], targets[first + offset]
             write_wav(target, audio[offset, :mel.shape[1] * vocoder.hop_length].numpy(), vocoder.sample_rate)
             if not args.quiet:
                 print(f"{path} -> {target} ({mel.shape[1] * vocoder.hop_length / vocoder.sample_rate:.2f} s)")
@@ -130,9 +158,17 @@ def cmd_train(args) -> int:
     root = Path(args.data)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder of WAV files")
+    # Refused here rather than at the first checkpoint, after training steps.
+    if args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(f"--out: {args.out} is a file, expected a checkpoint folder")
+    device = str(_device(args.device))
     rate = args.sample_rate
     mel = MelConfig(sample_rate=rate, n_fft=args.n_fft, hop_length=args.hop, win_length=args.n_fft,
                     n_mels=args.n_mels, fmin=0.0, fmax=min(8000.0, rate / 2))
+    # The vocoder cannot use a model whose upsampling window (n_fft) is shorter than its stride (the
+    # hop): samples between windows would get no conditioning. Refused before training one.
+    if args.hop > args.n_fft:
+        raise ValueError(f"--hop: expected at most --n-fft ({args.n_fft}), got {args.hop}")
     torch.manual_seed(args.seed)
     model = WaveNet(n_in_channels=args.classes, n_layers=args.layers, max_dilation=args.max_dilation,
                     n_residual_channels=args.residual, n_skip_channels=args.skip, n_out_channels=args.classes,
@@ -141,7 +177,7 @@ def cmd_train(args) -> int:
                               mel=mel)
     result = train(model, windows, TrainConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-        checkpoint_dir=str(args.out), checkpoint_every=args.checkpoint_every, device=args.device,
+        checkpoint_dir=str(args.out), checkpoint_every=args.checkpoint_every, device=device,
         progress=not args.quiet), resume=args.resume)
     print(result)
     print(f"checkpoint: {args.out}")
@@ -166,6 +202,8 @@ def cmd_analyze(args) -> int:
     from .analysis import analyze_dataset, plot_dataset
     from .data import WavFolder
 
+    if args.plots and args.plots.exists() and not args.plots.is_dir():  # found before the analysis, not after
+        raise NotADirectoryError(f"--plots: {args.plots} is a file, expected a folder for the plots")
     folder = WavFolder(path, args.sample_rate)  # refuses a folder without .wav files
     analysis = analyze_dataset(folder, sample_rate=args.sample_rate)
     print(analysis)

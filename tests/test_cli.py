@@ -10,6 +10,7 @@ import pytest
 import scipy.io.wavfile
 
 import nvwavenet
+from nvwavenet.cli import main
 
 PACKAGE_ROOT = str(Path(nvwavenet.__file__).resolve().parents[1])
 TINY_TRAIN = ["--sample-rate", "8000", "--steps", "3", "--batch-size", "2", "--layers", "3", "--max-dilation", "2",
@@ -114,3 +115,80 @@ def test_user_errors_are_one_line(checkpoint, tmp_path):
     assert_user_error(run("analyze", str(tmp_path / "nowhere")), "nowhere")
     (tmp_path / "no_audio").mkdir()
     assert_user_error(run("analyze", str(tmp_path / "no_audio")), "no_audio", "no .wav files")
+
+
+def one_line_error(capsys, *argv):
+    """``main`` in this process (a subprocess costs seconds): exit code 2 and one line on stderr. A
+    traceback would be an exception here, failing the test."""
+    code = main([str(a) for a in argv])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
+def test_vocode_inputs_that_were_tracebacks_or_garbage_wavs(checkpoint, tmp_path, capsys):
+    mel = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
+    np.save(tmp_path / "nan.npy", np.where(np.arange(4) == 2, np.nan, mel))
+    np.save(tmp_path / "no_frames.npy", mel[:, :0])
+    np.save(tmp_path / "integers.npy", mel.astype(np.int64))
+    (tmp_path / "empty.npy").write_bytes(b"")
+    write_tone(tmp_path / "cut.wav")
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "cut.wav").read_bytes()[:40])
+    scipy.io.wavfile.write(tmp_path / "nan.wav", 8000, np.full(800, np.nan, dtype=np.float32))
+    write_tone(tmp_path / "short.wav", seconds=0.005)
+    out = tmp_path / "out"
+    vocode = ["vocode", "--checkpoint", checkpoint, "--out", out, "--quiet"]
+    cases = {"nan.npy": "expected finite values",  # vocoded into a garbage WAV, exit 0
+             "no_frames.npy": "frames >= 1), got (10, 0)",  # an empty WAV, exit 0
+             "integers.npy": "expected float mel frames, got dtype int64",
+             "empty.npy": "not a readable .npy array",  # EOFError traceback
+             "cut.wav": "its header is cut short",  # struct.error traceback
+             "nan.wav": "expected finite values",  # a garbage WAV, exit 0
+             "short.wav": "expected more than n_fft // 2 = 64 samples, got 40"}  # named no file
+    for name, message in cases.items():
+        line = one_line_error(capsys, *vocode, tmp_path / name)
+        assert f"{name}: " in line and message in line, line
+    np.save(tmp_path / "utterance.npy", mel)
+    (tmp_path / "other").mkdir()
+    np.save(tmp_path / "other" / "utterance.npy", mel)
+    # Both went to out/utterance.wav, the second overwriting the first.
+    line = one_line_error(capsys, *vocode, tmp_path / "utterance.npy", tmp_path / "other" / "utterance.npy")
+    assert "both would be written to" in line and "utterance.wav" in line
+    # A negative batch size wrote nothing and exited 0; 0 failed in range().
+    assert "--batch-size: expected an integer >= 1, got -1" in one_line_error(
+        capsys, *vocode, "--batch-size", "-1", tmp_path / "utterance.npy")
+    assert not out.exists()
+    # A file as the output folder was a FileExistsError traceback.
+    assert "--out: " in one_line_error(capsys, *vocode[:-3], "--out", tmp_path / "nan.npy", tmp_path / "utterance.npy")
+    # A .wav in a folder not yet there failed after vocoding; now the folder is made, like an --out folder.
+    assert main(["vocode", str(tmp_path / "utterance.npy"), "--checkpoint", str(checkpoint), "--quiet",
+                 "--out", str(tmp_path / "new" / "one.wav")]) == 0
+    assert scipy.io.wavfile.read(tmp_path / "new" / "one.wav")[1].shape == (4 * 32,)
+
+
+def test_train_and_analyze_mistakes_are_found_before_the_work(checkpoint, tmp_path, capsys):
+    data = checkpoint.parent / "data"
+    (tmp_path / "a_file").write_text("")
+    # A FileExistsError traceback at the first checkpoint, after the training steps.
+    assert "--out: " in one_line_error(capsys, "train", data, "--out", tmp_path / "a_file", *TINY_TRAIN)
+    # A model whose upsampling window is shorter than its hop trained fine; the vocoder refused it.
+    wide_hop = [a if a != "32" else "256" for a in TINY_TRAIN]  # --hop 32 -> 256 > --n-fft 128
+    assert "--hop: expected at most --n-fft (128), got 256" in one_line_error(
+        capsys, "train", data, "--out", tmp_path / "wide", *wide_hop)
+    assert "--device: expected cpu or cuda, got 'gpu'" in one_line_error(
+        capsys, "train", data, "--out", tmp_path / "ckpt", "--device", "gpu", *TINY_TRAIN)
+    # A training state without its step: a KeyError traceback on --resume.
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("config.json", "model.safetensors", "training.safetensors"):
+        (damaged / name).write_bytes((checkpoint / name).read_bytes())
+    (damaged / "training.json").write_text("{}")
+    assert "training.json: expected nvwavenet's training state" in one_line_error(
+        capsys, "train", data, "--out", damaged, "--resume", *TINY_TRAIN)
+    # An empty WAV in a dataset was a ZeroDivisionError traceback from the spectrum.
+    (tmp_path / "dataset").mkdir()
+    write_tone(tmp_path / "dataset" / "a.wav")
+    write_tone(tmp_path / "dataset" / "empty.wav", seconds=0)
+    assert "empty.wav: empty audio" in one_line_error(capsys, "analyze", tmp_path / "dataset")
+    (tmp_path / "dataset" / "empty.wav").unlink()
+    assert "--plots: " in one_line_error(capsys, "analyze", tmp_path / "dataset", "--plots", tmp_path / "a_file")
