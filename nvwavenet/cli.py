@@ -6,6 +6,7 @@ CUDA asked for without a GPU) ends with one line on stderr and exit code 2, neve
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _folder(option: str, path: Path, purpose: str) -> None:
+    """Refuse ``path`` when it is a file, before the work: mkdir's FileExistsError would come after
+    it, and says nothing of what was expected."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option}: {path} is a file, expected a folder {purpose}")
+
+
 def cmd_info(args) -> int:
     info = build_info()
     print(f"nvwavenet {info['version']}")
@@ -58,6 +66,10 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from . import demo
 
+    # A length of 0, a negative one or NaN failed inside numpy ("zero-size array to reduction operation").
+    if not 0 < args.seconds < math.inf:
+        raise ValueError(f"--seconds: expected a positive number of seconds, got {args.seconds}")
+    _folder("--out", args.out, "for the demo's files")
     settings = demo.DemoSettings(steps=args.steps, seconds=args.seconds)
     report = demo.run(args.out, settings, log=print)
     print()
@@ -124,11 +136,10 @@ def cmd_vocode(args) -> int:
             raise ValueError(f"{written_by[target]} and {path}: both would be written to {target}; "
                              "vocode inputs with the same name into different --out folders")
         written_by[target] = path
-    if not single_file and args.out.exists() and not args.out.is_dir():
-        raise NotADirectoryError(f"--out: {args.out} is a file, expected a folder for the outputs "
-                                 "(or a .wav file for a single input)")
     if single_file and args.out.is_dir():
         raise IsADirectoryError(f"--out: {args.out} is a folder, expected a .wav file to write")
+    elif not single_file:
+        _folder("--out", args.out, "for the outputs (or a .wav file for a single input)")
     vocoder = _load_vocoder(args)
     mels = [_input_mel(vocoder, path, args) for path in inputs]
     # Created once every input has been read: a mistake in one leaves no empty folder behind.
@@ -158,9 +169,7 @@ def cmd_train(args) -> int:
     root = Path(args.data)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder of WAV files")
-    # Refused here rather than at the first checkpoint, after training steps.
-    if args.out.exists() and not args.out.is_dir():
-        raise NotADirectoryError(f"--out: {args.out} is a file, expected a checkpoint folder")
+    _folder("--out", args.out, "for the checkpoint")
     device = str(_device(args.device))
     rate = args.sample_rate
     mel = MelConfig(sample_rate=rate, n_fft=args.n_fft, hop_length=args.hop, win_length=args.n_fft,
@@ -202,8 +211,8 @@ def cmd_analyze(args) -> int:
     from .analysis import analyze_dataset, plot_dataset
     from .data import WavFolder
 
-    if args.plots and args.plots.exists() and not args.plots.is_dir():  # found before the analysis, not after
-        raise NotADirectoryError(f"--plots: {args.plots} is a file, expected a folder for the plots")
+    if args.plots:
+        _folder("--plots", args.plots, "for the plots")
     folder = WavFolder(path, args.sample_rate)  # refuses a folder without .wav files
     analysis = analyze_dataset(folder, sample_rate=args.sample_rate)
     print(analysis)

@@ -192,3 +192,7 @@ def test_train_and_analyze_mistakes_are_found_before_the_work(checkpoint, tmp_pa
     assert "empty.wav: empty audio" in one_line_error(capsys, "analyze", tmp_path / "dataset")
     (tmp_path / "dataset" / "empty.wav").unlink()
     assert "--plots: " in one_line_error(capsys, "analyze", tmp_path / "dataset", "--plots", tmp_path / "a_file")
+    # The demo failed inside numpy for a length that is no length, and with a FileExistsError for --out a file.
+    assert "--seconds: expected a positive number of seconds, got -1.0" in one_line_error(
+        capsys, "demo", "--seconds", "-1", "--out", tmp_path / "demo")
+    assert "--out: " in one_line_error(capsys, "demo", "--out", tmp_path / "a_file")
