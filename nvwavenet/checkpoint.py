@@ -31,7 +31,8 @@ from torch import nn
 from .audio import AudioConfig
 from .model import CausalConvRegressor, WaveNet
 
-__all__ = ["save_model", "load_model", "load_weights", "save_training_state", "load_training_state", "read_config"]
+__all__ = ["save_model", "load_model", "load_weights", "save_training_state", "load_training_state", "read_config",
+           "state_mismatch"]
 
 FORMAT = "nvwavenet-checkpoint"
 VERSION = 1
@@ -62,6 +63,18 @@ def _make_directory(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"path: {path} is a file, expected a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
+
+
+def state_mismatch(model: nn.Module, state: dict) -> str:
+    """What keeps ``state`` from loading into ``model``, on one line ("" when nothing does): names
+    missing and unexpected, and wrong shapes. (torch's own message takes a line per tensor.)"""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+             "wrong shapes " + ", ".join(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+                                         for k in wrong) if wrong else ""]
+    return "; ".join(p for p in parts if p)
 
 
 def _model_type(model: nn.Module) -> str:
@@ -130,10 +143,10 @@ def _load_weights(path, model: nn.Module, config: dict) -> AudioConfig:
     except SafetensorError as error:  # no ValueError: a traceback in the CLI
         raise ValueError(f"{weights_path}: not a readable safetensors file ({error}); "
                          "was a save interrupted?") from error
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: the weights do not match the configuration in {CONFIG_FILE}: {error}") from error
+    mismatch = state_mismatch(model, state)
+    if mismatch:
+        raise ValueError(f"{weights_path}: the weights do not match the configuration in {CONFIG_FILE}: {mismatch}")
+    model.load_state_dict(state, strict=True)
     return audio_config
 
 

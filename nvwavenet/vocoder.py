@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from tqdm import tqdm
 
 from .audio import AudioConfig, mu_law_decode
-from .checkpoint import load_model
+from .checkpoint import load_model, state_mismatch
 from .conditioning import FrameConditioner
 from .inference import Impl, NVWaveNet
 from .mel import MelConfig, MelSpectrogram
@@ -234,12 +234,7 @@ def _load_nv_wavenet_state(model: WaveNet, state_dict) -> None:
                     "torch.save(torch.load(path)['model'].state_dict(), 'wavenet_state.pt') and pass that file") from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError("state_dict: expected a mapping of parameter names to tensors")
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
-    if missing or unexpected or wrong:
-        parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
-                 "wrong shapes " + ", ".join(f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
-                                             for k in wrong) if wrong else ""]
-        raise ValueError("state_dict: does not match wavenet_config: " + "; ".join(p for p in parts if p))
+    mismatch = state_mismatch(model, state_dict)
+    if mismatch:
+        raise ValueError("state_dict: does not match wavenet_config: " + mismatch)
     model.load_state_dict(state_dict)
