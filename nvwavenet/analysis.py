@@ -34,11 +34,11 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .audio import check_finite, mu_law_encode, resample
+from .audio import mu_law_encode, resample
 from .data import Clip, check_clip_audio
 from .model import WaveNet
 from .network import receptive_field
-from .validation import check_int
+from .validation import check_finite, check_int
 
 __all__ = ["ModelAnalysis", "analyze_model", "DatasetAnalysis", "analyze_dataset", "ModelSuggestion",
            "suggest_model", "autocorrelation", "correlation_length", "plot_dataset"]

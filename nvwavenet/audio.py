@@ -18,25 +18,13 @@ import scipy.signal
 import torch
 
 from .mel import MelConfig, check_fields
-from .validation import check_int
+from .validation import check_finite, check_int
 
 __all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
 
 
 def _check_channels(quantization_channels) -> int:
     return check_int("quantization_channels", quantization_channels, 2)
-
-
-def check_finite(name: str, values) -> None:
-    """Raise a ValueError naming ``name`` unless every value of ``values`` (array or tensor) is finite.
-
-    NaN and infinities pass clipping, resampling, the STFT and the WAV writer without an error and
-    come out as garbage: classes out of range, NaN mels, samples written as 0.
-    """
-    finite = torch.isfinite(values) if isinstance(values, torch.Tensor) else np.isfinite(values)
-    if not bool(finite.all()):
-        raise ValueError(f"{name}: expected finite values, got {int((~finite).sum())} NaN or infinite "
-                         f"of {math.prod(finite.shape)}")
 
 
 def mu_law_encode(x, quantization_channels: int = 256):

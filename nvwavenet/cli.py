@@ -94,7 +94,8 @@ def _load_vocoder(args):
 
 def _input_mel(vocoder, path: Path, args) -> torch.Tensor:
     """A mel ``(n_mels, frames)`` from a ``.npy`` of mel frames or a ``.wav`` through the front end."""
-    from .audio import check_finite, read_wav
+    from .audio import read_wav
+    from .validation import check_finite
 
     if path.is_dir():
         raise IsADirectoryError(f"{path}: a directory, expected a .npy mel spectrogram or a .wav file")

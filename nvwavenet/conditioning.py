@@ -19,8 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .audio import check_finite
 from .model import WaveNet, check_frames
+from .validation import check_finite
 
 __all__ = ["FrameConditioner"]
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,10 +41,10 @@ import numpy as np
 import scipy.signal
 import torch
 
-from .audio import AudioConfig, check_finite, mu_law_encode, read_wav
+from .audio import AudioConfig, mu_law_encode, read_wav
 from .mel import MelConfig, MelSpectrogram, mel_filterbank
 from .model import CausalConvRegressor, WaveNet
-from .validation import check_int
+from .validation import check_finite, check_int
 
 __all__ = ["Clip", "WavFolder", "sine", "chirp", "ar2_process", "Window", "chunk_windows", "loss_mask",
            "conditioning_frames", "TrainingWindows"]
@@ -284,14 +285,15 @@ class TrainingWindows(torch.utils.data.Dataset):
             raise ValueError("mel: only a WaveNet takes conditioning; pass mel=None for a regression model")
         model.check_front_end(mel)
         # A band narrower than the spacing of the FFT's bins catches none of them: its channel stays at
-        # log(clamp_min) whatever the audio, and the model trains on conditioning that carries nothing.
+        # log(clamp_min) whatever the audio. Training still works (the model learns to ignore it), so
+        # this is a warning, as librosa and torchaudio give for such filterbanks.
         fmax = mel.sample_rate / 2 if mel.fmax is None else mel.fmax
         empty = int(np.count_nonzero(mel_filterbank(mel.sample_rate, mel.n_fft, mel.n_mels, mel.fmin, fmax)
                                      .max(axis=1) == 0))
         if empty:
-            raise ValueError(f"mel: {empty} of its {mel.n_mels} bands fall between the FFT's bins (n_fft {mel.n_fft}: "
-                             f"{mel.sample_rate / mel.n_fft:g} Hz apart) and would stay silent; expected a larger "
-                             "n_fft or fewer n_mels")
+            warnings.warn(f"mel: {empty} of its {mel.n_mels} bands fall between the FFT's bins (n_fft {mel.n_fft}: "
+                          f"{mel.sample_rate / mel.n_fft:g} Hz apart) and stay silent; a larger n_fft or fewer "
+                          "n_mels would use them", stacklevel=2)
         if self.targets_per_window % mel.hop_length:
             raise ValueError(f"targets_per_window: expected a multiple of the hop length {mel.hop_length} "
                              f"(windows start on frame boundaries), got {self.targets_per_window}")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .validation import check_int
+from .validation import check_finite, check_int
 
 __all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
 
@@ -167,7 +167,6 @@ class MelSpectrogram(nn.Module):
                             f"{audio.dtype if isinstance(audio, torch.Tensor) else type(audio).__name__}")
         if audio.dim() not in (1, 2) or (audio.dim() == 2 and audio.shape[0] == 0):
             raise ValueError(f"audio: expected shape (samples,) or (batch >= 1, samples), got {tuple(audio.shape)}")
-        from .audio import check_finite  # here: audio imports this module
         check_finite("audio", audio)  # NaN or infinite samples would give NaN or infinite mels
         c = self.config
         # Reflect padding needs more samples than the padding itself.

@@ -1,15 +1,18 @@
 """Checks of arguments: generation inputs against a network, shared by the reference and every
-engine, and the integer check that every module's sizes and settings use.
+engine, and the integer and finite-value checks that every module's sizes, settings and signals use.
 
 Each message names the argument, what was expected and what was given (SPEC section 2).
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from .network import WaveNetWeights
 
-__all__ = ["check_int", "check_cond_input", "check_selectors", "check_teacher_forcing"]
+__all__ = ["check_int", "check_finite", "check_cond_input", "check_selectors", "check_teacher_forcing"]
 
 COND_DTYPES = (torch.float32, torch.float16)
 
@@ -20,6 +23,18 @@ def check_int(name: str, value, minimum: int = 1, *, types: tuple[type, ...] = (
     if isinstance(value, bool) or not isinstance(value, types) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_finite(name: str, values) -> None:
+    """Raise a ValueError naming ``name`` unless every value of ``values`` (array or tensor) is finite.
+
+    NaN and infinities pass clipping, resampling, the STFT and the WAV writer without an error and
+    come out as garbage: classes out of range, NaN mels, samples written as 0.
+    """
+    finite = torch.isfinite(values) if isinstance(values, torch.Tensor) else np.isfinite(values)
+    if not bool(finite.all()):
+        raise ValueError(f"{name}: expected finite values, got {int((~finite).sum())} NaN or infinite "
+                         f"of {math.prod(finite.shape)}")
 
 
 def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES) -> tuple[int, int]:
