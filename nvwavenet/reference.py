@@ -94,19 +94,27 @@ def step(net, queues: torch.Tensor, history: torch.Tensor, cond_t: torch.Tensor,
     ``(L, batch, 2R)`` and ``slots`` the ``(L,)`` queue rows of this step (see :func:`slot_table`).
     Nothing here reads a device value on the host, so the step can be captured in a CUDA graph.
     The queues are updated in place; the caller draws the sample and advances ``history``.
+
+    Each layer reads and writes only its own slot, so every past is gathered first and every new
+    input written back last, one operation each. A write per layer made ``torch.compile`` copy the
+    whole queue tensor per layer: the Deep Voice network at batch 64 on the CPU ran 2,370
+    samples/s compiled against 54,259 eager; with one write per step, compiled runs 86,196. It is
+    also fewer operations for eager and CUDA-graph runs.
     """
     w, R = net.w, net.w.n_residual
     x = _embed(net, history[:, 0], history[:, 1])
+    pasts = queues[:, slots].to(x.dtype)  # (batch, L, R): x_l[t - d_l] of every layer
+    inputs = []
     skip = torch.zeros(x.shape[0], w.n_skip, dtype=x.dtype, device=x.device)
     for layer in range(w.n_layers):
-        slot = slots[layer:layer + 1]
-        past = queues.index_select(1, slot).squeeze(1).to(x.dtype)
-        pre = torch.addmm(w.dilate_b[layer] + cond_t[layer], torch.cat([past, x], dim=1), net.dilate_t[layer])
-        queues.index_copy_(1, slot, x.unsqueeze(1).to(queues.dtype))
+        inputs.append(x)
+        pre = torch.addmm(w.dilate_b[layer] + cond_t[layer], torch.cat([pasts[:, layer], x], dim=1),
+                          net.dilate_t[layer])
         h = _gate(pre, R)
         if layer < w.n_layers - 1:
             x = x + torch.addmm(w.res_b[layer], h, net.res_t[layer])
         skip = skip + torch.addmm(w.skip_b[layer], h, net.skip_t[layer])
+    queues[:, slots] = torch.stack(inputs, dim=1).to(queues.dtype)
     return _head(net, skip)
 
 
