@@ -116,22 +116,45 @@ struct Team {
   Clock::time_point assembled;    // when every member had started the current run
 };
 
-// One thread's part of a team's work, and its private buffers.
+// A member's per-step buffers that nobody else reads: its conditioning stage and every layer's
+// input. Members that one thread runs one after another (the teams of one worker) share one: a
+// call at batch 256 then allocates and zeroes a few MB instead of a few hundred, which cost more
+// than the steps themselves in calls of a few steps (see Plan).
+struct Scratch {
+  // Floats a member needs, for `streams` streams and a share of `own_rows` stage rows.
+  static int64_t stage_steps(const Layout& lay, int64_t streams, int64_t own_rows) {
+    return std::clamp<int64_t>(kMaxStageFloats / (lay.L * streams * own_rows), 1, kStageSteps);
+  }
+  static int64_t stage_floats(const Layout& lay, int64_t streams, int64_t own_rows) {
+    return stage_steps(lay, streams, own_rows) * lay.L * streams * own_rows;
+  }
+  static int64_t x_floats(const Layout& lay, int64_t streams) { return streams * lay.L * lay.Rp; }
+
+  Scratch(int64_t stage_floats, int64_t x_floats) : stage(stage_floats), x(x_floats) {}
+  Buffer stage;  // [stage_steps][L][N][own_rows]
+  Buffer x;      // [N][L][Rp]: each layer's input this step
+};
+
+// One thread's part of a team's work.
 class Member {
  public:
-  Member(const Net& net, Team& team, int index)
+  // The rows of `members` that member `index` owns: gate chunks, then blocks of 8 skip channels
+  // and classes.
+  static Range own_chunks(const Layout& lay, int members, int index) { return split(lay.Rp / kBlock, members, index); }
+
+  Member(const Net& net, Team& team, int index, Scratch& scratch)
       : net_(net),
         lay_(net.lay),
         team_(team),
         index_(index),
         n_(team.streams.size()),
-        chunks_(split(lay_.Rp / kBlock, team.members, index)),
+        chunks_(own_chunks(lay_, team.members, index)),
         skip_blocks_(split(lay_.Sp / kBlock, team.members, index)),
         class_blocks_(split(lay_.Ap / kBlock, team.members, index)),
         own_rows_(2 * kBlock * chunks_.size()),
-        stage_steps_(std::clamp<int64_t>(kMaxStageFloats / (lay_.L * n_ * own_rows_), 1, kStageSteps)),
-        stage_(stage_steps_ * lay_.L * n_ * own_rows_),
-        x_(n_ * lay_.L * lay_.Rp),
+        stage_steps_(Scratch::stage_steps(lay_, n_, own_rows_)),
+        stage_(scratch.stage.get()),
+        x_(scratch.x.get()),
         exps_(lay_.Ap),
         history_(2 * n_) {}
 
@@ -146,7 +169,7 @@ class Member {
   const void* matrix(int64_t offset) const { return net_.w + offset; }
   // The stage slice of step t, layer l: [N][own_rows] pre-activations in gate order.
   float* slice(int64_t t, int64_t l) const {
-    return stage_.get() + (((t - begin_) % stage_steps_) * lay_.L + l) * n_ * own_rows_;
+    return stage_ + (((t - begin_) % stage_steps_) * lay_.L + l) * n_ * own_rows_;
   }
   float* queue_row(int64_t stream, int64_t t, int64_t l) const {
     const int64_t slot = (net_.p.position + t) & (net_.dilations[l] - 1);
@@ -178,9 +201,9 @@ class Member {
   const Range chunks_, skip_blocks_, class_blocks_;
   const int64_t own_rows_;
   const int64_t stage_steps_;
-  Buffer stage_;   // [stage_steps][L][N][own_rows]
-  Buffer x_;       // [N][L][Rp]: each layer's input this step
-  Buffer exps_;    // [Ap]
+  float* const stage_;  // [stage_steps][L][N][own_rows], in the Scratch of this member's thread
+  float* const x_;      // [N][L][Rp], likewise
+  Buffer exps_;         // [Ap]
   std::vector<int32_t> history_;  // [N][2]: y_{t-2}, y_{t-1}
   int64_t begin_ = 0, end_ = 0;   // the current run's steps
 };
@@ -265,7 +288,7 @@ void Member::embed() {
   for (int64_t n = 0; n < n_; ++n) {
     const float* prev = vector(lay_.embed_prev) + history_[2 * n] * Rp;
     const float* curr = vector(lay_.embed_curr) + history_[2 * n + 1] * Rp;
-    float* x = x_.get() + n * lay_.L * Rp;
+    float* x = x_ + n * lay_.L * Rp;
     for (int64_t i = 0; i < Rp; ++i) x[i] = prev[i] + curr[i];
     if (net_.p.use_embed_tanh) net_.k.tanh(x, Rp);
   }
@@ -275,19 +298,19 @@ void Member::residual(int64_t l) {
   const int64_t Rp = lay_.Rp, ld = lay_.L * Rp;
   const float* bias = vector(lay_.res_b) + (l - 1) * Rp;
   for (int64_t n = 0; n < n_; ++n) {
-    const float* before = x_.get() + n * ld + (l - 1) * Rp;
-    float* after = x_.get() + n * ld + l * Rp;
+    const float* before = x_ + n * ld + (l - 1) * Rp;
+    float* after = x_ + n * ld + l * Rp;
     for (int64_t i = 0; i < Rp; ++i) after[i] = before[i] + bias[i];
   }
   net_.gemm(matrix(lay_.res_w + (l - 1) * lay_.res_stride), lay_.R, 0, Rp / kBlock, team_.h.get() + (l - 1) * Rp, ld,
-            n_, x_.get() + l * Rp, ld);
+            n_, x_ + l * Rp, ld);
 }
 
 void Member::layer(int64_t t, int64_t l) {
   const int64_t Rp = lay_.Rp, ld = lay_.L * Rp;
   float* a = slice(t, l);
   net_.gemm(matrix(lay_.dilate_curr + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
-            x_.get() + l * Rp, ld, n_, a, own_rows_);
+            x_ + l * Rp, ld, n_, a, own_rows_);
   for (int64_t n = 0; n < n_; ++n) {
     net_.k.gate(a + n * own_rows_, chunks_.size(), team_.h.get() + n * ld + l * Rp + kBlock * chunks_.begin);
   }
@@ -299,7 +322,7 @@ void Member::store_queues(int64_t t) {
   if (last <= first) return;
   for (int64_t n = 0; n < n_; ++n) {
     for (int64_t l = 0; l < lay_.L; ++l) {
-      std::memcpy(queue_row(n, t, l) + first, x_.get() + (n * lay_.L + l) * lay_.Rp + first,
+      std::memcpy(queue_row(n, t, l) + first, x_ + (n * lay_.L + l) * lay_.Rp + first,
                   size_t(last - first) * sizeof(float));
     }
   }
@@ -441,9 +464,24 @@ class Plan {
       teams = workers_ * int(ceil_div(ceil_div(p.batch, workers_), kTeamStreams));
       members = 1;
     }
-    for (int i = 0; i < teams; ++i) {
+    // Member k runs on worker k % workers (see run): each worker's scratch is sized for the
+    // largest of its members.
+    std::vector<int64_t> stage_floats(size_t(workers_), 0), x_floats(size_t(workers_), 0);
+    for (int i = 0, k = 0; i < teams; ++i) {
+      const int64_t streams = split(p.batch, teams, i).size();
+      for (int m = 0; m < members; ++m, ++k) {
+        const int64_t own_rows = 2 * kBlock * Member::own_chunks(net.lay, members, m).size();
+        stage_floats[size_t(k % workers_)] =
+            std::max(stage_floats[size_t(k % workers_)], Scratch::stage_floats(net.lay, streams, own_rows));
+        x_floats[size_t(k % workers_)] = std::max(x_floats[size_t(k % workers_)], Scratch::x_floats(net.lay, streams));
+      }
+    }
+    for (int w = 0; w < workers_; ++w) scratch_.push_back(std::make_unique<Scratch>(stage_floats[size_t(w)], x_floats[size_t(w)]));
+    for (int i = 0, k = 0; i < teams; ++i) {
       teams_.push_back(std::make_unique<Team>(net, split(p.batch, teams, i), members));
-      for (int m = 0; m < members; ++m) members_.push_back(std::make_unique<Member>(net, *teams_.back(), m));
+      for (int m = 0; m < members; ++m, ++k) {
+        members_.push_back(std::make_unique<Member>(net, *teams_.back(), m, *scratch_[size_t(k % workers_)]));
+      }
     }
   }
 
@@ -465,6 +503,7 @@ class Plan {
   }
 
  private:
+  std::vector<std::unique_ptr<Scratch>> scratch_;  // one per worker
   std::vector<std::unique_ptr<Team>> teams_;
   std::vector<std::unique_ptr<Member>> members_;
   int workers_;  // threads
