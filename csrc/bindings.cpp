@@ -184,6 +184,9 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("params"), py::arg("isa") = "auto",
       "Runs the CPU engine on params (cpu_weights packed); isa: 'auto', 'avx512', 'avx2+fma' or 'generic'.");
+  m.def("find_nan_cond", &nvwavenet::cpu::find_nan_cond, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
+        "(stream, step) of the earliest NaN in params.cond (host memory), or (-1, -1); reads the "
+        "conditioning fields, R, L, batch and num_samples.");
 #ifdef NVWAVENET_WITH_CUDA
   m.def("cuda_plan", &cuda_plan, py::arg("params"), py::arg("variant"),
         "How a CUDA variant (an nvwavenet.Impl value other than AUTO) would run these Params on "

@@ -141,7 +141,11 @@ class NVWaveNet:
             raise TypeError(f"implementation: expected an nvwavenet.Impl, got {implementation!r}")
         if not isinstance(return_logits, bool):
             raise TypeError(f"return_logits: expected a bool, got {type(return_logits).__name__}")
-        batch, samples = check_cond_input(self.weights, cond_input)
+        # On the CPU, the engine's own threads look for NaN (see engines.find_nan_cpu).
+        engine_scan = (isinstance(cond_input, torch.Tensor) and cond_input.device.type == "cpu"
+                       and engines.has_extension())
+        batch, samples = check_cond_input(self.weights, cond_input, find_nan=(
+            (lambda cond: engines.find_nan_cpu(cond, self.num_threads)) if engine_scan else None))
         device = cond_input.device
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"cond_input: expected a CPU or CUDA tensor, got one on {device}")

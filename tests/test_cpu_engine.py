@@ -167,6 +167,31 @@ def test_groups_of_streams_run_one_after_another_unchanged():
         assert torch.equal(alone[0], runs[0][0][b:b + 1]) and torch.equal(alone[1], runs[0][1][b:b + 1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_nan_scan_finds_the_earliest_nan_like_torch(dtype):
+    """The engine's threads look for NaN before a CPU call (engines.find_nan_cpu); it must name the
+    same (stream, sample) as the PyTorch search, whatever the strides, block edges and threads."""
+    from nvwavenet.validation import find_nan_torch
+
+    g = torch.Generator().manual_seed(9)
+    layouts = {"contiguous": lambda c: c,
+               "time outermost": lambda c: c.permute(3, 1, 2, 0).contiguous().permute(3, 1, 2, 0),
+               "every other step": lambda c: torch.zeros(8, 5, 3, 400, dtype=dtype)[..., ::2].copy_(c)}
+    clean = random_cond_input(4, 5, 3, 200, seed=9, dtype=dtype)
+    for name, layout in layouts.items():
+        assert engines.find_nan_cpu(layout(clean)) is None
+        # 63, 64 and 127 sit at the edges of the scan's 64-step blocks; two NaNs share a sample.
+        for places in ([(0, 0, 0, 0)], [(7, 4, 2, 199)], [(3, 2, 1, 64), (5, 1, 0, 64)], [(1, 3, 2, 63), (2, 0, 1, 127)],
+                       [tuple(int(torch.randint(n, (1,), generator=g)) for n in (8, 5, 3, 200)) for _ in range(3)]):
+            poisoned = clean.clone()
+            for place in places:
+                poisoned[place] = float("nan")
+            expected = find_nan_torch(poisoned)
+            assert expected is not None
+            for threads in (1, 2, 3):
+                assert engines.find_nan_cpu(layout(poisoned), threads) == expected, (name, places, threads)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_its_own_threads():
     """A fork()ed child (a DataLoader worker, say) has none of the parent's pool threads."""

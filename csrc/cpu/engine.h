@@ -1,7 +1,9 @@
 // The compiled CPU engine: SPEC section 1 for the Params of nvwavenet.h, in float32.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <utility>
 
 #include "nvwavenet.h"
 
@@ -20,5 +22,10 @@ int default_threads();
 // Throws std::invalid_argument for invalid params and std::runtime_error for an instruction set
 // this CPU cannot run; it never aborts.
 void generate_cpu(const Params& p, const std::string& isa);
+
+// {stream, step} of the earliest NaN in the conditioning p.cond (the first stream at that step),
+// or {-1, -1}, scanned on the engine's threads (p.num_threads, 0: default_threads()). Reads only
+// the conditioning fields of p and its sizes R, L, batch and num_samples.
+std::pair<int64_t, int64_t> find_nan_cond(const Params& p);
 
 }  // namespace nvwavenet::cpu
