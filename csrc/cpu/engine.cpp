@@ -138,8 +138,7 @@ struct Scratch {
 // One thread's part of a team's work.
 class Member {
  public:
-  // The rows of `members` that member `index` owns: gate chunks, then blocks of 8 skip channels
-  // and classes.
+  // The gate chunks (8 channels each, both halves) that member `index` of `members` owns.
   static Range own_chunks(const Layout& lay, int members, int index) { return split(lay.Rp / kBlock, members, index); }
 
   Member(const Net& net, Team& team, int index, Scratch& scratch)
