@@ -38,7 +38,7 @@ from .audio import mu_law_encode, resample
 from .data import Clip, check_clip_audio
 from .model import WaveNet
 from .network import receptive_field
-from .validation import check_finite, check_int
+from .validation import check_finite, check_folder, check_int
 
 __all__ = ["ModelAnalysis", "analyze_model", "DatasetAnalysis", "analyze_dataset", "ModelSuggestion",
            "suggest_model", "autocorrelation", "correlation_length", "plot_dataset"]
@@ -357,8 +357,7 @@ def plot_dataset(analysis: DatasetAnalysis, out_dir) -> dict[str, Path]:
     """Write ``class_histogram.png``, ``autocorrelation.png`` and ``waveform.png`` (waveform and
     spectrogram of the first clip's start) into ``out_dir``; returns their paths by name."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # mkdir's FileExistsError says nothing of what was expected
-        raise NotADirectoryError(f"out_dir: {out_dir} is a file, expected a folder for the plots")
+    check_folder("out_dir", out_dir, "a folder for the plots")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     rate = analysis.analysis_rate

@@ -30,6 +30,7 @@ from torch import nn
 
 from .audio import AudioConfig
 from .model import CausalConvRegressor, WaveNet
+from .validation import check_folder
 
 __all__ = ["save_model", "load_model", "load_weights", "save_training_state", "load_training_state", "read_config",
            "state_mismatch"]
@@ -59,9 +60,7 @@ def _replace_tensors(path: Path, tensors: dict, step: int) -> None:
 
 
 def _make_directory(path: Path) -> None:
-    # mkdir(exist_ok=True) raises FileExistsError, which says nothing of what was expected, for a file.
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"path: {path} is a file, expected a checkpoint directory")
+    check_folder("path", path, "a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .engines import build_info
-from .validation import check_int
+from .validation import check_folder, check_int
 
 # OSError: a missing file or folder, a file where a folder is wanted, no permission, a full disk;
 # each names its path.
@@ -33,13 +33,6 @@ def _device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda, got {name!r}")
     return device
-
-
-def _folder(option: str, path: Path, purpose: str) -> None:
-    """Refuse ``path`` when it is a file, before the work: mkdir's FileExistsError would come after
-    it, and says nothing of what was expected."""
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{option}: {path} is a file, expected a folder {purpose}")
 
 
 def cmd_info(args) -> int:
@@ -69,7 +62,7 @@ def cmd_demo(args) -> int:
     # A length of 0, a negative one or NaN failed inside numpy ("zero-size array to reduction operation").
     if not 0 < args.seconds < math.inf:
         raise ValueError(f"--seconds: expected a positive number of seconds, got {args.seconds}")
-    _folder("--out", args.out, "for the demo's files")
+    check_folder("--out", args.out, "a folder for the demo's files")
     settings = demo.DemoSettings(steps=args.steps, seconds=args.seconds)
     report = demo.run(args.out, settings, log=print)
     print()
@@ -140,7 +133,7 @@ def cmd_vocode(args) -> int:
     if single_file and args.out.is_dir():
         raise IsADirectoryError(f"--out: {args.out} is a folder, expected a .wav file to write")
     elif not single_file:
-        _folder("--out", args.out, "for the outputs (or a .wav file for a single input)")
+        check_folder("--out", args.out, "a folder for the outputs (or a .wav file for a single input)")
     vocoder = _load_vocoder(args)
     mels = [_input_mel(vocoder, path, args) for path in inputs]
     # Created once every input has been read: a mistake in one leaves no empty folder behind.
@@ -170,7 +163,7 @@ def cmd_train(args) -> int:
     root = Path(args.data)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder of WAV files")
-    _folder("--out", args.out, "for the checkpoint")
+    check_folder("--out", args.out, "a folder for the checkpoint")
     device = str(_device(args.device))
     rate = args.sample_rate
     mel = MelConfig(sample_rate=rate, n_fft=args.n_fft, hop_length=args.hop, win_length=args.n_fft,
@@ -213,7 +206,7 @@ def cmd_analyze(args) -> int:
     from .data import WavFolder
 
     if args.plots:
-        _folder("--plots", args.plots, "for the plots")
+        check_folder("--plots", args.plots, "a folder for the plots")
     folder = WavFolder(path, args.sample_rate)  # refuses a folder without .wav files
     analysis = analyze_dataset(folder, sample_rate=args.sample_rate)
     print(analysis)

@@ -6,6 +6,7 @@ Each message names the argument, what was expected and what was given (SPEC sect
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from .network import WaveNetWeights
 
-__all__ = ["check_int", "check_finite", "check_cond_input", "find_nan_torch", "check_selectors",
+__all__ = ["check_int", "check_finite", "check_folder", "check_cond_input", "find_nan_torch", "check_selectors",
            "check_teacher_forcing"]
 
 COND_DTYPES = (torch.float32, torch.float16)
@@ -37,6 +38,14 @@ def check_finite(name: str, values) -> None:
     if not bool(finite.all()):
         raise ValueError(f"{name}: expected finite values, got {int((~finite).sum())} NaN or infinite "
                          f"of {math.prod(finite.shape)}")
+
+
+def check_folder(name: str, path, expected: str) -> None:
+    """Raise a NotADirectoryError naming ``name`` when ``path`` is a file, where ``expected`` (e.g.
+    "a folder for the plots") is wanted. Called before the work: mkdir's FileExistsError would come
+    after it, and says nothing of what was expected."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{name}: {path} is a file, expected {expected}")
 
 
 def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES,
