@@ -143,6 +143,13 @@ class CpuWeights:
         return cls(packed, blocked)
 
 
+def _set_cond(p, cond_input: torch.Tensor) -> None:
+    """The conditioning fields of ``_C.Params`` ``p``: pointer, dtype and strides."""
+    p.cond, p.cond_dtype = cond_input.data_ptr(), dtype_code(cond_input.dtype)
+    (p.cond_stride_channel, p.cond_stride_batch,
+     p.cond_stride_layer, p.cond_stride_time) = cond_input.stride()
+
+
 def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torch.Tensor,
                 selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
                 teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None,
@@ -161,9 +168,7 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
     if cpu_blocked is not None:
         p.cpu_weights, p.cpu_weights_bytes = cpu_blocked.data_ptr(), cpu_blocked.numel()
 
-    p.cond, p.cond_dtype = cond_input.data_ptr(), dtype_code(cond_input.dtype)
-    (p.cond_stride_channel, p.cond_stride_batch,
-     p.cond_stride_layer, p.cond_stride_time) = cond_input.stride()
+    _set_cond(p, cond_input)
     p.selectors = selectors.data_ptr()
     p.selectors_stride_batch, p.selectors_stride_time = selectors.stride()
     if teacher is not None:
@@ -187,9 +192,7 @@ def find_nan_cpu(cond_input: torch.Tensor, num_threads: int | None = None) -> tu
     p = extension().Params()
     channels, p.batch, p.L, p.num_samples = cond_input.shape
     p.R = channels // 2
-    p.cond, p.cond_dtype = cond_input.data_ptr(), dtype_code(cond_input.dtype)
-    (p.cond_stride_channel, p.cond_stride_batch,
-     p.cond_stride_layer, p.cond_stride_time) = cond_input.stride()
+    _set_cond(p, cond_input)
     p.num_threads = num_threads or 0
     stream, sample = extension().find_nan_cond(p)
     return None if stream < 0 else (stream, sample)

@@ -90,14 +90,16 @@ def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device
 
 def copy_state(state: dict) -> dict:
     """An independent copy (generation from it does not touch the original)."""
-    return {key: _check_keys(state)[key].clone() for key in _KEYS}
+    _check_keys(state)
+    return {key: state[key].clone() for key in _KEYS}
 
 
 def save_state(state: dict, path) -> None:
     """Write ``state`` to ``path`` as safetensors."""
     from safetensors.torch import save_file
 
-    save_file({key: _check_keys(state)[key].contiguous().cpu() for key in _KEYS}, str(path))
+    _check_keys(state)
+    save_file({key: state[key].contiguous().cpu() for key in _KEYS}, str(path))
 
 
 def load_state(path, device="cpu") -> dict:

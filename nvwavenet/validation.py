@@ -77,10 +77,15 @@ def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES,
     # to their limits, as the reference does.
     found = (find_nan or find_nan_torch)(cond_input) if cond_input.numel() else None
     if found is not None:
-        nan_at = torch.isnan(cond_input).any(dim=2).any(dim=0)  # (batch, samples); only on failure
-        raise ValueError(f"cond_input: expected no NaN values, got NaN at {int(nan_at.sum())} (stream, sample) "
+        positions = int(_nan_positions(cond_input).sum())  # only on failure
+        raise ValueError(f"cond_input: expected no NaN values, got NaN at {positions} (stream, sample) "
                          f"positions, the earliest at stream {found[0]}, sample {found[1]}")
     return batch, samples
+
+
+def _nan_positions(cond_input: torch.Tensor) -> torch.Tensor:
+    """Bool ``(batch, samples)``: where ``cond_input`` holds a NaN in some channel or layer."""
+    return torch.isnan(cond_input).any(dim=2).any(dim=0)
 
 
 def find_nan_torch(cond_input: torch.Tensor) -> tuple[int, int] | None:
@@ -93,7 +98,7 @@ def find_nan_torch(cond_input: torch.Tensor) -> tuple[int, int] | None:
     """
     if not bool(torch.isnan(cond_input.max())):
         return None
-    nan_at = torch.isnan(cond_input).any(dim=2).any(dim=0)  # (batch, samples)
+    nan_at = _nan_positions(cond_input)
     sample = int(nan_at.any(dim=0).nonzero()[0])
     return int(nan_at[:, sample].nonzero()[0]), sample
 

@@ -95,7 +95,8 @@ std::pair<int64_t, int64_t> find_nan_cond(const Params& p) {
   for (const auto& part : found) {
     if (part.first < earliest.first) earliest = part;
   }
-  return earliest.second < 0 ? std::pair<int64_t, int64_t>{-1, -1} : std::pair<int64_t, int64_t>{earliest.second, earliest.first};
+  if (earliest.second < 0) return {-1, -1};
+  return {earliest.second, earliest.first};  // {stream, step}
 }
 
 }  // namespace nvwavenet::cpu
