@@ -109,7 +109,8 @@ def _input_mel(vocoder, path: Path, args) -> torch.Tensor:
         check_finite(str(path), mel)
         return mel
     if path.suffix.lower() == ".wav":
-        audio, _ = read_wav(path, vocoder.sample_rate, resample_to_rate=args.resample, mix_to_mono=args.mix_to_mono)
+        # Resampled and mixed to mono as training reads its WAVs, so any WAV can be re-synthesised.
+        audio, _ = read_wav(path, vocoder.sample_rate)
         try:
             return vocoder.mel_spectrogram(torch.from_numpy(audio)).cpu()
         except ValueError as error:  # too short for the front end: the message names its audio, not the file
@@ -150,7 +151,8 @@ def cmd_vocode(args) -> int:
             path, target = inputs[first + offset], targets[first + offset]
             write_wav(target, audio[offset, :mel.shape[1] * vocoder.hop_length].numpy(), vocoder.sample_rate)
             if not args.quiet:
-                print(f"{path} -> {target} ({mel.shape[1] * vocoder.hop_length / vocoder.sample_rate:.2f} s)")
+                seconds = mel.shape[1] * vocoder.hop_length / vocoder.sample_rate
+                print(f"{path} -> {target} ({seconds:.2f} s at {vocoder.sample_rate} Hz)")
     return 0
 
 
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     vocode = commands.add_parser(
         "vocode", help="mel spectrograms (.npy) or WAVs to WAV audio",
         description="Vocode mel spectrograms ((n_mels, frames) .npy files, or .wav files through the model's own "
-                    "mel front end) with a trained checkpoint. Several inputs are batched together.")
+                    "mel front end, resampled to its rate and mixed to mono) with a trained checkpoint. Several inputs are "
+                    "batched together; the WAVs written are at the checkpoint's sample rate.")
     vocode.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy mel spectrograms or .wav files")
     vocode.add_argument("--checkpoint", required=True,
                         help="an nvwavenet checkpoint folder, or with --nv-wavenet-config an NV-WaveNet state dict")
@@ -261,8 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder, or a .wav file for a single input (default: vocoded/)")
     vocode.add_argument("--batch-size", type=int, default=8, help="inputs vocoded together (default: 8)")
     vocode.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
-    vocode.add_argument("--resample", action="store_true", help="resample WAVs at another rate instead of refusing them")
-    vocode.add_argument("--mix-to-mono", action="store_true", help="average the channels of multichannel WAVs")
     vocode.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
     _add_engine_options(vocode)
     vocode.set_defaults(run=cmd_vocode)
