@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .engines import build_info
-from .validation import check_folder, check_int
+from .validation import check_finite, check_folder, check_int
 
 # OSError: a missing file or folder, a file where a folder is wanted, no permission, a full disk;
 # each names its path.
@@ -85,10 +85,9 @@ def _load_vocoder(args):
     return Vocoder.from_checkpoint(args.checkpoint, device=device, dtype=args.dtype, implementation=args.impl)
 
 
-def _input_mel(vocoder, path: Path, args) -> torch.Tensor:
+def _input_mel(vocoder, path: Path) -> torch.Tensor:
     """A mel ``(n_mels, frames)`` from a ``.npy`` of mel frames or a ``.wav`` through the front end."""
     from .audio import read_wav
-    from .validation import check_finite
 
     if path.is_dir():
         raise IsADirectoryError(f"{path}: a directory, expected a .npy mel spectrogram or a .wav file")
@@ -136,7 +135,7 @@ def cmd_vocode(args) -> int:
     elif not single_file:
         check_folder("--out", args.out, "a folder for the outputs (or a .wav file for a single input)")
     vocoder = _load_vocoder(args)
-    mels = [_input_mel(vocoder, path, args) for path in inputs]
+    mels = [_input_mel(vocoder, path) for path in inputs]
     # Created once every input has been read: a mistake in one leaves no empty folder behind.
     (args.out.parent if single_file else args.out).mkdir(parents=True, exist_ok=True)
     silence = float(np.log(vocoder.audio_config.mel.clamp_min))
