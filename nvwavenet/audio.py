@@ -17,8 +17,8 @@ import scipy.io.wavfile
 import scipy.signal
 import torch
 
-from .mel import MelConfig, check_fields
-from .validation import check_finite, check_int
+from .mel import MelConfig
+from .validation import check_fields, check_finite, check_int
 
 __all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
 

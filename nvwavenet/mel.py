@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .validation import check_finite, check_int
+from .validation import check_fields, check_finite, check_int
 
 __all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
 
@@ -66,15 +66,6 @@ def _check_band(fmin, fmax, sample_rate: int) -> None:
         raise ValueError(f"fmax: expected at most the Nyquist frequency ({nyquist} Hz), got {fmax}")
     if not 0 <= fmin < fmax:
         raise ValueError(f"fmin: expected 0 <= fmin < fmax ({fmax} Hz), got {fmin}")
-
-
-def check_fields(what: str, values, cls) -> None:
-    """Raise unless ``values`` (a config read back from JSON) is a dict of fields of dataclass ``cls``."""
-    if not isinstance(values, dict):
-        raise TypeError(f"{what}: expected a dict of fields, got {type(values).__name__}")
-    unknown = sorted(map(str, set(values) - {field.name for field in dataclasses.fields(cls)}))
-    if unknown:
-        raise ValueError(f"{what}: unknown fields {unknown}")
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:

@@ -1,10 +1,12 @@
 """Checks of arguments: generation inputs against a network, shared by the reference and every
-engine, and the integer and finite-value checks that every module's sizes, settings and signals use.
+engine, and the integer, finite-value, folder and config-field checks that every module's sizes,
+settings, signals and files use.
 
 Each message names the argument, what was expected and what was given (SPEC section 2).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -14,8 +16,8 @@ import torch
 
 from .network import WaveNetWeights
 
-__all__ = ["check_int", "check_finite", "check_folder", "check_cond_input", "find_nan_torch", "check_selectors",
-           "check_teacher_forcing"]
+__all__ = ["check_int", "check_finite", "check_folder", "check_fields", "check_cond_input", "find_nan_torch",
+           "check_selectors", "check_teacher_forcing"]
 
 COND_DTYPES = (torch.float32, torch.float16)
 
@@ -46,6 +48,15 @@ def check_folder(name: str, path, expected: str) -> None:
     after it, and says nothing of what was expected."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{name}: {path} is a file, expected {expected}")
+
+
+def check_fields(what: str, values, cls) -> None:
+    """Raise unless ``values`` (a config read back from JSON) is a dict of fields of dataclass ``cls``."""
+    if not isinstance(values, dict):
+        raise TypeError(f"{what}: expected a dict of fields, got {type(values).__name__}")
+    unknown = sorted(map(str, set(values) - {field.name for field in dataclasses.fields(cls)}))
+    if unknown:
+        raise ValueError(f"{what}: unknown fields {unknown}")
 
 
 def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES,
