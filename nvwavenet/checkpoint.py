@@ -59,6 +59,14 @@ def _replace_tensors(path: Path, tensors: dict, step: int) -> None:
     os.replace(temporary, path)
 
 
+def _read_json(path: Path):
+    """The JSON in ``path``, or a ValueError naming the file (a damaged or hand-edited one)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+
+
 def _make_directory(path: Path) -> None:
     check_folder("path", path, "a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
@@ -103,10 +111,7 @@ def read_config(path) -> dict:
     if not config_path.is_file() or not model_path.is_file():
         raise FileNotFoundError(f"path: no nvwavenet checkpoint at {path} (expected {CONFIG_FILE} and "
                                 f"{MODEL_FILE} in that directory)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
+    config = _read_json(config_path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{config_path}: not an nvwavenet checkpoint config (format {FORMAT!r} expected)")
     if config.get("version") != VERSION:
@@ -185,10 +190,7 @@ def load_training_state(path, optimizer: torch.optim.Optimizer) -> dict:
     training_path, optimizer_path = path / TRAINING_FILE, path / OPTIMIZER_FILE
     if not training_path.is_file() or not optimizer_path.is_file():
         raise FileNotFoundError(f"path: {path} holds no training state ({TRAINING_FILE}, {OPTIMIZER_FILE})")
-    try:
-        training = json.loads(training_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{training_path}: not valid JSON ({error})") from error
+    training = _read_json(training_path)
     if not (isinstance(training, dict) and "step" in training and isinstance(training.get("optimizer"), dict)
             and {"param_groups", "scalars"} <= training["optimizer"].keys()):
         raise ValueError(f"{training_path}: expected nvwavenet's training state (the step, the optimizer's "
