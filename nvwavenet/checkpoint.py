@@ -67,6 +67,17 @@ def _read_json(path: Path):
         raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
+def _read_step_and_tensors(path: Path, *, with_tensors: bool) -> tuple[int, dict]:
+    """The step in a safetensors file's metadata and (``with_tensors``) its tensors, or a
+    ValueError naming the file: one cut short by an interrupted save, or without the step that
+    nvwavenet writes."""
+    try:
+        with safetensors.safe_open(os.fspath(path), framework="pt") as f:
+            return int(f.metadata()["step"]), {key: f.get_tensor(key) for key in f.keys()} if with_tensors else {}
+    except (SafetensorError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable nvwavenet safetensors file ({error!r})") from error
+
+
 def _make_directory(path: Path) -> None:
     check_folder("path", path, "a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
@@ -196,18 +207,8 @@ def load_training_state(path, optimizer: torch.optim.Optimizer) -> dict:
         raise ValueError(f"{training_path}: expected nvwavenet's training state (the step, the optimizer's "
                          "param_groups and scalars)")
     step = training["step"]
-    # Files cut short by an interrupted save, or without the step nvwavenet writes in their metadata.
-    try:
-        with safetensors.safe_open(os.fspath(optimizer_path), framework="pt") as f:
-            optimizer_step = int(f.metadata()["step"])
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{optimizer_path}: not a readable nvwavenet safetensors file ({error!r})") from error
-    try:
-        with safetensors.safe_open(os.fspath(path / MODEL_FILE), framework="pt") as f:
-            model_step = int(f.metadata()["step"])
-    except (SafetensorError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path / MODEL_FILE}: not a readable nvwavenet safetensors file ({error!r})") from error
+    optimizer_step, tensors = _read_step_and_tensors(optimizer_path, with_tensors=True)
+    model_step, _ = _read_step_and_tensors(path / MODEL_FILE, with_tensors=False)
     if not step == optimizer_step == model_step:
         raise RuntimeError(f"{path}: inconsistent checkpoint (model step {model_step}, optimizer step "
                            f"{optimizer_step}, training step {step}); was a save interrupted?")
