@@ -5,6 +5,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -80,7 +81,10 @@ def test_sine_example_generates_its_tone():
                     reason="the kept heap is glibc's, and only where the environment does not tune malloc itself")
 def test_cpu_steps_after_the_first_reuse_the_memory_they_free(monkeypatch):
     """glibc maps every block over 32 MiB (here the logits and their gradient, 34 MB each) afresh
-    and unmaps it at free; without the kept heap every step faulted all of them in again."""
+    and unmaps it at free; without the kept heap every step faulted all of them in again.
+
+    The typical step is compared (the median from the third on): the kept heap still grows by a
+    block now and then while its layout settles (up to 16k faults in one step in some runs)."""
     faults_at_step = []
     loss_sum = training._masked_loss_sum
 
@@ -96,13 +100,14 @@ def test_cpu_steps_after_the_first_reuse_the_memory_they_free(monkeypatch):
         model = WaveNet(n_in_channels=256, n_layers=2, max_dilation=2, n_residual_channels=8, n_skip_channels=16,
                         n_out_channels=256, n_cond_channels=1, upsamp_window=16, upsamp_stride=8)
         windows = TrainingWindows([sine(300, 8000, 8 * 4100)], 8000, model, targets_per_window=4096)
-        losses = train(model, windows, TrainConfig(steps=5, batch_size=8, progress=False)).losses
-        return losses, faults_at_step[-1] - faults_at_step[2]  # the third and fourth steps
+        losses = train(model, windows, TrainConfig(steps=10, batch_size=8, progress=False)).losses
+        per_step = [after - before for before, after in zip(faults_at_step, faults_at_step[1:])]
+        return losses, statistics.median(per_step[2:])  # steps 3 to 9
 
     kept_losses, kept_faults = run()
     monkeypatch.setattr(training, "_heap_keeps_freed_memory", lambda device: contextlib.nullcontext())
     mapped_losses, mapped_faults = run()
-    print(f"page faults in the third and fourth steps: {kept_faults} with the kept heap, {mapped_faults} without")
+    print(f"page faults in a typical step: {kept_faults} with the kept heap, {mapped_faults} without")
     assert kept_losses == mapped_losses
     assert kept_faults * 10 < mapped_faults
 
