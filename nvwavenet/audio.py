@@ -18,7 +18,7 @@ import scipy.signal
 import torch
 
 from .mel import MelConfig
-from .validation import check_fields, check_finite, check_int
+from .validation import MAX_SAMPLE_RATE, check_fields, check_finite, check_int
 
 __all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
 
@@ -83,6 +83,8 @@ def resample(audio, orig_rate: int, target_rate: int):
     for name, rate in (("orig_rate", orig_rate), ("target_rate", target_rate)):
         if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate < 1:
             raise ValueError(f"{name}: expected a positive integer sample rate in Hz, got {rate!r}")
+        # The polyphase filter has 20 taps per step of the reduced ratio: bounded by the rates.
+        check_int(name, rate, types=(int, np.integer), maximum=MAX_SAMPLE_RATE)
     is_tensor = isinstance(audio, torch.Tensor)
     array = audio.detach().cpu().numpy() if is_tensor else np.asarray(audio)
     # Integer PCM would come back unscaled as if it were float audio, complex without its
@@ -122,7 +124,7 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
       ``resample_to_rate``, else a ``ValueError`` names both rates.
     """
     if sample_rate is not None:
-        check_int("sample_rate", sample_rate, types=(int, np.integer))
+        check_int("sample_rate", sample_rate, types=(int, np.integer), maximum=MAX_SAMPLE_RATE)
     # os.path.isfile() would take an int as a file descriptor; None fails deep inside os.stat.
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a WAV file path (str or os.PathLike), got {type(path).__name__}")
@@ -140,8 +142,9 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
         raise ValueError(f"{path}: not a readable WAV file (its header is cut short)") from error
     except ZeroDivisionError as error:
         raise ValueError(f"{path}: not a readable WAV file (its header gives 0 channels or 0-bit samples)") from error
-    if rate < 1:
-        raise ValueError(f"{path}: sample rate {rate} Hz in its header, expected a positive rate")
+    # A crafted header's rate of 2^31 - 1 would make resampling allocate hundreds of GiB.
+    if not 1 <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{path}: sample rate {rate} Hz in its header, expected 1 to {MAX_SAMPLE_RATE} Hz")
     audio = _to_float(data, path)
     # Float WAVs can hold NaN and infinities (float64 ones also values beyond float32's range).
     check_finite(str(path), audio)
@@ -208,8 +211,10 @@ class AudioConfig:
     def __post_init__(self):
         if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate < 1:
             raise ValueError(f"sample_rate: expected a positive integer in Hz, got {self.sample_rate!r}")
+        check_int("sample_rate", self.sample_rate, maximum=MAX_SAMPLE_RATE)
         if self.quantization_channels is not None:
-            _check_channels(self.quantization_channels)
+            # 16-bit audio has 65536 levels; more classes than that only inflate the softmax.
+            check_int("quantization_channels", self.quantization_channels, 2, maximum=65536)
         if self.mel is not None and not isinstance(self.mel, MelConfig):
             raise TypeError(f"mel: expected a nvwavenet.mel.MelConfig or None, got {type(self.mel).__name__}")
         if self.mel is not None and self.mel.sample_rate != self.sample_rate:
