@@ -244,3 +244,19 @@ def test_stream_follows_the_shape_rule_of_one_shot_vocoding():
     assert torch.equal(torch.cat(pieces), vocoder(mel))
     batched = list(vocoder.stream([mel[None, :, :2]]))
     assert batched[0].shape == (1, 16)
+
+
+def test_big_endian_npy_mels_vocode_from_the_command_line(tmp_path):
+    from nvwavenet.cli import main
+
+    checkpoint = save_model(tmp_path / "ckpt", WaveNet(**SMALL).eval(), AudioConfig(8000, 16, MEL))
+    mel = np.random.default_rng(1).standard_normal((6, 4)).astype(np.float32)
+    written = {}
+    for order in ("<f4", ">f4"):
+        folder = tmp_path / order[0].replace("<", "little").replace(">", "big")
+        folder.mkdir()
+        np.save(folder / "utterance.npy", mel.astype(order))
+        assert main(["vocode", str(folder / "utterance.npy"), "--checkpoint", str(checkpoint), "--out",
+                     str(folder / "out"), "--quiet"]) == 0
+        written[order] = [p.read_bytes() for p in sorted((folder / "out").rglob("*.wav"))]
+    assert written["<f4"] and written[">f4"] == written["<f4"]
