@@ -75,6 +75,10 @@ def mu_law_decode(q, quantization_channels: int = 256):
     return torch.from_numpy(x).to(q.device) if is_tensor else x
 
 
+# The largest term of the reduced ratio between two rates that resample() takes (see there).
+MAX_RATIO_TERM = 2**16
+
+
 def resample(audio, orig_rate: int, target_rate: int):
     """``audio`` (last axis is time) from ``orig_rate`` to ``target_rate`` Hz, polyphase filtered.
 
@@ -96,6 +100,13 @@ def resample(audio, orig_rate: int, target_rate: int):
     check_finite("audio", array)
     if orig_rate != target_rate:
         ratio = Fraction(int(target_rate), int(orig_rate))
+        # resample_poly designs 20 taps per step of the larger term: rates with no common factor
+        # (767999 Hz to 22050 Hz) would take 15 million taps and seconds even for a few samples.
+        # Every pair of standard rates (8 kHz to 768 kHz) reduces to terms of at most 10240.
+        if max(ratio.numerator, ratio.denominator) > MAX_RATIO_TERM:
+            raise ValueError(f"orig_rate: {orig_rate} Hz to {target_rate} Hz is the ratio {ratio}, whose resampling "
+                             f"filter would take {20 * max(ratio.numerator, ratio.denominator) + 1} taps; convert "
+                             "the audio to a standard rate first")
         array = scipy.signal.resample_poly(array, ratio.numerator, ratio.denominator, axis=-1)
     array = np.ascontiguousarray(array, dtype=np.float32)
     return torch.from_numpy(array) if is_tensor else array
@@ -155,7 +166,10 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
     if sample_rate is not None and rate != sample_rate:
         if not resample_to_rate:
             raise ValueError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (sample_rate)")
-        audio, rate = resample(audio, rate, sample_rate), sample_rate
+        try:
+            audio, rate = resample(audio, rate, sample_rate), sample_rate
+        except ValueError as error:  # a ratio of rates too odd to resample: named by the file
+            raise ValueError(f"{path}: {error}") from error
     return np.ascontiguousarray(audio), int(rate)
 
 

@@ -55,6 +55,12 @@ def test_crafted_wav_headers_are_refused_in_bounded_work(tmp_path):
     assert audio.shape == (32,) and rate == 16000
     with pytest.raises(ValueError, match="orig_rate: expected an integer <= 768000, got 2147483647"):
         resample(np.zeros(10, np.float32), 2**31 - 1, 16000)
+    # A rate sharing no factor with the target: a filter of 15 million taps, seconds for 32 samples.
+    _wav_with_header(path, 767999)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="crafted.wav: orig_rate: 767999 Hz to 16000 Hz is the ratio 16000/767999"):
+        read_wav(path, 16000)
+    assert time.perf_counter() - started < 5
 
 
 def test_absurd_sizes_in_configs_are_refused_before_allocating(tmp_path):
