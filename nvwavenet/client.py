@@ -13,15 +13,17 @@ server's) or int16 PCM (``"pcm16"``, half the bytes). A refusal or an abnormal c
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 import numpy as np
 
-__all__ = ["Client", "ServerError"]
+__all__ = ["Client", "ServerError", "vocode_files"]
 
 _DTYPES = {"float32": "<f4", "pcm16": "<i2"}
 
@@ -52,8 +54,7 @@ class Client:
     def model_info(self) -> dict:
         """The server's ``/v1/model``: sample rate, hop, mel bands, sizes, limits."""
         if self._model is None:
-            response = httpx.get(f"{self.url}/v1/model", timeout=self.timeout)
-            _raise_for(response)
+            response = self._request("GET", "/v1/model")
             self._model = response.json()
         return self._model
 
@@ -63,25 +64,41 @@ class Client:
 
         body = io.BytesIO()
         np.save(body, np.ascontiguousarray(np.asarray(mel, dtype=np.float32)), allow_pickle=False)
-        response = httpx.post(f"{self.url}/v1/vocode", params={"seed": seed, "format": sample_format},
-                              content=body.getvalue(), timeout=self.timeout)
-        _raise_for(response)
+        response = self._request("POST", "/v1/vocode", params={"seed": seed, "format": sample_format},
+                                 content=body.getvalue())
         return scipy.io.wavfile.read(io.BytesIO(response.content))[1]
 
-    def stream_url(self, seed: int = 0, sample_format: str = "float32") -> str:
-        return f"{self._ws_base}/v1/stream?{urlencode({'seed': seed, 'format': sample_format})}"
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = httpx.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+        except httpx.TransportError as error:  # refused, unreachable, timed out: an OSError, like a socket's
+            raise ConnectionError(f"{self.url}: {error or type(error).__name__}") from error
+        if response.status_code != 200:
+            try:
+                reason = response.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                reason = response.text[:200]
+            raise ServerError(response.status_code, reason)
+        return response
+
+    def stream_url(self, seed: int = 0, sample_format: str = "float32", n_mels: int | None = None) -> str:
+        query = {"seed": seed, "format": sample_format, **({} if n_mels is None else {"n_mels": n_mels})}
+        return f"{self._ws_base}/v1/stream?{urlencode(query)}"
 
     def stream(self, mel_chunks: Iterable, *, seed: int = 0, sample_format: str = "float32") -> Iterator[np.ndarray]:
         """Send ``mel_chunks`` (each ``(n_mels, k)``) from a thread while yielding the audio as it comes."""
         from websockets.exceptions import ConnectionClosed
         from websockets.sync.client import connect
 
-        with connect(self.stream_url(seed, sample_format), max_size=None, open_timeout=self.timeout) as websocket:
+        chunks = iter(mel_chunks)
+        first = next(chunks, None)  # its bands go in the URL, for the server to check
+        url = self.stream_url(seed, sample_format, None if first is None else len(first))
+        with connect(url, max_size=None, open_timeout=self.timeout) as websocket:
             failure: list[BaseException] = []
 
             def send_all() -> None:
                 try:
-                    for chunk in mel_chunks:
+                    for chunk in ([] if first is None else itertools.chain([first], chunks)):
                         websocket.send(_frame_bytes(chunk))
                     websocket.send(json.dumps({"type": "end"}))
                 except ConnectionClosed:
@@ -115,19 +132,30 @@ class Client:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
 
-        async with connect(self.stream_url(seed, sample_format), max_size=None,
-                           open_timeout=self.timeout) as websocket:
+        if isinstance(mel_chunks, AsyncIterable):
+            chunks = aiter(mel_chunks)
+            first = await anext(chunks, None)
+        else:
+            chunks = iter(mel_chunks)
+            first = next(chunks, None)
+        url = self.stream_url(seed, sample_format, None if first is None else len(first))
+        async with connect(url, max_size=None, open_timeout=self.timeout) as websocket:
             async def send_all() -> None:
                 try:
-                    if isinstance(mel_chunks, AsyncIterable):
-                        async for chunk in mel_chunks:
+                    if first is not None:
+                        await websocket.send(_frame_bytes(first))
+                    if isinstance(chunks, AsyncIterator):
+                        async for chunk in chunks:
                             await websocket.send(_frame_bytes(chunk))
                     else:
-                        for chunk in mel_chunks:
+                        for chunk in chunks:
                             await websocket.send(_frame_bytes(chunk))
                     await websocket.send(json.dumps({"type": "end"}))
                 except ConnectionClosed:
-                    pass
+                    pass  # the receiving side reports why
+                except Exception:  # a bad chunk: the receiving side raises it once the connection is closed
+                    await websocket.close()
+                    raise
 
             sender = asyncio.create_task(send_all())
             try:
@@ -161,10 +189,29 @@ def _closed_error(closed) -> ServerError:
     return ServerError(received.code, received.reason)
 
 
-def _raise_for(response: httpx.Response) -> None:
-    if response.status_code != 200:
+def vocode_files(url: str, inputs: list[Path], targets: list[Path], *, seed: int = 0, log=print) -> int:
+    """``nvwavenet vocode --server URL``: each ``.npy`` mel of ``inputs`` vocoded by the server with
+    ``seed`` (as ``Vocoder(mel, seed=seed)`` would) and written to its target WAV."""
+    from .audio import write_wav
+
+    client = Client(url)
+    model = client.model_info()
+    mels = []
+    for path in inputs:  # all read and checked before the first request
+        if path.suffix.lower() != ".npy" or not path.is_file():
+            raise ValueError(f"{path}: --server takes .npy mel spectrograms that exist")
         try:
-            reason = response.json()["detail"]
-        except (ValueError, KeyError, TypeError):
-            reason = response.text[:200]
-        raise ServerError(response.status_code, reason)
+            mel = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+        if not np.issubdtype(mel.dtype, np.floating) or mel.ndim != 2 or mel.shape[0] != model["n_mels"]:
+            raise ValueError(f"{path}: expected float mel frames of shape ({model['n_mels']} bands, frames), "
+                             f"got {mel.dtype} {mel.shape}")
+        mels.append(mel)
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
+    for path, target, mel in zip(inputs, targets, mels):
+        write_wav(target, client.vocode(mel, seed=seed), model["sample_rate"])
+        if log:
+            log(f"{path} -> {target} ({mel.shape[1] * model['hop_length'] / model['sample_rate']:.2f} s "
+                f"at {model['sample_rate']} Hz, from {url})")
+    return 0

@@ -5,10 +5,12 @@ for bit what :class:`~nvwavenet.vocoder.Vocoder` gives for its mel and seed alon
 
 Endpoints
 ---------
-``WS /v1/stream?seed=S&format=F``
+``WS /v1/stream?seed=S&format=F&n_mels=M``
     One utterance per connection. ``seed``: the sampling seed (an integer, default 0), as
     ``Vocoder(mel, seed=S)`` takes it; ``format``: ``pcm16`` (little-endian int16, the default)
-    or ``float32`` (little-endian, in [-1, 1]) for the audio sent back.
+    or ``float32`` (little-endian, in [-1, 1]) for the audio sent back; ``n_mels``: the bands
+    of the frames the client sends (checked against the model's; recommended, since binary
+    frames do not carry their width).
 
     Client to server: binary messages of mel frames, float32 little-endian, frame after frame
     (``mel.T`` of a ``(n_mels, frames)`` mel, C order): a multiple of ``4 * n_mels`` bytes, any
@@ -34,8 +36,8 @@ WebSocket close codes
 1009 a message larger than ``max_pending_frames`` frames
 1011 the engine failed on this stream's batch
 1013 all ``--max-streams`` slots are in use: try again later
-4400 a bad request: unknown query value, a binary message that is not whole float32 frames,
-     the wrong number of mel bands, NaN or infinity, a text message other than ``end``
+4400 a bad request: a bad query value (``n_mels`` other than the model's among them), a binary
+     message that is not whole float32 frames, NaN or infinity, a text message other than ``end``
 4408 the client read no audio for ``send_timeout`` seconds, or sent nothing for ``idle_timeout``
 ==== ======================================================================================
 
@@ -69,7 +71,7 @@ from .scheduler import Scheduler, SchedulerClosed, SchedulerFull, Stream
 from .validation import check_int
 from .vocoder import Vocoder
 
-__all__ = ["ServeSettings", "create_app", "serve", "CLOSE_CODES"]
+__all__ = ["ServeSettings", "create_app", "serve", "uvicorn_config", "CLOSE_CODES"]
 
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_TRY_LATER = 1000, 1001, 1009, 1011, 1013
 CLOSE_BAD_REQUEST, CLOSE_TIMEOUT = 4400, 4408
@@ -248,6 +250,11 @@ async def _stream_session(service: _Service, websocket: WebSocket) -> None:
     await websocket.accept()
     try:
         seed, sample_format = _stream_options(websocket.query_params)
+        # Frames carry no width of their own: a client sending 64 bands to an 80-band model would
+        # have every 5 of its frames read as 4. It says what it sends, and is refused if that is wrong.
+        n_mels = _query(websocket.query_params, "n_mels", service.n_mels, int, "an integer")
+        if n_mels != service.n_mels:
+            raise ValueError(f"n_mels: the model takes mel frames of {service.n_mels} bands, the client sends {n_mels}")
     except ValueError as error:
         metrics.outcomes.labels("bad_input").inc()
         return await _close(websocket, CLOSE_BAD_REQUEST, str(error))
@@ -499,11 +506,14 @@ def serve(vocoder: Vocoder, settings: ServeSettings | None = None, *, host: str 
     streams get ``shutdown_grace`` seconds to end), then uvicorn stops; a second SIGINT stops at once.
     """
     app = create_app(vocoder, settings)
-    service = app.state.service
-    # uvicorn refuses larger messages itself (1009) before the app sees them; the app's own check
-    # (the same limit in frames) gives the reason.
-    max_size = 4 * service.n_mels * service.settings.max_pending_frames + 1024
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, ws_max_size=max_size,
-                            timeout_graceful_shutdown=5)
-    _GracefulServer(config, service).run()
+    _GracefulServer(uvicorn_config(app, host=host, port=port, log_level=log_level), app.state.service).run()
     return 0
+
+
+def uvicorn_config(app: FastAPI, **kwargs) -> uvicorn.Config:
+    """uvicorn's configuration for an app of :func:`create_app` (``kwargs``: host, port, ...)."""
+    service = app.state.service
+    # uvicorn refuses much larger messages itself (1009) before the app reads them into memory;
+    # the app's own check (the limit in frames) gives the reason for the rest.
+    max_size = 4 * service.n_mels * service.settings.max_pending_frames + 4096
+    return uvicorn.Config(app, ws_max_size=max_size, timeout_graceful_shutdown=5, **kwargs)
