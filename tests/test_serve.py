@@ -428,3 +428,35 @@ def test_cli_errors(checkpoint, tmp_path, capsys, args, message):
     assert cli.main(args + (["--out", str(tmp_path / "out")] if args[0] == "vocode" else [])) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and re.search(message, error), error
+
+
+# -- Ray Serve -------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_ray_serve_deployment_serves_the_same_audio(model, vocoder, checkpoint):
+    """The same app as a Ray Serve deployment on a local Ray instance (about 30 s on 2 cores); skipped
+    without ``pip install "nvwavenet[ray]"``, which the test extra leaves out (ray is about 240 MB)."""
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from nvwavenet.ray_serve import build_app
+
+    with pytest.raises(ValueError, match="unknown arguments \\['colour'\\]"):
+        build_app({"checkpoint": str(checkpoint), "colour": "red"})
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({"checkpoint": str(checkpoint), "max_streams": "4", "chunk_frames": "3"}), route_prefix="/")
+        client = Client(f"http://127.0.0.1:{port}")
+        mel = torch.randn(MELS, 21) - 2.0
+        assert np.array_equal(client.vocode(mel.numpy(), seed=3), vocoder(mel, seed=3).numpy())
+        streamed = np.concatenate(list(client.stream([mel[:, :8], mel[:, 8:]], seed=4)))
+        assert np.array_equal(streamed, vocoder(mel, seed=4).numpy())
+        assert client.model_info()["limits"]["max_streams"] == 4
+    finally:
+        serve.shutdown()
+        ray.shutdown()
