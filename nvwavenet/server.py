@@ -67,7 +67,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.websockets import WebSocketDisconnect
 
 from .audio import to_pcm, write_wav
-from .scheduler import Scheduler, SchedulerClosed, SchedulerFull, Stream
+from .scheduler import Scheduler, SchedulerClosed, SchedulerFull
 from .validation import check_int
 from .vocoder import Vocoder
 
@@ -193,9 +193,6 @@ class _Service:
                 "limits": dataclasses.asdict(self.settings), "formats": list(FORMATS),
                 "close_codes": {str(code): meaning for code, meaning in CLOSE_CODES.items()}}
 
-    def open(self, seed: int, wake) -> Stream:
-        return self.scheduler.open(seed, wake)
-
 
 def _query(params, name: str, default, parse, expected: str):
     raw = params.get(name)
@@ -260,7 +257,7 @@ async def _stream_session(service: _Service, websocket: WebSocket) -> None:
         return await _close(websocket, CLOSE_BAD_REQUEST, str(error))
     audio_ready, room = asyncio.Event(), asyncio.Event()
     try:
-        stream = service.open(seed, _waker(asyncio.get_running_loop(), audio_ready, room))
+        stream = service.scheduler.open(seed, _waker(asyncio.get_running_loop(), audio_ready, room))
     except SchedulerClosed as error:
         metrics.outcomes.labels("refused_shutdown").inc()
         return await _close(websocket, CLOSE_GOING_AWAY, str(error))
@@ -296,6 +293,8 @@ async def _stream_session(service: _Service, websocket: WebSocket) -> None:
                     stream.put(frames)
                 except (ValueError, TypeError) as error:
                     raise _Close(CLOSE_BAD_REQUEST, str(error)) from None
+                except RuntimeError:  # closed meanwhile (shutdown): the sender says why
+                    return "closed"
                 if not first_frame_at:
                     first_frame_at.append(time.monotonic())
             else:
@@ -335,8 +334,8 @@ async def _stream_session(service: _Service, websocket: WebSocket) -> None:
     outcome, close = "finished", (CLOSE_NORMAL, "utterance complete")
     try:
         done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
-        if receiver in done and not receiver.exception() and receiver.result() == "ended":
-            await asyncio.wait({sender})
+        if receiver in done and not receiver.exception() and receiver.result() in ("ended", "closed"):
+            await asyncio.wait({sender})  # it sends the rest, or says why the stream was closed
             done = {sender}
         for task in (receiver, sender):
             if task in done and task.exception() is not None:
@@ -401,7 +400,7 @@ async def _vocode_once(service: _Service, request: Request) -> Response:
         return refuse(400, "body: the mel holds NaN or infinite values", "bad_input")
     audio_ready = asyncio.Event()
     try:
-        stream = service.open(seed, _waker(asyncio.get_running_loop(), audio_ready))
+        stream = service.scheduler.open(seed, _waker(asyncio.get_running_loop(), audio_ready))
     except SchedulerClosed as error:
         return refuse(503, str(error), "refused_shutdown", **{"Retry-After": "1"})
     except SchedulerFull as error:
@@ -410,9 +409,15 @@ async def _vocode_once(service: _Service, request: Request) -> Response:
     try:
         while True:
             audio_ready.clear()
+            if stream.closed:
+                status = 503 if service.draining else 500
+                return refuse(status, stream.error or "closed", "shutdown" if service.draining else "error")
             if sent < mel.shape[1] and stream.room:
                 count = min(stream.room, mel.shape[1] - sent)
-                stream.put(mel[:, sent:sent + count])
+                try:
+                    stream.put(mel[:, sent:sent + count])
+                except RuntimeError:  # closed meanwhile: the check above says why
+                    continue
                 sent += count
                 if sent == mel.shape[1]:
                     stream.end()
@@ -420,10 +425,7 @@ async def _vocode_once(service: _Service, request: Request) -> Response:
             if chunks and not pieces:
                 metrics.first_audio.observe(time.monotonic() - started)
             pieces += chunks
-            if stream.closed:
-                status = 503 if service.draining else 500
-                return refuse(status, stream.error or "closed", "shutdown" if service.draining else "error")
-            if stream.done:
+            if stream.done and not stream.closed:
                 break
             if not chunks and not (sent < mel.shape[1] and stream.room):
                 await audio_ready.wait()

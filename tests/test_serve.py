@@ -356,6 +356,22 @@ def test_a_client_that_never_reads_is_held_back_and_bounded(vocoder):
         assert metric(base, 'nvwavenet_streams_total{outcome="timeout"}') == 1
 
 
+def test_an_engine_failure_closes_its_streams_with_1011_and_the_server_goes_on(vocoder, monkeypatch):
+    mel = torch.randn(MELS, 12) - 2.0
+    with running(vocoder) as (base, _):
+        client = Client(base)
+        with monkeypatch.context() as patch:
+            def fail(*args, **kwargs):
+                raise RuntimeError("out of memory")
+            patch.setattr(vocoder.net, "infer", fail)
+            with pytest.raises(ServerError, match="1011: engine error: RuntimeError: out of memory"):
+                list(client.stream([mel]))
+            with pytest.raises(ServerError, match="500: engine error: RuntimeError: out of memory"):
+                client.vocode(mel.numpy())
+        assert np.array_equal(client.vocode(mel.numpy(), seed=4), vocoder(mel, seed=4).numpy())
+        assert metric(base, 'nvwavenet_streams_total{outcome="error"}') == 2
+
+
 # -- shutdown --------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
