@@ -117,10 +117,9 @@ class Client:
                         if failure:
                             raise failure[0] from None
                         raise _closed_error(closed) from None
-                    if isinstance(message, bytes):
-                        yield np.frombuffer(message, dtype=_DTYPES[sample_format])
-                    elif json.loads(message).get("type") == "end":
+                    if (audio := _audio(message, sample_format)) is None:
                         return
+                    yield audio
             finally:
                 sender.join(self.timeout)
 
@@ -166,12 +165,20 @@ class Client:
                         if sender.done() and sender.exception() is not None:
                             raise sender.exception() from None
                         raise _closed_error(closed) from None
-                    if isinstance(message, bytes):
-                        yield np.frombuffer(message, dtype=_DTYPES[sample_format])
-                    elif json.loads(message).get("type") == "end":
+                    if (audio := _audio(message, sample_format)) is None:
                         return
+                    yield audio
             finally:
                 sender.cancel()
+
+
+def _audio(message, sample_format: str) -> np.ndarray | None:
+    """A server message's samples; None for its end message."""
+    if isinstance(message, bytes):
+        return np.frombuffer(message, dtype=_DTYPES[sample_format])
+    if json.loads(message).get("type") != "end":
+        raise ServerError(1000, f"unexpected message {message[:80]!r}")
+    return None
 
 
 def _frame_bytes(chunk) -> bytes:

@@ -395,7 +395,7 @@ def serve_process(checkpoint, *args):
 
 def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(vocoder, checkpoint):
     mel = torch.randn(MELS, 24) - 2.0
-    with serve_process(checkpoint, "--shutdown-grace", "4") as (process, base, lines):
+    with serve_process(checkpoint, "--shutdown-grace", "6") as (process, base, lines):
         async def scenario():
             finishing, abandoned = await connect(ws_url(base, seed=5)), await connect(ws_url(base))
             await finishing.send(frames_bytes(mel[:, :10]))
@@ -416,7 +416,7 @@ def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(vocoder, che
             assert np.array_equal(np.concatenate(audio), to_pcm(vocoder(mel, seed=5).numpy(), "int16"))
             await expect_close(finishing, 1000, "utterance complete")
             # One that never ends is closed with the reason once the grace period is over.
-            await expect_close(abandoned, 1001, r"did not end within the 4 s grace period", seconds=15)
+            await expect_close(abandoned, 1001, r"did not end within the 6 s grace period", seconds=20)
 
         asyncio.run(scenario())
         assert process.wait(20) == 0, "".join(lines) + process.stdout.read()
