@@ -37,14 +37,19 @@ RATE, HOP, MELS = 24000, 300, 80
 CHUNK_FRAMES = 4  # 4 hops of 300 samples: 50 ms at 24 kHz
 
 
-def make_vocoder(n_residual: int, n_skip: int, n_layers: int, max_dilation: int, device, dtype) -> Vocoder:
+def make_model(n_residual: int, n_skip: int, n_layers: int, max_dilation: int) -> tuple[WaveNet, AudioConfig]:
+    """A randomly initialised vocoder model at 24 kHz, hop 300, 80 mels, and its audio configuration."""
     torch.manual_seed(0)
     model = WaveNet(n_in_channels=256, n_layers=n_layers, max_dilation=max_dilation, n_residual_channels=n_residual,
                     n_skip_channels=n_skip, n_out_channels=256, n_cond_channels=MELS, upsamp_window=4 * HOP,
                     upsamp_stride=HOP).eval()
     mel = MelConfig(sample_rate=RATE, n_fft=4 * HOP, hop_length=HOP, win_length=4 * HOP, n_mels=MELS,
                     fmin=0.0, fmax=8000.0)
-    return Vocoder(model, AudioConfig(RATE, 256, mel), device=device, dtype=dtype)
+    return model, AudioConfig(RATE, 256, mel)
+
+
+def make_vocoder(n_residual: int, n_skip: int, n_layers: int, max_dilation: int, device, dtype) -> Vocoder:
+    return Vocoder(*make_model(n_residual, n_skip, n_layers, max_dilation), device=device, dtype=dtype)
 
 
 def mel_chunks(total_frames: int, chunk_frames: int, seed: int = 0):

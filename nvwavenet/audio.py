@@ -22,7 +22,7 @@ from .mel import MelConfig
 from .validation import MAX_SAMPLE_RATE, check_fields, check_finite, check_int
 
 __all__ = ["AudioConfig", "AudioConversionWarning", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav",
-           "resample"]
+           "resample", "to_pcm"]
 
 
 class AudioConversionWarning(UserWarning):
@@ -217,15 +217,18 @@ def write_wav(path, audio, sample_rate: int, *, sample_format: str = "int16") ->
         raise ValueError(f"sample_rate: {sample_rate} Hz of {channels} {sample_format} channel(s) is more bytes per "
                          "second than a WAV header holds (2^32 - 1)")
     check_finite("audio", array)  # NaN would be written as 0 (int16, int32) or as NaN (float32)
-    array = array.astype(np.float64).T  # scipy wants (samples, channels)
+    scipy.io.wavfile.write(path, int(sample_rate), to_pcm(array.T, sample_format))  # scipy wants (samples, channels)
+
+
+def to_pcm(audio: np.ndarray, sample_format: str) -> np.ndarray:
+    """Float audio as ``sample_format`` samples (see :func:`write_wav`), e.g. for a network stream."""
     if sample_format == "float32":
-        pcm = array.astype(np.float32)
-    else:
-        # The scale read_wav divides by (2^(bits-1)), so that integer PCM round-trips to within
-        # half a step; +1.0 itself becomes the largest integer.
-        info = np.iinfo(_WAV_FORMATS[sample_format])
-        pcm = np.clip(np.round(array * -float(info.min)), info.min, info.max).astype(_WAV_FORMATS[sample_format])
-    scipy.io.wavfile.write(path, int(sample_rate), pcm)
+        return audio.astype(np.float32)
+    # The scale read_wav divides by (2^(bits-1)), so that integer PCM round-trips to within
+    # half a step; +1.0 itself becomes the largest integer.
+    info = np.iinfo(_WAV_FORMATS[sample_format])
+    return np.clip(np.round(audio.astype(np.float64) * -float(info.min)), info.min,
+                   info.max).astype(_WAV_FORMATS[sample_format])
 
 
 @dataclasses.dataclass(frozen=True)

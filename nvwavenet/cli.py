@@ -174,6 +174,11 @@ def cmd_vocode(args) -> int:
         raise IsADirectoryError(f"--out: {args.out} is a folder, expected a .wav file to write")
     elif not single_file:
         check_folder("--out", args.out, "a folder for the outputs (a path ending in .wav for a single input)")
+    if args.server:
+        from .client import vocode_files
+        return vocode_files(args.server, inputs, targets, seed=args.seed, log=None if args.quiet else print)
+    if not args.checkpoint:
+        raise ValueError("--checkpoint: required unless --server is given")
     vocoder = _load_vocoder(args)
     mels = [_input_mel(vocoder, path) for path in inputs]
     # Created once every input has been read: a mistake in one leaves no empty folder behind.
@@ -312,6 +317,16 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .server import ServeSettings, serve
+
+    if args.shutdown_grace < 0:
+        raise ValueError(f"--shutdown-grace: expected a number of seconds >= 0, got {args.shutdown_grace}")
+    settings = ServeSettings(max_streams=args.max_streams, chunk_frames=args.chunk_frames,
+                             shutdown_grace=args.shutdown_grace)
+    return serve(_load_vocoder(args), settings, host=args.host, port=args.port)
+
+
 def _integer(minimum: int):
     """argparse type: an integer >= ``minimum`` (a negative batch size wrote nothing; 0 steps failed
     deep inside, naming the library's argument rather than the option)."""
@@ -403,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "mel front end, resampled to its rate and mixed to mono) with a trained checkpoint. Several inputs "
                     "are batched together; the WAVs written are at the checkpoint's sample rate.")
     vocode.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy mel spectrograms or .wav files")
-    vocode.add_argument("--checkpoint", required=True,
+    vocode.add_argument("--checkpoint",
                         help="an nvwavenet checkpoint folder, or with --nv-wavenet-config an NV-WaveNet state dict")
+    vocode.add_argument("--server", metavar="URL", help="vocode .npy mels on a running `nvwavenet serve` at URL instead")
     vocode.add_argument("--nv-wavenet-config", help="NV-WaveNet's config.json, to load --checkpoint as its state dict")
     vocode.add_argument("--out", type=Path, default=Path("vocoded"),
                         help="output folder, one WAV per input named after it; with a single input also a path "
@@ -431,6 +447,21 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--sample-rate", type=_integer(1), help="analyse at this rate (default: the most common)")
     analyze.add_argument("--plots", type=Path, help="write PNG plots (histogram, autocorrelation, waveform) here")
     analyze.set_defaults(run=cmd_analyze)
+
+    serve = command(
+        "serve", help="a streaming vocoder server (WebSocket, HTTP, Prometheus metrics)",
+        description="Serve CHECKPOINT over HTTP and WebSocket (protocol and close codes: nvwavenet.server). Every "
+                    "connected stream is batched into one engine call per turn; each stream's audio equals the "
+                    "vocoder's for its mel and seed alone. SIGTERM or SIGINT shuts down gracefully.")
+    serve.add_argument("checkpoint", metavar="CHECKPOINT", help="an nvwavenet checkpoint folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_integer(0), default=8000, help="port; 0 picks a free one")
+    serve.add_argument("--max-streams", type=_integer(1), default=64, help="streams served at once")
+    serve.add_argument("--chunk-frames", type=_integer(1), default=4, help="mel frames per engine call at most")
+    serve.add_argument("--shutdown-grace", type=_finite_float, default=10.0,
+                       help="seconds open streams get to finish after SIGTERM")
+    _add_engine_options(serve)
+    serve.set_defaults(run=cmd_serve, nv_wavenet_config=None)
 
     bench = command("bench", help="the quick benchmark (under a minute)",
                     description="Samples/s and real-time factor of every engine on this machine "

@@ -161,15 +161,26 @@ class Vocoder:
             elif frames.shape[0] != history.shape[0]:
                 raise ValueError(f"mel chunk {index}: batch of {frames.shape[0]} streams, the first chunk had "
                                  f"{history.shape[0]}")
-            window = torch.cat([history, frames], dim=2)
-            history = window[:, :, window.shape[2] - self.conditioner.context:]
-            with torch.no_grad():
-                cond = self.conditioner(window)
-            if self.net.dtype != torch.float32 and self.device.type == "cuda":
-                cond = cond.to(torch.float16)
+            cond, history = self.condition_chunk(history, frames)
             classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
-            audio = mu_law_decode(classes, self.audio_config.quantization_channels)
+            audio = self.decode(classes)
             yield audio[0] if chunk.dim() == 2 else audio
+
+    def condition_chunk(self, history: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditioning of ``frames`` ``(batch, n_mels, n)`` (checked by ``conditioner.as_frames``)
+        after ``history``, the frames before them (``conditioner.start`` for a new stream), and the
+        history for the next chunk. The server calls it per stream, so its audio is this class's."""
+        window = torch.cat([history, frames], dim=2)
+        history = window[:, :, window.shape[2] - self.conditioner.context:]
+        with torch.no_grad():
+            cond = self.conditioner(window)
+        if self.net.dtype != torch.float32 and self.device.type == "cuda":
+            cond = cond.to(torch.float16)
+        return cond, history
+
+    def decode(self, classes: torch.Tensor) -> torch.Tensor:
+        """Generated mu-law classes as float audio in [-1, 1]."""
+        return mu_law_decode(classes, self.audio_config.quantization_channels)
 
     def __call__(self, mel, *, generator: torch.Generator | None = None, seed: int = 0,
                  progress: bool = False) -> torch.Tensor:

@@ -1,0 +1,224 @@
+"""A client of ``nvwavenet serve`` (protocol in :mod:`nvwavenet.server`), on ``websockets`` and ``httpx``.
+
+    client = Client("http://127.0.0.1:8000")
+    audio = client.vocode(mel, seed=3)                  # one request: (n_mels, frames) -> (frames * hop,)
+    for chunk in client.stream(mel_chunks, seed=3):     # audio as soon as the server generates it
+        play(chunk)
+    async for chunk in client.astream(mel_chunks):      # the same from asyncio
+
+Audio comes back as float32 numpy arrays in [-1, 1] (``sample_format="float32"``, bit for bit the
+server's) or int16 PCM (``"pcm16"``, half the bytes). A refusal or an abnormal close raises
+:class:`ServerError` with the server's code and reason.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import httpx
+import numpy as np
+
+__all__ = ["Client", "ServerError", "vocode_files"]
+
+_DTYPES = {"float32": "<f4", "pcm16": "<i2"}
+
+
+class ServerError(RuntimeError):
+    """The server refused a request or closed a stream abnormally: ``code`` is the WebSocket close
+    code or the HTTP status, ``reason`` its message (see :mod:`nvwavenet.server` for the codes)."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(f"server answered {code}: {reason}")
+        self.code, self.reason = code, reason
+
+
+class Client:
+    """``url``: the server's base URL (``http://host:port``); ``timeout``: seconds for each HTTP
+    request and for each message awaited from a stream."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"url: expected the server's http://host:port, got {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._ws_base = urlunsplit(("ws" if parts.scheme == "http" else "wss", parts.netloc,
+                                    parts.path.rstrip("/"), "", ""))
+        self._model: dict | None = None
+
+    def model_info(self) -> dict:
+        """The server's ``/v1/model``: sample rate, hop, mel bands, sizes, limits."""
+        if self._model is None:
+            response = self._request("GET", "/v1/model")
+            self._model = response.json()
+        return self._model
+
+    def vocode(self, mel, *, seed: int = 0, sample_format: str = "float32") -> np.ndarray:
+        """One ``POST /v1/vocode``: the audio of ``mel`` ``(n_mels, frames)`` (float32, or int16 for ``pcm16``)."""
+        import scipy.io.wavfile
+
+        body = io.BytesIO()
+        np.save(body, np.ascontiguousarray(np.asarray(mel, dtype=np.float32)), allow_pickle=False)
+        response = self._request("POST", "/v1/vocode", params={"seed": seed, "format": sample_format},
+                                 content=body.getvalue())
+        return scipy.io.wavfile.read(io.BytesIO(response.content))[1]
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = httpx.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+        except httpx.TransportError as error:  # refused, unreachable, timed out: an OSError, like a socket's
+            raise ConnectionError(f"{self.url}: {error or type(error).__name__}") from error
+        if response.status_code != 200:
+            try:
+                reason = response.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                reason = response.text[:200]
+            raise ServerError(response.status_code, reason)
+        return response
+
+    def stream_url(self, seed: int = 0, sample_format: str = "float32", n_mels: int | None = None) -> str:
+        query = {"seed": seed, "format": sample_format, **({} if n_mels is None else {"n_mels": n_mels})}
+        return f"{self._ws_base}/v1/stream?{urlencode(query)}"
+
+    def stream(self, mel_chunks: Iterable, *, seed: int = 0, sample_format: str = "float32") -> Iterator[np.ndarray]:
+        """Send ``mel_chunks`` (each ``(n_mels, k)``) from a thread while yielding the audio as it comes."""
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+
+        chunks = iter(mel_chunks)
+        first = next(chunks, None)  # its bands go in the URL, for the server to check
+        url = self.stream_url(seed, sample_format, None if first is None else len(first))
+        with connect(url, max_size=None, open_timeout=self.timeout) as websocket:
+            failure: list[BaseException] = []
+
+            def send_all() -> None:
+                try:
+                    for chunk in ([] if first is None else itertools.chain([first], chunks)):
+                        websocket.send(_frame_bytes(chunk))
+                    websocket.send(json.dumps({"type": "end"}))
+                except ConnectionClosed:
+                    pass  # the receiving side reports why
+                except BaseException as error:  # noqa: BLE001 - a bad chunk: reported to the caller below
+                    failure.append(error)
+                    websocket.close()
+
+            sender = threading.Thread(target=send_all, daemon=True)
+            sender.start()
+            try:
+                while True:
+                    try:
+                        message = websocket.recv(timeout=self.timeout)
+                    except ConnectionClosed as closed:
+                        if failure:
+                            raise failure[0] from None
+                        raise _closed_error(closed) from None
+                    if (audio := _audio(message, sample_format)) is None:
+                        return
+                    yield audio
+            finally:
+                sender.join(self.timeout)
+
+    async def astream(self, mel_chunks: Iterable | AsyncIterable, *, seed: int = 0,
+                      sample_format: str = "float32") -> AsyncIterator[np.ndarray]:
+        """:meth:`stream` for asyncio: ``mel_chunks`` may be an iterable or an async iterable."""
+        import asyncio
+
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        if isinstance(mel_chunks, AsyncIterable):
+            chunks = aiter(mel_chunks)
+            first = await anext(chunks, None)
+        else:
+            chunks = iter(mel_chunks)
+            first = next(chunks, None)
+        url = self.stream_url(seed, sample_format, None if first is None else len(first))
+        async with connect(url, max_size=None, open_timeout=self.timeout) as websocket:
+            async def send_all() -> None:
+                try:
+                    if first is not None:
+                        await websocket.send(_frame_bytes(first))
+                    if isinstance(chunks, AsyncIterator):
+                        async for chunk in chunks:
+                            await websocket.send(_frame_bytes(chunk))
+                    else:
+                        for chunk in chunks:
+                            await websocket.send(_frame_bytes(chunk))
+                    await websocket.send(json.dumps({"type": "end"}))
+                except ConnectionClosed:
+                    pass  # the receiving side reports why
+                except Exception:  # a bad chunk: the receiving side raises it once the connection is closed
+                    await websocket.close()
+                    raise
+
+            sender = asyncio.create_task(send_all())
+            try:
+                while True:
+                    try:
+                        message = await asyncio.wait_for(websocket.recv(), self.timeout)
+                    except ConnectionClosed as closed:
+                        if sender.done() and sender.exception() is not None:
+                            raise sender.exception() from None
+                        raise _closed_error(closed) from None
+                    if (audio := _audio(message, sample_format)) is None:
+                        return
+                    yield audio
+            finally:
+                sender.cancel()
+
+
+def _audio(message, sample_format: str) -> np.ndarray | None:
+    """A server message's samples; None for its end message."""
+    if isinstance(message, bytes):
+        return np.frombuffer(message, dtype=_DTYPES[sample_format])
+    if json.loads(message).get("type") != "end":
+        raise ServerError(1000, f"unexpected message {message[:80]!r}")
+    return None
+
+
+def _frame_bytes(chunk) -> bytes:
+    """Mel frames ``(n_mels, k)`` as the protocol's frame-major float32 bytes."""
+    array = np.asarray(chunk.cpu() if hasattr(chunk, "cpu") else chunk, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"mel chunk: expected (n_mels, frames), got shape {array.shape}")
+    return np.ascontiguousarray(array.T).astype("<f4").tobytes()
+
+
+def _closed_error(closed) -> ServerError:
+    received = closed.rcvd
+    if received is None:
+        return ServerError(1006, "connection lost without a close frame")
+    return ServerError(received.code, received.reason)
+
+
+def vocode_files(url: str, inputs: list[Path], targets: list[Path], *, seed: int = 0, log=print) -> int:
+    """``nvwavenet vocode --server URL``: each ``.npy`` mel of ``inputs`` vocoded by the server with
+    ``seed`` (as ``Vocoder(mel, seed=seed)`` would) and written to its target WAV."""
+    from .audio import write_wav
+
+    client = Client(url)
+    model = client.model_info()
+    mels = []
+    for path in inputs:  # all read and checked before the first request
+        if path.suffix.lower() != ".npy" or not path.is_file():
+            raise ValueError(f"{path}: --server takes .npy mel spectrograms that exist")
+        try:
+            mel = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+        if not np.issubdtype(mel.dtype, np.floating) or mel.ndim != 2 or mel.shape[0] != model["n_mels"]:
+            raise ValueError(f"{path}: expected float mel frames of shape ({model['n_mels']} bands, frames), "
+                             f"got {mel.dtype} {mel.shape}")
+        mels.append(mel)
+    targets[0].parent.mkdir(parents=True, exist_ok=True)
+    for path, target, mel in zip(inputs, targets, mels):
+        write_wav(target, client.vocode(mel, seed=seed), model["sample_rate"])
+        if log:
+            log(f"{path} -> {target} ({mel.shape[1] * model['hop_length'] / model['sample_rate']:.2f} s "
+                f"at {model['sample_rate']} Hz, from {url})")
+    return 0
