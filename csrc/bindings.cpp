@@ -195,5 +195,15 @@ PYBIND11_MODULE(_C, m) {
         [](const Params& params, int variant) { nvwavenet::gpu::generate(params, as_variant(variant)); },
         py::arg("params"), py::arg("variant"), py::call_guard<py::gil_scoped_release>(),
         "Runs a CUDA variant on params.stream and waits for it; errors become exceptions.");
+  m.def(
+      "cuda_status_message",
+      [](int32_t code, int32_t site, int32_t block, int64_t step, uint64_t observed, uint64_t expected, int32_t variant,
+         int64_t timeout_ns) {
+        nvwavenet::gpu::DeviceStatus status{code, 1, site, block, step, observed, expected};
+        return nvwavenet::gpu::status_message(status, variant, timeout_ns);
+      },
+      py::arg("code"), py::arg("site"), py::arg("block"), py::arg("step"), py::arg("observed"), py::arg("expected"),
+      py::arg("variant"), py::arg("timeout_ns"),
+      "The error text cuda_generate raises for a kernel status block with these fields (any values).");
 #endif
 }

@@ -7,6 +7,7 @@ On a GPU, run them with ``scripts/gpu_check.sh``.
 from __future__ import annotations
 
 import math
+import random
 import re
 from pathlib import Path
 
@@ -216,6 +217,36 @@ def test_cuda_failure_without_a_gpu_is_a_runtime_error_with_cuda_message_and_loc
     for variant in CUDA_VARIANTS.values():
         with pytest.raises(RuntimeError, match=r"CUDA error cuda\w+ \(.+\) from .+ at .+launch\.cu:\d+"):
             _C.cuda_plan(fake_params(), variant)
+
+
+@needs_kernels
+def test_status_message_is_total_for_any_status_block():
+    """The timeout text is built from fields the GPU wrote: garbage there (a site, block or variant
+    outside its range, extreme integers) must still give a message, never an out-of-range lookup."""
+    from nvwavenet import _C
+
+    rng = random.Random(17)
+
+    def pick(bits, signed=True, edges=()):
+        low, high = (-2**(bits - 1), 2**(bits - 1) - 1) if signed else (0, 2**bits - 1)
+        return rng.choice([low, high, *edges]) if rng.random() < 0.5 else rng.randint(low, high)
+
+    for _ in range(300):
+        code, site, block, variant = (pick(32, edges=(0, 1, 2, 7, 8, -1)) for _ in range(4))
+        step, timeout = pick(64, edges=(0, -1)), pick(64, edges=(0, -1))
+        observed, expected = pick(64, signed=False), pick(64, signed=False)
+        text = _C.cuda_status_message(code, site, block, step, observed, expected, variant, timeout)
+        assert "kernel stopped:" in text
+        if code == 1:
+            assert f"block {block}," in text and f"at step {step}," in text
+            assert f"(flag {observed}, needed {expected})" in text
+            if not 0 <= site <= 7:
+                assert f"unknown wait (site {site})" in text
+        elif code != 2:
+            assert f"unknown status code {code}." in text
+    timeout = _C.cuda_status_message(1, 4, 3, 17, 5, 6, 3, 2_000_000)
+    assert re.search(r"kernel stopped: block \d+, .+ at step \d+, waited more than", timeout)
+    assert timeout.startswith("nvwavenet PERSISTENT kernel stopped: block 3, a layer block waiting for its input")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@
 
 #include <cstdio>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -21,10 +20,8 @@
 namespace nvwavenet::gpu {
 
 void throw_cuda_error(cudaError_t error, const char* expression, const char* file, int line) {
-  std::ostringstream message;
-  message << "CUDA error " << cudaGetErrorName(error) << " (" << cudaGetErrorString(error) << ") from " << expression
-          << " at " << file << ":" << line;
-  throw std::runtime_error(message.str());
+  throw std::runtime_error(std::string("CUDA error ") + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) +
+                           ") from " + expression + " at " + file + ":" + std::to_string(line));
 }
 
 std::string built_sizes_list() {
@@ -160,46 +157,44 @@ void launch(const Params& p, const Plan& plan) {
                    [&](auto impl) { decltype(impl)::type::launch(p, plan); });
 }
 
-const char* site_text(int32_t site) {
-  switch (site) {
-    case kSiteDualSampleFlag:
-      return "the residual block waiting for the head block's sample";
-    case kSiteDualLayerFlag:
-      return "the head block waiting for a layer's activations";
-    case kSiteDualPublisher:
-      return "the publisher warp waiting for the residual warps";
-    case kSitePersistentInput:
-      return "a layer block waiting for its input";
-    case kSitePersistentSkip:
-      return "a head block waiting for the skip sums";
-    case kSitePersistentHidden:
-      return "a head block waiting for the hidden vector";
-    case kSitePersistentLogits:
-      return "the sampling block waiting for the logits";
-    default:
-      return "an unknown wait";
-  }
-}
-
-[[noreturn]] void throw_status(const DeviceStatus& status, Variant variant, const Params& p) {
-  std::ostringstream message;
-  message << "nvwavenet " << variant_name(variant) << " kernel stopped: ";
-  if (status.code == kStatusTimeout) {
-    message << "block " << status.block << ", " << site_text(status.site) << " at step " << status.step
-            << ", waited more than " << p.spin_timeout_ns / 1000000 << " ms (flag " << status.observed << ", needed "
-            << status.expected << "). The outputs and the generation state are incomplete. A kernel bug, or a GPU "
-            << "too busy to keep the cooperating blocks running; if the GPU is shared, raise the limit with "
-            << "NVWAVENET_SPIN_TIMEOUT_MS.";
-  } else if (status.code == kStatusNoClusterArch) {
-    message << "this build has no sm_90 code for the cluster kernel; rebuild with NVWAVENET_CUDA_ARCHS "
-               "including 90.";
-  } else {
-    message << "unknown status code " << status.code << ".";
-  }
-  throw std::runtime_error(message.str());
-}
-
 }  // namespace
+
+std::string status_message(const DeviceStatus& status, int32_t variant, int64_t timeout_ns) {
+  // Every field comes from the GPU (or, in tests, from anywhere): nothing here indexes with one,
+  // and a value outside its enum is printed as the number it is.
+  static const char* const kSites[] = {
+      "an unnamed wait",
+      "the residual block waiting for the head block's sample",
+      "the head block waiting for a layer's activations",
+      "the publisher warp waiting for the residual warps",
+      "a layer block waiting for its input",
+      "a head block waiting for the skip sums",
+      "a head block waiting for the hidden vector",
+      "the sampling block waiting for the logits",
+  };
+  constexpr int32_t kKnownSites = static_cast<int32_t>(sizeof(kSites) / sizeof(kSites[0]));
+  const std::string site = status.site >= 0 && status.site < kKnownSites
+                               ? std::string(kSites[status.site])
+                               : "an unknown wait (site " + std::to_string(status.site) + ")";
+  const bool known_variant = variant >= static_cast<int32_t>(Variant::Auto) &&
+                             variant <= static_cast<int32_t>(Variant::Persistent);
+  std::string text = std::string("nvwavenet ") +
+                     (known_variant ? variant_name(static_cast<Variant>(variant))
+                                    : "variant " + std::to_string(variant)) +
+                     " kernel stopped: ";
+  if (status.code == kStatusTimeout) {
+    text += "block " + std::to_string(status.block) + ", " + site + " at step " + std::to_string(status.step) +
+            ", waited more than " + std::to_string(timeout_ns / 1000000) + " ms (flag " +
+            std::to_string(status.observed) + ", needed " + std::to_string(status.expected) +
+            "). The outputs and the generation state are incomplete. A kernel bug, or a GPU too busy to keep the "
+            "cooperating blocks running; if the GPU is shared, raise the limit with NVWAVENET_SPIN_TIMEOUT_MS.";
+  } else if (status.code == kStatusNoClusterArch) {
+    text += "this build has no sm_90 code for the cluster kernel; rebuild with NVWAVENET_CUDA_ARCHS including 90.";
+  } else {
+    text += "unknown status code " + std::to_string(status.code) + ".";
+  }
+  return text;
+}
 
 Plan plan(const Params& p, Variant variant) {
   validate(p, variant, false);
@@ -227,7 +222,8 @@ void generate(const Params& p, Variant variant) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
   NVWAVENET_CUDA_CHECK(cudaMemcpyAsync(&status, p.workspace, sizeof(status), cudaMemcpyDeviceToHost, stream));
   NVWAVENET_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (status.code != kStatusOk) throw_status(status, variant, p);
+  if (status.code != kStatusOk)
+    throw std::runtime_error(status_message(status, static_cast<int32_t>(variant), p.spin_timeout_ns));
 }
 
 }  // namespace nvwavenet::gpu
