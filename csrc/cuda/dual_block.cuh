@@ -312,8 +312,7 @@ Plan DualBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
                                           " channels need " + std::to_string(plan.shared_bytes) +
                                           " bytes of shared memory per block; the device allows " +
                                           std::to_string(device.shared_per_block_optin));
-  NVWAVENET_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
+  allow_dynamic_shared(kernel, device, attributes);
   int per_sm = 0;
   NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kDualThreads,
                                                                      static_cast<size_t>(plan.shared_bytes)));

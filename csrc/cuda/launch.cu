@@ -3,7 +3,9 @@
 // per-precision .cu files; this file only dispatches to their launchers.
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdio>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -152,6 +154,26 @@ Plan plan_on(const Params& p, Variant variant, const DeviceFacts& device) {
                           [&](auto impl) { return decltype(impl)::type::plan(p, device); });
 }
 
+// Planning queries the device (function attributes, occupancy): ~10-100 us that a short
+// streaming call should not pay again. A plan depends on the device, the variant, the compiled
+// kernel (sizes, weight type) and the Params fields the planners read (L, batch, tile).
+Plan cached_plan(const Params& p, Variant variant, const DeviceFacts& device) {
+  using Key = std::array<int64_t, 9>;
+  static std::mutex mutex;
+  static std::map<Key, Plan> plans;
+  const Key key{p.device, int64_t(variant), p.R, p.S, p.A, int64_t(p.weight_dtype), p.L, p.batch, p.streams_per_block};
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto found = plans.find(key);
+    if (found != plans.end()) return found->second;
+  }
+  Plan made = plan_on(p, variant, device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (plans.size() >= 4096) plans.clear();  // bounded, whatever mix of batches and depths a process runs
+  plans.emplace(key, made);
+  return made;
+}
+
 void launch(const Params& p, const Plan& plan) {
   dispatch_variant(p, plan.variant, "variant: AUTO cannot be launched",
                    [&](auto impl) { decltype(impl)::type::launch(p, plan); });
@@ -199,7 +221,7 @@ std::string status_message(const DeviceStatus& status, int32_t variant, int64_t 
 Plan plan(const Params& p, Variant variant) {
   validate(p, variant, false);
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
-  return plan_on(p, variant, device_facts(p.device));
+  return cached_plan(p, variant, device_facts(p.device));
 }
 
 void generate(const Params& p, Variant variant) {
@@ -207,19 +229,20 @@ void generate(const Params& p, Variant variant) {
   if (p.num_samples == 0) return;
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
   const DeviceFacts device = device_facts(p.device);
-  const Plan chosen = plan_on(p, variant, device);
+  const Plan chosen = cached_plan(p, variant, device);
   if (!chosen.runnable)
     throw std::invalid_argument(std::string("implementation: ") + variant_name(variant) +
                                 " cannot run this configuration on " + device.name + ": " + chosen.reason);
   if (p.workspace_bytes < chosen.workspace_bytes)
     throw std::invalid_argument("workspace_bytes: " + std::string(variant_name(variant)) + " needs " +
-                                std::to_string(chosen.workspace_bytes) + " zero-filled bytes, got " +
+                                std::to_string(chosen.workspace_bytes) + " bytes of workspace, got " +
                                 std::to_string(p.workspace_bytes));
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  NVWAVENET_CUDA_CHECK(cudaMemsetAsync(p.workspace, 0, static_cast<size_t>(chosen.workspace_bytes), stream));
   launch(p, chosen);
   // The kernel reports waits that gave up in the workspace's status block; reading it back means
   // waiting for the kernel, which also surfaces any fault it hit.
   DeviceStatus status{};
-  const auto stream = static_cast<cudaStream_t>(p.stream);
   NVWAVENET_CUDA_CHECK(cudaMemcpyAsync(&status, p.workspace, sizeof(status), cudaMemcpyDeviceToHost, stream));
   NVWAVENET_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (status.code != kStatusOk)

@@ -377,8 +377,7 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
                                              " head blocks); the largest cluster has " +
                                              std::to_string(kMaxClusterBlocks));
 
-    NVWAVENET_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
+    allow_dynamic_shared(kernel, device, attributes);
     // A device that cannot make such a cluster says so through these two calls; that is a plan
     // that says no (AUTO then picks another variant), not a failure.
     const auto declined = [&](cudaError_t error, const char* what) {
