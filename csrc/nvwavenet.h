@@ -13,7 +13,7 @@ namespace nvwavenet {
 enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
 // Values match nvwavenet.Impl.
-enum class Variant : int32_t { Auto = 0, SingleBlock = 1, DualBlock = 2, Persistent = 3 };
+enum class Variant : int32_t { Auto = 0, SingleBlock = 1, DualBlock = 2, Persistent = 3, Cluster = 4 };
 
 // Layer l has dilation 1 << (l % (log2(max_dilation) + 1)); it owns rows
 // [layer_queue_offset(l), layer_queue_offset(l) + dilation) of a stream's queue block.

@@ -206,7 +206,9 @@ def generate_cpu(params) -> None:
 
 
 # The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
-CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3}
+CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3, "CLUSTER": 4}
+# What AUTO may choose from: CLUSTER joins once the CUDA suite has passed with it on a GPU.
+AUTO_CANDIDATES = ("SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT")
 
 SPIN_TIMEOUT_ENV = "NVWAVENET_SPIN_TIMEOUT_MS"
 DEFAULT_SPIN_TIMEOUT_MS = 2000.0
@@ -264,7 +266,7 @@ def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, 
         return known
     C = extension()
     if implementation == "AUTO":
-        plans = {name: C.cuda_plan(params, code) for name, code in CUDA_VARIANTS.items()}
+        plans = {name: C.cuda_plan(params, CUDA_VARIANTS[name]) for name in AUTO_CANDIDATES}
         name = autotune.choose_variant(batch=params.batch, plans=plans)
         plan = plans[name]
     else:

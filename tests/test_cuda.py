@@ -35,7 +35,8 @@ def needs_gpu(test):
     return pytest.mark.cuda(_skip_without_gpu(test))
 
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT]
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER]
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER)  # one kernel, two hand-offs: the same plans
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 
@@ -51,13 +52,13 @@ def make_net(size, layers, max_dilation, dtype, seed=0, **kwargs):
 
 
 def run_or_refused(variant, action):
-    """action() or, when PERSISTENT declines the configuration, a skip that shows its reason. Only
-    PERSISTENT may decline: its weights must fit one cluster's shared memory."""
+    """action() or, when PERSISTENT or CLUSTER declines the configuration, a skip that shows its
+    reason. Only they may decline: their weights must fit one cluster's shared memory."""
     try:
         return action()
     except ValueError as error:
-        if variant is Impl.PERSISTENT and "cannot run this configuration" in str(error):
-            pytest.skip(f"PERSISTENT declines: {error}")
+        if variant in CLUSTER_KERNELS and "cannot run this configuration" in str(error):
+            pytest.skip(f"{variant.name} declines: {error}")
         raise
 
 
@@ -103,6 +104,14 @@ def test_auto_prefers_latency_variants_while_their_groups_run_at_once():
     assert autotune.choose_variant(66, plans) == "DUAL_BLOCK"
     assert autotune.choose_variant(67, plans) == "SINGLE_BLOCK"
     assert autotune.choose_variant(100000, plans) == "SINGLE_BLOCK"
+
+
+def test_auto_never_plans_or_picks_cluster_before_it_has_run_on_a_gpu():
+    from nvwavenet import engines
+
+    assert "CLUSTER" not in engines.AUTO_CANDIDATES and set(engines.AUTO_CANDIDATES) < set(CUDA_VARIANTS)
+    every = {name: fake_plan(groups=1000 if name == "CLUSTER" else 1) for name in CUDA_VARIANTS}
+    assert all(autotune.choose_variant(batch, every) != "CLUSTER" for batch in (1, 2, 16, 2048))
 
 
 def test_auto_never_picks_a_variant_that_cannot_run():
@@ -285,14 +294,15 @@ def test_auto_runs_a_runnable_variant_and_matches_reference():
 
 
 @needs_gpu
-def test_persistent_runs_the_target_configuration():
+@pytest.mark.parametrize("variant", CLUSTER_KERNELS, ids=lambda v: v.name)
+def test_persistent_runs_the_target_configuration(variant):
     """R64/S256/A256, L = 20, max_dilation 512, float16: the single-stream target must fit."""
     major, _ = torch.cuda.get_device_capability()
     if major < 9:
-        pytest.skip("PERSISTENT needs thread-block clusters (sm_90)")
+        pytest.skip(f"{variant.name} needs thread-block clusters (sm_90)")
     net = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float16)
     cond = random_cond_input(64, 1, 20, 64, device="cuda")
-    compare_with_reference(net, cond, Impl.PERSISTENT)
+    compare_with_reference(net, cond, variant)
 
 
 @needs_gpu
@@ -426,7 +436,7 @@ def test_zero_samples_return_empty_outputs(variant):
 
 
 @needs_gpu
-@pytest.mark.parametrize("variant", [Impl.DUAL_BLOCK, Impl.PERSISTENT], ids=lambda v: v.name)
+@pytest.mark.parametrize("variant", [Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER], ids=lambda v: v.name)
 def test_a_wait_that_times_out_stops_the_kernel_cleanly(variant, monkeypatch):
     """With a 1 ns wait limit the cooperating blocks usually give up: that must be a RuntimeError
     saying where, never a hang or a broken CUDA context (the next normal call must work)."""

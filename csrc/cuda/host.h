@@ -63,6 +63,13 @@ struct Persistent {
   static void launch(const Params& p, const Plan& plan);
 };
 
+// PERSISTENT's kernel with st.async/mbarrier hand-offs (handoff.cuh); opt-in, never run on a GPU yet.
+template <int R, int S, int A, class W>
+struct Cluster {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
 // A plan that says no, with the reason.
 inline Plan refuse(Variant variant, std::string reason) {
   Plan plan;

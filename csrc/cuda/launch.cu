@@ -88,6 +88,8 @@ const char* variant_name(Variant variant) {
       return "DUAL_BLOCK";
     case Variant::Persistent:
       return "PERSISTENT";
+    case Variant::Cluster:
+      return "CLUSTER";
   }
   return "an unknown variant";
 }
@@ -101,8 +103,9 @@ void require_aligned(const void* pointer, const char* name) {
 // unbuilt size is reported as such before anything about pointers. Planning happens before the
 // workspace exists (the plan says how large it must be), so only a launch requires it.
 void validate(const Params& p, Variant variant, bool launching) {
-  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent,
-          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK or PERSISTENT, got ") + variant_name(variant) +
+  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent ||
+              variant == Variant::Cluster,
+          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT or CLUSTER, got ") + variant_name(variant) +
               (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
   bool built = false;
 #define NVWAVENET_IS_BUILT(r, s, a) built = built || (p.R == r && p.S == s && p.A == a);
@@ -128,7 +131,7 @@ void validate(const Params& p, Variant variant, bool launching) {
   }
 }
 
-// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock or Persistent) for p's
+// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent or Cluster) for p's
 // size and weight type; AUTO names no class of its own and throws `auto_error`.
 template <class F>
 decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
@@ -142,6 +145,8 @@ decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* au
         return f(TypeTag<DualBlock<Size::R, Size::S, Size::A, W>>{});
       case Variant::Persistent:
         return f(TypeTag<Persistent<Size::R, Size::S, Size::A, W>>{});
+      case Variant::Cluster:
+        return f(TypeTag<Cluster<Size::R, Size::S, Size::A, W>>{});
       case Variant::Auto:
         break;
     }
@@ -199,7 +204,7 @@ std::string status_message(const DeviceStatus& status, int32_t variant, int64_t 
                                ? std::string(kSites[status.site])
                                : "an unknown wait (site " + std::to_string(status.site) + ")";
   const bool known_variant = variant >= static_cast<int32_t>(Variant::Auto) &&
-                             variant <= static_cast<int32_t>(Variant::Persistent);
+                             variant <= static_cast<int32_t>(Variant::Cluster);
   std::string text = std::string("nvwavenet ") +
                      (known_variant ? variant_name(static_cast<Variant>(variant))
                                     : "variant " + std::to_string(variant)) +
