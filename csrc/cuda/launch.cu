@@ -184,6 +184,29 @@ void launch(const Params& p, const Plan& plan) {
                    [&](auto impl) { decltype(impl)::type::launch(p, plan); });
 }
 
+#ifdef NVWAVENET_TRACE
+// One line per block of stream 0's cluster: its %globaltimer stamps in step T / 2, in ns after the
+// earliest stamp of the step (persistent.cuh, trace_event, names the events).
+void print_trace(const Params& p, const Plan& plan, Variant variant) {
+  std::vector<uint64_t> stamps(kPersistentTraceBytes / 8);
+  NVWAVENET_CUDA_CHECK(cudaMemcpy(stamps.data(), static_cast<char*>(p.workspace) + kWorkspaceHeaderBytes,
+                                  kPersistentTraceBytes, cudaMemcpyDeviceToHost));
+  uint64_t first = UINT64_MAX;
+  for (const uint64_t stamp : stamps)
+    if (stamp != 0 && stamp < first) first = stamp;
+  for (int rank = 0; rank < plan.blocks_per_group; ++rank) {
+    std::string line = std::string("nvwavenet trace ") + variant_name(variant) + " step " +
+                       std::to_string(p.num_samples / 2) + (rank < plan.layer_blocks ? " layer block " : " head block ") +
+                       std::to_string(rank) + ":";
+    for (int event = 0; event < kTraceEvents; ++event) {
+      const uint64_t stamp = stamps[rank * kTraceEvents + event];
+      if (stamp != 0) line += " " + std::to_string(event) + "@" + std::to_string(stamp - first);
+    }
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+#endif
+
 }  // namespace
 
 std::string status_message(const DeviceStatus& status, int32_t variant, int64_t timeout_ns) {
@@ -252,6 +275,9 @@ void generate(const Params& p, Variant variant) {
   NVWAVENET_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (status.code != kStatusOk)
     throw std::runtime_error(status_message(status, static_cast<int32_t>(variant), p.spin_timeout_ns));
+#ifdef NVWAVENET_TRACE
+  if (variant == Variant::Persistent || variant == Variant::Cluster) print_trace(p, chosen, variant);
+#endif
 }
 
 }  // namespace nvwavenet::gpu

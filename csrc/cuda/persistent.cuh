@@ -58,6 +58,20 @@ namespace nvwavenet::gpu {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 namespace cg = cooperative_groups;
 
+// NVWAVENET_TRACE (compile-time, scripts/gpu_check.sh): thread 0 of each block of stream 0's
+// cluster stamps %globaltimer at the events below in step T / 2 into the workspace after the
+// status header (kPersistentTraceBytes more; launch.cu prints them), so that the time of each
+// hop, layer and the head is measured rather than estimated. Layer blocks: 0 input arrived,
+// 1 + i layer i done, 30 x sent on, 31 skip share sent. Head blocks: 0 skip shares arrived,
+// 1 z sent, 2 z complete, 3 logits sent, 4 logits complete (sampler), 5 sampled and x_0 sent.
+__device__ __forceinline__ void trace_event(const Params& p, int rank, int event, int64_t t) {
+#ifdef NVWAVENET_TRACE
+  if (threadIdx.x == 0 && blockIdx.x == unsigned(rank) && t == p.num_samples / 2)
+    reinterpret_cast<uint64_t*>(static_cast<char*>(p.workspace) + kWorkspaceHeaderBytes)[rank * kTraceEvents + event] =
+        global_timer_ns();
+#endif
+}
+
 // Thread 0 waits (bounded) for phase `phase` of a hand-off slot in this block's shared memory
 // (`signals` producer signals in all, `bytes` bytes this phase: H uses one or the other); then the
 // whole block agrees on the outcome, which is also the barrier before anyone reads what arrived.
@@ -109,6 +123,7 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
   for (int64_t t = 0; t < T; ++t) {
     wait.step = t;
     if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, kSitePersistentInput, wait)) break;
+    trace_event(p, rank, 0, t);
 
     int64_t offset = first_offset;
     int dilation = first_dilation;
@@ -130,6 +145,7 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
             [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
         __syncthreads();
       }
+      trace_event(p, rank, 1 + i, t);
       offset += dilation;
       dilation = next_dilation(dilation, p.max_dilation);
     }
@@ -140,6 +156,7 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
         __syncthreads();
         if (tid == 0) H::signal(cluster, counters + Layout::kInputCounter, rank + 1);
       }
+      trace_event(p, rank, 30, t);
     }
 
     // This block's share of the skip sum, to every head block. Each (row) has one owner thread
@@ -161,6 +178,7 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
       __syncthreads();
       if (tid < split.head_blocks) H::signal(cluster, counters + Layout::kSkipCounter, split.layer_blocks + tid);
     }
+    trace_event(p, rank, 31, t);
 
     // Next step's W_prev terms while the head works; the next input wait ends with a barrier.
     if (t + 1 < T)
@@ -223,6 +241,7 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
       completed = false;
       break;
     }
+    trace_event(p, rank, 0, t);
     for (int k = tid; k < S; k += NT) {
       float sum = 0.f;
       for (int j = 0; j < split.layer_blocks; ++j) sum += slots[j * S + k];
@@ -239,12 +258,14 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
       __syncthreads();
       if (tid < split.head_blocks) H::signal(cluster, counters + Layout::kHiddenCounter, split.layer_blocks + tid);
     }
+    trace_event(p, rank, 1, t);
 
     if (!block_wait<H>(counters + Layout::kHiddenCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
                        kSitePersistentHidden, wait)) {
       completed = false;
       break;
     }
+    trace_event(p, rank, 2, t);
     matvec<W, A, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
         end_w, A, 0, split.head_rows, hidden, 0, tid, NoTransform{},
         [&](int m, int, const float (&v)[1]) {
@@ -255,6 +276,7 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
       __syncthreads();
       if (tid == 0) H::signal(cluster, counters + Layout::kLogitCounter, sampler_rank);
     }
+    trace_event(p, rank, 3, t);
 
     if (sampler) {
       if (!block_wait<H>(counters + Layout::kLogitCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
@@ -262,6 +284,7 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
         completed = false;
         break;
       }
+      trace_event(p, rank, 4, t);
       if (warp == 0) {
         const int drawn = warp_sample<A>(logits, u, lane);
         write_step_outputs<A>(p, stream, t, drawn, logits, lane);
@@ -276,6 +299,7 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
             if (lane == 0) H::signal(cluster, counters + Layout::kInputCounter, 0);
           }
         }
+        trace_event(p, rank, 5, t);
       }
     }
   }
@@ -389,7 +413,7 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
     plan.threads_per_block = kPersistentThreads;
     plan.grid_blocks = int64_t(cluster_blocks) * p.batch;
     plan.shared_bytes = Layout(split).bytes();
-    plan.workspace_bytes = kWorkspaceHeaderBytes;
+    plan.workspace_bytes = kWorkspaceHeaderBytes + kPersistentTraceBytes;
     plan.layer_blocks = split.layer_blocks;
     plan.head_blocks = split.head_blocks;
     plan.max_layers_per_block = split.layer_capacity;
