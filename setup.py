@@ -4,6 +4,7 @@ Environment:
   NVWAVENET_CUDA=0          skip the CUDA kernels even when nvcc is found
   NVWAVENET_CUDA_ARCHS=90   CUDA architectures (default: the visible GPUs', else 90)
   NVWAVENET_BUILD_JOBS=N    parallel compile jobs (default: the CPU count)
+  NVWAVENET_TRACE=1         time one step of the cluster kernels (%globaltimer, printed per call)
 """
 import os
 import re
@@ -71,6 +72,7 @@ class CMakeBuild(build_ext):
             f"-DNVWAVENET_VERSION={package_version()}",
             f"-DNVWAVENET_CUDA={'OFF' if os.environ.get('NVWAVENET_CUDA') == '0' else 'ON'}",
             f"-DNVWAVENET_CUDA_ARCHS={cuda_archs()}",
+            f"-DNVWAVENET_TRACE={'ON' if os.environ.get('NVWAVENET_TRACE') == '1' else 'OFF'}",
         ]
         # The ninja of this build, named on every configure: a cache from an earlier `pip install`
         # remembers the ninja of that install's temporary build environment, which pip has deleted.

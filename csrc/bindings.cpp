@@ -49,6 +49,7 @@ py::dict build_info() {
   variant_sizes["SINGLE_BLOCK"] = sizes;
   variant_sizes["DUAL_BLOCK"] = sizes;
   variant_sizes["PERSISTENT"] = persistent;
+  variant_sizes["CLUSTER"] = persistent;  // the same kernel with other hand-offs
   info["cuda"] = true;
   info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
   info["sizes"] = sizes;
@@ -68,8 +69,8 @@ py::dict build_info() {
 
 #ifdef NVWAVENET_WITH_CUDA
 Variant as_variant(int variant) {
-  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::Persistent))
-    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 3), got " + std::to_string(variant));
+  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::Cluster))
+    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 4), got " + std::to_string(variant));
   return static_cast<Variant>(variant);
 }
 
@@ -195,5 +196,15 @@ PYBIND11_MODULE(_C, m) {
         [](const Params& params, int variant) { nvwavenet::gpu::generate(params, as_variant(variant)); },
         py::arg("params"), py::arg("variant"), py::call_guard<py::gil_scoped_release>(),
         "Runs a CUDA variant on params.stream and waits for it; errors become exceptions.");
+  m.def(
+      "cuda_status_message",
+      [](int32_t code, int32_t site, int32_t block, int64_t step, uint64_t observed, uint64_t expected, int32_t variant,
+         int64_t timeout_ns) {
+        nvwavenet::gpu::DeviceStatus status{code, 1, site, block, step, observed, expected};
+        return nvwavenet::gpu::status_message(status, variant, timeout_ns);
+      },
+      py::arg("code"), py::arg("site"), py::arg("block"), py::arg("step"), py::arg("observed"), py::arg("expected"),
+      py::arg("variant"), py::arg("timeout_ns"),
+      "The error text cuda_generate raises for a kernel status block with these fields (any values).");
 #endif
 }

@@ -206,7 +206,9 @@ def generate_cpu(params) -> None:
 
 
 # The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
-CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3}
+CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3, "CLUSTER": 4}
+# What AUTO may choose from: CLUSTER joins once the CUDA suite has passed with it on a GPU.
+AUTO_CANDIDATES = ("SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT")
 
 SPIN_TIMEOUT_ENV = "NVWAVENET_SPIN_TIMEOUT_MS"
 DEFAULT_SPIN_TIMEOUT_MS = 2000.0
@@ -250,6 +252,35 @@ def check_cuda_build(weights: WaveNetWeights, dtype: torch.dtype) -> dict:
     return info
 
 
+# (device, sizes, dtype, L, batch, tile, implementation) -> (variant name, plan): a plan costs
+# device queries and, for AUTO, one pybind call per variant; short streaming calls repeat the same
+# key. Refusals of an explicit implementation are not kept (they raise).
+_PLANS: dict = {}
+
+
+def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, dict]:
+    key = (params.device, params.R, params.S, params.A, int(params.weight_dtype), params.L, params.batch,
+           params.streams_per_block, implementation)
+    known = _PLANS.get(key)
+    if known is not None:
+        return known
+    C = extension()
+    if implementation == "AUTO":
+        plans = {name: C.cuda_plan(params, CUDA_VARIANTS[name]) for name in AUTO_CANDIDATES}
+        name = autotune.choose_variant(batch=params.batch, plans=plans)
+        plan = plans[name]
+    else:
+        name = implementation
+        plan = C.cuda_plan(params, CUDA_VARIANTS[name])
+        if not plan["runnable"]:
+            raise ValueError(f"implementation: Impl.{name} cannot run this configuration on "
+                             f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
+    if len(_PLANS) >= 4096:
+        _PLANS.clear()
+    _PLANS[key] = (name, plan)
+    return name, plan
+
+
 def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str, cond_input: torch.Tensor,
              selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
              teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> str:
@@ -266,17 +297,9 @@ def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str
     params.spin_timeout_ns = spin_timeout_ns()
     params.streams_per_block = autotune.single_block_tile(
         batch, torch.cuda.get_device_properties(device).multi_processor_count)
-    if implementation == "AUTO":
-        plans = {name: C.cuda_plan(params, code) for name, code in CUDA_VARIANTS.items()}
-        name = autotune.choose_variant(batch, plans)
-        plan = plans[name]
-    else:
-        name = implementation
-        plan = C.cuda_plan(params, CUDA_VARIANTS[name])
-        if not plan["runnable"]:
-            raise ValueError(f"implementation: Impl.{name} cannot run this configuration on "
-                             f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
-    workspace = torch.zeros(plan["workspace_bytes"], dtype=torch.uint8, device=device)
+    name, plan = _cuda_plan(params, implementation, device)
+    # Zero-filled by cuda_generate itself (one cudaMemsetAsync): torch.zeros would add a fill.
+    workspace = torch.empty(plan["workspace_bytes"], dtype=torch.uint8, device=device)
     params.workspace, params.workspace_bytes = workspace.data_ptr(), workspace.numel()
     C.cuda_generate(params, CUDA_VARIANTS[name])
     return name

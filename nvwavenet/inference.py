@@ -29,6 +29,9 @@ class Impl(enum.IntEnum):
     - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
     - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
       (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
+    - ``CLUSTER``: PERSISTENT's kernel with fence-free hand-offs (``st.async`` into the consumer's
+      shared memory, completed on its ``mbarrier``). Opt-in only: it has not run on a GPU yet,
+      and ``AUTO`` never picks it.
 
     ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
     call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
@@ -39,6 +42,7 @@ class Impl(enum.IntEnum):
     SINGLE_BLOCK = 1
     DUAL_BLOCK = 2
     PERSISTENT = 3
+    CLUSTER = 4
 
 
 class NVWaveNet:

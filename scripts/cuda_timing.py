@@ -54,7 +54,7 @@ def main() -> None:
     for batch in args.batches:
         samples = max(64, args.samples // batch)
         for dtype, net in nets.items():
-            for variant in (Impl.PERSISTENT, Impl.DUAL_BLOCK, Impl.SINGLE_BLOCK, Impl.AUTO):
+            for variant in (Impl.CLUSTER, Impl.PERSISTENT, Impl.DUAL_BLOCK, Impl.SINGLE_BLOCK, Impl.AUTO):
                 rate, note = time_one(net, variant, batch, samples, args.repeats)
                 name = str(dtype).replace("torch.", "")
                 if rate is None:

@@ -3,9 +3,12 @@
 #
 #     bash scripts/gpu_check.sh
 #
-# Builds nvwavenet in place, runs the CUDA tests, compute-sanitizer memcheck and racecheck on one
-# small case per variant, times the variants (scripts/cuda_timing.py), runs
-# benchmarks/throughput.py --quick when it exists, and prints one summary table. Full logs go to
+# Builds nvwavenet in place, runs the CUDA tests (CLUSTER, never run on a GPU before, first: its
+# failures are the news), compute-sanitizer memcheck and racecheck on one small case per variant
+# (one run per variant, so one failure hides no other), times the variants side by side
+# (scripts/cuda_timing.py), rebuilds with NVWAVENET_TRACE=1 and prints the %globaltimer trace of
+# one step of PERSISTENT and CLUSTER (trace.log: each hop, layer block and the head), restores the
+# untraced build, runs benchmarks/throughput.py --quick when it exists, and prints one summary. Full logs go to
 # $OUT (the device tool's output folder) when set, else ./gpu_check_out. Exit status: 0 when every
 # step passed. Meant to finish in about 8 minutes on one H100 with 16 CPU cores; every step has a
 # time limit, and all of them together stay within GPU_CHECK_BUDGET seconds (default 540), so the
@@ -65,6 +68,7 @@ if ! run_step build 180 "$PYTHON" setup.py build_ext --inplace; then
   exit 1
 fi
 "$PYTHON" -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
+run_step tests-cluster 90 "$PYTHON" -m pytest -q -rs -x tests/test_cuda.py -k CLUSTER
 run_step tests 200 "$PYTHON" -m pytest -q -rs tests/test_cuda.py
 for tool in memcheck racecheck; do
   if [ -z "$SANITIZER" ]; then
@@ -72,10 +76,26 @@ for tool in memcheck racecheck; do
     FAILED=1
     continue
   fi
-  run_step "$tool" 90 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
-    "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py
+  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER; do
+    run_step "$tool-$variant" 30 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
+      "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py "$variant"
+  done
 done
-run_step timing 90 "$PYTHON" scripts/cuda_timing.py
+run_step timing 90 "$PYTHON" scripts/cuda_timing.py --batches 1 8 64 --samples 2048
+# The trace build prints one line per block and call; run the target once per variant, then put
+# the untraced module back.
+if run_step build-trace 120 env NVWAVENET_TRACE=1 "$PYTHON" setup.py build_ext --inplace; then
+  run_step trace 30 "$PYTHON" -c '
+import torch
+from nvwavenet import Impl, NVWaveNet
+from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
+net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, 20, 512), dtype=torch.float16)
+cond = random_cond_input(64, 1, 20, 256, device="cuda")
+for variant in (Impl.PERSISTENT, Impl.CLUSTER):
+    net.infer(cond, variant)
+print("trace: see the nvwavenet trace lines above")'
+  run_step build-untraced 120 env NVWAVENET_TRACE=0 "$PYTHON" setup.py build_ext --inplace
+fi
 if [ -f benchmarks/throughput.py ]; then
   run_step benchmark 150 "$PYTHON" benchmarks/throughput.py --quick
 fi

@@ -17,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
-KERNEL = re.compile(r"(single_block|dual_block|persistent)_kernelILi(\d+)ELi(\d+)ELi(\d+)E(\w+?)(?:Li(\d+)E)?EEv")
+# The last template argument: SINGLE_BLOCK's tile (Li8E) or the cluster kernel's hand-off (Lb1E: CLUSTER).
+KERNEL = re.compile(r"(single_block|dual_block|persistent)_kernelILi(\d+)ELi(\d+)ELi(\d+)E(\w+?)(?:L([ib])(\d+)E)?EEv")
 TYPES = {"f": "float32", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
 
 
@@ -34,8 +35,11 @@ def report(source: Path, arch: str) -> list[tuple]:
         elif (match := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
             frame = match.groups()
         elif kernel and (match := re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?$", line)):
-            variant, R, S, A, weight, tile = kernel.groups()
-            rows.append((variant, f"R{R}/S{S}/A{A}", TYPES.get(weight, weight), tile or "1", match.group(1),
+            variant, R, S, A, weight, kind, last = kernel.groups()
+            tile = last if kind == "i" else "1"
+            if kind == "b" and last == "1":
+                variant = "cluster"
+            rows.append((variant, f"R{R}/S{S}/A{A}", TYPES.get(weight, weight), tile, match.group(1),
                          frame[0], frame[1], match.group(2) or "0"))
             kernel = None
     return rows

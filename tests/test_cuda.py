@@ -7,6 +7,7 @@ On a GPU, run them with ``scripts/gpu_check.sh``.
 from __future__ import annotations
 
 import math
+import random
 import re
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def needs_gpu(test):
     return pytest.mark.cuda(_skip_without_gpu(test))
 
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT]
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER]
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER)  # one kernel, two hand-offs: the same plans
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 
@@ -50,13 +52,13 @@ def make_net(size, layers, max_dilation, dtype, seed=0, **kwargs):
 
 
 def run_or_refused(variant, action):
-    """action() or, when PERSISTENT declines the configuration, a skip that shows its reason. Only
-    PERSISTENT may decline: its weights must fit one cluster's shared memory."""
+    """action() or, when PERSISTENT or CLUSTER declines the configuration, a skip that shows its
+    reason. Only they may decline: their weights must fit one cluster's shared memory."""
     try:
         return action()
     except ValueError as error:
-        if variant is Impl.PERSISTENT and "cannot run this configuration" in str(error):
-            pytest.skip(f"PERSISTENT declines: {error}")
+        if variant in CLUSTER_KERNELS and "cannot run this configuration" in str(error):
+            pytest.skip(f"{variant.name} declines: {error}")
         raise
 
 
@@ -102,6 +104,14 @@ def test_auto_prefers_latency_variants_while_their_groups_run_at_once():
     assert autotune.choose_variant(66, plans) == "DUAL_BLOCK"
     assert autotune.choose_variant(67, plans) == "SINGLE_BLOCK"
     assert autotune.choose_variant(100000, plans) == "SINGLE_BLOCK"
+
+
+def test_auto_never_plans_or_picks_cluster_before_it_has_run_on_a_gpu():
+    from nvwavenet import engines
+
+    assert "CLUSTER" not in engines.AUTO_CANDIDATES and set(engines.AUTO_CANDIDATES) < set(CUDA_VARIANTS)
+    every = {name: fake_plan(groups=1000 if name == "CLUSTER" else 1) for name in CUDA_VARIANTS}
+    assert all(autotune.choose_variant(batch, every) != "CLUSTER" for batch in (1, 2, 16, 2048))
 
 
 def test_auto_never_picks_a_variant_that_cannot_run():
@@ -218,6 +228,36 @@ def test_cuda_failure_without_a_gpu_is_a_runtime_error_with_cuda_message_and_loc
             _C.cuda_plan(fake_params(), variant)
 
 
+@needs_kernels
+def test_status_message_is_total_for_any_status_block():
+    """The timeout text is built from fields the GPU wrote: garbage there (a site, block or variant
+    outside its range, extreme integers) must still give a message, never an out-of-range lookup."""
+    from nvwavenet import _C
+
+    rng = random.Random(17)
+
+    def pick(bits, signed=True, edges=()):
+        low, high = (-2**(bits - 1), 2**(bits - 1) - 1) if signed else (0, 2**bits - 1)
+        return rng.choice([low, high, *edges]) if rng.random() < 0.5 else rng.randint(low, high)
+
+    for _ in range(300):
+        code, site, block, variant = (pick(32, edges=(0, 1, 2, 7, 8, -1)) for _ in range(4))
+        step, timeout = pick(64, edges=(0, -1)), pick(64, edges=(0, -1))
+        observed, expected = pick(64, signed=False), pick(64, signed=False)
+        text = _C.cuda_status_message(code, site, block, step, observed, expected, variant, timeout)
+        assert "kernel stopped:" in text
+        if code == 1:
+            assert f"block {block}," in text and f"at step {step}," in text
+            assert f"(flag {observed}, needed {expected})" in text
+            if not 0 <= site <= 7:
+                assert f"unknown wait (site {site})" in text
+        elif code != 2:
+            assert f"unknown status code {code}." in text
+    timeout = _C.cuda_status_message(1, 4, 3, 17, 5, 6, 3, 2_000_000)
+    assert re.search(r"kernel stopped: block \d+, .+ at step \d+, waited more than", timeout)
+    assert timeout.startswith("nvwavenet PERSISTENT kernel stopped: block 3, a layer block waiting for its input")
+
+
 # ---------------------------------------------------------------------------------------------
 # On a GPU: SPEC section 4 for every variant, size and precision.
 
@@ -254,14 +294,15 @@ def test_auto_runs_a_runnable_variant_and_matches_reference():
 
 
 @needs_gpu
-def test_persistent_runs_the_target_configuration():
+@pytest.mark.parametrize("variant", CLUSTER_KERNELS, ids=lambda v: v.name)
+def test_persistent_runs_the_target_configuration(variant):
     """R64/S256/A256, L = 20, max_dilation 512, float16: the single-stream target must fit."""
     major, _ = torch.cuda.get_device_capability()
     if major < 9:
-        pytest.skip("PERSISTENT needs thread-block clusters (sm_90)")
+        pytest.skip(f"{variant.name} needs thread-block clusters (sm_90)")
     net = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float16)
     cond = random_cond_input(64, 1, 20, 64, device="cuda")
-    compare_with_reference(net, cond, Impl.PERSISTENT)
+    compare_with_reference(net, cond, variant)
 
 
 @needs_gpu
@@ -395,7 +436,7 @@ def test_zero_samples_return_empty_outputs(variant):
 
 
 @needs_gpu
-@pytest.mark.parametrize("variant", [Impl.DUAL_BLOCK, Impl.PERSISTENT], ids=lambda v: v.name)
+@pytest.mark.parametrize("variant", [Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER], ids=lambda v: v.name)
 def test_a_wait_that_times_out_stops_the_kernel_cleanly(variant, monkeypatch):
     """With a 1 ns wait limit the cooperating blocks usually give up: that must be a RuntimeError
     saying where, never a hang or a broken CUDA context (the next normal call must work)."""

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../nvwavenet.h"
+#include "status.h"
 
 namespace nvwavenet::gpu {
 
@@ -38,6 +39,10 @@ Plan plan(const Params& p, Variant variant);
 // Generates p.num_samples steps for p.batch streams with `variant` (not Auto), on p.stream, and
 // waits for the kernel to finish so that its status can be checked.
 void generate(const Params& p, Variant variant);
+
+// The RuntimeError text for a kernel's status block (`variant`: an nvwavenet.Impl value). Total:
+// any field values, however corrupt, give a message, never an out-of-range lookup.
+std::string status_message(const DeviceStatus& status, int32_t variant, int64_t timeout_ns);
 
 // The (R, S, A) combinations PERSISTENT is compiled for (a subset of sizes.h: only sizes whose
 // layers fit one block's shared memory).

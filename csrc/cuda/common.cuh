@@ -471,14 +471,6 @@ __device__ __forceinline__ uint64_t load_acquire_gpu(const uint64_t* p) {
 __device__ __forceinline__ void store_release_gpu(uint64_t* p, uint64_t v) {
   asm volatile("st.release.gpu.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
-__device__ __forceinline__ uint64_t load_acquire_cta(const uint64_t* p) {
-  uint64_t v;
-  asm volatile("ld.acquire.cta.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void store_release_cta(uint64_t* p, uint64_t v) {
-  asm volatile("st.release.cta.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
 __device__ __forceinline__ uint64_t load_acquire_cluster(const uint64_t* p) {
   uint64_t v;
   asm volatile("ld.acquire.cluster.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
@@ -524,18 +516,15 @@ static __device__ __noinline__ void report_timeout(WaitContext ctx, uint64_t obs
 
 // Spins until load() >= target; `seen` is the last value read. Returns false, without waiting
 // longer, when another block has aborted or when ctx.timeout_ns have passed (then it reports the
-// timeout itself). `local_abort` (may be null) is a shared-memory word that another role of the
-// same block sets when it gave up.
+// timeout itself).
 template <class Load>
-__device__ __forceinline__ bool bounded_wait(Load load, uint64_t target, const WaitContext& ctx, uint64_t& seen,
-                                             const volatile int32_t* local_abort = nullptr) {
+__device__ __forceinline__ bool bounded_wait(Load load, uint64_t target, const WaitContext& ctx, uint64_t& seen) {
   seen = load();
   if (seen >= target) return true;
   const uint64_t start = global_timer_ns();
   for (uint32_t spin = 1;; ++spin) {
     seen = load();
     if (seen >= target) return true;
-    if (local_abort && *local_abort) return false;
     if ((spin & 255u) == 0) {
       if (aborted(ctx.status)) return false;
       if (static_cast<int64_t>(global_timer_ns() - start) > ctx.timeout_ns) {
@@ -552,6 +541,10 @@ __device__ __forceinline__ bool block_all(bool ok) { return __syncthreads_and(ok
 // Named barrier over the first `threads` threads of the block (barrier 0 is __syncthreads).
 __device__ __forceinline__ void group_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+// Arrives at a named barrier without waiting: a producer's side of a producer/consumer barrier.
+__device__ __forceinline__ void group_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 // Named-barrier agreement: true when every participating thread passed true.
 __device__ __forceinline__ bool group_all(int id, int threads, bool ok) {

@@ -34,6 +34,15 @@ struct DeviceFacts {
 
 DeviceFacts device_facts(int device);
 
+// Lets `kernel` use as much dynamic shared memory as the device allows, whatever this call's L:
+// plans are cached (launch.cu), so a plan made for a large L may launch after one for a small L
+// was made, and the limit must not depend on which came last.
+inline void allow_dynamic_shared(const void* kernel, const DeviceFacts& device, const cudaFuncAttributes& attributes) {
+  NVWAVENET_CUDA_CHECK(cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(device.shared_per_block_optin - static_cast<int64_t>(attributes.sharedSizeBytes))));
+}
+
 // One per variant; R, S, A, W fixed at compile time. plan() never launches; launch() runs the
 // plan made for the same Params.
 template <int R, int S, int A, class W>
@@ -50,6 +59,13 @@ struct DualBlock {
 
 template <int R, int S, int A, class W>
 struct Persistent {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
+// PERSISTENT's kernel with st.async/mbarrier hand-offs (handoff.cuh); opt-in, never run on a GPU yet.
+template <int R, int S, int A, class W>
+struct Cluster {
   static Plan plan(const Params& p, const DeviceFacts& device);
   static void launch(const Params& p, const Plan& plan);
 };

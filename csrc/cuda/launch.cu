@@ -3,9 +3,10 @@
 // per-precision .cu files; this file only dispatches to their launchers.
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdio>
+#include <map>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -21,10 +22,8 @@
 namespace nvwavenet::gpu {
 
 void throw_cuda_error(cudaError_t error, const char* expression, const char* file, int line) {
-  std::ostringstream message;
-  message << "CUDA error " << cudaGetErrorName(error) << " (" << cudaGetErrorString(error) << ") from " << expression
-          << " at " << file << ":" << line;
-  throw std::runtime_error(message.str());
+  throw std::runtime_error(std::string("CUDA error ") + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) +
+                           ") from " + expression + " at " + file + ":" + std::to_string(line));
 }
 
 std::string built_sizes_list() {
@@ -89,6 +88,8 @@ const char* variant_name(Variant variant) {
       return "DUAL_BLOCK";
     case Variant::Persistent:
       return "PERSISTENT";
+    case Variant::Cluster:
+      return "CLUSTER";
   }
   return "an unknown variant";
 }
@@ -102,8 +103,9 @@ void require_aligned(const void* pointer, const char* name) {
 // unbuilt size is reported as such before anything about pointers. Planning happens before the
 // workspace exists (the plan says how large it must be), so only a launch requires it.
 void validate(const Params& p, Variant variant, bool launching) {
-  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent,
-          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK or PERSISTENT, got ") + variant_name(variant) +
+  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent ||
+              variant == Variant::Cluster,
+          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT or CLUSTER, got ") + variant_name(variant) +
               (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
   bool built = false;
 #define NVWAVENET_IS_BUILT(r, s, a) built = built || (p.R == r && p.S == s && p.A == a);
@@ -129,7 +131,7 @@ void validate(const Params& p, Variant variant, bool launching) {
   }
 }
 
-// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock or Persistent) for p's
+// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent or Cluster) for p's
 // size and weight type; AUTO names no class of its own and throws `auto_error`.
 template <class F>
 decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
@@ -143,6 +145,8 @@ decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* au
         return f(TypeTag<DualBlock<Size::R, Size::S, Size::A, W>>{});
       case Variant::Persistent:
         return f(TypeTag<Persistent<Size::R, Size::S, Size::A, W>>{});
+      case Variant::Cluster:
+        return f(TypeTag<Cluster<Size::R, Size::S, Size::A, W>>{});
       case Variant::Auto:
         break;
     }
@@ -155,56 +159,97 @@ Plan plan_on(const Params& p, Variant variant, const DeviceFacts& device) {
                           [&](auto impl) { return decltype(impl)::type::plan(p, device); });
 }
 
+// Planning queries the device (function attributes, occupancy): ~10-100 us that a short
+// streaming call should not pay again. A plan depends on the device, the variant, the compiled
+// kernel (sizes, weight type) and the Params fields the planners read (L, batch, tile).
+Plan cached_plan(const Params& p, Variant variant, const DeviceFacts& device) {
+  using Key = std::array<int64_t, 9>;
+  static std::mutex mutex;
+  static std::map<Key, Plan> plans;
+  const Key key{p.device, int64_t(variant), p.R, p.S, p.A, int64_t(p.weight_dtype), p.L, p.batch, p.streams_per_block};
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto found = plans.find(key);
+    if (found != plans.end()) return found->second;
+  }
+  Plan made = plan_on(p, variant, device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (plans.size() >= 4096) plans.clear();  // bounded, whatever mix of batches and depths a process runs
+  plans.emplace(key, made);
+  return made;
+}
+
 void launch(const Params& p, const Plan& plan) {
   dispatch_variant(p, plan.variant, "variant: AUTO cannot be launched",
                    [&](auto impl) { decltype(impl)::type::launch(p, plan); });
 }
 
-const char* site_text(int32_t site) {
-  switch (site) {
-    case kSiteDualSampleFlag:
-      return "the residual block waiting for the head block's sample";
-    case kSiteDualLayerFlag:
-      return "the head block waiting for a layer's activations";
-    case kSiteDualPublisher:
-      return "the publisher warp waiting for the residual warps";
-    case kSitePersistentInput:
-      return "a layer block waiting for its input";
-    case kSitePersistentSkip:
-      return "a head block waiting for the skip sums";
-    case kSitePersistentHidden:
-      return "a head block waiting for the hidden vector";
-    case kSitePersistentLogits:
-      return "the sampling block waiting for the logits";
-    default:
-      return "an unknown wait";
+#ifdef NVWAVENET_TRACE
+// One line per block of stream 0's cluster: its %globaltimer stamps in step T / 2, in ns after the
+// earliest stamp of the step (persistent.cuh, trace_event, names the events).
+void print_trace(const Params& p, const Plan& plan, Variant variant) {
+  std::vector<uint64_t> stamps(kPersistentTraceBytes / 8);
+  NVWAVENET_CUDA_CHECK(cudaMemcpy(stamps.data(), static_cast<char*>(p.workspace) + kWorkspaceHeaderBytes,
+                                  kPersistentTraceBytes, cudaMemcpyDeviceToHost));
+  uint64_t first = UINT64_MAX;
+  for (const uint64_t stamp : stamps)
+    if (stamp != 0 && stamp < first) first = stamp;
+  for (int rank = 0; rank < plan.blocks_per_group; ++rank) {
+    std::string line = std::string("nvwavenet trace ") + variant_name(variant) + " step " +
+                       std::to_string(p.num_samples / 2) + (rank < plan.layer_blocks ? " layer block " : " head block ") +
+                       std::to_string(rank) + ":";
+    for (int event = 0; event < kTraceEvents; ++event) {
+      const uint64_t stamp = stamps[rank * kTraceEvents + event];
+      if (stamp != 0) line += " " + std::to_string(event) + "@" + std::to_string(stamp - first);
+    }
+    std::fprintf(stderr, "%s\n", line.c_str());
   }
 }
-
-[[noreturn]] void throw_status(const DeviceStatus& status, Variant variant, const Params& p) {
-  std::ostringstream message;
-  message << "nvwavenet " << variant_name(variant) << " kernel stopped: ";
-  if (status.code == kStatusTimeout) {
-    message << "block " << status.block << ", " << site_text(status.site) << " at step " << status.step
-            << ", waited more than " << p.spin_timeout_ns / 1000000 << " ms (flag " << status.observed << ", needed "
-            << status.expected << "). The outputs and the generation state are incomplete. A kernel bug, or a GPU "
-            << "too busy to keep the cooperating blocks running; if the GPU is shared, raise the limit with "
-            << "NVWAVENET_SPIN_TIMEOUT_MS.";
-  } else if (status.code == kStatusNoClusterArch) {
-    message << "this build has no sm_90 code for the cluster kernel; rebuild with NVWAVENET_CUDA_ARCHS "
-               "including 90.";
-  } else {
-    message << "unknown status code " << status.code << ".";
-  }
-  throw std::runtime_error(message.str());
-}
+#endif
 
 }  // namespace
+
+std::string status_message(const DeviceStatus& status, int32_t variant, int64_t timeout_ns) {
+  // Every field comes from the GPU (or, in tests, from anywhere): nothing here indexes with one,
+  // and a value outside its enum is printed as the number it is.
+  static const char* const kSites[] = {
+      "an unnamed wait",
+      "the residual block waiting for the head block's sample",
+      "the head block waiting for a layer's activations",
+      "the publisher warp waiting for the residual warps",
+      "a layer block waiting for its input",
+      "a head block waiting for the skip sums",
+      "a head block waiting for the hidden vector",
+      "the sampling block waiting for the logits",
+  };
+  constexpr int32_t kKnownSites = static_cast<int32_t>(sizeof(kSites) / sizeof(kSites[0]));
+  const std::string site = status.site >= 0 && status.site < kKnownSites
+                               ? std::string(kSites[status.site])
+                               : "an unknown wait (site " + std::to_string(status.site) + ")";
+  const bool known_variant = variant >= static_cast<int32_t>(Variant::Auto) &&
+                             variant <= static_cast<int32_t>(Variant::Cluster);
+  std::string text = std::string("nvwavenet ") +
+                     (known_variant ? variant_name(static_cast<Variant>(variant))
+                                    : "variant " + std::to_string(variant)) +
+                     " kernel stopped: ";
+  if (status.code == kStatusTimeout) {
+    text += "block " + std::to_string(status.block) + ", " + site + " at step " + std::to_string(status.step) +
+            ", waited more than " + std::to_string(timeout_ns / 1000000) + " ms (flag " +
+            std::to_string(status.observed) + ", needed " + std::to_string(status.expected) +
+            "). The outputs and the generation state are incomplete. A kernel bug, or a GPU too busy to keep the "
+            "cooperating blocks running; if the GPU is shared, raise the limit with NVWAVENET_SPIN_TIMEOUT_MS.";
+  } else if (status.code == kStatusNoClusterArch) {
+    text += "this build has no sm_90 code for the cluster kernel; rebuild with NVWAVENET_CUDA_ARCHS including 90.";
+  } else {
+    text += "unknown status code " + std::to_string(status.code) + ".";
+  }
+  return text;
+}
 
 Plan plan(const Params& p, Variant variant) {
   validate(p, variant, false);
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
-  return plan_on(p, variant, device_facts(p.device));
+  return cached_plan(p, variant, device_facts(p.device));
 }
 
 void generate(const Params& p, Variant variant) {
@@ -212,22 +257,27 @@ void generate(const Params& p, Variant variant) {
   if (p.num_samples == 0) return;
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
   const DeviceFacts device = device_facts(p.device);
-  const Plan chosen = plan_on(p, variant, device);
+  const Plan chosen = cached_plan(p, variant, device);
   if (!chosen.runnable)
     throw std::invalid_argument(std::string("implementation: ") + variant_name(variant) +
                                 " cannot run this configuration on " + device.name + ": " + chosen.reason);
   if (p.workspace_bytes < chosen.workspace_bytes)
     throw std::invalid_argument("workspace_bytes: " + std::string(variant_name(variant)) + " needs " +
-                                std::to_string(chosen.workspace_bytes) + " zero-filled bytes, got " +
+                                std::to_string(chosen.workspace_bytes) + " bytes of workspace, got " +
                                 std::to_string(p.workspace_bytes));
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  NVWAVENET_CUDA_CHECK(cudaMemsetAsync(p.workspace, 0, static_cast<size_t>(chosen.workspace_bytes), stream));
   launch(p, chosen);
   // The kernel reports waits that gave up in the workspace's status block; reading it back means
   // waiting for the kernel, which also surfaces any fault it hit.
   DeviceStatus status{};
-  const auto stream = static_cast<cudaStream_t>(p.stream);
   NVWAVENET_CUDA_CHECK(cudaMemcpyAsync(&status, p.workspace, sizeof(status), cudaMemcpyDeviceToHost, stream));
   NVWAVENET_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (status.code != kStatusOk) throw_status(status, variant, p);
+  if (status.code != kStatusOk)
+    throw std::runtime_error(status_message(status, static_cast<int32_t>(variant), p.spin_timeout_ns));
+#ifdef NVWAVENET_TRACE
+  if (variant == Variant::Persistent || variant == Variant::Cluster) print_trace(p, chosen, variant);
+#endif
 }
 
 }  // namespace nvwavenet::gpu

@@ -18,10 +18,13 @@
 //                   then its slice of logits = W_end z + b into the sampling block.
 //   sampling block  waits for all logit slices, samples, writes the outputs and sends
 //                   x_0[t+1] = embedding of the fed-back classes to layer block 0.
-// Hand-offs go through distributed shared memory: the producer stores into the consumer's
-// shared memory, meets its threads at a barrier, and one thread adds to a counter in the
-// consumer's shared memory with release semantics at cluster scope; the consumer polls its own
-// counter (acquire, bounded) and meets its threads at a barrier. Buffers are single: every
+// Hand-offs go through distributed shared memory, in one of two ways (handoff.cuh), the rest of
+// the kernel being the same: PERSISTENT (FlagHandoff) stores into the consumer's shared memory,
+// meets its threads at a barrier, and one thread adds to a counter in the consumer's shared memory
+// with release semantics at cluster scope; the consumer polls its own counter (acquire, bounded)
+// and meets its threads at a barrier. CLUSTER (MbarrierHandoff) sends each element with st.async,
+// which completes bytes on the consumer's mbarrier: no producer barrier, no fence, no polling of
+// memory; the consumer's thread 0 waits on the phase (bounded) and meets its threads at a barrier. Buffers are single: every
 // producer writes step t+1's data only after a chain of hand-offs that starts from the consumer
 // having finished with step t's.
 //
@@ -43,7 +46,10 @@
 
 #include <cooperative_groups.h>
 
+#include <type_traits>
+
 #include "common.cuh"
+#include "handoff.cuh"
 #include "host.h"
 #include "persistent_layout.h"
 
@@ -52,21 +58,36 @@ namespace nvwavenet::gpu {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 namespace cg = cooperative_groups;
 
-// Thread 0 waits (bounded) until a counter in this block's shared memory reaches `target`; then the
-// whole block agrees on the outcome, which is also the barrier before anyone reads what the
-// counter announced. False: a timeout or another block's abort, already reported.
-__device__ __forceinline__ bool block_wait_counter(const uint64_t* counter, uint64_t target, int32_t site,
-                                                   WaitContext& wait) {
+// NVWAVENET_TRACE (compile-time, scripts/gpu_check.sh): thread 0 of each block of stream 0's
+// cluster stamps %globaltimer at the events below in step T / 2 into the workspace after the
+// status header (kPersistentTraceBytes more; launch.cu prints them), so that the time of each
+// hop, layer and the head is measured rather than estimated. Layer blocks: 0 input arrived,
+// 1 + i layer i done, 30 x sent on, 31 skip share sent. Head blocks: 0 skip shares arrived,
+// 1 z sent, 2 z complete, 3 logits sent, 4 logits complete (sampler), 5 sampled and x_0 sent.
+__device__ __forceinline__ void trace_event(const Params& p, int rank, int event, int64_t t) {
+#ifdef NVWAVENET_TRACE
+  if (threadIdx.x == 0 && blockIdx.x == unsigned(rank) && t == p.num_samples / 2)
+    reinterpret_cast<uint64_t*>(static_cast<char*>(p.workspace) + kWorkspaceHeaderBytes)[rank * kTraceEvents + event] =
+        global_timer_ns();
+#endif
+}
+
+// Thread 0 waits (bounded) for phase `phase` of a hand-off slot in this block's shared memory
+// (`signals` producer signals in all, `bytes` bytes this phase: H uses one or the other); then the
+// whole block agrees on the outcome, which is also the barrier before anyone reads what arrived.
+// False: a timeout or another block's abort, already reported.
+template <class H>
+__device__ __forceinline__ bool block_wait(uint64_t* slot, int64_t phase, uint64_t signals, uint32_t bytes,
+                                           int32_t site, WaitContext& wait) {
   bool ready = true;
   if (threadIdx.x == 0) {
     wait.site = site;
-    uint64_t seen;
-    ready = bounded_wait([&] { return load_acquire_cluster(counter); }, target, wait, seen);
+    ready = H::wait(slot, phase, signals, bytes, wait);
   }
   return block_all(ready);
 }
 
-template <int R, int S, int A, class W>
+template <int R, int S, int A, class W, class H>
 __device__ void persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
                                        const cg::cluster_group& cluster, int rank, int64_t stream,
                                        DeviceStatus* status) {
@@ -101,7 +122,8 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
   precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, 0, pre, tid);
   for (int64_t t = 0; t < T; ++t) {
     wait.step = t;
-    if (!block_wait_counter(counters + Layout::kInputCounter, uint64_t(t) + 1, kSitePersistentInput, wait)) break;
+    if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, kSitePersistentInput, wait)) break;
+    trace_event(p, rank, 0, t);
 
     int64_t offset = first_offset;
     int dilation = first_dilation;
@@ -123,15 +145,18 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
             [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
         __syncthreads();
       }
+      trace_event(p, rank, 1 + i, t);
       offset += dilation;
       dilation = next_dilation(dilation, p.max_dilation);
     }
 
     if (!last_block) {  // x entering the next block's first layer
-      float* next_x = cluster.map_shared_rank(x, rank + 1);
-      for (int k = tid; k < R; k += NT) next_x[k] = x[k];
-      __syncthreads();
-      if (tid == 0) add_release_cluster(cluster.map_shared_rank(counters + Layout::kInputCounter, rank + 1), 1);
+      for (int k = tid; k < R; k += NT) H::put(cluster, x + k, rank + 1, counters + Layout::kInputCounter, x[k]);
+      if constexpr (H::kProducerSignals) {
+        __syncthreads();
+        if (tid == 0) H::signal(cluster, counters + Layout::kInputCounter, rank + 1);
+      }
+      trace_event(p, rank, 30, t);
     }
 
     // This block's share of the skip sum, to every head block. Each (row) has one owner thread
@@ -146,13 +171,14 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
     }
     __syncthreads();
     float* const own_slot = reinterpret_cast<float*>(smem + Layout::kSlots) + int64_t(rank) * S;
-    for (int h = 0; h < split.head_blocks; ++h) {
-      float* slot = cluster.map_shared_rank(own_slot, split.layer_blocks + h);
-      for (int k = tid; k < S; k += NT) slot[k] = partial[k];
+    for (int h = 0; h < split.head_blocks; ++h)
+      for (int k = tid; k < S; k += NT)
+        H::put(cluster, own_slot + k, split.layer_blocks + h, counters + Layout::kSkipCounter, partial[k]);
+    if constexpr (H::kProducerSignals) {
+      __syncthreads();
+      if (tid < split.head_blocks) H::signal(cluster, counters + Layout::kSkipCounter, split.layer_blocks + tid);
     }
-    __syncthreads();
-    if (tid < split.head_blocks)
-      add_release_cluster(cluster.map_shared_rank(counters + Layout::kSkipCounter, split.layer_blocks + tid), 1);
+    trace_event(p, rank, 31, t);
 
     // Next step's W_prev terms while the head works; the next input wait ends with a barrier.
     if (t + 1 < T)
@@ -160,7 +186,7 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
   }
 }
 
-template <int R, int S, int A, class W>
+template <int R, int S, int A, class W, class H>
 __device__ void persistent_head_block(const Params& p, const PersistentSplit& split, char* smem,
                                       const cg::cluster_group& cluster, int rank, int64_t stream,
                                       DeviceStatus* status) {
@@ -185,17 +211,18 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
   const W* const out_b = reinterpret_cast<const W*>(smem + layout.out_b);
   const W* const end_b = reinterpret_cast<const W*>(smem + layout.end_b);
   float* const skip_sum = reinterpret_cast<float*>(smem + layout.skip_sum);  // [S]
-  float* const sampler_logits = cluster.map_shared_rank(logits, sampler_rank) + row0;
-  float* const first_input = cluster.map_shared_rank(reinterpret_cast<float*>(smem + Layout::kInput), 0);
-  uint64_t* const first_input_counter = cluster.map_shared_rank(counters + Layout::kInputCounter, 0);
+  float* const first_input = reinterpret_cast<float*>(smem + Layout::kInput);  // in rank 0
 
   // The sampler tracks the fed-back classes: x_0 needs the last two.
   int y_prev2 = p.history[stream * 2];
   int y_prev1 = p.history[stream * 2 + 1];
   if (sampler && warp == 0) {  // x_0[0]
-    for (int k = lane; k < R; k += 32) first_input[k] = embed<W, R>(p, y_prev2, y_prev1, k);
-    __syncwarp();
-    if (lane == 0) add_release_cluster(first_input_counter, 1);
+    for (int k = lane; k < R; k += 32)
+      H::put(cluster, first_input + k, 0, counters + Layout::kInputCounter, embed<W, R>(p, y_prev2, y_prev1, k));
+    if constexpr (H::kProducerSignals) {
+      __syncwarp();
+      if (lane == 0) H::signal(cluster, counters + Layout::kInputCounter, 0);
+    }
   }
 
   WaitContext wait{status, p.spin_timeout_ns, kSitePersistentSkip, 0};
@@ -209,11 +236,12 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
     }
     wait.step = t;
 
-    if (!block_wait_counter(counters + Layout::kSkipCounter, uint64_t(split.layer_blocks) * uint64_t(t + 1),
-                            kSitePersistentSkip, wait)) {
+    if (!block_wait<H>(counters + Layout::kSkipCounter, t, uint64_t(split.layer_blocks) * uint64_t(t + 1),
+                       uint32_t(split.layer_blocks) * S * 4, kSitePersistentSkip, wait)) {
       completed = false;
       break;
     }
+    trace_event(p, rank, 0, t);
     for (int k = tid; k < S; k += NT) {
       float sum = 0.f;
       for (int j = 0; j < split.layer_blocks; ++j) sum += slots[j * S + k];
@@ -224,29 +252,39 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
         out_w, S, 0, split.head_rows, skip_sum, 0, tid, ReluTransform{}, [&](int m, int, const float (&v)[1]) {
           const float z = fmaxf(v[0] + WeightsInShared::value(out_b + m), 0.f);
           for (int h = 0; h < split.head_blocks; ++h)
-            cluster.map_shared_rank(hidden, split.layer_blocks + h)[row0 + m] = z;
+            H::put(cluster, hidden + row0 + m, split.layer_blocks + h, counters + Layout::kHiddenCounter, z);
         });
-    __syncthreads();
-    if (tid < split.head_blocks)
-      add_release_cluster(cluster.map_shared_rank(counters + Layout::kHiddenCounter, split.layer_blocks + tid), 1);
+    if constexpr (H::kProducerSignals) {
+      __syncthreads();
+      if (tid < split.head_blocks) H::signal(cluster, counters + Layout::kHiddenCounter, split.layer_blocks + tid);
+    }
+    trace_event(p, rank, 1, t);
 
-    if (!block_wait_counter(counters + Layout::kHiddenCounter, uint64_t(split.head_blocks) * uint64_t(t + 1),
-                            kSitePersistentHidden, wait)) {
+    if (!block_wait<H>(counters + Layout::kHiddenCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
+                       kSitePersistentHidden, wait)) {
       completed = false;
       break;
     }
+    trace_event(p, rank, 2, t);
     matvec<W, A, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
         end_w, A, 0, split.head_rows, hidden, 0, tid, NoTransform{},
-        [&](int m, int, const float (&v)[1]) { sampler_logits[m] = v[0] + WeightsInShared::value(end_b + m); });
-    __syncthreads();
-    if (tid == 0) add_release_cluster(cluster.map_shared_rank(counters + Layout::kLogitCounter, sampler_rank), 1);
+        [&](int m, int, const float (&v)[1]) {
+          H::put(cluster, logits + row0 + m, sampler_rank, counters + Layout::kLogitCounter,
+                 v[0] + WeightsInShared::value(end_b + m));
+        });
+    if constexpr (H::kProducerSignals) {
+      __syncthreads();
+      if (tid == 0) H::signal(cluster, counters + Layout::kLogitCounter, sampler_rank);
+    }
+    trace_event(p, rank, 3, t);
 
     if (sampler) {
-      if (!block_wait_counter(counters + Layout::kLogitCounter, uint64_t(split.head_blocks) * uint64_t(t + 1),
-                              kSitePersistentLogits, wait)) {
+      if (!block_wait<H>(counters + Layout::kLogitCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
+                         kSitePersistentLogits, wait)) {
         completed = false;
         break;
       }
+      trace_event(p, rank, 4, t);
       if (warp == 0) {
         const int drawn = warp_sample<A>(logits, u, lane);
         write_step_outputs<A>(p, stream, t, drawn, logits, lane);
@@ -254,10 +292,14 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
         y_prev2 = y_prev1;
         y_prev1 = fed;
         if (t + 1 < T) {  // x_0[t+1] to layer block 0
-          for (int k = lane; k < R; k += 32) first_input[k] = embed<W, R>(p, y_prev2, y_prev1, k);
-          __syncwarp();
-          if (lane == 0) add_release_cluster(first_input_counter, 1);
+          for (int k = lane; k < R; k += 32)
+            H::put(cluster, first_input + k, 0, counters + Layout::kInputCounter, embed<W, R>(p, y_prev2, y_prev1, k));
+          if constexpr (H::kProducerSignals) {
+            __syncwarp();
+            if (lane == 0) H::signal(cluster, counters + Layout::kInputCounter, 0);
+          }
         }
+        trace_event(p, rank, 5, t);
       }
     }
   }
@@ -265,7 +307,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
 }
 #endif
 
-template <int R, int S, int A, class W>
+// kMbarrier: the hand-offs of CLUSTER (MbarrierHandoff), else PERSISTENT's (FlagHandoff).
+template <int R, int S, int A, class W, bool kMbarrier>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     persistent_kernel(const __grid_constant__ Params p, const PersistentSplit split) {
   auto* const status = static_cast<DeviceStatus*>(p.workspace);
@@ -274,6 +317,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   if (threadIdx.x == 0) atomicCAS(&status->code, kStatusOk, kStatusNoClusterArch);
 #else
   using Layout = PersistentLayout<R, S, A, W>;
+  using H = std::conditional_t<kMbarrier, MbarrierHandoff, FlagHandoff>;
   extern __shared__ float4 shared_vectors[];
   char* const smem = reinterpret_cast<char*>(shared_vectors);
   const cg::cluster_group cluster = cg::this_cluster();
@@ -281,7 +325,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const int64_t stream = blockIdx.x / (split.layer_blocks + split.head_blocks);
   const Layout layout(split);
   const int tid = threadIdx.x;
-  if (tid < 4) reinterpret_cast<uint64_t*>(smem)[tid] = 0;
+  if (tid < 4) H::init(reinterpret_cast<uint64_t*>(smem) + tid);
 
   // Each block copies its share of the weights into its shared memory, once per call.
   if (rank < split.layer_blocks) {
@@ -315,27 +359,30 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   // Counters are zero and weights in place in every block before anyone signals anyone.
   cluster.sync();
   if (rank < split.layer_blocks)
-    persistent_layer_block<R, S, A, W>(p, split, smem, cluster, rank, stream, status);
+    persistent_layer_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
   else
-    persistent_head_block<R, S, A, W>(p, split, smem, cluster, rank, stream, status);
+    persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
   // No block may exit while another can still write into its shared memory.
   cluster.sync();
 #endif
 }
 
-template <int R, int S, int A, class W>
-Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+// PERSISTENT's and CLUSTER's planner: the same split and shared-memory layout.
+template <int R, int S, int A, class W, bool kMbarrier>
+Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
+  constexpr Variant kVariant = kMbarrier ? Variant::Cluster : Variant::Persistent;
+  const char* const name = kMbarrier ? "CLUSTER" : "PERSISTENT";
   const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
   if (device.major < 9)
-    return refuse(Variant::Persistent, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
+    return refuse(kVariant, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
                                            " is " + std::to_string(device.major) + "." + std::to_string(device.minor));
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    return refuse(Variant::Persistent, "one layer of " + size + " (" + std::to_string(sizeof(W) * 8) +
+    return refuse(kVariant, "one layer of " + size + " (" + std::to_string(sizeof(W) * 8) +
                                            "-bit weights) does not fit in one block's shared memory, so this "
-                                           "size is not built for PERSISTENT");
+                                           "size is not built for " + name);
   } else {
     using Layout = PersistentLayout<R, S, A, W>;
-    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W>);
+    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, kMbarrier>);
     cudaFuncAttributes attributes{};
     NVWAVENET_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
     const int64_t budget = device.shared_per_block_optin - int64_t(attributes.sharedSizeBytes);
@@ -343,7 +390,7 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
     int capacity = 0;  // the most layers one block can hold
     while (capacity < p.L && Layout(capacity + 1, 1, A).layer_end <= budget) ++capacity;
     if (capacity == 0)
-      return refuse(Variant::Persistent,
+      return refuse(kVariant,
                     "one layer of " + size + " needs " + std::to_string(Layout(1, 1, A).layer_end) +
                         " bytes of shared memory; a block on this device has " + std::to_string(budget));
     PersistentSplit split{};
@@ -355,35 +402,34 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
       if (Layout(split.layer_capacity, split.layer_blocks, A / heads).head_end <= budget) split.head_blocks = heads;
     }
     if (split.head_blocks == 0)
-      return refuse(Variant::Persistent, "the output head of " + size + " does not fit in 8 blocks' shared memory");
+      return refuse(kVariant, "the output head of " + size + " does not fit in 8 blocks' shared memory");
     split.head_rows = A / split.head_blocks;
     const int cluster_blocks = split.layer_blocks + split.head_blocks;
 
     Plan plan;
-    plan.variant = Variant::Persistent;
+    plan.variant = kVariant;
     plan.streams_per_group = 1;
     plan.blocks_per_group = cluster_blocks;
     plan.threads_per_block = kPersistentThreads;
     plan.grid_blocks = int64_t(cluster_blocks) * p.batch;
     plan.shared_bytes = Layout(split).bytes();
-    plan.workspace_bytes = kWorkspaceHeaderBytes;
+    plan.workspace_bytes = kWorkspaceHeaderBytes + kPersistentTraceBytes;
     plan.layer_blocks = split.layer_blocks;
     plan.head_blocks = split.head_blocks;
     plan.max_layers_per_block = split.layer_capacity;
     if (cluster_blocks > kMaxClusterBlocks)
-      return refuse(Variant::Persistent, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
+      return refuse(kVariant, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
                                              std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
                                              " per block, plus " + std::to_string(split.head_blocks) +
                                              " head blocks); the largest cluster has " +
                                              std::to_string(kMaxClusterBlocks));
 
-    NVWAVENET_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
+    allow_dynamic_shared(kernel, device, attributes);
     // A device that cannot make such a cluster says so through these two calls; that is a plan
     // that says no (AUTO then picks another variant), not a failure.
     const auto declined = [&](cudaError_t error, const char* what) {
       (void)cudaGetLastError();  // not sticky: clear it so that later calls do not report it
-      return refuse(Variant::Persistent, std::string(what) + " a cluster of " + std::to_string(cluster_blocks) +
+      return refuse(kVariant, std::string(what) + " a cluster of " + std::to_string(cluster_blocks) +
                                              " blocks: " + cudaGetErrorString(error));
     };
     cudaError_t error =
@@ -404,7 +450,7 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
     error = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
     if (error != cudaSuccess) return declined(error, "the device cannot place");
     if (clusters < 1)
-      return refuse(Variant::Persistent, "a cluster of " + std::to_string(cluster_blocks) + " blocks with " +
+      return refuse(kVariant, "a cluster of " + std::to_string(cluster_blocks) + " blocks with " +
                                              std::to_string(plan.shared_bytes) +
                                              " bytes of shared memory each cannot be resident on " + device.name);
     plan.co_resident_groups = clusters;
@@ -413,10 +459,11 @@ Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
   }
 }
 
-template <int R, int S, int A, class W>
-void Persistent<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+template <int R, int S, int A, class W, bool kMbarrier>
+void launch_cluster_kernel(const Params& p, const Plan& plan) {
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    throw std::invalid_argument("PERSISTENT is not built for R=" + std::to_string(R) + ": " + plan.reason);
+    throw std::invalid_argument(std::string(kMbarrier ? "CLUSTER" : "PERSISTENT") + " is not built for R=" +
+                                std::to_string(R) + ": " + plan.reason);
   } else {
     PersistentSplit split{};
     split.layer_blocks = plan.layer_blocks;
@@ -437,8 +484,25 @@ void Persistent<R, S, A, W>::launch(const Params& p, const Plan& plan) {
     config.stream = static_cast<cudaStream_t>(p.stream);
     config.attrs = &attribute;
     config.numAttrs = 1;
-    NVWAVENET_CUDA_CHECK(cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W>, p, split));
+    NVWAVENET_CUDA_CHECK(cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier>, p, split));
   }
+}
+
+template <int R, int S, int A, class W>
+Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+  return plan_cluster_kernel<R, S, A, W, false>(p, device);
+}
+template <int R, int S, int A, class W>
+void Persistent<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+  launch_cluster_kernel<R, S, A, W, false>(p, plan);
+}
+template <int R, int S, int A, class W>
+Plan Cluster<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+  return plan_cluster_kernel<R, S, A, W, true>(p, device);
+}
+template <int R, int S, int A, class W>
+void Cluster<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+  launch_cluster_kernel<R, S, A, W, true>(p, plan);
 }
 
 }  // namespace nvwavenet::gpu

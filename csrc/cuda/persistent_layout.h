@@ -10,6 +10,14 @@ constexpr int kPersistentThreads = 512;
 constexpr int kMaxClusterBlocks = 16;                // the largest (non-portable) cluster on sm_90
 constexpr int64_t kSm90SharedPerBlock = 227 * 1024;  // the most shared memory one sm_90 block can opt into
 
+// Trace stamps per block (persistent.cuh, trace_event), and the workspace they take.
+constexpr int kTraceEvents = 32;
+#ifdef NVWAVENET_TRACE
+constexpr int64_t kPersistentTraceBytes = int64_t(kMaxClusterBlocks) * kTraceEvents * 8;
+#else
+constexpr int64_t kPersistentTraceBytes = 0;
+#endif
+
 // How one cluster's blocks share the network; passed to the kernel by value.
 struct PersistentSplit {
   int layer_blocks;  // ranks [0, layer_blocks) hold layers

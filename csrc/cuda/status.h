@@ -21,7 +21,8 @@ enum WaitSite : int32_t {
   kSiteNone = 0,
   kSiteDualSampleFlag = 1,    // DUAL_BLOCK residual block waiting for the head block's sample
   kSiteDualLayerFlag = 2,     // DUAL_BLOCK head block waiting for a layer's gated activations
-  kSiteDualPublisher = 3,     // DUAL_BLOCK publisher warp waiting for the residual warps
+  kSiteDualPublisher = 3,     // retired (the publisher now meets the chain at a named barrier); kept
+                              // so that the other values keep their meaning
   kSitePersistentInput = 4,   // PERSISTENT layer block waiting for its input x
   kSitePersistentSkip = 5,    // PERSISTENT head block waiting for the skip partial sums
   kSitePersistentHidden = 6,  // PERSISTENT head block waiting for the hidden vector z slices
