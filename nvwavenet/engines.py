@@ -71,8 +71,8 @@ def cpu_isa() -> str:
 
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
-    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT only
-    has the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
+    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT and CLUSTER only
+    have the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on)."""
     if _C is None:
