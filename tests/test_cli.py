@@ -241,7 +241,7 @@ def test_every_help_shows_the_defaults(capsys):
         assert main([name, "--help"]) == 0
         text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         for action in subparser._actions:
-            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            if action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
                 assert f"default: {action.default}" in text, (name, action.option_strings)
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -307,6 +307,13 @@ def test_vocode_several_inputs_need_an_out_folder(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     (tmp_path / "file").write_text("")
     assert "--out: " in one_line_error(capsys, "vocode", *inputs, "--checkpoint", checkpoint, "--out", tmp_path / "file")
+    # A WAV vocoded into its own folder, or onto itself, replaced the recording.
+    write_tone(tmp_path / "voice.wav")
+    recording = (tmp_path / "voice.wav").read_bytes()
+    for out in (tmp_path, tmp_path / "voice.wav"):
+        line = one_line_error(capsys, "vocode", tmp_path / "voice.wav", "--checkpoint", checkpoint, "--out", out)
+        assert "would overwrite the input" in line and "voice.wav" in line
+    assert (tmp_path / "voice.wav").read_bytes() == recording
 
 
 def test_errors_name_the_argument_the_user_typed(checkpoint, tmp_path, capsys):
@@ -327,3 +334,17 @@ def test_converted_inputs_are_mentioned_once(checkpoint, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["nvwavenet vocode: note: WAV input converted: 2 channels mixed to mono and 11025 Hz resampled "
                      "to 8000 Hz (said once; other inputs may be converted too)"]
+
+
+def test_importing_nvwavenet_makes_pytorchs_openmp_threads_sleep_unless_told_otherwise():
+    """Spinning OpenMP threads slowed training 6 to 12 times on a busy 2-core machine (README)."""
+    def policy(code, **env):
+        base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        result = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                                capture_output=True, text=True, env={**base, "PYTHONPATH": PACKAGE_ROOT, **env})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()[-1]
+
+    assert policy("import nvwavenet") == "PASSIVE"
+    assert policy("import nvwavenet", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"  # the user's setting wins
+    assert policy("import torch, nvwavenet") == "None"  # too late to matter: libgomp has read it
