@@ -274,19 +274,8 @@ def test_train_keeps_a_checkpoint_unless_told_and_resume_takes_its_settings(chec
     assert json.loads((ckpt / "config.json").read_text())["model"]["n_layers"] == 2
 
 
-def test_ctrl_c_during_training_says_which_step_was_saved(checkpoint, tmp_path, capsys, monkeypatch):
-    from nvwavenet import training
-
-    loss_sum = training._masked_loss_sum
-    calls = []
-
-    def interrupted_at_the_fourth_step(*args):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return loss_sum(*args)
-
-    monkeypatch.setattr(training, "_masked_loss_sum", interrupted_at_the_fourth_step)
+def test_ctrl_c_during_training_says_which_step_was_saved(checkpoint, tmp_path, capsys, interrupt_training):
+    interrupt_training(4)
     out = tmp_path / "ckpt"
     argv = ["train", str(checkpoint.parent / "data"), "--out", str(out), *TINY_TRAIN, "--steps", "9",
             "--checkpoint-every", "2"]
