@@ -226,6 +226,8 @@ def test_every_float_option_refuses_non_finite_values_at_parse_time(capsys):
     checked = []
     for name, subparser in _subparsers().items():
         for action in subparser._actions:
+            # float would take "inf" and "nan", int a negative count: every number goes through a checked type.
+            assert action.type not in (float, int), (name, action.option_strings)
             if action.type not in (_finite_float, _positive_float):
                 continue
             for value in ("inf", "-inf", "nan", "1e999"):
