@@ -149,7 +149,9 @@ class Scheduler:
 
     ``max_streams`` streams at most at once (:meth:`open` raises :class:`SchedulerFull` beyond);
     ``chunk_frames`` frames at most per engine call; ``max_pending_frames`` frames queued per
-    stream; ``max_ready_chunks`` audio chunks generated and not yet taken per stream.
+    stream; ``max_ready_chunks`` audio chunks generated and not yet taken per stream. An engine
+    call holds the conditioning of ``max_streams * chunk_frames`` frames at most (2R * L * hop
+    floats each), the largest part of the server's memory.
     """
 
     def __init__(self, vocoder: Vocoder, *, max_streams: int = 64, chunk_frames: int = 4,
@@ -270,14 +272,18 @@ class Scheduler:
 
     def _generate(self, streams: list[Stream], frames: list[torch.Tensor]) -> list[torch.Tensor]:
         vocoder = self.vocoder
-        conds, selectors = [], []
-        for stream, chunk in zip(streams, frames):
-            cond, stream._history = vocoder.condition_chunk(stream._history, chunk)
-            conds.append(cond)
-            selectors.append(draw_selectors(1, cond.shape[3], stream._generator, vocoder.device))
+        cond, selectors = None, []
+        for index, (stream, chunk) in enumerate(zip(streams, frames)):
+            part, stream._history = vocoder.condition_chunk(stream._history, chunk)
+            # Written into one batch tensor as each is made, not joined at the end: the conditioning
+            # is the call's largest memory (2R * L * hop floats a frame, 3 MB at R64 L20 hop 300),
+            # and a join would hold it twice.
+            if cond is None:
+                cond = part.new_empty(part.shape[0], len(streams), *part.shape[2:])
+            cond[:, index] = part[:, 0]
+            selectors.append(draw_selectors(1, part.shape[3], stream._generator, vocoder.device))
         state = self._batch_for(streams)
-        classes = vocoder.net.infer(torch.cat(conds, dim=1), vocoder.implementation,
-                                    selectors=torch.cat(selectors), state=state)
+        classes = vocoder.net.infer(cond, vocoder.implementation, selectors=torch.cat(selectors), state=state)
         return list(vocoder.decode(classes).cpu().unbind(0))
 
     def _batch_for(self, streams: list[Stream]) -> dict:

@@ -322,7 +322,7 @@ def test_a_client_that_never_reads_is_held_back_and_bounded(vocoder):
     are kept small, so that what holds the stream back is the server's own flow control."""
     mel = torch.randn(MELS, 40) - 2.0
     limits = dict(max_pending_frames=64, max_ready_chunks=2, send_timeout=6.0)
-    with running(vocoder, socket_buffer=32768, **limits) as (base, _):
+    with running(vocoder, socket_buffer=8192, **limits) as (base, _):
         async def scenario():
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
@@ -335,7 +335,7 @@ def test_a_client_that_never_reads_is_held_back_and_bounded(vocoder):
                     await websocket.send(message)
 
             flooding = asyncio.create_task(flood())
-            previous, stalled_at, deadline = -1.0, metric(base, "nvwavenet_samples_total"), time.monotonic() + 10
+            previous, stalled_at, deadline = -1.0, metric(base, "nvwavenet_samples_total"), time.monotonic() + 30
             while stalled_at != previous:  # what the kernel's buffers took is vocoded, then nothing more
                 assert time.monotonic() < deadline, "the stream never stalled"
                 await asyncio.sleep(0.5)
@@ -395,7 +395,7 @@ def serve_process(checkpoint, *args):
 
 def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(vocoder, checkpoint):
     mel = torch.randn(MELS, 24) - 2.0
-    with serve_process(checkpoint, "--shutdown-grace", "6") as (process, base, lines):
+    with serve_process(checkpoint, "--shutdown-grace", "10") as (process, base, lines):
         async def scenario():
             finishing, abandoned = await connect(ws_url(base, seed=5)), await connect(ws_url(base))
             await finishing.send(frames_bytes(mel[:, :10]))
@@ -416,7 +416,7 @@ def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(vocoder, che
             assert np.array_equal(np.concatenate(audio), to_pcm(vocoder(mel, seed=5).numpy(), "int16"))
             await expect_close(finishing, 1000, "utterance complete")
             # One that never ends is closed with the reason once the grace period is over.
-            await expect_close(abandoned, 1001, r"did not end within the 6 s grace period", seconds=20)
+            await expect_close(abandoned, 1001, r"did not end within the 10 s grace period", seconds=30)
 
         asyncio.run(scenario())
         assert process.wait(20) == 0, "".join(lines) + process.stdout.read()
