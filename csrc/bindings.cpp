@@ -49,6 +49,7 @@ py::dict build_info() {
   variant_sizes["SINGLE_BLOCK"] = sizes;
   variant_sizes["DUAL_BLOCK"] = sizes;
   variant_sizes["PERSISTENT"] = persistent;
+  variant_sizes["TENSOR_CORE"] = sizes;  // float16 and bfloat16; its plan refuses float32 with the reason
   info["cuda"] = true;
   info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
   info["sizes"] = sizes;
@@ -68,8 +69,8 @@ py::dict build_info() {
 
 #ifdef NVWAVENET_WITH_CUDA
 Variant as_variant(int variant) {
-  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::Persistent))
-    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 3), got " + std::to_string(variant));
+  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::TensorCore))
+    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 5), got " + std::to_string(variant));
   return static_cast<Variant>(variant);
 }
 

@@ -1,27 +1,37 @@
 """What ``Impl.AUTO`` runs on a CUDA device, and with which batch tile: the one place for that rule.
 
-PROVISIONAL: no CUDA kernel has been timed yet, so the rule below comes from the kernels' design
-estimates (the top comment of each ``csrc/cuda/*.cuh``), not from measurements. It is meant to be
-replaced by figures from ``benchmarks/throughput.py`` on the target GPU; edit ``AUTO_ORDER`` and
-``SINGLE_BLOCK_TILE_FROM`` (and this paragraph) when they exist. Whatever the table says, AUTO
-only ever picks a variant whose plan for this very call is runnable (sizes built, shared memory,
-co-residency on this device), so a wrong guess costs speed, never an error.
+Two sources, in this order:
 
-The rule, in words:
+1. **A measured table**, ``nvwavenet/autotune_table.json``, written on a GPU by
+   ``python scripts/cuda_timing.py --write-table`` (never by hand): samples/s of each variant per
+   precision, network size and batch, with the GPU's name, the date, the command and the commit.
+   When it holds rows for the running GPU's name, AUTO takes the variant with the most samples/s
+   at the measured batch nearest to the call's (on a log scale), for the call's precision and,
+   where measured, its network size; only among the variants the table lists as ``passed`` (the
+   script records a variant as passed only after its CUDA tests passed on that GPU), so a kernel
+   no GPU has checked is never chosen.
+2. **The provisional rule** otherwise (no table, another GPU, or no row for this precision),
+   from the kernels' design estimates (the top comment of each ``csrc/cuda/*.cuh``):
+   the latency variants while their stream groups all run at once, ``PERSISTENT`` (weights on
+   chip across one cluster per stream) then ``DUAL_BLOCK`` (two blocks per stream); otherwise
+   ``SINGLE_BLOCK``, which always runs, one stream per block up to the multiprocessor count and
+   tiles of 8 beyond. It never picks ``TENSOR_CORE`` (or any variant not in ``AUTO_ORDER``).
 
-1. The latency variants first, while their stream groups all run at once: ``PERSISTENT`` (weights
-   on chip across one cluster per stream) while the batch fits in the clusters the GPU holds at
-   once, then ``DUAL_BLOCK`` (two blocks per stream) while it fits in the pairs the GPU holds at
-   once. Beyond that they would run in waves and lose their edge.
-2. Otherwise ``SINGLE_BLOCK``, which always runs: one stream per block while the batch is no larger
-   than the number of multiprocessors (every stream gets its own SM), tiles of 8 streams per block
-   beyond that (each weight read from L2 serves 8 streams).
+Either way AUTO only picks a variant whose plan for this very call is runnable (sizes built,
+shared memory, co-residency on this device), so a wrong guess costs speed, never an error.
+:func:`decide` says which source it used (``NVWaveNet.last_auto_rule``).
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
+import math
 from collections.abc import Mapping
+from pathlib import Path
 
-__all__ = ["AUTO_ORDER", "SINGLE_BLOCK_TILE_FROM", "choose_variant", "single_block_tile"]
+__all__ = ["AUTO_ORDER", "SINGLE_BLOCK_TILE_FROM", "TABLE_PATH", "Decision", "choose_variant", "decide",
+           "candidates", "load_table", "write_table", "single_block_tile", "streams_per_block"]
 
 # Variant names (nvwavenet.Impl member names) in order of preference, each with how many waves
 # of its co-resident stream groups it may take before the next one is preferred.
@@ -34,14 +44,79 @@ AUTO_ORDER: tuple[tuple[str, int], ...] = (
 # SINGLE_BLOCK uses tiles of 8 streams once the batch exceeds this many times the SM count.
 SINGLE_BLOCK_TILE_FROM = 1
 
+TABLE_PATH = Path(__file__).with_name("autotune_table.json")
+_TABLE_KEYS = ("gpu", "date", "command", "commit", "passed", "rows")
+_ROW_KEYS = ("variant", "dtype", "size", "batch", "samples_per_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    variant: str
+    rule: str  # "table <file> (<gpu>, <date>, batch <b>)" or "provisional"
+
 
 def single_block_tile(batch: int, multiprocessors: int) -> int:
     """Streams per SINGLE_BLOCK block (1 or 8, the tiles built) for this batch."""
     return 1 if batch <= SINGLE_BLOCK_TILE_FROM * multiprocessors else 8
 
 
+def streams_per_block(variant: str, batch: int, multiprocessors: int) -> int:
+    """``Params.streams_per_block`` for ``variant``: SINGLE_BLOCK's tile; 0 for the others
+    (TENSOR_CORE's plan then picks the largest tile that still gives every multiprocessor a block)."""
+    return single_block_tile(batch, multiprocessors) if variant == "SINGLE_BLOCK" else 0
+
+
+def load_table(path: Path | str = TABLE_PATH) -> dict | None:
+    """The measured table at ``path``, or None when there is none. A file that is not a table
+    written by ``scripts/cuda_timing.py`` is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text())
+        missing = [key for key in _TABLE_KEYS if key not in table]
+        missing += sorted({key for row in table["rows"] for key in _ROW_KEYS if key not in row})
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: not an autotune table written by scripts/cuda_timing.py ({error})") from None
+    if missing:
+        raise ValueError(f"{path}: not an autotune table written by scripts/cuda_timing.py "
+                         f"(missing {', '.join(missing)})")
+    return table
+
+
+def write_table(path: Path | str, *, gpu: str, command: str, commit: str, passed: list[str],
+                rows: list[dict]) -> dict:
+    """Writes the table :func:`load_table` reads (``scripts/cuda_timing.py --write-table`` on a GPU;
+    tests with made-up rows) and returns it. ``rows`` are dicts with ``_ROW_KEYS``."""
+    for row in rows:
+        missing = [key for key in _ROW_KEYS if key not in row]
+        if missing:
+            raise ValueError(f"rows: every row needs {', '.join(_ROW_KEYS)}; one lacks {', '.join(missing)}")
+    table = {"gpu": gpu, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+             "command": command, "commit": commit, "passed": sorted(passed), "rows": rows}
+    Path(path).write_text(json.dumps(table, indent=1) + "\n")
+    return table
+
+
+def _rows_for(table: dict | None, gpu: str, dtype: str, size: tuple[int, int, int]) -> list[dict]:
+    """The table's rows that apply: this GPU and precision, passed variants, this size if measured."""
+    if table is None or table["gpu"] != gpu:
+        return []
+    rows = [row for row in table["rows"] if row["dtype"] == dtype and row["variant"] in table["passed"]]
+    same_size = [row for row in rows if tuple(row["size"]) == tuple(size)]
+    return same_size or rows
+
+
+def candidates(table: dict | None, gpu: str, dtype: str, size: tuple[int, int, int]) -> list[str]:
+    """The variants AUTO may pick for this call (the ones worth planning)."""
+    rows = _rows_for(table, gpu, dtype, size)
+    if rows:
+        return sorted({row["variant"] for row in rows} | {name for name, _ in AUTO_ORDER})
+    return [name for name, _ in AUTO_ORDER]
+
+
 def choose_variant(batch: int, plans: Mapping[str, dict]) -> str:
-    """The variant name AUTO runs, given each concrete variant's plan for this call.
+    """The provisional rule: the variant name AUTO runs, given each concrete variant's plan.
 
     ``plans`` maps ``"SINGLE_BLOCK"``, ``"DUAL_BLOCK"``, ``"PERSISTENT"`` to the dicts of
     ``nvwavenet._C.cuda_plan`` (keys ``runnable``, ``reason``, ``co_resident_groups``, ...).
@@ -53,8 +128,23 @@ def choose_variant(batch: int, plans: Mapping[str, dict]) -> str:
             continue
         if waves == 0 or batch <= waves * plan["co_resident_groups"]:
             return name
-    runnable = [name for name, plan in plans.items() if plan["runnable"]]
+    runnable = [name for name, plan in plans.items() if plan["runnable"] and name in dict(AUTO_ORDER)]
     if runnable:  # every runnable variant would need more waves than allowed: take the fallback order
         return next(name for name, _ in AUTO_ORDER if name in runnable)
     reasons = "; ".join(f"{name}: {plan['reason']}" for name, plan in plans.items())
     raise ValueError(f"implementation: no CUDA variant can run this configuration ({reasons})")
+
+
+def decide(batch: int, plans: Mapping[str, dict], *, gpu: str, dtype: str, size: tuple[int, int, int],
+           table: dict | None) -> Decision:
+    """What AUTO runs: the table's fastest runnable variant at the nearest measured batch when the
+    table applies to this GPU and precision, else :func:`choose_variant`."""
+    rows = [row for row in _rows_for(table, gpu, dtype, size)
+            if plans.get(row["variant"], {}).get("runnable")]
+    if rows:
+        nearest = min({row["batch"] for row in rows}, key=lambda b: (abs(math.log(b / batch)), b))
+        best = max((row for row in rows if row["batch"] == nearest), key=lambda row: row["samples_per_s"])
+        return Decision(best["variant"], f"table {TABLE_PATH.name} ({table['gpu']}, {table['date']}, "
+                                         f"batch {nearest})")
+    return Decision(choose_variant(batch, {name: plans[name] for name, _ in AUTO_ORDER if name in plans}),
+                    "provisional")

@@ -206,7 +206,7 @@ def generate_cpu(params) -> None:
 
 
 # The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
-CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3}
+CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3, "TENSOR_CORE": 5}
 
 SPIN_TIMEOUT_ENV = "NVWAVENET_SPIN_TIMEOUT_MS"
 DEFAULT_SPIN_TIMEOUT_MS = 2000.0
@@ -252,10 +252,11 @@ def check_cuda_build(weights: WaveNetWeights, dtype: torch.dtype) -> dict:
 
 def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str, cond_input: torch.Tensor,
              selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
-             teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> str:
+             teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> tuple[str, str | None]:
     """Runs a CUDA variant (``implementation``: an ``Impl`` name, AUTO resolved here) on the current
     stream of ``cond_input``'s device, filling ``samples``/``logits`` and updating ``state``'s
-    queues and history in place (not its position). Returns the name of the variant that ran.
+    queues and history in place (not its position). Returns the name of the variant that ran and,
+    for AUTO, the rule that chose it (:class:`autotune.Decision`), else None.
     """
     C = extension()
     device = cond_input.device
@@ -264,19 +265,28 @@ def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str
     params.device = device.index
     params.stream = torch.cuda.current_stream(device).cuda_stream
     params.spin_timeout_ns = spin_timeout_ns()
-    params.streams_per_block = autotune.single_block_tile(
-        batch, torch.cuda.get_device_properties(device).multi_processor_count)
+    multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
+
+    def plan_for(name):
+        params.streams_per_block = autotune.streams_per_block(name, batch, multiprocessors)
+        return C.cuda_plan(params, CUDA_VARIANTS[name])
+
+    rule = None
     if implementation == "AUTO":
-        plans = {name: C.cuda_plan(params, code) for name, code in CUDA_VARIANTS.items()}
-        name = autotune.choose_variant(batch, plans)
-        plan = plans[name]
+        gpu, dtype = torch.cuda.get_device_name(device), _DTYPE_CODES[packed.embed_curr.dtype]
+        size = (weights.n_residual, weights.n_skip, weights.n_classes)
+        table = autotune.load_table()
+        plans = {name: plan_for(name) for name in autotune.candidates(table, gpu, dtype, size)}
+        decision = autotune.decide(batch, plans, gpu=gpu, dtype=dtype, size=size, table=table)
+        name, rule = decision.variant, decision.rule
+        plan = plan_for(name)
     else:
         name = implementation
-        plan = C.cuda_plan(params, CUDA_VARIANTS[name])
+        plan = plan_for(name)
         if not plan["runnable"]:
             raise ValueError(f"implementation: Impl.{name} cannot run this configuration on "
                              f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
     workspace = torch.zeros(plan["workspace_bytes"], dtype=torch.uint8, device=device)
     params.workspace, params.workspace_bytes = workspace.data_ptr(), workspace.numel()
     C.cuda_generate(params, CUDA_VARIANTS[name])
-    return name
+    return name, rule

@@ -3,9 +3,13 @@
 #
 #     bash scripts/gpu_check.sh
 #
-# Builds nvwavenet in place, runs the CUDA tests, compute-sanitizer memcheck and racecheck on one
-# small case per variant, times the variants (scripts/cuda_timing.py), runs
-# benchmarks/throughput.py --quick when it exists, and prints one summary table. Full logs go to
+# Builds nvwavenet in place, runs the CUDA tests (every variant, TENSOR_CORE included),
+# compute-sanitizer memcheck and racecheck on one small case per variant, times the variants old
+# and new side by side at batch 1 to 4096 in float32 and float16 with samples/s per watt
+# (scripts/cuda_timing.py), writes the measured table AUTO follows ($LOGS/autotune_table.json:
+# copy it to nvwavenet/autotune_table.json and commit it; only variants whose CUDA tests passed
+# here are in its `passed` list), runs benchmarks/throughput.py --quick when it exists and time is
+# left, and prints one summary table. Full logs go to
 # $OUT (the device tool's output folder) when set, else ./gpu_check_out. Exit status: 0 when every
 # step passed. Meant to finish in about 8 minutes on one H100 with 16 CPU cores; every step has a
 # time limit, and all of them together stay within GPU_CHECK_BUDGET seconds (default 540), so the
@@ -65,17 +69,18 @@ if ! run_step build 180 "$PYTHON" setup.py build_ext --inplace; then
   exit 1
 fi
 "$PYTHON" -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
-run_step tests 200 "$PYTHON" -m pytest -q -rs tests/test_cuda.py
+run_step tests 210 "$PYTHON" -m pytest -q -rs -m cuda tests/test_cuda.py --junitxml="$LOGS/cuda_tests.xml"
 for tool in memcheck racecheck; do
   if [ -z "$SANITIZER" ]; then
     ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$tool" "MISSING" 0 "compute-sanitizer not found")")
     FAILED=1
     continue
   fi
-  run_step "$tool" 90 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
+  run_step "$tool" 60 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
     "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py
 done
-run_step timing 90 "$PYTHON" scripts/cuda_timing.py
+run_step timing 120 "$PYTHON" scripts/cuda_timing.py --write-table "$LOGS/autotune_table.json" \
+  --passed-from "$LOGS/cuda_tests.xml"
 if [ -f benchmarks/throughput.py ]; then
   run_step benchmark 150 "$PYTHON" benchmarks/throughput.py --quick
 fi

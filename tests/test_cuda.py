@@ -34,7 +34,7 @@ def needs_gpu(test):
     return pytest.mark.cuda(_skip_without_gpu(test))
 
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT]
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.TENSOR_CORE]
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 
@@ -50,13 +50,16 @@ def make_net(size, layers, max_dilation, dtype, seed=0, **kwargs):
 
 
 def run_or_refused(variant, action):
-    """action() or, when PERSISTENT declines the configuration, a skip that shows its reason. Only
-    PERSISTENT may decline: its weights must fit one cluster's shared memory."""
+    """action() or, when a variant declines the configuration by design, a skip that shows its
+    reason: PERSISTENT when the weights do not fit one cluster's shared memory, TENSOR_CORE for
+    float32 weights (no 3xTF32 kernel yet). Any other refusal fails."""
     try:
         return action()
     except ValueError as error:
         if variant is Impl.PERSISTENT and "cannot run this configuration" in str(error):
             pytest.skip(f"PERSISTENT declines: {error}")
+        if variant is Impl.TENSOR_CORE and "float32 weights are not built for TENSOR_CORE" in str(error):
+            pytest.skip(f"TENSOR_CORE declines: {error}")
         raise
 
 
@@ -74,6 +77,7 @@ def test_build_info_lists_exactly_the_sizes_in_sizes_h():
     variant_sizes = {name: [tuple(s) for s in sizes] for name, sizes in INFO["variant_sizes"].items()}
     assert set(variant_sizes) == set(CUDA_VARIANTS)
     assert variant_sizes["SINGLE_BLOCK"] == listed and variant_sizes["DUAL_BLOCK"] == listed
+    assert variant_sizes["TENSOR_CORE"] == listed
 
 
 @needs_kernels
@@ -115,6 +119,62 @@ def test_auto_never_picks_a_variant_that_cannot_run():
     none = {name: fake_plan(False, 0, f"reason {name}") for name in CUDA_VARIANTS}
     with pytest.raises(ValueError, match="implementation: no CUDA variant.*reason PERSISTENT"):
         autotune.choose_variant(1, none)
+
+
+def test_provisional_rule_never_picks_tensor_core():
+    plans = {name: fake_plan(groups=1000) for name in CUDA_VARIANTS}
+    for batch in (1, 64, 4096):
+        decision = autotune.decide(batch, plans, gpu="G", dtype="float16", size=(64, 256, 256), table=None)
+        assert decision.variant != "TENSOR_CORE" and decision.rule == "provisional"
+    assert "TENSOR_CORE" not in autotune.candidates(None, "G", "float16", (64, 256, 256))
+
+
+def synthetic_table(tmp_path, passed):
+    """A table as scripts/cuda_timing.py writes it, with made-up rates: TENSOR_CORE fastest from
+    batch 256, SINGLE_BLOCK below; float16 only."""
+    rates = {("SINGLE_BLOCK", 1): 5e4, ("TENSOR_CORE", 1): 1e4, ("SINGLE_BLOCK", 256): 1e6,
+             ("TENSOR_CORE", 256): 9e6, ("SINGLE_BLOCK", 4096): 4e6, ("TENSOR_CORE", 4096): 3e7}
+    rows = [{"variant": name, "dtype": "float16", "size": [64, 256, 256], "batch": batch, "samples_per_s": rate}
+            for (name, batch), rate in rates.items()]
+    path = tmp_path / "table.json"
+    autotune.write_table(path, gpu="GPU X", command="synthetic", commit="0000000", passed=passed, rows=rows)
+    return autotune.load_table(path)
+
+
+def test_auto_follows_a_measured_table_for_its_gpu_and_precision(tmp_path):
+    table = synthetic_table(tmp_path, passed=["SINGLE_BLOCK", "TENSOR_CORE"])
+    plans = {name: fake_plan(groups=132) for name in CUDA_VARIANTS}
+    key = dict(gpu="GPU X", dtype="float16", size=(64, 256, 256), table=table)
+    assert autotune.decide(1, plans, **key).variant == "SINGLE_BLOCK"
+    assert autotune.decide(8, plans, **key).variant == "SINGLE_BLOCK"  # nearer 1 than 256 on a log scale
+    decision = autotune.decide(300, plans, **key)
+    assert decision.variant == "TENSOR_CORE" and "GPU X" in decision.rule and "batch 256" in decision.rule
+    assert autotune.decide(100000, plans, **key).variant == "TENSOR_CORE"
+    assert "TENSOR_CORE" in autotune.candidates(table, "GPU X", "float16", (64, 256, 256))
+    # A variant whose plan cannot run this call is passed over; the table's next best is taken.
+    assert autotune.decide(300, {**plans, "TENSOR_CORE": fake_plan(False, 0, "no")}, **key).variant == "SINGLE_BLOCK"
+    # Another GPU, or a precision the table did not measure: the provisional rule, and it says so.
+    for other in (dict(key, gpu="GPU Y"), dict(key, dtype="bfloat16")):
+        assert autotune.decide(100, plans, **other) == autotune.Decision("PERSISTENT", "provisional")
+
+
+def test_auto_ignores_table_rows_of_variants_that_did_not_pass(tmp_path):
+    table = synthetic_table(tmp_path, passed=["SINGLE_BLOCK"])
+    plans = {name: fake_plan(groups=132) for name in CUDA_VARIANTS}
+    decision = autotune.decide(4096, plans, gpu="GPU X", dtype="float16", size=(64, 256, 256), table=table)
+    assert decision.variant == "SINGLE_BLOCK" and decision.rule.startswith("table")
+    assert "TENSOR_CORE" not in autotune.candidates(table, "GPU X", "float16", (64, 256, 256))
+
+
+def test_a_file_that_is_not_a_table_is_refused_naming_it(tmp_path):
+    assert autotune.load_table(tmp_path / "absent.json") is None
+    for text in ("not json", '{"gpu": "X"}', '{"gpu": "X", "date": "", "command": "", "commit": "", '
+                 '"passed": [], "rows": [{"variant": "SINGLE_BLOCK"}]}'):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError, match=r"bad\.json: not an autotune table"):
+            autotune.load_table(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="rows: every row needs"):
+        autotune.write_table(tmp_path / "t.json", gpu="X", command="", commit="", passed=[], rows=[{"batch": 1}])
 
 
 def test_single_block_tile_follows_the_multiprocessor_count():
@@ -192,6 +252,8 @@ def test_cuda_entry_points_reject_auto_and_unknown_variants():
         _C.cuda_plan(fake_params(), 0)
     with pytest.raises(ValueError, match="variant: expected an nvwavenet.Impl value"):
         _C.cuda_generate(fake_params(), 7)
+    with pytest.raises(ValueError, match="variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT or TENSOR_CORE"):
+        _C.cuda_plan(fake_params(), 4)  # no variant of this build has the value 4
     with pytest.raises(ValueError, match="workspace: expected a device pointer"):
         _C.cuda_generate(fake_params(workspace=0), 1)
 
@@ -251,6 +313,7 @@ def test_auto_runs_a_runnable_variant_and_matches_reference():
         cond = random_cond_input(64, batch, 4, 16, device="cuda")
         compare_with_reference(net, cond, Impl.AUTO)
         assert net.last_implementation in VARIANTS
+        assert net.last_auto_rule is not None
 
 
 @needs_gpu
@@ -295,6 +358,43 @@ def test_single_block_eight_stream_tiles_match_reference(batch, monkeypatch):
 
 
 @needs_gpu
+@pytest.mark.parametrize("tile", [8, 16, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_tensor_core_tiles_match_reference(tile, dtype, monkeypatch):
+    """Every tile TENSOR_CORE has, with a partly filled last tile and a tile larger than the batch."""
+    monkeypatch.setattr(autotune, "streams_per_block", lambda name, batch, sms: tile if name == "TENSOR_CORE" else 0)
+    for size, batch in (((64, 256, 256), tile + 3), ((32, 128, 256), 5)):
+        net = make_net(size, 3, 4, dtype)
+        compare_with_reference(net, random_cond_input(size[0], batch, 3, 20, device="cuda"), Impl.TENSOR_CORE)
+
+
+@needs_gpu
+def test_tensor_core_target_configuration_and_its_plan():
+    """R64/S256/A256, L = 20: a tile that gives every multiprocessor a block when the batch allows,
+    and float32 refused with the reason."""
+    from nvwavenet import _C
+    from nvwavenet.engines import make_params
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    net = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float16)
+    compare_with_reference(net, random_cond_input(64, 70, 20, 24, device="cuda"), Impl.TENSOR_CORE)
+    for batch in (64, 1024, 8 * sms, 64 * sms):
+        cond = random_cond_input(64, batch, 20, 1, device="cuda")
+        u = torch.rand(batch, 1, device="cuda")
+        out = torch.empty(batch, 1, dtype=torch.int32, device="cuda")
+        params = make_params(net.weights, net._packed_for(cond.device), cond, u, out, net.init_state(batch, "cuda"))
+        plan = _C.cuda_plan(params, int(Impl.TENSOR_CORE))
+        assert plan["runnable"], plan["reason"]
+        if batch >= 8 * sms:
+            assert plan["grid_blocks"] >= sms, plan
+        print(f"batch {batch}: tile {plan['streams_per_group']}, {plan['grid_blocks']} blocks, "
+              f"{plan['shared_bytes']} B shared")
+    net32 = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float32)
+    with pytest.raises(ValueError, match="TENSOR_CORE cannot run .*float32 weights are not built"):
+        net32.infer(random_cond_input(64, 2, 20, 4, device="cuda"), Impl.TENSOR_CORE)
+
+
+@needs_gpu
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_more_streams_than_run_at_once(variant):
     """DUAL_BLOCK pairs loop over streams and PERSISTENT clusters run in waves beyond what fits."""
@@ -327,7 +427,7 @@ def test_chunked_calls_equal_one_call(variant, dtype):
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_strided_inputs_give_the_same_results(variant):
     """Conditioning, selectors and teacher classes with arbitrary strides read the same values."""
-    net = make_net((64, 256, 256), 4, 8, torch.float32)
+    net = make_net((64, 256, 256), 4, 8, torch.float16 if variant is Impl.TENSOR_CORE else torch.float32)
     batch, samples = 3, 24
     dense = random_cond_input(64, batch, 4, samples, device="cuda")
     # Time-major storage, and every other time step of a twice-as-long tensor.
@@ -348,7 +448,7 @@ def test_strided_inputs_give_the_same_results(variant):
 @needs_gpu
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_float16_conditioning_matches_reference(variant):
-    net = make_net((64, 256, 256), 6, 8, torch.float32)
+    net = make_net((64, 256, 256), 6, 8, torch.float16 if variant is Impl.TENSOR_CORE else torch.float32)
     cond = random_cond_input(64, 2, 6, 24, device="cuda", dtype=torch.float16)
     # PERSISTENT, float32 weights: 6 layer blocks + 4 head blocks, a non-portable cluster size.
     run_or_refused(variant, lambda: compare_with_reference(net, cond, variant))

@@ -54,6 +54,12 @@ struct Persistent {
   static void launch(const Params& p, const Plan& plan);
 };
 
+template <int R, int S, int A, class W>
+struct TensorCore {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
 // A plan that says no, with the reason.
 inline Plan refuse(Variant variant, std::string reason) {
   Plan plan;

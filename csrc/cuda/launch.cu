@@ -89,6 +89,8 @@ const char* variant_name(Variant variant) {
       return "DUAL_BLOCK";
     case Variant::Persistent:
       return "PERSISTENT";
+    case Variant::TensorCore:
+      return "TENSOR_CORE";
   }
   return "an unknown variant";
 }
@@ -102,8 +104,9 @@ void require_aligned(const void* pointer, const char* name) {
 // unbuilt size is reported as such before anything about pointers. Planning happens before the
 // workspace exists (the plan says how large it must be), so only a launch requires it.
 void validate(const Params& p, Variant variant, bool launching) {
-  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent,
-          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK or PERSISTENT, got ") + variant_name(variant) +
+  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent ||
+              variant == Variant::TensorCore,
+          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT or TENSOR_CORE, got ") + variant_name(variant) +
               (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
   bool built = false;
 #define NVWAVENET_IS_BUILT(r, s, a) built = built || (p.R == r && p.S == s && p.A == a);
@@ -143,6 +146,8 @@ decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* au
         return f(TypeTag<DualBlock<Size::R, Size::S, Size::A, W>>{});
       case Variant::Persistent:
         return f(TypeTag<Persistent<Size::R, Size::S, Size::A, W>>{});
+      case Variant::TensorCore:
+        return f(TypeTag<TensorCore<Size::R, Size::S, Size::A, W>>{});
       case Variant::Auto:
         break;
     }
