@@ -162,36 +162,193 @@ def product_in(mode: str, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def model_incremental(weights: WaveNetWeights, cond: torch.Tensor, teacher: torch.Tensor, mode: str):
-    """Teacher-forced logits (batch, A, samples) of the kernel's step order in ``mode``."""
-    storage = torch.float32 if mode in ("3xtf32", "tf32") else getattr(torch, mode)
+# ---------------------------------------------------------------------------------------------
+# 3. The kernel's schedule, emulated block by block: the slab sequence (TensorCoreSlabs,
+# following_slab, issue_slab), the four-buffer copy ring with its waits, when each queue entry is
+# read and written, the epilogues, and the state across calls. Products go through product_in, so
+# the same emulation gives the exact (float64) and the kernel's rounding.
+
+DILATE, RESIDUAL, SKIP, OUT, END = range(5)
+STAGES, PAD = 4, 8
+
+
+def pow2_floor(v: int) -> int:
+    return 1 << (v.bit_length() - 1)
+
+
+class Slabs:
+    """TensorCoreSlabs<R, S, A, W>: rows per slab of each product, and how many slabs."""
+
+    def __init__(self, R, S, A, weight_bytes):
+        self.capacity = max(32 * (2 * R + PAD) * weight_bytes, 16384)
+        cut = lambda M, K, paired: min(M, pow2_floor(self.capacity // ((K + PAD) * weight_bytes * (2 if paired else 1))))
+        self.rows = {DILATE: cut(R, 2 * R, True), RESIDUAL: cut(R, R, False), SKIP: cut(S, R, False),
+                     OUT: cut(A, S, False), END: cut(A, A, False)}
+        self.M = {DILATE: R, RESIDUAL: R, SKIP: S, OUT: A, END: A}
+        for product, rows in self.rows.items():
+            assert rows >= 16 and self.M[product] % rows == 0, (product, rows)
+
+    def count(self, product):
+        return self.M[product] // self.rows[product]
+
+    def following(self, slab, L):
+        layer, product, index = slab
+        if index + 1 < self.count(product):
+            return layer, product, index + 1
+        if product == DILATE:
+            return layer, RESIDUAL if layer + 1 < L else SKIP, 0
+        if product == RESIDUAL:
+            return layer, SKIP, 0
+        if product == SKIP:
+            return (layer + 1, DILATE, 0) if layer + 1 < L else (0, OUT, 0)
+        return (0, END, 0) if product == OUT else (0, DILATE, 0)
+
+    def weights_of(self, w, both_taps, slab):
+        """What issue_slab copies: the slab's rows (dilation: its tanh rows, then its sigmoid rows)."""
+        layer, product, index = slab
+        rows = self.rows[product]
+        span = slice(index * rows, index * rows + rows)
+        R = w.n_residual
+        if product == DILATE:
+            return torch.cat([both_taps[layer][span], both_taps[layer][R + index * rows: R + index * rows + rows]])
+        return {RESIDUAL: lambda: w.res_w[layer][span], SKIP: lambda: w.skip_w[layer][span],
+                OUT: lambda: w.out_w[span], END: lambda: w.end_w[span]}[product]()
+
+
+class Ring:
+    """The cp.async ring: a copy lands in its buffer only when a wait retires its group."""
+
+    def __init__(self):
+        self.buffers = [None] * STAGES
+        self.in_flight = []
+
+    def issue(self, buffer, slab, weights):
+        assert all(b != buffer for b, _ in self.in_flight), "a buffer rewritten while its copy is in flight"
+        self.buffers[buffer] = None  # its old content is gone from the moment the copy starts
+        self.in_flight.append((buffer, (slab, weights)))
+
+    def wait(self, pending):
+        while len(self.in_flight) > pending:
+            buffer, content = self.in_flight.pop(0)
+            self.buffers[buffer] = content
+
+
+def emulate(weights: WaveNetWeights, cond: torch.Tensor, u: torch.Tensor, mode: str, *, tile: int,
+            teacher: torch.Tensor | None = None, state: dict | None = None):
+    """tensor_core_kernel on the CPU: (samples, logits (batch, A, T)); ``state`` (queues float64
+    in mode "float64", else float32, as the kernels keep them) is read and updated as a call does."""
+    storage = {"float64": torch.float64, "3xtf32": torch.float32, "tf32": torch.float32}.get(mode) or getattr(torch, mode)
     w = weights.to(dtype=storage).to(dtype=torch.float64)  # what the kernel reads, exactly
-    R, L, A = w.n_residual, w.n_layers, w.n_classes
-    batch, samples = cond.shape[1], cond.shape[3]
-    dilations = w.dilations
-    offsets = layer_offsets(dilations)
-    queues = torch.zeros(batch, offsets[-1], R, dtype=torch.float64)
-    history = torch.full((batch, 2), A // 2, dtype=torch.long)
+    operand = {"float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(mode, torch.float32)
+    keep = (lambda v: v) if mode == "float64" else f32  # the kernel's float32 activations
+    R, S, A, L = w.n_residual, w.n_skip, w.n_classes, w.n_layers
+    slabs = Slabs(R, S, A, 4 if storage == torch.float32 else 2)  # float64 mode: the float16 kernel's cut
     both_taps = torch.cat([w.dilate_w[..., 0], w.dilate_w[..., 1]], dim=2)
-    logits_out = torch.empty(batch, A, samples, dtype=torch.float64)
-    for t in range(samples):
-        x = f32(w.embed_prev[history[:, 0]] + w.embed_curr[history[:, 1]])
-        x = f32(torch.tanh(x)) if w.use_embed_tanh else x
-        skip = None
-        for l in range(L):
-            slot = offsets[l] + t % dilations[l]
-            past = queues[:, slot].clone()
-            queues[:, slot] = x  # the queues hold float32 x, as in every variant
-            a = f32(product_in(mode, both_taps[l], torch.cat([past, x], dim=1)) + f32(w.dilate_b[l] + cond[:, :, l, t].T))
-            h = f32(torch.tanh(a[:, :R]) * torch.sigmoid(a[:, R:]))
-            if l < L - 1:
-                x = f32(x + f32(product_in(mode, w.res_w[l], h) + w.res_b[l]))
-            part = f32(product_in(mode, w.skip_w[l], h) + w.skip_b[l])
-            skip = part if skip is None else f32(skip + part)
-        z = f32(torch.relu(product_in(mode, w.out_w, torch.relu(skip)) + w.out_b))
-        logits_out[:, :, t] = f32(product_in(mode, w.end_w, z) + w.end_b)
-        history = torch.stack([history[:, 1], teacher[:, t].long()], dim=1)
-    return logits_out
+    batch, T = cond.shape[1], cond.shape[3]
+    dilations, offsets = w.dilations, layer_offsets(w.dilations)
+    if state is None:
+        state = reference.init_state(weights, batch, dtype=torch.float64 if mode == "float64" else torch.float32)
+    queues, position = state["queues"], int(state["position"])
+    samples = torch.full((batch, T), -1, dtype=torch.int32)
+    logits_out = torch.full((batch, A, T), float("nan"), dtype=torch.float64)
+    product = (lambda wm, act: act @ wm.T) if mode == "float64" else (lambda wm, act: product_in(mode, wm, act))
+
+    for stream0 in range(0, batch, tile):  # one block per tile; blocks never meet
+        valid = min(tile, batch - stream0)
+        live = slice(stream0, stream0 + valid)
+        history = torch.full((tile, 2), A // 2, dtype=torch.long)
+        history[:valid] = state["history"][live].long()
+        ring, ahead, current = Ring(), (0, DILATE, 0), 0
+        ring.issue(0, ahead, slabs.weights_of(w, both_taps, ahead))
+        for i in range(1, STAGES - 1):
+            ahead = slabs.following(ahead, L)
+            ring.issue(i, ahead, slabs.weights_of(w, both_taps, ahead))
+
+        def load_past(layer, t):
+            past = torch.zeros(tile, R, dtype=torch.float64)
+            past[:valid] = queues[live, offsets[layer] + (position + t) % dilations[layer]].double()
+            return past
+
+        def embed(y2, y1):
+            v = keep(w.embed_prev[y2] + w.embed_curr[y1])
+            return keep(torch.tanh(v)) if w.use_embed_tanh else v
+
+        def next_slab(expected):
+            nonlocal ahead
+            ring.wait(STAGES - 2)
+            ahead = slabs.following(ahead, L)
+            ring.issue((current + STAGES - 1) % STAGES, ahead, slabs.weights_of(w, both_taps, ahead))
+            assert ring.buffers[current] is not None, "a slab read before its copy was waited for"
+            slab, wm = ring.buffers[current]
+            assert slab == expected, f"buffer {current} holds slab {slab}, the products expect {expected}"
+            return wm
+
+        past = load_past(0, 0)
+        x = embed(history[:, 0], history[:, 1])
+        inputs = torch.cat([past, x], dim=1)  # the kernel keeps these rounded to the operand type
+        sums = torch.zeros(tile, max(S, A), dtype=torch.float64)
+        gated = torch.zeros(tile, R, dtype=torch.float64)
+        relu_skip = torch.zeros(tile, S, dtype=torch.float64)
+        hidden = torch.zeros(tile, A, dtype=torch.float64)
+        for t in range(T):
+            for l in range(L):
+                last, more = l == L - 1, l < L - 1 or t + 1 < T
+                for i in range(slabs.count(DILATE)):
+                    wm = next_slab((l, DILATE, i))
+                    if i == 0:
+                        queues[live, offsets[l] + (position + t) % dilations[l]] = x[:valid].to(queues.dtype)
+                        if more:
+                            past = load_past(0, t + 1) if last else load_past(l + 1, t)
+                    h, first = slabs.rows[DILATE], i * slabs.rows[DILATE]
+                    pre = torch.zeros(tile, 2 * R, dtype=torch.float64)
+                    pre[:valid] = keep(w.dilate_b[l] + cond[:, live, l, t].T)
+                    a = keep(product(wm, round_to(inputs, operand)))
+                    tanh_in = keep(a[:, :h] + pre[:, first:first + h])
+                    sigmoid_in = keep(a[:, h:] + pre[:, R + first:R + first + h])
+                    gated[:, first:first + h] = keep(torch.tanh(tanh_in) * torch.sigmoid(sigmoid_in))
+                    current = (current + 1) % STAGES
+                if not last:
+                    for i in range(slabs.count(RESIDUAL)):
+                        wm = next_slab((l, RESIDUAL, i))
+                        if i == 0:
+                            inputs[:, :R] = past
+                        span = slice(i * slabs.rows[RESIDUAL], (i + 1) * slabs.rows[RESIDUAL])
+                        x[:, span] = keep(x[:, span] + keep(product(wm, round_to(gated, operand)) + w.res_b[l][span]))
+                        inputs[:, R:] = x
+                        current = (current + 1) % STAGES
+                for i in range(slabs.count(SKIP)):
+                    wm = next_slab((l, SKIP, i))
+                    if i == 0 and last and more:
+                        inputs[:, :R] = past
+                    span = slice(i * slabs.rows[SKIP], (i + 1) * slabs.rows[SKIP])
+                    part = keep(product(wm, round_to(gated, operand)) + w.skip_b[l][span])
+                    sums[:, span] = part if l == 0 else keep(sums[:, span] + part)
+                    if last:
+                        relu_skip[:, span] = torch.relu(sums[:, span])
+                    current = (current + 1) % STAGES
+            for i in range(slabs.count(OUT)):
+                wm = next_slab((0, OUT, i))
+                span = slice(i * slabs.rows[OUT], (i + 1) * slabs.rows[OUT])
+                hidden[:, span] = torch.relu(keep(product(wm, round_to(relu_skip, operand)) + w.out_b[span]))
+                current = (current + 1) % STAGES
+            for i in range(slabs.count(END)):
+                wm = next_slab((0, END, i))
+                span = slice(i * slabs.rows[END], (i + 1) * slabs.rows[END])
+                sums[:, span] = keep(product(wm, round_to(hidden, operand)) + w.end_b[span])
+                current = (current + 1) % STAGES
+            logits = sums[:valid, :A]
+            drawn = select_classes(logits, u[live, t].double())
+            samples[live, t] = drawn.to(torch.int32)
+            logits_out[live, :, t] = logits
+            fed = drawn if teacher is None else teacher[live, t].long()
+            history[:valid] = torch.stack([history[:valid, 1], fed], dim=1)
+            history[valid:] = A // 2
+            x = embed(history[:, 0], history[:, 1])
+            inputs[:, R:] = x
+        ring.wait(0)
+        state["history"][live] = history[:valid].to(state["history"].dtype)
+    state["position"].fill_(position + T)
+    return samples, logits_out
 
 
 def relative_l2(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -214,7 +371,7 @@ def target_case():
                                              ("3xtf32", TOLERANCES[torch.float32])])
 def test_kernel_rounding_meets_spec_tolerance(target_case, mode, tolerance):
     weights, cond, u, samples, logits = target_case
-    error = relative_l2(model_incremental(weights, cond, samples, mode), logits)
+    error = relative_l2(emulate(weights, cond, u, mode, tile=8, teacher=samples)[1], logits)
     print(f"{mode}: teacher-forced logits relative L2 {error:.3e} (tolerance {tolerance:g})")
     assert error <= tolerance
 
@@ -222,7 +379,7 @@ def test_kernel_rounding_meets_spec_tolerance(target_case, mode, tolerance):
 def test_plain_tf32_would_miss_the_float32_tolerance(target_case):
     """Why float32 needs the split: one TF32 product per term loses ~3 decimal digits."""
     weights, cond, u, samples, logits = target_case
-    error = relative_l2(model_incremental(weights, cond, samples, "tf32"), logits)
+    error = relative_l2(emulate(weights, cond, u, "tf32", tile=8, teacher=samples)[1], logits)
     print(f"plain tf32: {error:.3e}")
     assert error > TOLERANCES[torch.float32]
 
@@ -232,7 +389,7 @@ def test_float16_error_beside_a_float16_pytorch_run(target_case):
     the same network run by PyTorch in float16 (which also keeps x and the sums in float16),
     and both are printed side by side."""
     weights, cond, u, samples, logits = target_case
-    ours = relative_l2(model_incremental(weights, cond, samples, "float16"), logits)
+    ours = relative_l2(emulate(weights, cond, u, "float16", tile=8, teacher=samples)[1], logits)
     _, torch_fp16 = reference.incremental(weights, cond.half(), u, teacher_forcing=samples, return_logits=True,
                                           dtype=torch.float16)
     theirs = relative_l2(torch_fp16.double(), logits)
@@ -244,8 +401,64 @@ def test_sampled_classes_match_the_reference_away_from_cdf_boundaries(target_cas
     weights, cond, u, samples, logits = target_case
     from nvwavenet.sampling import distance_to_cdf_boundary
 
-    model = model_incremental(weights, cond, samples, "float16")
-    drawn = select_classes(model.transpose(1, 2).float(), u)
+    drawn, _ = emulate(weights, cond, u, "float16", tile=8, teacher=samples)
     margin = distance_to_cdf_boundary(logits.transpose(1, 2), u)
     differ = drawn != samples
     assert not bool((differ & (margin > TOLERANCES[torch.float16])).any())
+
+
+# (size, layers, max_dilation, batch, tile): one layer of dilation 1 (a slot read and rewritten in
+# the same step), several layers, a partial last tile, and R = 256, whose dilated convolution
+# takes several slabs.
+SCHEDULES = [((32, 128, 256), 1, 1, 3, 8), ((32, 128, 256), 2, 2, 9, 8), ((64, 256, 256), 5, 4, 11, 8),
+             ((64, 128, 256), 3, 2, 17, 16), ((256, 256, 256), 2, 2, 2, 8)]
+
+
+@pytest.mark.parametrize("case", SCHEDULES, ids=lambda c: "R{}S{}A{}-L{}-d{}-b{}-tile{}".format(*c[0], *c[1:]))
+def test_schedule_computes_the_reference_in_float64(case):
+    """Exact arithmetic through the kernel's slab sequence, copy ring, queue timing and epilogues
+    gives the float64 reference's samples and logits, teacher-forced and free-running."""
+    (R, S, A), layers, max_dilation, batch, tile = case
+    weights = WaveNetWeights.from_nv_wavenet_args(**random_nv_wavenet_args(R, S, A, layers, max_dilation, seed=R + layers,
+                                                                           with_head_biases=True))
+    cond = random_cond_input(R, batch, layers, 7, seed=layers).double()
+    u = torch.rand(batch, 7, generator=torch.Generator().manual_seed(5))
+    want, want_logits = reference.incremental(weights, cond, u, return_logits=True)
+    got, got_logits = emulate(weights, cond, u, "float64", tile=tile)
+    assert torch.equal(got, want)
+    assert relative_l2(got_logits, want_logits) < 1e-12
+    teacher = torch.randint(0, A, (batch, 7), generator=torch.Generator().manual_seed(6), dtype=torch.int32)
+    _, want_logits = reference.incremental(weights, cond, u, teacher_forcing=teacher, return_logits=True)
+    assert relative_l2(emulate(weights, cond, u, "float64", tile=tile, teacher=teacher)[1], want_logits) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["float64", "float16"])
+def test_chunked_calls_equal_one_call(mode):
+    """The state between calls (float32 queues, history, position) is all a call needs: chunks of
+    7, 1, 5 and 3 steps give one 16-step call's samples, logits and state, bit for bit."""
+    weights = WaveNetWeights.from_nv_wavenet_args(**random_nv_wavenet_args(32, 128, 256, 4, 4, seed=3))
+    batch, T = 10, 16
+    cond = random_cond_input(32, batch, 4, T, seed=4).double()
+    u = torch.rand(batch, T, generator=torch.Generator().manual_seed(7))
+    whole_state = reference.init_state(weights, batch, dtype=torch.float64 if mode == "float64" else torch.float32)
+    whole, whole_logits = emulate(weights, cond, u, mode, tile=8, state=whole_state)
+    state = reference.init_state(weights, batch, dtype=whole_state["queues"].dtype)
+    parts, start = [], 0
+    for length in (7, 1, 5, 3):
+        part = slice(start, start + length)
+        parts.append(emulate(weights, cond[..., part], u[:, part], mode, tile=8, state=state))
+        start += length
+    assert torch.equal(torch.cat([p[0] for p in parts], dim=1), whole)
+    assert torch.equal(torch.cat([p[1] for p in parts], dim=2), whole_logits)
+    for key in ("queues", "history", "position"):
+        assert torch.equal(state[key], whole_state[key]), key
+
+
+def test_slabs_fit_their_buffers_for_every_built_size():
+    """Each slab of every product fits the buffer (TensorCoreSlabs::kBytes) in both 16-bit types."""
+    for R, S, A in [(32, 128, 256), (64, 128, 256), (64, 256, 256), (128, 256, 256), (256, 256, 256)]:
+        slabs = Slabs(R, S, A, 2)
+        widths = {DILATE: 2 * R, RESIDUAL: R, SKIP: R, OUT: S, END: A}
+        for product, K in widths.items():
+            rows = slabs.rows[product] * (2 if product == DILATE else 1)
+            assert rows * (K + PAD) * 2 <= slabs.capacity, (R, S, A, product)
