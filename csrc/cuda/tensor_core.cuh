@@ -37,12 +37,13 @@
 
 #include "common.cuh"
 #include "host.h"
+#include "persistent_layout.h"
 
 namespace nvwavenet::gpu {
 
 constexpr int kTcThreads = 512;
 constexpr int kTcWarps = kTcThreads / 32;
-constexpr int kTcMaxTile = 64;
+constexpr int kTcTiles[] = {64, 32, 16, 8};  // streams per block, largest first
 constexpr int kTcPad = 8;  // elements added to every shared row: ldmatrix phases hit 8 bank groups
 constexpr int kTcStages = 4;  // slab buffers: copies run up to three slabs ahead of the products
 
@@ -53,6 +54,12 @@ struct TensorCoreType;
 template <>
 struct TensorCoreType<__half> {
   __device__ __forceinline__ static __half from_float(float v) { return __float2half_rn(v); }
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    const __half2 pair = __floats2half2_rn(lo, hi);
+    uint32_t word;
+    memcpy(&word, &pair, sizeof(word));
+    return word;
+  }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -63,6 +70,12 @@ struct TensorCoreType<__half> {
 template <>
 struct TensorCoreType<__nv_bfloat16> {
   __device__ __forceinline__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+    uint32_t word;
+    memcpy(&word, &pair, sizeof(word));
+    return word;
+  }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
@@ -184,8 +197,10 @@ __device__ __forceinline__ void copy_slab(W* dst, int rows, RowOf row, int tid) 
   }
 }
 
+// Out of line: inlined at each of its six call sites, its copy loops cost the kernel's main loop
+// registers (ptxas spilled ~380 bytes with it inlined, ~110 without).
 template <int R, int S, int A, class W>
-__device__ __forceinline__ void issue_slab(const Params& p, TcSlab s, W* dst, int tid) {
+__device__ __noinline__ void issue_slab(const Params& p, TcSlab s, W* dst, int tid) {
   using Slabs = TensorCoreSlabs<R, S, A, W>;
   switch (s.product) {
     case kTcDilate: {
@@ -274,35 +289,43 @@ __device__ __forceinline__ void slab_product(const W* slab, int rows, const W* a
 template <int R, int S, int A, class W>
 struct TensorCoreSmem {
   static constexpr int kSumWidth = S > A ? S : A;  // the skip sums, later the logits
-  int64_t weights, x, sums, input, gated, relu_skip, hidden, history, bytes;
+  int64_t weights = 0, x = 0, sums = 0, input = 0, gated = 0, relu_skip = 0, hidden = 0, history = 0, bytes = 0;
 
-  __host__ __device__ explicit TensorCoreSmem(int nb) {
-    using Slabs = TensorCoreSlabs<R, S, A, W>;
-    int64_t at = 0;
-    const auto take = [&](int64_t size) {
-      const int64_t start = at;
-      at += round_up(size, 16);
-      return start;
-    };
-    weights = take(kTcStages * Slabs::kBytes);
-    x = take(int64_t(nb) * R * 4);                                 // float32 x_l[t]
-    sums = take(int64_t(nb) * kSumWidth * 4);                      // float32 s, then the logits
-    input = take(int64_t(nb) * (2 * R + kTcPad) * sizeof(W));      // [x_l[t - d] | x_l[t]]
-    gated = take(int64_t(nb) * (R + kTcPad) * sizeof(W));          // h
-    relu_skip = take(int64_t(nb) * (S + kTcPad) * sizeof(W));      // relu(s)
-    hidden = take(int64_t(nb) * (A + kTcPad) * sizeof(W));         // z
-    history = take(int64_t(nb) * 2 * 4);                           // y_{t-2}, y_{t-1}
-    bytes = at;
+  __host__ __device__ constexpr explicit TensorCoreSmem(int nb) {
+    const int64_t sizes[] = {
+        kTcStages * TensorCoreSlabs<R, S, A, W>::kBytes,  // the slab ring
+        int64_t(nb) * R * 4,                             // float32 x_l[t]
+        int64_t(nb) * kSumWidth * 4,                     // float32 s, then the logits
+        int64_t(nb) * (2 * R + kTcPad) * int64_t(sizeof(W)),  // [x_l[t - d] | x_l[t]]
+        int64_t(nb) * (R + kTcPad) * int64_t(sizeof(W)),      // h
+        int64_t(nb) * (S + kTcPad) * int64_t(sizeof(W)),      // relu(s)
+        int64_t(nb) * (A + kTcPad) * int64_t(sizeof(W)),      // z
+        int64_t(nb) * 2 * 4};                                 // y_{t-2}, y_{t-1}
+    int64_t* const starts[] = {&weights, &x, &sums, &input, &gated, &relu_skip, &hidden, &history};
+    for (int i = 0; i < 8; ++i) {
+      *starts[i] = bytes;
+      bytes += (sizes[i] + 15) / 16 * 16;
+    }
   }
 };
+
+// The largest tile whose shared memory an sm_90 block can have: the kernel's registers are sized
+// for it, and no plan asks for more.
+template <int R, int S, int A, class W>
+__host__ __device__ constexpr int tensor_core_max_tile() {
+  for (const int tile : kTcTiles)
+    if (TensorCoreSmem<R, S, A, W>(tile).bytes <= kSm90SharedPerBlock) return tile;
+  return 0;
+}
 
 template <int R, int S, int A, class W>
 __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid_constant__ Params p) {
   using Type = TensorCoreType<W>;
   using Slabs = TensorCoreSlabs<R, S, A, W>;
   constexpr int kSumWidth = TensorCoreSmem<R, S, A, W>::kSumWidth;
-  constexpr int kPast = kTcMaxTile * R / kTcThreads;  // registers of the next layer's x[t - d]
-  static_assert(kTcMaxTile * R % kTcThreads == 0, "the tile's x splits evenly over the threads");
+  constexpr int kMaxTile = tensor_core_max_tile<R, S, A, W>();
+  static_assert(kMaxTile >= 8, "at least a tile of 8 streams fits shared memory");
+  constexpr int kPast = (kMaxTile * R / 4 + kTcThreads - 1) / kTcThreads;  // 4-channel pieces of x[t - d]
   const int nb = p.streams_per_block;
   const TensorCoreSmem<R, S, A, W> layout(nb);
   extern __shared__ float4 shared_vectors[];
@@ -333,33 +356,38 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
   const int64_t rows = queue_rows(L, p.max_dilation);
   constexpr int kIn = 2 * R + kTcPad;
 
-  // x[t - d] of one layer for the tile: element e = tid + i * kTcThreads is (stream e / R,
-  // channel e % R), the same thread for the queue read and, a layer later, the queue write of
-  // the same slot (so with one layer of dilation 1 the write comes first in program order).
-  float past[kPast];
+  // x[t - d] of one layer for the tile, 4 channels at a time: piece e = tid + i * kTcThreads is
+  // stream 4e / R, channels 4e % R + 0..3, the same thread for the queue read and, a layer later,
+  // the queue write of the same slot (so with one layer of dilation 1 the write comes first in
+  // program order). Held as operands (rounded now, as they would be when stored): half the registers.
+  uint2 past[kPast];
   const auto load_past = [&](int64_t offset, int dilation, int64_t t) {
     const int64_t slot = queue_slot(p, offset, dilation, t);
 #pragma unroll
     for (int i = 0; i < kPast; ++i) {
-      const int e = tid + i * kTcThreads;
+      const int e = 4 * (tid + i * kTcThreads);
       const int b = e / R;
-      past[i] = b < valid ? p.queues[((stream0 + b) * rows + slot) * R + e % R] : 0.f;
+      const float4 v = b < valid ? *reinterpret_cast<const float4*>(p.queues + ((stream0 + b) * rows + slot) * R + e % R)
+                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+      past[i] = make_uint2(Type::pack(v.x, v.y), Type::pack(v.z, v.w));
     }
   };
   const auto store_past = [&]() {
 #pragma unroll
     for (int i = 0; i < kPast; ++i) {
-      const int e = tid + i * kTcThreads;
-      if (e < nb * R) input[(e / R) * kIn + e % R] = Type::from_float(past[i]);
+      const int e = 4 * (tid + i * kTcThreads);
+      if (e < nb * R) *reinterpret_cast<uint2*>(input + (e / R) * kIn + e % R) = past[i];
     }
   };
   const auto write_back = [&](int64_t offset, int dilation, int64_t t) {
     const int64_t slot = queue_slot(p, offset, dilation, t);
 #pragma unroll
     for (int i = 0; i < kPast; ++i) {
-      const int e = tid + i * kTcThreads;
+      const int e = 4 * (tid + i * kTcThreads);
       const int b = e / R;
-      if (b < valid) p.queues[((stream0 + b) * rows + slot) * R + e % R] = x[b * R + e % R];
+      if (b < valid)
+        *reinterpret_cast<float4*>(p.queues + ((stream0 + b) * rows + slot) * R + e % R) =
+            *reinterpret_cast<const float4*>(x + b * R + e % R);
     }
   };
   const auto set_x = [&](int b, int k, float v) {
@@ -516,8 +544,11 @@ Plan TensorCore<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
                   "float32 weights are not built for TENSOR_CORE (they need the 3xTF32 split to keep the float32 "
                   "tolerance; plain TF32 does not); use float16 or bfloat16 weights, or SINGLE_BLOCK");
   } else {
-    constexpr int kTiles[] = {64, 32, 16, 8};
-    const auto fits = [&](int tile) { return TensorCoreSmem<R, S, A, W>(tile).bytes <= device.shared_per_block_optin; };
+    // The kernel's registers hold the next layer's x[t - d] for at most the largest tile sm_90 fits.
+    const auto fits = [&](int tile) {
+      return tile <= tensor_core_max_tile<R, S, A, W>() &&
+             TensorCoreSmem<R, S, A, W>(tile).bytes <= device.shared_per_block_optin;
+    };
     int tile = p.streams_per_block;
     if (tile != 0) {
       if (tile != 8 && tile != 16 && tile != 32 && tile != 64)
@@ -525,13 +556,13 @@ Plan TensorCore<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
                                            "from the batch), got " + std::to_string(tile));
     } else {
       // The largest tile that still gives every multiprocessor a block, else the smallest tile.
-      for (const int candidate : kTiles) {
+      for (const int candidate : kTcTiles) {
         if (fits(candidate) && (p.batch + candidate - 1) / candidate >= device.multiprocessors) {
           tile = candidate;
           break;
         }
       }
-      if (tile == 0) tile = kTiles[3];
+      if (tile == 0) tile = kTcTiles[3];
     }
     Plan plan;
     plan.variant = Variant::TensorCore;
@@ -544,7 +575,9 @@ Plan TensorCore<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
     if (!fits(tile))
       return refuse(Variant::TensorCore, "a tile of " + std::to_string(tile) + " streams needs " +
                                              std::to_string(plan.shared_bytes) +
-                                             " bytes of shared memory per block; the device allows " +
+                                             " bytes of shared memory per block (the most built for this size is " +
+                                             std::to_string(tensor_core_max_tile<R, S, A, W>()) +
+                                             " streams); the device allows " +
                                              std::to_string(device.shared_per_block_optin));
     if (device.major < 8)
       return refuse(Variant::TensorCore, "needs compute capability 8.0 or newer (mma.sync on bfloat16, cp.async)");
