@@ -97,7 +97,7 @@ struct Params {
   // each CUDA call and hold at least nvwavenet::gpu::plan(...).workspace_bytes; it carries the
   // kernel's status block (csrc/cuda/status.h) and the DUAL_BLOCK flags and mailboxes.
   int32_t device = 0;                       // CUDA device index that every pointer above lives on
-  int32_t streams_per_block = 0;            // SINGLE_BLOCK batch tile: 1 or 8 streams (0 means 1);
+  int32_t streams_per_block = 0;            // SINGLE_BLOCK batch tile: 1, 2, 4 or 8 streams (0 means 1);
                                             // TENSOR_CORE: 8, 16, 32 or 64 (0: its plan chooses)
   int64_t spin_timeout_ns = 2000000000;     // a wait on another block longer than this stops the
                                             // kernel, which then reports a RuntimeError

@@ -14,8 +14,9 @@ Two sources, in this order:
    from the kernels' design estimates (the top comment of each ``csrc/cuda/*.cuh``):
    the latency variants while their stream groups all run at once, ``PERSISTENT`` (weights on
    chip across one cluster per stream) then ``DUAL_BLOCK`` (two blocks per stream); otherwise
-   ``SINGLE_BLOCK``, which always runs, one stream per block up to the multiprocessor count and
-   tiles of 8 beyond. It never picks ``TENSOR_CORE`` (or any variant not in ``AUTO_ORDER``).
+   ``SINGLE_BLOCK``, which always runs, with the smallest tile (1, 2, 4 or 8 streams per block)
+   that runs the batch in one wave of blocks, one per multiprocessor (8 when none does). It never
+   picks ``TENSOR_CORE`` (or any variant not in ``AUTO_ORDER``).
 
 Either way AUTO only picks a variant whose plan for this very call is runnable (sizes built,
 shared memory, co-residency on this device), so a wrong guess costs speed, never an error.
@@ -30,7 +31,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["AUTO_ORDER", "SINGLE_BLOCK_TILE_FROM", "TABLE_PATH", "Decision", "choose_variant", "decide",
+__all__ = ["AUTO_ORDER", "SINGLE_BLOCK_TILES", "TABLE_PATH", "Decision", "choose_variant", "decide",
            "candidates", "load_table", "write_table", "single_block_tile", "streams_per_block"]
 
 # Variant names (nvwavenet.Impl member names) in order of preference, each with how many waves
@@ -41,8 +42,9 @@ AUTO_ORDER: tuple[tuple[str, int], ...] = (
     ("SINGLE_BLOCK", 0),  # 0: no limit, the fallback
 )
 
-# SINGLE_BLOCK uses tiles of 8 streams once the batch exceeds this many times the SM count.
-SINGLE_BLOCK_TILE_FROM = 1
+# SINGLE_BLOCK's tiles (streams per block), smallest first: a block per stream reads the weights
+# for one stream, a larger tile reuses each weight read for all of its streams.
+SINGLE_BLOCK_TILES = (1, 2, 4, 8)
 
 TABLE_PATH = Path(__file__).with_name("autotune_table.json")
 _TABLE_KEYS = ("gpu", "date", "command", "commit", "passed", "rows")
@@ -56,8 +58,10 @@ class Decision:
 
 
 def single_block_tile(batch: int, multiprocessors: int) -> int:
-    """Streams per SINGLE_BLOCK block (1 or 8, the tiles built) for this batch."""
-    return 1 if batch <= SINGLE_BLOCK_TILE_FROM * multiprocessors else 8
+    """Streams per SINGLE_BLOCK block for this batch: the smallest tile whose blocks all run at
+    once, one per multiprocessor (its 512-thread blocks take a whole SM), else the largest. Smaller
+    tiles give more multiprocessors work, and a second wave of blocks would double the time."""
+    return next((tile for tile in SINGLE_BLOCK_TILES if -(-batch // tile) <= multiprocessors), SINGLE_BLOCK_TILES[-1])
 
 
 def streams_per_block(variant: str, batch: int, multiprocessors: int) -> int:

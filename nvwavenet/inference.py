@@ -24,7 +24,7 @@ _NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 class Impl(enum.IntEnum):
     """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
 
-    - ``SINGLE_BLOCK``: one block per stream (or per tile of 8 streams); any size; the many-stream
+    - ``SINGLE_BLOCK``: one block per stream or per tile of 2, 4 or 8 streams; any size; the many-stream
       variant.
     - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
     - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory

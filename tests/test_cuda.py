@@ -178,9 +178,8 @@ def test_a_file_that_is_not_a_table_is_refused_naming_it(tmp_path):
 
 
 def test_single_block_tile_follows_the_multiprocessor_count():
-    assert autotune.single_block_tile(1, 132) == 1
-    assert autotune.single_block_tile(132, 132) == 1
-    assert autotune.single_block_tile(133, 132) == 8
+    expected = {1: 1, 132: 1, 133: 2, 264: 2, 265: 4, 528: 4, 529: 8, 4096: 8}
+    assert {batch: autotune.single_block_tile(batch, 132) for batch in expected} == expected
 
 
 def test_spin_timeout_comes_from_the_environment(monkeypatch):
@@ -348,10 +347,11 @@ def test_unbuilt_size_on_cuda_is_a_value_error():
 
 
 @needs_gpu
+@pytest.mark.parametrize("tile", [2, 4, 8])
 @pytest.mark.parametrize("batch", [3, 8, 13])
-def test_single_block_eight_stream_tiles_match_reference(batch, monkeypatch):
-    """Tiles of 8 streams, including a partly filled last tile."""
-    monkeypatch.setattr(autotune, "SINGLE_BLOCK_TILE_FROM", 0)
+def test_single_block_tiles_match_reference(batch, tile, monkeypatch):
+    """Tiles of 2, 4 and 8 streams, including a partly filled last tile."""
+    monkeypatch.setattr(autotune, "streams_per_block", lambda name, b, sms: tile if name == "SINGLE_BLOCK" else 0)
     for dtype in (torch.float32, torch.float16):
         net = make_net((64, 256, 256), 3, 4, dtype)
         compare_with_reference(net, random_cond_input(64, batch, 3, 20, device="cuda"), Impl.SINGLE_BLOCK)
