@@ -70,12 +70,23 @@ def streams_per_block(variant: str, batch: int, multiprocessors: int) -> int:
     return single_block_tile(batch, multiprocessors) if variant == "SINGLE_BLOCK" else 0
 
 
+_LOADED: dict[tuple[Path, int, int], dict] = {}  # AUTO reads the table on every call: parse it once
+
+
 def load_table(path: Path | str = TABLE_PATH) -> dict | None:
     """The measured table at ``path``, or None when there is none. A file that is not a table
     written by ``scripts/cuda_timing.py`` is a ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         return None
+    stat = path.stat()
+    key = (path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if key not in _LOADED:
+        _LOADED[key] = _parse_table(path)
+    return _LOADED[key]
+
+
+def _parse_table(path: Path) -> dict:
     try:
         table = json.loads(path.read_text())
         missing = [key for key in _TABLE_KEYS if key not in table]

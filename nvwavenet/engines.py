@@ -256,7 +256,7 @@ def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str
     """Runs a CUDA variant (``implementation``: an ``Impl`` name, AUTO resolved here) on the current
     stream of ``cond_input``'s device, filling ``samples``/``logits`` and updating ``state``'s
     queues and history in place (not its position). Returns the name of the variant that ran and,
-    for AUTO, the rule that chose it (:class:`autotune.Decision`), else None.
+    for AUTO, the rule that chose it (``autotune.Decision.rule``), else None.
     """
     C = extension()
     device = cond_input.device
