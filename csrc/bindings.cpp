@@ -49,7 +49,7 @@ py::dict build_info() {
   variant_sizes["SINGLE_BLOCK"] = sizes;
   variant_sizes["DUAL_BLOCK"] = sizes;
   variant_sizes["PERSISTENT"] = persistent;
-  variant_sizes["TENSOR_CORE"] = sizes;  // float16 and bfloat16; its plan refuses float32 with the reason
+  variant_sizes["TENSOR_CORE"] = sizes;  // its plan refuses R=256 float32 (shared memory) with the reason
   info["cuda"] = true;
   info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
   info["sizes"] = sizes;

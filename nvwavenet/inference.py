@@ -30,8 +30,9 @@ class Impl(enum.IntEnum):
     - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
       (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
     - ``TENSOR_CORE``: one block per tile of 8-64 streams, every product on the tensor cores
-      (mma.sync, float32 accumulation); float16/bfloat16 weights. Opt-in: no GPU has run it yet,
-      and AUTO picks it only where a measured table says it passed and is fastest.
+      (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
+      R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
+      it passed and is fastest.
 
     ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
     call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on

@@ -92,7 +92,7 @@ def main() -> None:
     if args.sass and not sass_path:
         raise SystemExit(f"{__file__}: --sass needs cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump "
                          "nvidia-cuda-nvdisasm)")
-    sources = sorted(p for p in CUDA_DIR.glob(f"{args.only}*_*.cu"))
+    sources = sorted(p for p in CUDA_DIR.glob("*_*.cu") if p.name.startswith(args.only))
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         rows = [row for rows in pool.map(lambda s: report(s, args.arch, sass_path), sources) for row in rows]
     header = ("variant", "size", "weights", "tile", "registers", "stack B", "spill B", "static smem B",

@@ -52,13 +52,13 @@ def make_net(size, layers, max_dilation, dtype, seed=0, **kwargs):
 def run_or_refused(variant, action):
     """action() or, when a variant declines the configuration by design, a skip that shows its
     reason: PERSISTENT when the weights do not fit one cluster's shared memory, TENSOR_CORE for
-    float32 weights (no 3xTF32 kernel yet). Any other refusal fails."""
+    R=256 float32 (its slab ring alone exceeds a block's shared memory). Any other refusal fails."""
     try:
         return action()
     except ValueError as error:
         if variant is Impl.PERSISTENT and "cannot run this configuration" in str(error):
             pytest.skip(f"PERSISTENT declines: {error}")
-        if variant is Impl.TENSOR_CORE and "float32 weights are not built for TENSOR_CORE" in str(error):
+        if variant is Impl.TENSOR_CORE and "not built for this size and weight type" in str(error):
             pytest.skip(f"TENSOR_CORE declines: {error}")
         raise
 
@@ -359,19 +359,23 @@ def test_single_block_tiles_match_reference(batch, tile, monkeypatch):
 
 @needs_gpu
 @pytest.mark.parametrize("tile", [8, 16, 32, 64])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_tensor_core_tiles_match_reference(tile, dtype, monkeypatch):
-    """Every tile TENSOR_CORE has, with a partly filled last tile and a tile larger than the batch."""
+    """Every tile TENSOR_CORE has, with a partly filled last tile and a tile larger than the batch;
+    a tile larger than a size's shared memory allows must be refused as such."""
     monkeypatch.setattr(autotune, "streams_per_block", lambda name, batch, sms: tile if name == "TENSOR_CORE" else 0)
     for size, batch in (((64, 256, 256), tile + 3), ((32, 128, 256), 5)):
         net = make_net(size, 3, 4, dtype)
-        compare_with_reference(net, random_cond_input(size[0], batch, 3, 20, device="cuda"), Impl.TENSOR_CORE)
+        try:
+            compare_with_reference(net, random_cond_input(size[0], batch, 3, 20, device="cuda"), Impl.TENSOR_CORE)
+        except ValueError as error:
+            assert tile > 16 and "the most built for this size is" in str(error), str(error)
 
 
 @needs_gpu
 def test_tensor_core_target_configuration_and_its_plan():
-    """R64/S256/A256, L = 20: a tile that gives every multiprocessor a block when the batch allows,
-    and float32 refused with the reason."""
+    """R64/S256/A256, L = 20, float16 and float32 (3xTF32): a tile that gives every multiprocessor
+    a block when the batch allows; R=256 float32 refused with the reason."""
     from nvwavenet import _C
     from nvwavenet.engines import make_params
 
@@ -390,8 +394,10 @@ def test_tensor_core_target_configuration_and_its_plan():
         print(f"batch {batch}: tile {plan['streams_per_group']}, {plan['grid_blocks']} blocks, "
               f"{plan['shared_bytes']} B shared")
     net32 = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float32)
-    with pytest.raises(ValueError, match="TENSOR_CORE cannot run .*float32 weights are not built"):
-        net32.infer(random_cond_input(64, 2, 20, 4, device="cuda"), Impl.TENSOR_CORE)
+    compare_with_reference(net32, random_cond_input(64, 70, 20, 24, device="cuda"), Impl.TENSOR_CORE)
+    wide = make_net((256, 256, 256), 2, 2, torch.float32)
+    with pytest.raises(ValueError, match="TENSOR_CORE cannot run .*not built for this size and weight type"):
+        wide.infer(random_cond_input(256, 2, 2, 4, device="cuda"), Impl.TENSOR_CORE)
 
 
 @needs_gpu
@@ -427,7 +433,7 @@ def test_chunked_calls_equal_one_call(variant, dtype):
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_strided_inputs_give_the_same_results(variant):
     """Conditioning, selectors and teacher classes with arbitrary strides read the same values."""
-    net = make_net((64, 256, 256), 4, 8, torch.float16 if variant is Impl.TENSOR_CORE else torch.float32)
+    net = make_net((64, 256, 256), 4, 8, torch.float32)
     batch, samples = 3, 24
     dense = random_cond_input(64, batch, 4, samples, device="cuda")
     # Time-major storage, and every other time step of a twice-as-long tensor.
@@ -448,7 +454,7 @@ def test_strided_inputs_give_the_same_results(variant):
 @needs_gpu
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_float16_conditioning_matches_reference(variant):
-    net = make_net((64, 256, 256), 6, 8, torch.float16 if variant is Impl.TENSOR_CORE else torch.float32)
+    net = make_net((64, 256, 256), 6, 8, torch.float32)
     cond = random_cond_input(64, 2, 6, 24, device="cuda", dtype=torch.float16)
     # PERSISTENT, float32 weights: 6 layer blocks + 4 head blocks, a non-portable cluster size.
     run_or_refused(variant, lambda: compare_with_reference(net, cond, variant))

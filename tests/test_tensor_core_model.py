@@ -169,7 +169,7 @@ def product_in(mode: str, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 # the same emulation gives the exact (float64) and the kernel's rounding.
 
 DILATE, RESIDUAL, SKIP, OUT, END = range(5)
-STAGES, PAD = 4, 8
+STAGES = 4
 
 
 def pow2_floor(v: int) -> int:
@@ -177,11 +177,14 @@ def pow2_floor(v: int) -> int:
 
 
 class Slabs:
-    """TensorCoreSlabs<R, S, A, W>: rows per slab of each product, and how many slabs."""
+    """TensorCoreSlabs<R, S, A, W>: rows per slab of each product, and how many slabs. Shared rows
+    are padded by 16 bytes (kTcPad)."""
 
     def __init__(self, R, S, A, weight_bytes):
-        self.capacity = max(32 * (2 * R + PAD) * weight_bytes, 16384)
-        cut = lambda M, K, paired: min(M, pow2_floor(self.capacity // ((K + PAD) * weight_bytes * (2 if paired else 1))))
+        self.pad = 16 // weight_bytes
+        row_bytes = lambda K: (K + self.pad) * weight_bytes
+        self.capacity = max(16384, 32 * row_bytes(2 * R), 16 * row_bytes(max(S, A)))
+        cut = lambda M, K, paired: min(M, pow2_floor(self.capacity // (row_bytes(K) * (2 if paired else 1))))
         self.rows = {DILATE: cut(R, 2 * R, True), RESIDUAL: cut(R, R, False), SKIP: cut(S, R, False),
                      OUT: cut(A, S, False), END: cut(A, A, False)}
         self.M = {DILATE: R, RESIDUAL: R, SKIP: S, OUT: A, END: A}
@@ -454,11 +457,12 @@ def test_chunked_calls_equal_one_call(mode):
         assert torch.equal(state[key], whole_state[key]), key
 
 
-def test_slabs_fit_their_buffers_for_every_built_size():
-    """Each slab of every product fits the buffer (TensorCoreSlabs::kBytes) in both 16-bit types."""
+@pytest.mark.parametrize("weight_bytes", [2, 4])
+def test_slabs_fit_their_buffers_for_every_built_size(weight_bytes):
+    """Each slab of every product fits the buffer (TensorCoreSlabs::kBytes), 16-bit and float32."""
     for R, S, A in [(32, 128, 256), (64, 128, 256), (64, 256, 256), (128, 256, 256), (256, 256, 256)]:
-        slabs = Slabs(R, S, A, 2)
+        slabs = Slabs(R, S, A, weight_bytes)
         widths = {DILATE: 2 * R, RESIDUAL: R, SKIP: R, OUT: S, END: A}
         for product, K in widths.items():
             rows = slabs.rows[product] * (2 if product == DILATE else 1)
-            assert rows * (K + PAD) * 2 <= slabs.capacity, (R, S, A, product)
+            assert rows * (K + slabs.pad) * weight_bytes <= slabs.capacity, (R, S, A, product)

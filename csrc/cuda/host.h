@@ -60,6 +60,11 @@ struct TensorCore {
   static void launch(const Params& p, const Plan& plan);
 };
 
+// For variants with one block per group: raises `kernel`'s dynamic shared-memory limit to
+// plan.shared_bytes and returns `plan` runnable with how many blocks the device holds at once, or
+// refused when not even one fits on a multiprocessor.
+Plan resident_plan(Plan plan, const void* kernel, const DeviceFacts& device);
+
 // A plan that says no, with the reason.
 inline Plan refuse(Variant variant, std::string reason) {
   Plan plan;

@@ -77,6 +77,21 @@ DeviceFacts device_facts(int device) {
   return facts;
 }
 
+Plan resident_plan(Plan plan, const void* kernel, const DeviceFacts& device) {
+  NVWAVENET_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
+  int per_sm = 0;
+  NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads_per_block,
+                                                                     static_cast<size_t>(plan.shared_bytes)));
+  if (per_sm < 1)
+    return refuse(plan.variant, "a block of " + std::to_string(plan.threads_per_block) + " threads with " +
+                                    std::to_string(plan.shared_bytes) +
+                                    " bytes of shared memory cannot be resident on this device");
+  plan.co_resident_groups = int64_t(per_sm) * device.multiprocessors;
+  plan.runnable = true;
+  return plan;
+}
+
 namespace {
 
 const char* variant_name(Variant variant) {

@@ -280,20 +280,11 @@ Plan SingleBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
     return refuse(Variant::SingleBlock, "needs " + std::to_string(plan.shared_bytes) +
                                             " bytes of shared memory per block; the device allows " +
                                             std::to_string(device.shared_per_block_optin));
-  const void* kernel = with_single_block_tile(
-      tile, [](auto bt) { return reinterpret_cast<const void*>(&single_block_kernel<R, S, A, W, bt()>); });
-  NVWAVENET_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
-  int per_sm = 0;
-  NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads_per_block,
-                                                                     static_cast<size_t>(plan.shared_bytes)));
-  if (per_sm < 1)
-    return refuse(Variant::SingleBlock, "a block of " + std::to_string(plan.threads_per_block) + " threads with " +
-                                            std::to_string(plan.shared_bytes) +
-                                            " bytes of shared memory cannot be resident on this device");
-  plan.co_resident_groups = int64_t(per_sm) * device.multiprocessors;
-  plan.runnable = true;
-  return plan;
+  return resident_plan(plan,
+                       with_single_block_tile(tile, [](auto bt) {
+                         return reinterpret_cast<const void*>(&single_block_kernel<R, S, A, W, bt()>);
+                       }),
+                       device);
 }
 
 template <int R, int S, int A, class W>

@@ -15,7 +15,8 @@
 // the products read their inputs in the weights' dtype (x_l[t - d] and x_l[t], h, relu(s), z are
 // rounded to it when written for the next product); x, the skip sums, the gate, the logits and
 // the softmax stay float32, and the queues hold float32 x as in every other variant. float32
-// weights would need the 3xTF32 split (modelled, not built): the plan refuses them.
+// weights and activations go through the 3xTF32 split on mma.m16n8k8 (TensorCoreType<float>),
+// not plain TF32, which misses the float32 tolerance.
 //
 // Per step, per layer l (slabs of one product run back to back):
 //   D  a = [W_prev | W_cur] [x_l[t-d]; x_l[t]] + b + cond; the tanh and the sigmoid row of a
@@ -33,8 +34,6 @@
 // ~70 barriers per step and the exposed L2 latency of the slab pipeline (two buffers) decide.
 #pragma once
 
-#include <type_traits>
-
 #include "common.cuh"
 #include "host.h"
 #include "persistent_layout.h"
@@ -44,7 +43,9 @@ namespace nvwavenet::gpu {
 constexpr int kTcThreads = 512;
 constexpr int kTcWarps = kTcThreads / 32;
 constexpr int kTcTiles[] = {64, 32, 16, 8};  // streams per block, largest first
-constexpr int kTcPad = 8;  // elements added to every shared row: ldmatrix phases hit 8 bank groups
+// Elements added to every shared row (16 bytes): each 8-lane phase of ldmatrix hits 8 bank groups.
+template <class W>
+constexpr int kTcPad = 16 / int(sizeof(W));
 constexpr int kTcStages = 4;  // slab buffers: copies run up to three slabs ahead of the products
 
 // The thin per-precision layer: rounding to the operand type, and the mma instruction.
@@ -54,11 +55,11 @@ struct TensorCoreType;
 template <>
 struct TensorCoreType<__half> {
   __device__ __forceinline__ static __half from_float(float v) { return __float2half_rn(v); }
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    const __half2 pair = __floats2half2_rn(lo, hi);
-    uint32_t word;
-    memcpy(&word, &pair, sizeof(word));
-    return word;
+  __device__ __forceinline__ static uint2 four(float4 v) {
+    const __half2 pairs[2] = {__floats2half2_rn(v.x, v.y), __floats2half2_rn(v.z, v.w)};
+    uint2 words;
+    memcpy(&words, pairs, sizeof(words));
+    return words;
   }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -70,16 +71,44 @@ struct TensorCoreType<__half> {
 template <>
 struct TensorCoreType<__nv_bfloat16> {
   __device__ __forceinline__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-    uint32_t word;
-    memcpy(&word, &pair, sizeof(word));
-    return word;
+  __device__ __forceinline__ static uint2 four(float4 v) {
+    const __nv_bfloat162 pairs[2] = {__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
+    uint2 words;
+    memcpy(&words, pairs, sizeof(words));
+    return words;
   }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+};
+
+// float32 weights: 3xTF32. Each operand x is split into hi = tf32(x) and lo = tf32(x - hi), and
+// the product is lo*hi + hi*lo + hi*hi on mma.m16n8k8 (small terms first; lo*lo is below float32
+// rounding), which keeps float32 accuracy where one TF32 product would not.
+template <>
+struct TensorCoreType<float> {
+  __device__ __forceinline__ static float from_float(float v) { return v; }
+  __device__ __forceinline__ static float4 four(float4 v) { return v; }
+  __device__ __forceinline__ static void split(uint32_t x, uint32_t& hi, uint32_t& lo) {
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(__uint_as_float(x)));
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(__uint_as_float(x) - __uint_as_float(hi)));
+  }
+  __device__ __forceinline__ static void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+  __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    uint32_t a_hi[4], a_lo[4], b_hi[2], b_lo[2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) split(a[i], a_hi[i], a_lo[i]);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) split(b[i], b_hi[i], b_lo[i]);
+    mma_tf32(d, a_lo, b_hi);
+    mma_tf32(d, a_hi, b_lo);
+    mma_tf32(d, a_hi, b_hi);
   }
 };
 
@@ -110,14 +139,19 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-// Which element of a 16 x 16 A tile (weights, row-major) lane l points ldmatrix.x4 at, which
-// element of an 8 x 16 B tile (activations, [stream][k]) it points ldmatrix.x2 at, and where
-// accumulator c of lane l lies in the 16 x 8 result. The fragments these give are those of
-// mma.m16n8k16.row.col (tests/test_tensor_core_model.py replays them).
+// Which element of a 16-row, 32-byte-wide A tile (weights, row-major) lane l points ldmatrix.x4
+// at, which element of an 8-row B tile (activations, [stream][k]) it points ldmatrix.x2 at, and
+// where accumulator c of lane l lies in the 16 x 8 result. The fragments these give are those of
+// mma.m16n8k16.row.col for 16-bit types (tests/test_tensor_core_model.py replays them) and, for
+// float32 (4-byte elements, the same bytes), those of mma.m16n8k8.row.col.tf32.
+template <class W>
+constexpr int kTcKStep = 32 / int(sizeof(W));  // k per mma: 16 (16-bit types) or 8 (tf32)
 __device__ __forceinline__ int a_fragment_row(int lane) { return (lane & 7) + ((lane >> 3) & 1) * 8; }
-__device__ __forceinline__ int a_fragment_col(int lane) { return (lane >> 4) * 8; }
+template <class W>
+__device__ __forceinline__ int a_fragment_col(int lane) { return (lane >> 4) * (kTcKStep<W> / 2); }
 __device__ __forceinline__ int b_fragment_row(int lane) { return lane & 7; }
-__device__ __forceinline__ int b_fragment_col(int lane) { return ((lane >> 3) & 1) * 8; }
+template <class W>
+__device__ __forceinline__ int b_fragment_col(int lane) { return ((lane >> 3) & 1) * (kTcKStep<W> / 2); }
 __device__ __forceinline__ int c_fragment_row(int lane, int c) { return (lane >> 2) + (c >> 1) * 8; }
 __device__ __forceinline__ int c_fragment_col(int lane, int c) { return 2 * (lane & 3) + (c & 1); }
 
@@ -128,9 +162,12 @@ enum TcProduct : int { kTcDilate = 0, kTcResidual = 1, kTcSkip = 2, kTcOut = 3, 
 // of a product (dilated convolution: `rows` tanh rows and the same sigmoid rows, 2 x rows in all).
 template <int R, int S, int A, class W>
 struct TensorCoreSlabs {
-  static constexpr int64_t kRowBytesMax = int64_t(2 * R + kTcPad) * sizeof(W);
-  // At least one 16-row tanh tile and its sigmoid tile of the widest product.
-  static constexpr int64_t kBytes = 32 * kRowBytesMax > 16384 ? 32 * kRowBytesMax : 16384;
+  static constexpr int64_t row_bytes(int K) { return int64_t(K + kTcPad<W>) * sizeof(W); }
+  static constexpr int64_t larger(int64_t a, int64_t b) { return a > b ? a : b; }
+  // At least 16 KB, and one 16-row tile of every product (the dilated convolution's with its
+  // sigmoid partner: 32 rows).
+  static constexpr int64_t kBytes =
+      larger(16384, larger(32 * row_bytes(2 * R), 16 * row_bytes(S > A ? S : A)));
 
   static constexpr int pow2_floor(int64_t v) {
     int p = 1;
@@ -139,7 +176,7 @@ struct TensorCoreSlabs {
   }
   // Rows per slab for a product of M rows and K columns (`paired`: each row brings its partner).
   static constexpr int rows(int M, int K, bool paired) {
-    const int fit = pow2_floor(kBytes / (int64_t(K + kTcPad) * sizeof(W) * (paired ? 2 : 1)));
+    const int fit = pow2_floor(kBytes / (row_bytes(K) * (paired ? 2 : 1)));
     return fit < M ? fit : M;
   }
   static constexpr int kDilateRows = rows(R, 2 * R, true);
@@ -185,7 +222,7 @@ __device__ __forceinline__ TcSlab following_slab(TcSlab s, int L) {
   }
 }
 
-// Copies `rows` rows of K elements into shared rows of K + kTcPad; row(r) is the global row.
+// Copies `rows` rows of K elements into shared rows of K + kTcPad<W>; row(r) is the global row.
 template <int K, class W, class RowOf>
 __device__ __forceinline__ void copy_slab(W* dst, int rows, RowOf row, int tid) {
   constexpr int kChunks = K * int(sizeof(W)) / 16;
@@ -193,7 +230,7 @@ __device__ __forceinline__ void copy_slab(W* dst, int rows, RowOf row, int tid) 
   for (int c = tid; c < rows * kChunks; c += kTcThreads) {
     const int r = c / kChunks;
     const int j = c % kChunks;
-    cp_async16(dst + r * (K + kTcPad) + j * kPer, row(r) + j * kPer);
+    cp_async16(dst + r * (K + kTcPad<W>) + j * kPer, row(r) + j * kPer);
   }
 }
 
@@ -247,10 +284,10 @@ __device__ __noinline__ void issue_slab(const Params& p, TcSlab s, W* dst, int t
 template <int K, int NP, class W, class Early, class Epilogue>
 __device__ __forceinline__ void slab_product(const W* slab, int rows, const W* act, int nb, int warp, int lane,
                                              Early&& early, Epilogue&& epi) {
-  constexpr int kLd = K + kTcPad;
+  constexpr int kLd = K + kTcPad<W>;
   const int m_tiles = rows / 16;
   const int units = m_tiles * (nb / 8);
-  const W* a_lane = slab + a_fragment_row(lane) * kLd + a_fragment_col(lane);
+  const W* a_lane = slab + a_fragment_row(lane) * kLd + a_fragment_col<W>(lane);
   for (int u = warp; u < units; u += kTcWarps) {
     const int m0 = (u % m_tiles) * 16;
     const int n0 = (u / m_tiles) * 8;
@@ -262,9 +299,9 @@ __device__ __forceinline__ void slab_product(const W* slab, int rows, const W* a
     for (int q = 0; q < NP; ++q)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[q][c] = 0.f;
-    const W* b_lane = act + (n0 + b_fragment_row(lane)) * kLd + b_fragment_col(lane);
+    const W* b_lane = act + (n0 + b_fragment_row(lane)) * kLd + b_fragment_col<W>(lane);
 #pragma unroll 2
-    for (int k0 = 0; k0 < K; k0 += 16) {
+    for (int k0 = 0; k0 < K; k0 += kTcKStep<W>) {
       uint32_t b[2];
       ldmatrix_x2(b, b_lane + k0);
 #pragma unroll
@@ -285,7 +322,7 @@ __device__ __forceinline__ void slab_product(const W* slab, int rows, const W* a
 }
 
 // Shared memory of one block for a tile of nb streams, in bytes from the start; every region a
-// multiple of 16 bytes. Activations that feed a product are in W, rows padded by kTcPad.
+// multiple of 16 bytes. Activations that feed a product are in W, rows padded by kTcPad<W>.
 template <int R, int S, int A, class W>
 struct TensorCoreSmem {
   static constexpr int kSumWidth = S > A ? S : A;  // the skip sums, later the logits
@@ -296,10 +333,10 @@ struct TensorCoreSmem {
         kTcStages * TensorCoreSlabs<R, S, A, W>::kBytes,  // the slab ring
         int64_t(nb) * R * 4,                             // float32 x_l[t]
         int64_t(nb) * kSumWidth * 4,                     // float32 s, then the logits
-        int64_t(nb) * (2 * R + kTcPad) * int64_t(sizeof(W)),  // [x_l[t - d] | x_l[t]]
-        int64_t(nb) * (R + kTcPad) * int64_t(sizeof(W)),      // h
-        int64_t(nb) * (S + kTcPad) * int64_t(sizeof(W)),      // relu(s)
-        int64_t(nb) * (A + kTcPad) * int64_t(sizeof(W)),      // z
+        int64_t(nb) * (2 * R + kTcPad<W>) * int64_t(sizeof(W)),  // [x_l[t - d] | x_l[t]]
+        int64_t(nb) * (R + kTcPad<W>) * int64_t(sizeof(W)),      // h
+        int64_t(nb) * (S + kTcPad<W>) * int64_t(sizeof(W)),      // relu(s)
+        int64_t(nb) * (A + kTcPad<W>) * int64_t(sizeof(W)),      // z
         int64_t(nb) * 2 * 4};                                 // y_{t-2}, y_{t-1}
     int64_t* const starts[] = {&weights, &x, &sums, &input, &gated, &relu_skip, &hidden, &history};
     for (int i = 0; i < 8; ++i) {
@@ -354,13 +391,13 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
   const int L = p.L;
   const int64_t T = p.num_samples;
   const int64_t rows = queue_rows(L, p.max_dilation);
-  constexpr int kIn = 2 * R + kTcPad;
+  constexpr int kIn = 2 * R + kTcPad<W>;
 
   // x[t - d] of one layer for the tile, 4 channels at a time: piece e = tid + i * kTcThreads is
   // stream 4e / R, channels 4e % R + 0..3, the same thread for the queue read and, a layer later,
   // the queue write of the same slot (so with one layer of dilation 1 the write comes first in
   // program order). Held as operands (rounded now, as they would be when stored): half the registers.
-  uint2 past[kPast];
+  decltype(Type::four(float4{})) past[kPast];
   const auto load_past = [&](int64_t offset, int dilation, int64_t t) {
     const int64_t slot = queue_slot(p, offset, dilation, t);
 #pragma unroll
@@ -369,14 +406,14 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
       const int b = e / R;
       const float4 v = b < valid ? *reinterpret_cast<const float4*>(p.queues + ((stream0 + b) * rows + slot) * R + e % R)
                                  : make_float4(0.f, 0.f, 0.f, 0.f);
-      past[i] = make_uint2(Type::pack(v.x, v.y), Type::pack(v.z, v.w));
+      past[i] = Type::four(v);
     }
   };
   const auto store_past = [&]() {
 #pragma unroll
     for (int i = 0; i < kPast; ++i) {
       const int e = 4 * (tid + i * kTcThreads);
-      if (e < nb * R) *reinterpret_cast<uint2*>(input + (e / R) * kIn + e % R) = past[i];
+      if (e < nb * R) *reinterpret_cast<decltype(Type::four(float4{}))*>(input + (e / R) * kIn + e % R) = past[i];
     }
   };
   const auto write_back = [&](int64_t offset, int dilation, int64_t t) {
@@ -451,7 +488,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
                           : 0.f;
             },
             [&](int m, int n, const float (&v)[2], const float (&pre)[2]) {
-              gated[n * (R + kTcPad) + first + m] = Type::from_float(gate(v[0] + pre[0], v[1] + pre[1]));
+              gated[n * (R + kTcPad<W>) + first + m] = Type::from_float(gate(v[0] + pre[0], v[1] + pre[1]));
             });
         advance();
       }
@@ -480,7 +517,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
             [&](int m, int n, const float (&v)[1], const float (&pre)[1]) {
               float& s = sums[n * kSumWidth + first + m];
               s = (l == 0 ? 0.f : s) + (v[0] + pre[0]);  // the first layer starts the sum: no zeroing pass
-              if (last_layer) relu_skip[n * (S + kTcPad) + first + m] = Type::from_float(fmaxf(s, 0.f));
+              if (last_layer) relu_skip[n * (S + kTcPad<W>) + first + m] = Type::from_float(fmaxf(s, 0.f));
             });
         advance();
       }
@@ -495,7 +532,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
           w, Slabs::kOutRows, relu_skip, nb, warp, lane,
           [&](int m, int, float (&v)[1]) { v[0] = WeightsInGlobal::value(out_b + first + m); },
           [&](int m, int n, const float (&v)[1], const float (&pre)[1]) {
-            hidden[n * (A + kTcPad) + first + m] = Type::from_float(fmaxf(v[0] + pre[0], 0.f));
+            hidden[n * (A + kTcPad<W>) + first + m] = Type::from_float(fmaxf(v[0] + pre[0], 0.f));
           });
       advance();
     }
@@ -539,10 +576,11 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
 
 template <int R, int S, int A, class W>
 Plan TensorCore<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
-  if constexpr (std::is_same_v<W, float>) {
+  if constexpr (tensor_core_max_tile<R, S, A, W>() == 0) {
     return refuse(Variant::TensorCore,
-                  "float32 weights are not built for TENSOR_CORE (they need the 3xTF32 split to keep the float32 "
-                  "tolerance; plain TF32 does not); use float16 or bfloat16 weights, or SINGLE_BLOCK");
+                  "not built for this size and weight type: its slab ring and a tile of 8 streams need " +
+                      std::to_string(TensorCoreSmem<R, S, A, W>(8).bytes) +
+                      " bytes of shared memory, more than an sm_90 block has; use float16 or bfloat16 weights");
   } else {
     // The kernel's registers hold the next layer's x[t - d] for at most the largest tile sm_90 fits.
     const auto fits = [&](int tile) {
@@ -581,26 +619,14 @@ Plan TensorCore<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
                                              std::to_string(device.shared_per_block_optin));
     if (device.major < 8)
       return refuse(Variant::TensorCore, "needs compute capability 8.0 or newer (mma.sync on bfloat16, cp.async)");
-    const void* kernel = reinterpret_cast<const void*>(&tensor_core_kernel<R, S, A, W>);
-    NVWAVENET_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
-    int per_sm = 0;
-    NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads_per_block,
-                                                                       static_cast<size_t>(plan.shared_bytes)));
-    if (per_sm < 1)
-      return refuse(Variant::TensorCore, "a block of " + std::to_string(plan.threads_per_block) + " threads with " +
-                                             std::to_string(plan.shared_bytes) +
-                                             " bytes of shared memory cannot be resident on this device");
-    plan.co_resident_groups = int64_t(per_sm) * device.multiprocessors;
-    plan.runnable = true;
-    return plan;
+    return resident_plan(plan, reinterpret_cast<const void*>(&tensor_core_kernel<R, S, A, W>), device);
   }
 }
 
 template <int R, int S, int A, class W>
 void TensorCore<R, S, A, W>::launch(const Params& p, const Plan& plan) {
-  if constexpr (std::is_same_v<W, float>) {
-    throw std::invalid_argument("implementation: TENSOR_CORE has no float32 kernel");
+  if constexpr (tensor_core_max_tile<R, S, A, W>() == 0) {
+    throw std::invalid_argument("implementation: TENSOR_CORE is not built for this size and weight type");
   } else {
     // The kernel reads its tile from Params, so it must be the plan's.
     Params tiled = p;

@@ -1,5 +1,5 @@
-// TensorCore for float32 weights: only the plan, which refuses them with the reason (the 3xTF32
-// kernel is not built), so that dispatch covers every precision.
+// Explicit instantiations of TensorCore for float32 weights (3xTF32), every size in sizes.h (one
+// file per variant and precision, so the build compiles them in parallel).
 #include "../sizes.h"
 #include "tensor_core.cuh"
 
