@@ -28,11 +28,12 @@ import dataclasses
 import datetime
 import json
 import math
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["AUTO_ORDER", "SINGLE_BLOCK_TILES", "TABLE_PATH", "Decision", "choose_variant", "decide",
-           "candidates", "load_table", "write_table", "single_block_tile", "streams_per_block"]
+           "candidates", "load_table", "write_table", "passed_variants", "single_block_tile", "streams_per_block"]
 
 # Variant names (nvwavenet.Impl member names) in order of preference, each with how many waves
 # of its co-resident stream groups it may take before the next one is preferred.
@@ -111,6 +112,22 @@ def write_table(path: Path | str, *, gpu: str, command: str, commit: str, passed
              "command": command, "commit": commit, "passed": sorted(passed), "rows": rows}
     Path(path).write_text(json.dumps(table, indent=1) + "\n")
     return table
+
+
+def passed_variants(junit_xml: Path | str, names: list[str]) -> list[str]:
+    """The variant names with at least one test that ran and passed in pytest's JUnit XML report
+    of the GPU tests (``pytest -m cuda tests/test_cuda.py --junitxml=...``) and none that failed.
+    A test belongs to a variant when its name carries the variant's name (a parameter id such as
+    ``[TENSOR_CORE-...]`` or the test's own name, compared without case)."""
+    seen: dict[str, set[str]] = {}
+    for case in ElementTree.parse(junit_xml).getroot().iter("testcase"):
+        test = case.get("name", "").upper()
+        status = ("failed" if case.find("failure") is not None or case.find("error") is not None
+                  else "skipped" if case.find("skipped") is not None else "passed")
+        for name in names:
+            if name in test:
+                seen.setdefault(name, set()).add(status)
+    return sorted(name for name, statuses in seen.items() if "passed" in statuses and "failed" not in statuses)
 
 
 def _rows_for(table: dict | None, gpu: str, dtype: str, size: tuple[int, int, int]) -> list[dict]:

@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import torch
@@ -84,21 +83,6 @@ def time_one(net, variant, batch, samples, repeats):
     return batch * samples / statistics.median(seconds), power.watts, note
 
 
-def passed_variants(junit_xml: Path) -> list[str]:
-    """Variants with at least one test of tests/test_cuda.py that ran and passed, and none failed.
-    A test belongs to a variant when its name carries the variant's name (parameter id or name)."""
-    cases = ElementTree.parse(junit_xml).getroot().iter("testcase")
-    outcome: dict[str, set[str]] = {}
-    for case in cases:
-        name = case.get("name", "").upper()
-        status = ("failed" if case.find("failure") is not None or case.find("error") is not None
-                  else "skipped" if case.find("skipped") is not None else "passed")
-        for variant in VARIANTS:
-            if variant.name in name:
-                outcome.setdefault(variant.name, set()).add(status)
-    return sorted(name for name, seen in outcome.items() if "passed" in seen and "failed" not in seen)
-
-
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -144,7 +128,8 @@ def main() -> None:
                                  "samples_per_s": rate, "watts": watts})
     if args.write_table:
         # No test report (the tests did not finish): the figures are kept, but AUTO may pick none of them.
-        passed = passed_variants(args.passed_from) if args.passed_from.is_file() else []
+        passed = (autotune.passed_variants(args.passed_from, [v.name for v in VARIANTS])
+                  if args.passed_from.is_file() else [])
         autotune.write_table(args.write_table, gpu=gpu, command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                              commit=commit(), passed=passed, rows=rows)
         print(f"wrote {args.write_table} (variants that passed the CUDA tests: {', '.join(passed) or 'none'})")

@@ -166,6 +166,19 @@ def test_auto_ignores_table_rows_of_variants_that_did_not_pass(tmp_path):
     assert "TENSOR_CORE" not in autotune.candidates(table, "GPU X", "float16", (64, 256, 256))
 
 
+def test_only_variants_whose_gpu_tests_passed_may_enter_the_table(tmp_path):
+    cases = {"test_matches_reference[TENSOR_CORE-R64S256A256-fp16]": "",
+             "test_matches_reference[SINGLE_BLOCK-R64S256A256-fp16]": "",
+             "test_matches_reference[DUAL_BLOCK-R64S256A256-fp16]": '<failure message="off"/>',
+             "test_chunked_calls_equal_one_call[DUAL_BLOCK-fp16]": "",
+             "test_persistent_runs_the_target_configuration": '<skipped message="no sm_90"/>',
+             "test_tensor_core_tiles_match_reference[fp16-8]": ""}
+    body = "".join(f'<testcase classname="tests.test_cuda" name="{name}">{inner}</testcase>'
+                   for name, inner in cases.items())
+    (tmp_path / "report.xml").write_text(f'<testsuites><testsuite name="pytest">{body}</testsuite></testsuites>')
+    assert autotune.passed_variants(tmp_path / "report.xml", list(CUDA_VARIANTS)) == ["SINGLE_BLOCK", "TENSOR_CORE"]
+
+
 def test_a_file_that_is_not_a_table_is_refused_naming_it(tmp_path):
     assert autotune.load_table(tmp_path / "absent.json") is None
     for text in ("not json", '{"gpu": "X"}', '{"gpu": "X", "date": "", "command": "", "commit": "", '
