@@ -105,15 +105,46 @@ def test_ldmatrix_addresses_give_the_mma_operands_and_the_epilogue_finds_each_pr
                                                                                        c_cols[lane, c]])
 
 
-def test_padded_rows_make_every_ldmatrix_phase_free_of_bank_conflicts():
-    """Each 8-lane phase of ldmatrix reads 8 rows of 16 bytes: with rows padded by 8 elements
-    (16 bytes) they fall in 8 different 4-bank groups, for every K the kernel uses."""
+def test_float32_fragments_are_those_of_mma_m16n8k8_tf32():
+    """float32 weights: the same byte addresses (4 floats where 8 halves were) give ldmatrix rows of
+    4 floats; lane l receives float l % 4 of row l // 4 of each matrix, which must be
+    mma.m16n8k8.tf32's a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); b0 (k=t, n=g), b1 (k=t+4, n=g)."""
+    rng = np.random.default_rng(1)
+    K, pad = 32, 4
+    weights = rng.standard_normal((16, K + pad))
+    acts = rng.standard_normal((8, K + pad))
+    a_rows, a_cols = a_addresses()
+    b_rows, b_cols = b_addresses()
+    a_cols, b_cols = a_cols // 2, b_cols // 2  # the kernel's column in floats: half as many per 16 bytes
+
+    def ldmatrix32(tile, rows, cols, count):
+        return np.array([[tile[rows[8 * i + lane // 4], cols[8 * i + lane // 4] + lane % 4] for i in range(count)]
+                         for lane in LANES])
+
+    for k0 in range(0, K, 8):
+        a = ldmatrix32(weights, a_rows, a_cols + k0, 4)
+        b = ldmatrix32(acts, b_rows, b_cols + k0, 2)
+        A = np.full((16, 8), np.nan)
+        B = np.full((8, 8), np.nan)
+        for lane in LANES:
+            g, t = lane // 4, lane % 4
+            A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4] = a[lane]
+            B[t, g], B[t + 4, g] = b[lane]
+        np.testing.assert_array_equal(A, weights[:, k0:k0 + 8])
+        np.testing.assert_array_equal(B, acts[:, k0:k0 + 8].T)
+
+
+@pytest.mark.parametrize("element_bytes", [2, 4])
+def test_padded_rows_make_every_ldmatrix_phase_free_of_bank_conflicts(element_bytes):
+    """Each 8-lane phase of ldmatrix reads 8 rows of 16 bytes: with rows padded by 16 bytes they
+    fall in 8 different 4-bank groups, for every K the kernel uses, 16-bit and float32."""
+    a_rows, a_cols = a_addresses()
+    column_bytes = a_cols * 2  # the same bytes for both element sizes
     for K in (32, 64, 128, 256, 512):
-        stride_bytes = (K + 8) * 2
-        a_rows, a_cols = a_addresses()
+        stride_bytes = K * element_bytes + 16
         for phase in range(4):
             lanes = LANES[8 * phase: 8 * phase + 8]
-            groups = {((a_rows[l] * stride_bytes + a_cols[l] * 2) // 16) % 8 for l in lanes}
+            groups = {((a_rows[l] * stride_bytes + column_bytes[l]) // 16) % 8 for l in lanes}
             assert len(groups) == 8, (K, phase)
 
 
