@@ -50,6 +50,7 @@ py::dict build_info() {
   variant_sizes["DUAL_BLOCK"] = sizes;
   variant_sizes["PERSISTENT"] = persistent;
   variant_sizes["CLUSTER"] = persistent;  // the same kernel with other hand-offs
+  variant_sizes["TENSOR_CORE"] = sizes;  // its plan refuses R=256 float32 (shared memory) with the reason
   info["cuda"] = true;
   info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
   info["sizes"] = sizes;
@@ -69,8 +70,8 @@ py::dict build_info() {
 
 #ifdef NVWAVENET_WITH_CUDA
 Variant as_variant(int variant) {
-  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::Cluster))
-    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 4), got " + std::to_string(variant));
+  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::TensorCore))
+    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 5), got " + std::to_string(variant));
   return static_cast<Variant>(variant);
 }
 

@@ -13,7 +13,7 @@ namespace nvwavenet {
 enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
 // Values match nvwavenet.Impl.
-enum class Variant : int32_t { Auto = 0, SingleBlock = 1, DualBlock = 2, Persistent = 3, Cluster = 4 };
+enum class Variant : int32_t { Auto = 0, SingleBlock = 1, DualBlock = 2, Persistent = 3, Cluster = 4, TensorCore = 5 };
 
 // Layer l has dilation 1 << (l % (log2(max_dilation) + 1)); it owns rows
 // [layer_queue_offset(l), layer_queue_offset(l) + dilation) of a stream's queue block.
@@ -97,7 +97,8 @@ struct Params {
   // call itself, on `stream`) must hold at least nvwavenet::gpu::plan(...).workspace_bytes; it carries the
   // kernel's status block (csrc/cuda/status.h) and the DUAL_BLOCK flags and mailboxes.
   int32_t device = 0;                       // CUDA device index that every pointer above lives on
-  int32_t streams_per_block = 0;            // SINGLE_BLOCK batch tile: 1 or 8 streams (0 means 1)
+  int32_t streams_per_block = 0;            // SINGLE_BLOCK batch tile: 1, 2, 4 or 8 streams (0 means 1);
+                                            // TENSOR_CORE: 8, 16, 32 or 64 (0: its plan chooses)
   int64_t spin_timeout_ns = 2000000000;     // a wait on another block longer than this stops the
                                             // kernel, which then reports a RuntimeError
 };

@@ -206,9 +206,7 @@ def generate_cpu(params) -> None:
 
 
 # The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
-CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3, "CLUSTER": 4}
-# What AUTO may choose from: CLUSTER joins once the CUDA suite has passed with it on a GPU.
-AUTO_CANDIDATES = ("SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT")
+CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3, "CLUSTER": 4, "TENSOR_CORE": 5}
 
 SPIN_TIMEOUT_ENV = "NVWAVENET_SPIN_TIMEOUT_MS"
 DEFAULT_SPIN_TIMEOUT_MS = 2000.0
@@ -252,54 +250,64 @@ def check_cuda_build(weights: WaveNetWeights, dtype: torch.dtype) -> dict:
     return info
 
 
-# (device, sizes, dtype, L, batch, tile, implementation) -> (variant name, plan): a plan costs
-# device queries and, for AUTO, one pybind call per variant; short streaming calls repeat the same
-# key. Refusals of an explicit implementation are not kept (they raise).
+# (device, sizes, dtype, L, batch, implementation) -> (variant name, plan, AUTO's rule, tile): a
+# plan costs device queries and, for AUTO, a table look-up and one pybind call per candidate; short
+# streaming calls repeat the same key. Refusals of an explicit implementation are not kept (they raise).
 _PLANS: dict = {}
 
 
-def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, dict]:
+def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, dict, str | None, int]:
     key = (params.device, params.R, params.S, params.A, int(params.weight_dtype), params.L, params.batch,
-           params.streams_per_block, implementation)
+           implementation)
     known = _PLANS.get(key)
     if known is not None:
         return known
     C = extension()
+    multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
+
+    def plan_for(name):
+        params.streams_per_block = autotune.streams_per_block(name, params.batch, multiprocessors)
+        return C.cuda_plan(params, CUDA_VARIANTS[name])
+
+    rule = None
     if implementation == "AUTO":
-        plans = {name: C.cuda_plan(params, CUDA_VARIANTS[name]) for name in AUTO_CANDIDATES}
-        name = autotune.choose_variant(batch=params.batch, plans=plans)
-        plan = plans[name]
+        gpu = torch.cuda.get_device_name(device)
+        dtype = params.weight_dtype.name.lower()
+        size = (params.R, params.S, params.A)
+        table = autotune.load_table()
+        plans = {name: plan_for(name) for name in autotune.candidates(table, gpu, dtype, size)}
+        decision = autotune.decide(params.batch, plans, gpu=gpu, dtype=dtype, size=size, table=table)
+        name, rule = decision.variant, decision.rule
+        plan = plan_for(name)  # also leaves the chosen variant's tile in params
     else:
         name = implementation
-        plan = C.cuda_plan(params, CUDA_VARIANTS[name])
+        plan = plan_for(name)
         if not plan["runnable"]:
             raise ValueError(f"implementation: Impl.{name} cannot run this configuration on "
                              f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
     if len(_PLANS) >= 4096:
         _PLANS.clear()
-    _PLANS[key] = (name, plan)
-    return name, plan
+    _PLANS[key] = entry = (name, plan, rule, params.streams_per_block)
+    return entry
 
 
 def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str, cond_input: torch.Tensor,
              selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
-             teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> str:
+             teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> tuple[str, str | None]:
     """Runs a CUDA variant (``implementation``: an ``Impl`` name, AUTO resolved here) on the current
     stream of ``cond_input``'s device, filling ``samples``/``logits`` and updating ``state``'s
-    queues and history in place (not its position). Returns the name of the variant that ran.
+    queues and history in place (not its position). Returns the name of the variant that ran and,
+    for AUTO, the rule that chose it (``autotune.Decision.rule``), else None.
     """
     C = extension()
     device = cond_input.device
-    batch = samples.shape[0]
     params = make_params(weights, packed, cond_input, selectors, samples, state, teacher=teacher, logits=logits)
     params.device = device.index
     params.stream = torch.cuda.current_stream(device).cuda_stream
     params.spin_timeout_ns = spin_timeout_ns()
-    params.streams_per_block = autotune.single_block_tile(
-        batch, torch.cuda.get_device_properties(device).multi_processor_count)
-    name, plan = _cuda_plan(params, implementation, device)
+    name, plan, rule, params.streams_per_block = _cuda_plan(params, implementation, device)
     # Zero-filled by cuda_generate itself (one cudaMemsetAsync): torch.zeros would add a fill.
     workspace = torch.empty(plan["workspace_bytes"], dtype=torch.uint8, device=device)
     params.workspace, params.workspace_bytes = workspace.data_ptr(), workspace.numel()
     C.cuda_generate(params, CUDA_VARIANTS[name])
-    return name
+    return name, rule

@@ -24,7 +24,7 @@ _NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 class Impl(enum.IntEnum):
     """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
 
-    - ``SINGLE_BLOCK``: one block per stream (or per tile of 8 streams); any size; the many-stream
+    - ``SINGLE_BLOCK``: one block per stream or per tile of 2, 4 or 8 streams; any size; the many-stream
       variant.
     - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
     - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
@@ -32,6 +32,10 @@ class Impl(enum.IntEnum):
     - ``CLUSTER``: PERSISTENT's kernel with fence-free hand-offs (``st.async`` into the consumer's
       shared memory, completed on its ``mbarrier``). Opt-in only: it has not run on a GPU yet,
       and ``AUTO`` never picks it.
+    - ``TENSOR_CORE``: one block per tile of 8-64 streams, every product on the tensor cores
+      (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
+      R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
+      it passed and is fastest.
 
     ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
     call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
@@ -43,6 +47,7 @@ class Impl(enum.IntEnum):
     DUAL_BLOCK = 2
     PERSISTENT = 3
     CLUSTER = 4
+    TENSOR_CORE = 5
 
 
 class NVWaveNet:
@@ -58,7 +63,9 @@ class NVWaveNet:
     work it usually does not); an integer uses exactly that many. The CPU engine's output does not
     depend on the thread count.
 
-    ``last_implementation`` is the CUDA variant the last CUDA call ran (what AUTO resolved to).
+    ``last_implementation`` is the CUDA variant the last CUDA call ran (what AUTO resolved to);
+    ``last_auto_rule`` says how AUTO chose it (the measured table or the provisional rule, see
+    :mod:`nvwavenet.autotune`), None when the call named a variant.
     """
 
     def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
@@ -80,6 +87,7 @@ class NVWaveNet:
         self._cpu_weights: engines.CpuWeights | None = None  # packed on the first CPU call
         self._cuda_weights: dict[tuple[torch.device, torch.dtype], engines.PackedWeights] = {}
         self.last_implementation: Impl | None = None
+        self.last_auto_rule: str | None = None
 
     # Sizes, under the names NV-WaveNet's documentation uses.
     @property
@@ -224,8 +232,9 @@ class NVWaveNet:
             packed = self._packed_for(device)  # first, so that an unbuilt size fails even with 0 samples
             out, logits = self._outputs(batch, samples, device, return_logits)
             if samples:
-                self.last_implementation = Impl[engines.run_cuda(
+                name, self.last_auto_rule = engines.run_cuda(
                     self.weights, packed, implementation.name, cond_input, u, out, state,
-                    teacher=teacher, logits=logits)]
+                    teacher=teacher, logits=logits)
+                self.last_implementation = Impl[name]
         state["position"].fill_(int(state["position"]) + samples)
         return (out, logits) if return_logits else out

@@ -3,12 +3,16 @@
 #
 #     bash scripts/gpu_check.sh
 #
-# Builds nvwavenet in place, runs the CUDA tests (CLUSTER, never run on a GPU before, first: its
-# failures are the news), compute-sanitizer memcheck and racecheck on one small case per variant
-# (one run per variant, so one failure hides no other), times the variants side by side
-# (scripts/cuda_timing.py), rebuilds with NVWAVENET_TRACE=1 and prints the %globaltimer trace of
-# one step of PERSISTENT and CLUSTER (trace.log: each hop, layer block and the head), restores the
-# untraced build, runs benchmarks/throughput.py --quick when it exists, and prints one summary. Full logs go to
+# Builds nvwavenet in place, runs the CUDA tests (CLUSTER and TENSOR_CORE, never run on a GPU
+# before, first: their failures are the news; then every variant), compute-sanitizer memcheck and
+# racecheck on one small case per variant (one run per variant, so one failure hides no other),
+# times the variants old and new side by side at batch 1 to 4096 in float32 and float16 with
+# samples/s per watt (scripts/cuda_timing.py) and writes the measured table AUTO follows
+# ($LOGS/autotune_table.json: copy it to nvwavenet/autotune_table.json and commit it; only variants
+# whose CUDA tests passed here are in its `passed` list), rebuilds with NVWAVENET_TRACE=1 and prints
+# the %globaltimer trace of one step of PERSISTENT and CLUSTER (trace.log: each hop, layer block and
+# the head), restores the untraced build, runs benchmarks/throughput.py --quick when it exists and
+# time is left, and prints one summary. Steps run in that order of importance. Full logs go to
 # $OUT (the device tool's output folder) when set, else ./gpu_check_out. Exit status: 0 when every
 # step passed. Meant to finish in about 8 minutes on one H100 with 16 CPU cores; every step has a
 # time limit, and all of them together stay within GPU_CHECK_BUDGET seconds (default 540), so the
@@ -68,20 +72,21 @@ if ! run_step build 180 "$PYTHON" setup.py build_ext --inplace; then
   exit 1
 fi
 "$PYTHON" -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
-run_step tests-cluster 90 "$PYTHON" -m pytest -q -rs -x tests/test_cuda.py -k CLUSTER
-run_step tests 200 "$PYTHON" -m pytest -q -rs tests/test_cuda.py
+run_step tests-new 90 "$PYTHON" -m pytest -q -rs -x -m cuda tests/test_cuda.py -k "CLUSTER or TENSOR_CORE"
+run_step tests 210 "$PYTHON" -m pytest -q -rs -m cuda tests/test_cuda.py --junitxml="$LOGS/cuda_tests.xml"
 for tool in memcheck racecheck; do
   if [ -z "$SANITIZER" ]; then
     ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$tool" "MISSING" 0 "compute-sanitizer not found")")
     FAILED=1
     continue
   fi
-  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER; do
-    run_step "$tool-$variant" 30 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
+  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER TENSOR_CORE; do
+    run_step "$tool-$variant" 25 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
       "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py "$variant"
   done
 done
-run_step timing 90 "$PYTHON" scripts/cuda_timing.py --batches 1 8 64 --samples 2048
+run_step timing 120 "$PYTHON" scripts/cuda_timing.py --write-table "$LOGS/autotune_table.json" \
+  --passed-from "$LOGS/cuda_tests.xml"
 # The trace build prints one line per block and call; run the target once per variant, then put
 # the untraced module back.
 if run_step build-trace 120 env NVWAVENET_TRACE=1 "$PYTHON" setup.py build_ext --inplace; then

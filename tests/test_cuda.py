@@ -35,7 +35,7 @@ def needs_gpu(test):
     return pytest.mark.cuda(_skip_without_gpu(test))
 
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER]
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE]
 CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER)  # one kernel, two hand-offs: the same plans
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
@@ -52,13 +52,17 @@ def make_net(size, layers, max_dilation, dtype, seed=0, **kwargs):
 
 
 def run_or_refused(variant, action):
-    """action() or, when PERSISTENT or CLUSTER declines the configuration, a skip that shows its
-    reason. Only they may decline: their weights must fit one cluster's shared memory."""
+    """action() or, when a variant declines the configuration by design, a skip that shows its
+    reason: PERSISTENT or CLUSTER when the weights do not fit one cluster's shared memory,
+    TENSOR_CORE for R=256 float32 (its slab ring alone exceeds a block's shared memory). Any other
+    refusal fails."""
     try:
         return action()
     except ValueError as error:
         if variant in CLUSTER_KERNELS and "cannot run this configuration" in str(error):
             pytest.skip(f"{variant.name} declines: {error}")
+        if variant is Impl.TENSOR_CORE and "not built for this size and weight type" in str(error):
+            pytest.skip(f"TENSOR_CORE declines: {error}")
         raise
 
 
@@ -76,6 +80,7 @@ def test_build_info_lists_exactly_the_sizes_in_sizes_h():
     variant_sizes = {name: [tuple(s) for s in sizes] for name, sizes in INFO["variant_sizes"].items()}
     assert set(variant_sizes) == set(CUDA_VARIANTS)
     assert variant_sizes["SINGLE_BLOCK"] == listed and variant_sizes["DUAL_BLOCK"] == listed
+    assert variant_sizes["TENSOR_CORE"] == listed
 
 
 @needs_kernels
@@ -127,10 +132,78 @@ def test_auto_never_picks_a_variant_that_cannot_run():
         autotune.choose_variant(1, none)
 
 
+def test_provisional_rule_never_picks_tensor_core():
+    plans = {name: fake_plan(groups=1000) for name in CUDA_VARIANTS}
+    for batch in (1, 64, 4096):
+        decision = autotune.decide(batch, plans, gpu="G", dtype="float16", size=(64, 256, 256), table=None)
+        assert decision.variant != "TENSOR_CORE" and decision.rule == "provisional"
+    assert "TENSOR_CORE" not in autotune.candidates(None, "G", "float16", (64, 256, 256))
+
+
+def synthetic_table(tmp_path, passed):
+    """A table as scripts/cuda_timing.py writes it, with made-up rates: TENSOR_CORE fastest from
+    batch 256, SINGLE_BLOCK below; float16 only."""
+    rates = {("SINGLE_BLOCK", 1): 5e4, ("TENSOR_CORE", 1): 1e4, ("SINGLE_BLOCK", 256): 1e6,
+             ("TENSOR_CORE", 256): 9e6, ("SINGLE_BLOCK", 4096): 4e6, ("TENSOR_CORE", 4096): 3e7}
+    rows = [{"variant": name, "dtype": "float16", "size": [64, 256, 256], "batch": batch, "samples_per_s": rate}
+            for (name, batch), rate in rates.items()]
+    path = tmp_path / "table.json"
+    autotune.write_table(path, gpu="GPU X", command="synthetic", commit="0000000", passed=passed, rows=rows)
+    return autotune.load_table(path)
+
+
+def test_auto_follows_a_measured_table_for_its_gpu_and_precision(tmp_path):
+    table = synthetic_table(tmp_path, passed=["SINGLE_BLOCK", "TENSOR_CORE"])
+    plans = {name: fake_plan(groups=132) for name in CUDA_VARIANTS}
+    key = dict(gpu="GPU X", dtype="float16", size=(64, 256, 256), table=table)
+    assert autotune.decide(1, plans, **key).variant == "SINGLE_BLOCK"
+    assert autotune.decide(8, plans, **key).variant == "SINGLE_BLOCK"  # nearer 1 than 256 on a log scale
+    decision = autotune.decide(300, plans, **key)
+    assert decision.variant == "TENSOR_CORE" and "GPU X" in decision.rule and "batch 256" in decision.rule
+    assert autotune.decide(100000, plans, **key).variant == "TENSOR_CORE"
+    assert "TENSOR_CORE" in autotune.candidates(table, "GPU X", "float16", (64, 256, 256))
+    # A variant whose plan cannot run this call is passed over; the table's next best is taken.
+    assert autotune.decide(300, {**plans, "TENSOR_CORE": fake_plan(False, 0, "no")}, **key).variant == "SINGLE_BLOCK"
+    # Another GPU, or a precision the table did not measure: the provisional rule, and it says so.
+    for other in (dict(key, gpu="GPU Y"), dict(key, dtype="bfloat16")):
+        assert autotune.decide(100, plans, **other) == autotune.Decision("PERSISTENT", "provisional")
+
+
+def test_auto_ignores_table_rows_of_variants_that_did_not_pass(tmp_path):
+    table = synthetic_table(tmp_path, passed=["SINGLE_BLOCK"])
+    plans = {name: fake_plan(groups=132) for name in CUDA_VARIANTS}
+    decision = autotune.decide(4096, plans, gpu="GPU X", dtype="float16", size=(64, 256, 256), table=table)
+    assert decision.variant == "SINGLE_BLOCK" and decision.rule.startswith("table")
+    assert "TENSOR_CORE" not in autotune.candidates(table, "GPU X", "float16", (64, 256, 256))
+
+
+def test_only_variants_whose_gpu_tests_passed_may_enter_the_table(tmp_path):
+    cases = {"test_matches_reference[TENSOR_CORE-R64S256A256-fp16]": "",
+             "test_matches_reference[SINGLE_BLOCK-R64S256A256-fp16]": "",
+             "test_matches_reference[DUAL_BLOCK-R64S256A256-fp16]": '<failure message="off"/>',
+             "test_chunked_calls_equal_one_call[DUAL_BLOCK-fp16]": "",
+             "test_persistent_runs_the_target_configuration": '<skipped message="no sm_90"/>',
+             "test_tensor_core_tiles_match_reference[fp16-8]": ""}
+    body = "".join(f'<testcase classname="tests.test_cuda" name="{name}">{inner}</testcase>'
+                   for name, inner in cases.items())
+    (tmp_path / "report.xml").write_text(f'<testsuites><testsuite name="pytest">{body}</testsuite></testsuites>')
+    assert autotune.passed_variants(tmp_path / "report.xml", list(CUDA_VARIANTS)) == ["SINGLE_BLOCK", "TENSOR_CORE"]
+
+
+def test_a_file_that_is_not_a_table_is_refused_naming_it(tmp_path):
+    assert autotune.load_table(tmp_path / "absent.json") is None
+    for text in ("not json", '{"gpu": "X"}', '{"gpu": "X", "date": "", "command": "", "commit": "", '
+                 '"passed": [], "rows": [{"variant": "SINGLE_BLOCK"}]}'):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ValueError, match=r"bad\.json: not an autotune table"):
+            autotune.load_table(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="rows: every row needs"):
+        autotune.write_table(tmp_path / "t.json", gpu="X", command="", commit="", passed=[], rows=[{"batch": 1}])
+
+
 def test_single_block_tile_follows_the_multiprocessor_count():
-    assert autotune.single_block_tile(1, 132) == 1
-    assert autotune.single_block_tile(132, 132) == 1
-    assert autotune.single_block_tile(133, 132) == 8
+    expected = {1: 1, 132: 1, 133: 2, 264: 2, 265: 4, 528: 4, 529: 8, 4096: 8}
+    assert {batch: autotune.single_block_tile(batch, 132) for batch in expected} == expected
 
 
 def test_spin_timeout_comes_from_the_environment(monkeypatch):
@@ -202,6 +275,8 @@ def test_cuda_entry_points_reject_auto_and_unknown_variants():
         _C.cuda_plan(fake_params(), 0)
     with pytest.raises(ValueError, match="variant: expected an nvwavenet.Impl value"):
         _C.cuda_generate(fake_params(), 7)
+    with pytest.raises(ValueError, match="variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT or TENSOR_CORE"):
+        _C.cuda_plan(fake_params(), 4)  # no variant of this build has the value 4
     with pytest.raises(ValueError, match="workspace: expected a device pointer"):
         _C.cuda_generate(fake_params(workspace=0), 1)
 
@@ -291,6 +366,7 @@ def test_auto_runs_a_runnable_variant_and_matches_reference():
         cond = random_cond_input(64, batch, 4, 16, device="cuda")
         compare_with_reference(net, cond, Impl.AUTO)
         assert net.last_implementation in VARIANTS
+        assert net.last_auto_rule is not None
 
 
 @needs_gpu
@@ -326,13 +402,57 @@ def test_unbuilt_size_on_cuda_is_a_value_error():
 
 
 @needs_gpu
+@pytest.mark.parametrize("tile", [2, 4, 8])
 @pytest.mark.parametrize("batch", [3, 8, 13])
-def test_single_block_eight_stream_tiles_match_reference(batch, monkeypatch):
-    """Tiles of 8 streams, including a partly filled last tile."""
-    monkeypatch.setattr(autotune, "SINGLE_BLOCK_TILE_FROM", 0)
+def test_single_block_tiles_match_reference(batch, tile, monkeypatch):
+    """Tiles of 2, 4 and 8 streams, including a partly filled last tile."""
+    monkeypatch.setattr(autotune, "streams_per_block", lambda name, b, sms: tile if name == "SINGLE_BLOCK" else 0)
     for dtype in (torch.float32, torch.float16):
         net = make_net((64, 256, 256), 3, 4, dtype)
         compare_with_reference(net, random_cond_input(64, batch, 3, 20, device="cuda"), Impl.SINGLE_BLOCK)
+
+
+@needs_gpu
+@pytest.mark.parametrize("tile", [8, 16, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+def test_tensor_core_tiles_match_reference(tile, dtype, monkeypatch):
+    """Every tile TENSOR_CORE has, with a partly filled last tile and a tile larger than the batch;
+    a tile larger than a size's shared memory allows must be refused as such."""
+    monkeypatch.setattr(autotune, "streams_per_block", lambda name, batch, sms: tile if name == "TENSOR_CORE" else 0)
+    for size, batch in (((64, 256, 256), tile + 3), ((32, 128, 256), 5)):
+        net = make_net(size, 3, 4, dtype)
+        try:
+            compare_with_reference(net, random_cond_input(size[0], batch, 3, 20, device="cuda"), Impl.TENSOR_CORE)
+        except ValueError as error:
+            assert tile > 16 and "the most built for this size is" in str(error), str(error)
+
+
+@needs_gpu
+def test_tensor_core_target_configuration_and_its_plan():
+    """R64/S256/A256, L = 20, float16 and float32 (3xTF32): a tile that gives every multiprocessor
+    a block when the batch allows; R=256 float32 refused with the reason."""
+    from nvwavenet import _C
+    from nvwavenet.engines import make_params
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    net = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float16)
+    compare_with_reference(net, random_cond_input(64, 70, 20, 24, device="cuda"), Impl.TENSOR_CORE)
+    cond = random_cond_input(64, 2, 20, 1, device="cuda")
+    params = make_params(net.weights, net._packed_for(cond.device), cond, torch.rand(2, 1, device="cuda"),
+                         torch.empty(2, 1, dtype=torch.int32, device="cuda"), net.init_state(2, "cuda"))
+    for batch in (64, 1024, 8 * sms, 64 * sms):
+        params.batch = batch  # a plan reads the sizes, never the buffers
+        plan = _C.cuda_plan(params, int(Impl.TENSOR_CORE))
+        assert plan["runnable"], plan["reason"]
+        if batch >= 8 * sms:
+            assert plan["grid_blocks"] >= sms, plan
+        print(f"batch {batch}: tile {plan['streams_per_group']}, {plan['grid_blocks']} blocks, "
+              f"{plan['shared_bytes']} B shared")
+    net32 = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float32)
+    compare_with_reference(net32, random_cond_input(64, 70, 20, 24, device="cuda"), Impl.TENSOR_CORE)
+    wide = make_net((256, 256, 256), 2, 2, torch.float32)
+    with pytest.raises(ValueError, match="TENSOR_CORE cannot run .*not built for this size and weight type"):
+        wide.infer(random_cond_input(256, 2, 2, 4, device="cuda"), Impl.TENSOR_CORE)
 
 
 @needs_gpu

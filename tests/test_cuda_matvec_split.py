@@ -87,8 +87,8 @@ def test_every_row_and_stream_reaches_the_epilogue_once_with_its_dot_product(siz
     R, S, A = size
     V = VEC[weights]
     rng = np.random.default_rng(R + V)
-    # 512 threads: SINGLE_BLOCK (tiles 1 and 8), DUAL_BLOCK head, PERSISTENT; 480: DUAL_BLOCK chain.
-    for NT, BT in ((512, 1), (512, 8), (480, 1)):
+    # 512 threads: SINGLE_BLOCK (tiles 1, 2, 4 and 8), DUAL_BLOCK head, PERSISTENT; 480: DUAL_BLOCK chain.
+    for NT, BT in ((512, 1), (512, 2), (512, 4), (512, 8), (480, 1)):
         for K, NP, pair_rows, rows in product_shapes(R, S, A, NT, BT):
             LPR, CPL, RPW, warps, RPP = shape(V, K, NT)
             assert rows % RPW == 0, f"rows {rows} not a multiple of the {RPW} rows a warp takes at once"

@@ -267,7 +267,8 @@ __device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pai
 
     // A tile's inputs (BT x V floats per chunk) are many registers: one chunk at a time, or the
     // compiler hoists every chunk's loads and spills.
-    constexpr int kChunkUnroll = BT == 1 ? CPL : 1;
+    // The x cache is indexed by chunk, so a cached tile unrolls too (else the cache goes to local memory).
+  constexpr int kChunkUnroll = BT == 1 || kCacheX ? CPL : 1;
 #pragma unroll kChunkUnroll
     for (int j = 0; j < CPL; ++j) {
       float wf[NP][V];

@@ -70,6 +70,17 @@ struct Cluster {
   static void launch(const Params& p, const Plan& plan);
 };
 
+template <int R, int S, int A, class W>
+struct TensorCore {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
+// For variants with one block per group: raises `kernel`'s dynamic shared-memory limit to
+// plan.shared_bytes and returns `plan` runnable with how many blocks the device holds at once, or
+// refused when not even one fits on a multiprocessor.
+Plan resident_plan(Plan plan, const void* kernel, const DeviceFacts& device);
+
 // A plan that says no, with the reason.
 inline Plan refuse(Variant variant, std::string reason) {
   Plan plan;

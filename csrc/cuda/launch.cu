@@ -76,6 +76,21 @@ DeviceFacts device_facts(int device) {
   return facts;
 }
 
+Plan resident_plan(Plan plan, const void* kernel, const DeviceFacts& device) {
+  NVWAVENET_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
+  int per_sm = 0;
+  NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads_per_block,
+                                                                     static_cast<size_t>(plan.shared_bytes)));
+  if (per_sm < 1)
+    return refuse(plan.variant, "a block of " + std::to_string(plan.threads_per_block) + " threads with " +
+                                    std::to_string(plan.shared_bytes) +
+                                    " bytes of shared memory cannot be resident on this device");
+  plan.co_resident_groups = int64_t(per_sm) * device.multiprocessors;
+  plan.runnable = true;
+  return plan;
+}
+
 namespace {
 
 const char* variant_name(Variant variant) {
@@ -90,6 +105,8 @@ const char* variant_name(Variant variant) {
       return "PERSISTENT";
     case Variant::Cluster:
       return "CLUSTER";
+    case Variant::TensorCore:
+      return "TENSOR_CORE";
   }
   return "an unknown variant";
 }
@@ -104,8 +121,9 @@ void require_aligned(const void* pointer, const char* name) {
 // workspace exists (the plan says how large it must be), so only a launch requires it.
 void validate(const Params& p, Variant variant, bool launching) {
   require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent ||
-              variant == Variant::Cluster,
-          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT or CLUSTER, got ") + variant_name(variant) +
+              variant == Variant::Cluster || variant == Variant::TensorCore,
+          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT, CLUSTER or TENSOR_CORE, got ") +
+              variant_name(variant) +
               (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
   bool built = false;
 #define NVWAVENET_IS_BUILT(r, s, a) built = built || (p.R == r && p.S == s && p.A == a);
@@ -131,8 +149,8 @@ void validate(const Params& p, Variant variant, bool launching) {
   }
 }
 
-// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent or Cluster) for p's
-// size and weight type; AUTO names no class of its own and throws `auto_error`.
+// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent, Cluster or
+// TensorCore) for p's size and weight type; AUTO names no class of its own and throws `auto_error`.
 template <class F>
 decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
   return dispatch_size_and_type(p, [&](auto size, auto type) -> decltype(auto) {
@@ -147,6 +165,8 @@ decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* au
         return f(TypeTag<Persistent<Size::R, Size::S, Size::A, W>>{});
       case Variant::Cluster:
         return f(TypeTag<Cluster<Size::R, Size::S, Size::A, W>>{});
+      case Variant::TensorCore:
+        return f(TypeTag<TensorCore<Size::R, Size::S, Size::A, W>>{});
       case Variant::Auto:
         break;
     }
@@ -227,7 +247,7 @@ std::string status_message(const DeviceStatus& status, int32_t variant, int64_t 
                                ? std::string(kSites[status.site])
                                : "an unknown wait (site " + std::to_string(status.site) + ")";
   const bool known_variant = variant >= static_cast<int32_t>(Variant::Auto) &&
-                             variant <= static_cast<int32_t>(Variant::Cluster);
+                             variant <= static_cast<int32_t>(Variant::TensorCore);
   std::string text = std::string("nvwavenet ") +
                      (known_variant ? variant_name(static_cast<Variant>(variant))
                                     : "variant " + std::to_string(variant)) +

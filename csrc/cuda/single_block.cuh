@@ -1,4 +1,4 @@
-// SINGLE_BLOCK: one thread block generates a tile of BT streams (BT = 1 or 8) for the whole call;
+// SINGLE_BLOCK: one thread block generates a tile of BT streams (BT = 1, 2, 4 or 8) for the whole call;
 // the time loop runs inside the kernel and blocks never talk to each other.
 //
 // Per step, per layer l, two phases separated by barriers (2L + 3 barriers per step):
@@ -25,6 +25,8 @@
 //   to float32 FMAs: 0.85M FMAs per sample over ~30 TFMA/s, ~35M samples/s), whichever is lower;
 //   this is the variant meant for the >= 10M samples/s many-stream target.
 #pragma once
+
+#include <type_traits>
 
 #include "common.cuh"
 #include "host.h"
@@ -244,12 +246,27 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
     p.history[(stream0 + (tid >> 1)) * 2 + (tid & 1)] = history[tid >> 1][tid & 1];
 }
 
+// Calls f(std::integral_constant<int, BT>{}) for a built tile (1, 2, 4 or 8 streams per block).
+template <class F>
+decltype(auto) with_single_block_tile(int tile, F&& f) {
+  switch (tile) {
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    default:
+      return f(std::integral_constant<int, 8>{});
+  }
+}
+
 template <int R, int S, int A, class W>
 Plan SingleBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
   // Which tile suits a batch is a tuning decision, made in Python (nvwavenet/autotune.py).
   const int tile = p.streams_per_block == 0 ? 1 : p.streams_per_block;
-  if (tile != 1 && tile != 8)
-    return refuse(Variant::SingleBlock, "streams_per_block must be 1 or 8 (the tiles built; 0 means 1), got " +
+  if (tile != 1 && tile != 2 && tile != 4 && tile != 8)
+    return refuse(Variant::SingleBlock, "streams_per_block must be 1, 2, 4 or 8 (the tiles built; 0 means 1), got " +
                                             std::to_string(p.streams_per_block));
   Plan plan;
   plan.variant = Variant::SingleBlock;
@@ -257,36 +274,26 @@ Plan SingleBlock<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
   plan.blocks_per_group = 1;
   plan.threads_per_block = kSingleThreads;
   plan.grid_blocks = (p.batch + tile - 1) / tile;
-  plan.shared_bytes = tile == 1 ? SingleBlockSmem<R, S, A, 1>::kBytes : SingleBlockSmem<R, S, A, 8>::kBytes;
+  plan.shared_bytes = with_single_block_tile(tile, [](auto bt) { return SingleBlockSmem<R, S, A, bt()>::kBytes; });
   plan.workspace_bytes = kWorkspaceHeaderBytes;
   if (plan.shared_bytes > device.shared_per_block_optin)
     return refuse(Variant::SingleBlock, "needs " + std::to_string(plan.shared_bytes) +
                                             " bytes of shared memory per block; the device allows " +
                                             std::to_string(device.shared_per_block_optin));
-  const void* kernel = tile == 1 ? reinterpret_cast<const void*>(&single_block_kernel<R, S, A, W, 1>)
-                                 : reinterpret_cast<const void*>(&single_block_kernel<R, S, A, W, 8>);
-  NVWAVENET_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(plan.shared_bytes)));
-  int per_sm = 0;
-  NVWAVENET_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, plan.threads_per_block,
-                                                                     static_cast<size_t>(plan.shared_bytes)));
-  if (per_sm < 1)
-    return refuse(Variant::SingleBlock, "a block of " + std::to_string(plan.threads_per_block) + " threads with " +
-                                            std::to_string(plan.shared_bytes) +
-                                            " bytes of shared memory cannot be resident on this device");
-  plan.co_resident_groups = int64_t(per_sm) * device.multiprocessors;
-  plan.runnable = true;
-  return plan;
+  return resident_plan(plan,
+                       with_single_block_tile(tile, [](auto bt) {
+                         return reinterpret_cast<const void*>(&single_block_kernel<R, S, A, W, bt()>);
+                       }),
+                       device);
 }
 
 template <int R, int S, int A, class W>
 void SingleBlock<R, S, A, W>::launch(const Params& p, const Plan& plan) {
   const dim3 grid(static_cast<unsigned>(plan.grid_blocks));
   const auto stream = static_cast<cudaStream_t>(p.stream);
-  if (plan.streams_per_group == 1)
-    single_block_kernel<R, S, A, W, 1><<<grid, kSingleThreads, plan.shared_bytes, stream>>>(p);
-  else
-    single_block_kernel<R, S, A, W, 8><<<grid, kSingleThreads, plan.shared_bytes, stream>>>(p);
+  with_single_block_tile(plan.streams_per_group, [&](auto bt) {
+    single_block_kernel<R, S, A, W, bt()><<<grid, kSingleThreads, plan.shared_bytes, stream>>>(p);
+  });
   NVWAVENET_CUDA_CHECK(cudaGetLastError());
 }
 
