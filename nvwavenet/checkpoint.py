@@ -33,7 +33,7 @@ from .model import CausalConvRegressor, WaveNet
 from .validation import check_folder
 
 __all__ = ["save_model", "load_model", "load_weights", "save_training_state", "load_training_state", "read_config",
-           "state_mismatch"]
+           "state_mismatch", "read_json", "read_safetensors", "write_safetensors"]
 
 FORMAT = "nvwavenet-checkpoint"
 VERSION = 1
@@ -45,6 +45,15 @@ OPTIMIZER_FILE = "training.safetensors"
 _MODEL_TYPES = {cls.__name__: cls for cls in (WaveNet, CausalConvRegressor)}
 
 
+# Bounds on what a reader takes in before looking at it: the largest JSON nvwavenet writes (a
+# training.json of a million steps' losses) is tens of MB; safetensors' own header limit is 100 MB.
+MAX_JSON_BYTES = 256 * 2**20
+MAX_SAFETENSORS_HEADER = 100 * 2**20
+# safetensors dtype names and their sizes in bytes.
+_DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
 def _replace_json(path: Path, values: dict) -> None:
     # Written beside and renamed over, so a reader never sees a half-written file.
     temporary = path.with_name(path.name + ".partial")
@@ -52,28 +61,120 @@ def _replace_json(path: Path, values: dict) -> None:
     os.replace(temporary, path)
 
 
+def write_safetensors(path, tensors: dict, metadata: dict | None = None, name: str = "path") -> None:
+    """Write ``tensors`` to ``path`` as safetensors, or an OSError naming ``name`` and the path.
+
+    Written through ``open()``, as the JSON beside it is, so the file gets the user's umask
+    (safetensors' own ``save_file`` creates files 0600).
+    """
+    data = safetensors.torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{name}: {path} is a folder, expected a file name to write") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: cannot write {path}: its folder does not exist") from None
+    except OSError as error:
+        raise OSError(f"{name}: cannot write {path} ({error.strerror or error})") from None
+
+
 def _replace_tensors(path: Path, tensors: dict, step: int) -> None:
     temporary = path.with_name(path.name + ".partial")
-    safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                                os.fspath(temporary), metadata={"step": str(step)})
+    write_safetensors(temporary, tensors, {"step": str(step)})
     os.replace(temporary, path)
 
 
-def _read_json(path: Path):
-    """The JSON in ``path``, or a ValueError naming the file (a damaged or hand-edited one)."""
+def read_json(path: Path, name: str | None = None):
+    """The JSON in ``path``, or a ValueError naming the file (and ``name``, the argument that gave
+    it): damaged, hand-edited, larger than any nvwavenet writes, or nested deeper than Python's
+    parser recurses."""
+    prefix = f"{name}: {path} is" if name else f"{path}:"
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{prefix} not valid JSON for nvwavenet ({path.stat().st_size} bytes, "
+                         f"more than the {MAX_JSON_BYTES} a config holds)")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
+        raise ValueError(f"{prefix} not valid JSON ({error})") from error
+    except RecursionError:
+        raise ValueError(f"{prefix} not valid JSON for nvwavenet (nested too deeply)") from None
+
+
+def _no_duplicate_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
+    return dict(pairs)
+
+
+def _safetensors_layout_error(path: Path) -> str | None:
+    """What is wrong with the header of safetensors file ``path``, or None: every tensor's bytes
+    must be its shape's worth, and the tensors must tile the data without overlapping (two
+    tensors on the same bytes, or a dtype that does not fit them, load silently otherwise in
+    some safetensors versions)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "shorter than a safetensors header"
+        header_bytes = int.from_bytes(head, "little")
+        if header_bytes > min(size - 8, MAX_SAFETENSORS_HEADER):
+            return f"its header claims {header_bytes} bytes, the file holds {size - 8}"
+        try:
+            header = json.loads(f.read(header_bytes), object_pairs_hook=_no_duplicate_keys)
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            return f"its header is not valid JSON ({error})"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    spans = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            begin, end = info["data_offsets"]
+            count = 1
+            for extent in info["shape"]:
+                count *= extent if isinstance(extent, int) and extent >= 0 else -1
+            itemsize = _DTYPE_SIZES[info["dtype"]]
+        except (TypeError, KeyError, ValueError):
+            return f"tensor {key!r}: no valid dtype, shape and data_offsets in the header"
+        if not (isinstance(begin, int) and isinstance(end, int)) or count < 0 or end - begin != count * itemsize:
+            return (f"tensor {key!r}: data_offsets {info['data_offsets']} do not hold {info['dtype']} of shape "
+                    f"{info['shape']}")
+        spans.append((begin, end, key))
+    position = 0
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            return f"tensor {key!r}: data_offsets [{begin}, {end}] overlap or leave a gap (expected start {position})"
+        position = end
+    if position != size - 8 - header_bytes:
+        return f"the tensors take {position} bytes of data, the file holds {size - 8 - header_bytes}"
+    return None
+
+
+def read_safetensors(path, name: str | None = None) -> dict:
+    """The tensors of safetensors file ``path``, or a ValueError naming the file (and ``name``):
+    cut short by an interrupted save, damaged, or with a header whose tensors overlap."""
+    path = Path(path)
+    prefix = f"{name}: {path}" if name else f"{path}"
+    problem = _safetensors_layout_error(path)
+    if problem is None:
+        try:
+            return safetensors.torch.load_file(os.fspath(path))
+        except SafetensorError as error:  # no ValueError: a traceback in the CLI
+            problem = str(error)
+    raise ValueError(f"{prefix}: not a readable safetensors file ({problem})")
 
 
 def _read_step_and_tensors(path: Path, *, with_tensors: bool) -> tuple[int, dict]:
     """The step in a safetensors file's metadata and (``with_tensors``) its tensors, or a
     ValueError naming the file: one cut short by an interrupted save, or without the step that
     nvwavenet writes."""
+    tensors = read_safetensors(path) if with_tensors else {}
     try:
         with safetensors.safe_open(os.fspath(path), framework="pt") as f:
-            return int(f.metadata()["step"]), {key: f.get_tensor(key) for key in f.keys()} if with_tensors else {}
+            return int(f.metadata()["step"]), tensors
     except (SafetensorError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: not a readable nvwavenet safetensors file ({error!r})") from error
 
@@ -89,9 +190,14 @@ def state_mismatch(model: nn.Module, state: dict) -> str:
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    # Integer bits taken for weights (a header that says I32 over float data) load as values of 1e9.
+    wrong_kind = sorted(k for k in set(expected) & set(state)
+                        if expected[k].is_floating_point() != state[k].is_floating_point())
     parts = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
              "wrong shapes " + ", ".join(f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-                                         for k in wrong) if wrong else ""]
+                                         for k in wrong) if wrong else "",
+             "wrong dtypes " + ", ".join(f"{k} {state[k].dtype} (expected {expected[k].dtype})"
+                                         for k in wrong_kind) if wrong_kind else ""]
     return "; ".join(p for p in parts if p)
 
 
@@ -122,7 +228,7 @@ def read_config(path) -> dict:
     if not config_path.is_file() or not model_path.is_file():
         raise FileNotFoundError(f"path: no nvwavenet checkpoint at {path} (expected {CONFIG_FILE} and "
                                 f"{MODEL_FILE} in that directory)")
-    config = _read_json(config_path)
+    config = read_json(config_path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{config_path}: not an nvwavenet checkpoint config (format {FORMAT!r} expected)")
     if config.get("version") != VERSION:
@@ -153,11 +259,7 @@ def _load_weights(path, model: nn.Module, config: dict) -> AudioConfig:
     except (TypeError, ValueError) as error:
         raise ValueError(f"{Path(path) / CONFIG_FILE}: audio: {error}") from error
     weights_path = Path(path) / MODEL_FILE
-    try:
-        state = safetensors.torch.load_file(os.fspath(weights_path))
-    except SafetensorError as error:  # no ValueError: a traceback in the CLI
-        raise ValueError(f"{weights_path}: not a readable safetensors file ({error}); "
-                         "was a save interrupted?") from error
+    state = read_safetensors(weights_path)
     mismatch = state_mismatch(model, state)
     if mismatch:
         raise ValueError(f"{weights_path}: the weights do not match the configuration in {CONFIG_FILE}: {mismatch}")
@@ -195,29 +297,62 @@ def save_training_state(path, optimizer: torch.optim.Optimizer, step: int, extra
         "param_groups": state["param_groups"], "scalars": scalars}, **extra})
 
 
-def load_training_state(path, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore ``optimizer`` from checkpoint ``path``; returns ``training.json`` (step, extras)."""
+def load_training_state(path, optimizer: torch.optim.Optimizer, expected: tuple[str, ...] = ()) -> dict:
+    """Restore ``optimizer`` from checkpoint ``path``; returns ``training.json`` (step, extras),
+    which must hold the ``expected`` extras.
+
+    A damaged or mismatched file is one ValueError naming it and what is wrong, before the
+    optimizer changes (torch's own messages name neither, and some are KeyErrors).
+    """
     path = Path(path)
     training_path, optimizer_path = path / TRAINING_FILE, path / OPTIMIZER_FILE
     if not training_path.is_file() or not optimizer_path.is_file():
         raise FileNotFoundError(f"path: {path} holds no training state ({TRAINING_FILE}, {OPTIMIZER_FILE})")
-    training = _read_json(training_path)
-    if not (isinstance(training, dict) and "step" in training and isinstance(training.get("optimizer"), dict)
-            and {"param_groups", "scalars"} <= training["optimizer"].keys()):
-        raise ValueError(f"{training_path}: expected nvwavenet's training state (the step, the optimizer's "
-                         "param_groups and scalars)")
+    training = read_json(training_path)
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{training_path}: not a training state this run can resume from: {what}")
+
+    if not isinstance(training, dict):
+        raise damaged(f"expected a JSON object, got {type(training).__name__}")
+    missing = sorted({"step", "optimizer", *expected} - training.keys())
+    if missing:
+        raise damaged(f"no {', '.join(missing)}")
+    saved = training["optimizer"]
+    if not (isinstance(saved, dict) and isinstance(saved.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved["param_groups"])
+            and isinstance(saved.get("scalars"), dict)):
+        raise damaged("expected 'optimizer' to hold param_groups (each with its params) and scalars")
     step = training["step"]
     optimizer_step, tensors = _read_step_and_tensors(optimizer_path, with_tensors=True)
     model_step, _ = _read_step_and_tensors(path / MODEL_FILE, with_tensors=False)
     if not step == optimizer_step == model_step:
         raise RuntimeError(f"{path}: inconsistent checkpoint (model step {model_step}, optimizer step "
-                           f"{optimizer_step}, training step {step}); was a save interrupted?")
+                           f"{optimizer_step}, training step {step!r}); was a save interrupted?")
     per_param: dict[int, dict] = {}
-    for key, value in list(tensors.items()) + list(training["optimizer"]["scalars"].items()):
-        param_id, name = key.split(".", 1)
+    for key, value in list(tensors.items()) + list(saved["scalars"].items()):
+        param_id, _, name = key.partition(".")
+        if not (param_id.isdigit() and name):
+            raise damaged(f"optimizer entry {key!r} is not '<parameter index>.<name>'")
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise damaged(f"optimizer entry {key!r} holds NaN or infinite values")
         per_param.setdefault(int(param_id), {})[name] = value
     # JSON has no tuples; torch optimizers keep hyperparameters such as Adam's betas as tuples.
     groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
-              for group in training["optimizer"]["param_groups"]]
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+              for group in saved["param_groups"]]
+    current = optimizer.param_groups
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in current]:
+        raise damaged(f"parameter groups of {[len(g['params']) for g in groups]} parameters, this model's "
+                      f"optimizer has {[len(g['params']) for g in current]}")
+    # Per-parameter tensors of another model's shapes would fail only inside the first step.
+    for saved_group, group in zip(groups, current):
+        for param_id, parameter in zip(saved_group["params"], group["params"]):
+            for name, value in per_param.get(param_id, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != parameter.shape:
+                    raise damaged(f"optimizer entry '{param_id}.{name}' has shape {tuple(value.shape)}, "
+                                  f"its parameter {tuple(parameter.shape)}")
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+        raise damaged(f"the optimizer refuses it ({error!r})") from error
     return training

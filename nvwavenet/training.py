@@ -165,7 +165,7 @@ def _masked_loss_sum(model, batch: dict, dataset: TrainingWindows, device: torch
 def _resume(model, optimizer, config: TrainConfig, world_size: int) -> tuple[int, list[float]]:
     """Load weights and optimizer from ``config.checkpoint_dir``; returns (step, losses so far)."""
     load_weights(config.checkpoint_dir, model)
-    training = load_training_state(config.checkpoint_dir, optimizer)
+    training = load_training_state(config.checkpoint_dir, optimizer, ("losses", "seed", "batch_size", "world_size"))
     # The data order depends on these; another value would not continue the same run.
     for name, value in (("seed", config.seed), ("batch_size", config.batch_size), ("world_size", world_size)):
         if training[name] != value:

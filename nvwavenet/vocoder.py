@@ -13,22 +13,19 @@ the default one made from ``seed`` is).
 """
 from __future__ import annotations
 
-import json
 import numbers
-import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from tqdm import tqdm
 
 from .audio import AudioConfig, mu_law_decode
-from .checkpoint import load_model, state_mismatch
+from .checkpoint import load_model
 from .conditioning import FrameConditioner
 from .inference import Impl, NVWaveNet
-from .mel import MelConfig, MelSpectrogram
+from .mel import MelSpectrogram
 from .model import WaveNet
+from .nv_wavenet_files import load_nv_wavenet_state, read_nv_wavenet_config
 
 __all__ = ["Vocoder"]
 
@@ -118,40 +115,17 @@ class Vocoder:
     @classmethod
     def from_nv_wavenet(cls, state_dict, config, device="cpu", dtype=torch.float32,
                         implementation=Impl.AUTO) -> Vocoder:
-        """A vocoder from NV-WaveNet's PyTorch training code.
+        """A vocoder from NV-WaveNet's PyTorch training code, its files read as they are
+        (:mod:`nvwavenet.nv_wavenet_files`).
 
-        ``state_dict``: its ``WaveNet`` module's state dict (a dict, or a ``.pt``/``.safetensors``
-        file of one); ``config``: its ``config.json`` (path or dict) with ``wavenet_config`` and
-        ``data_config``. The module names (``upsample``, ``cond_layers.conv``, ``dilate_layers.N.conv``,
-        ``res_layers.N.conv``, ``skip_layers.N.conv``, ``embed``, ``conv_out.conv``, ``conv_end.conv``)
-        are nvwavenet's own, so the weights load unchanged; any mismatch is a ValueError listing it.
+        ``state_dict``: its ``WaveNet`` module's state dict, or ``train.py``'s checkpoint dict
+        ``{'model': ..., 'iteration': ...}`` (either as a dict, or a ``.pt``/``.safetensors`` file of
+        one); ``config``: its ``config.json`` (path or dict) with ``wavenet_config`` and
+        ``data_config``, keys it lacks taking Tacotron 2's ``TacotronSTFT`` defaults. The module
+        names are nvwavenet's own, so the weights load unchanged; any mismatch is a ValueError listing it.
         """
-        if isinstance(config, (str, os.PathLike)):
-            path = Path(config)
-            if not path.is_file():
-                raise FileNotFoundError(f"config: no file at {path}")
-            try:
-                config = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise ValueError(f"config: {path} is not valid JSON ({error})") from None
-        if not (isinstance(config, dict) and isinstance(config.get("wavenet_config"), dict)
-                and isinstance(config.get("data_config"), dict)):
-            raise ValueError("config: expected NV-WaveNet's config.json with 'wavenet_config' and 'data_config'")
-        try:
-            model = WaveNet(**config["wavenet_config"])
-        except TypeError as error:  # a missing or unknown argument
-            raise ValueError(f"config: wavenet_config does not fit WaveNet's arguments ({error})") from None
-        data = config["data_config"]
-        try:
-            mel = MelConfig(sample_rate=data["sampling_rate"], n_fft=data["filter_length"],
-                            hop_length=data["hop_length"], win_length=data["win_length"],
-                            n_mels=model.n_cond_channels, fmin=float(data["mel_fmin"]), fmax=float(data["mel_fmax"]))
-            audio_config = AudioConfig(data["sampling_rate"], data["mu_quantization"], mel)
-        except KeyError as missing:
-            raise ValueError(f"config: data_config lacks {missing}") from None
-        except (TypeError, ValueError) as error:  # float(None), float("abc"), or MelConfig's own checks
-            raise ValueError(f"config: data_config: {error}") from None
-        _load_nv_wavenet_state(model, state_dict)
+        model, audio_config = read_nv_wavenet_config(config)
+        load_nv_wavenet_state(model, state_dict)
         return cls(model, audio_config, device=device, dtype=dtype, implementation=implementation)
 
     @property
@@ -211,30 +185,3 @@ class Vocoder:
                            disable=not progress, desc="vocoding", unit="chunk"))
         audio = torch.cat(pieces, dim=1) if pieces else torch.zeros(frames.shape[0], 0, device=self.device)
         return audio[0] if mel.dim() == 2 else audio
-
-
-def _load_nv_wavenet_state(model: WaveNet, state_dict) -> None:
-    if isinstance(state_dict, (str, os.PathLike)):
-        path = Path(state_dict)
-        if not path.is_file():
-            raise FileNotFoundError(f"state_dict: no file at {path}")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            try:
-                state_dict = load_file(str(path))
-            except SafetensorError as error:  # not a ValueError: a traceback in the CLI
-                raise ValueError(f"state_dict: {path} is not a readable safetensors file ({error})") from None
-        else:
-            try:
-                state_dict = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as error:  # torch raises UnpicklingError and others for pickled objects
-                raise ValueError(
-                    f"state_dict: {path} is not a plain state dict ({type(error).__name__}); NV-WaveNet checkpoints "
-                    "pickle the whole model, which nvwavenet does not unpickle. In NV-WaveNet's environment run "
-                    "torch.save(torch.load(path)['model'].state_dict(), 'wavenet_state.pt') and pass that file") from None
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError("state_dict: expected a mapping of parameter names to tensors")
-    mismatch = state_mismatch(model, state_dict)
-    if mismatch:
-        raise ValueError("state_dict: does not match wavenet_config: " + mismatch)
-    model.load_state_dict(state_dict)

@@ -144,11 +144,11 @@ def test_nv_wavenet_files_that_are_not_what_they_should_be(model, tmp_path):
     config = _nv_wavenet_config()
     with pytest.raises(ValueError, match="config: wavenet_config does not fit WaveNet's arguments.*'n_channels'"):
         Vocoder.from_nv_wavenet(model.state_dict(), {**config, "wavenet_config": {**WAVENET_CONFIG, "n_channels": 3}})
-    no_fmax = {**config, "data_config": {**config["data_config"], "mel_fmax": None}}
-    with pytest.raises(ValueError, match="config: data_config: float"):
-        Vocoder.from_nv_wavenet(model.state_dict(), no_fmax)
+    text_fmax = {**config, "data_config": {**config["data_config"], "mel_fmax": "8k"}}
+    with pytest.raises(ValueError, match="config: data_config: fmax: expected a number, got '8k'"):
+        Vocoder.from_nv_wavenet(model.state_dict(), text_fmax)
     (tmp_path / "wavenet.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match="state_dict: .*wavenet.safetensors is not a readable safetensors file"):
+    with pytest.raises(ValueError, match="state_dict: .*wavenet.safetensors: not a readable safetensors file"):
         Vocoder.from_nv_wavenet(tmp_path / "wavenet.safetensors", config)
 
 
