@@ -4,6 +4,7 @@
 // ValueError naming the field.
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -48,6 +49,10 @@ inline void check_call(const Params& p, const char* memory) {
   require(p.batch >= 1, "batch: expected at least 1 stream, got " + std::to_string(p.batch));
   require(p.num_samples >= 0, "num_samples: expected >= 0, got " + std::to_string(p.num_samples));
   require(p.position >= 0, "position: expected >= 0, got " + std::to_string(p.position));
+  // Slots are indexed with position + t: past INT64_MAX that is undefined behaviour.
+  require(p.num_samples <= INT64_MAX - p.position,
+          "position: " + std::to_string(p.position) + " + " + std::to_string(p.num_samples) +
+              " samples would overflow int64");
   for_each_weight(p, [memory](const void* pointer, const char* name) { require_pointer(pointer, name, memory); });
   require_pointer(p.queues, "queues", memory);
   require_pointer(p.history, "history", memory);

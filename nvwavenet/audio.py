@@ -18,7 +18,7 @@ import scipy.signal
 import torch
 
 from .mel import MelConfig
-from .validation import check_fields, check_finite, check_int
+from .validation import MAX_SAMPLE_RATE, check_fields, check_finite, check_int
 
 __all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
 
@@ -75,6 +75,10 @@ def mu_law_decode(q, quantization_channels: int = 256):
     return torch.from_numpy(x).to(q.device) if is_tensor else x
 
 
+# The largest term of the reduced ratio between two rates that resample() takes (see there).
+MAX_RATIO_TERM = 2**16
+
+
 def resample(audio, orig_rate: int, target_rate: int):
     """``audio`` (last axis is time) from ``orig_rate`` to ``target_rate`` Hz, polyphase filtered.
 
@@ -83,6 +87,8 @@ def resample(audio, orig_rate: int, target_rate: int):
     for name, rate in (("orig_rate", orig_rate), ("target_rate", target_rate)):
         if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate < 1:
             raise ValueError(f"{name}: expected a positive integer sample rate in Hz, got {rate!r}")
+        # The polyphase filter has 20 taps per step of the reduced ratio: bounded by the rates.
+        check_int(name, rate, types=(int, np.integer), maximum=MAX_SAMPLE_RATE)
     is_tensor = isinstance(audio, torch.Tensor)
     array = audio.detach().cpu().numpy() if is_tensor else np.asarray(audio)
     # Integer PCM would come back unscaled as if it were float audio, complex without its
@@ -94,6 +100,13 @@ def resample(audio, orig_rate: int, target_rate: int):
     check_finite("audio", array)
     if orig_rate != target_rate:
         ratio = Fraction(int(target_rate), int(orig_rate))
+        # resample_poly designs 20 taps per step of the larger term: rates with no common factor
+        # (767999 Hz to 22050 Hz) would take 15 million taps and seconds even for a few samples.
+        # Every pair of standard rates (8 kHz to 768 kHz) reduces to terms of at most 10240.
+        if max(ratio.numerator, ratio.denominator) > MAX_RATIO_TERM:
+            raise ValueError(f"orig_rate: {orig_rate} Hz to {target_rate} Hz is the ratio {ratio}, whose resampling "
+                             f"filter would take {20 * max(ratio.numerator, ratio.denominator) + 1} taps; convert "
+                             "the audio to a standard rate first")
         array = scipy.signal.resample_poly(array, ratio.numerator, ratio.denominator, axis=-1)
     array = np.ascontiguousarray(array, dtype=np.float32)
     return torch.from_numpy(array) if is_tensor else array
@@ -122,7 +135,7 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
       ``resample_to_rate``, else a ``ValueError`` names both rates.
     """
     if sample_rate is not None:
-        check_int("sample_rate", sample_rate, types=(int, np.integer))
+        check_int("sample_rate", sample_rate, types=(int, np.integer), maximum=MAX_SAMPLE_RATE)
     # os.path.isfile() would take an int as a file descriptor; None fails deep inside os.stat.
     if not isinstance(path, (str, bytes, os.PathLike)):
         raise TypeError(f"path: expected a WAV file path (str or os.PathLike), got {type(path).__name__}")
@@ -140,8 +153,9 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
         raise ValueError(f"{path}: not a readable WAV file (its header is cut short)") from error
     except ZeroDivisionError as error:
         raise ValueError(f"{path}: not a readable WAV file (its header gives 0 channels or 0-bit samples)") from error
-    if rate < 1:
-        raise ValueError(f"{path}: sample rate {rate} Hz in its header, expected a positive rate")
+    # A crafted header's rate of 2^31 - 1 would make resampling allocate hundreds of GiB.
+    if not 1 <= rate <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{path}: sample rate {rate} Hz in its header, expected 1 to {MAX_SAMPLE_RATE} Hz")
     audio = _to_float(data, path)
     # Float WAVs can hold NaN and infinities (float64 ones also values beyond float32's range).
     check_finite(str(path), audio)
@@ -152,7 +166,10 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
     if sample_rate is not None and rate != sample_rate:
         if not resample_to_rate:
             raise ValueError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (sample_rate)")
-        audio, rate = resample(audio, rate, sample_rate), sample_rate
+        try:
+            audio, rate = resample(audio, rate, sample_rate), sample_rate
+        except ValueError as error:  # a ratio of rates too odd to resample: named by the file
+            raise ValueError(f"{path}: {error}") from error
     return np.ascontiguousarray(audio), int(rate)
 
 
@@ -208,8 +225,10 @@ class AudioConfig:
     def __post_init__(self):
         if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate < 1:
             raise ValueError(f"sample_rate: expected a positive integer in Hz, got {self.sample_rate!r}")
+        check_int("sample_rate", self.sample_rate, maximum=MAX_SAMPLE_RATE)
         if self.quantization_channels is not None:
-            _check_channels(self.quantization_channels)
+            # 16-bit audio has 65536 levels; more classes than that only inflate the softmax.
+            check_int("quantization_channels", self.quantization_channels, 2, maximum=65536)
         if self.mel is not None and not isinstance(self.mel, MelConfig):
             raise TypeError(f"mel: expected a nvwavenet.mel.MelConfig or None, got {type(self.mel).__name__}")
         if self.mel is not None and self.mel.sample_rate != self.sample_rate:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import safetensors.torch
@@ -102,10 +103,10 @@ def read_json(path: Path, name: str | None = None):
 
 
 def _no_duplicate_keys(pairs):
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
-    return dict(pairs)
+    values = dict(pairs)
+    if len(values) != len(pairs):
+        raise ValueError(f"duplicate keys {sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)}")
+    return values
 
 
 def _safetensors_layout_error(path: Path) -> str | None:
@@ -158,6 +159,10 @@ def read_safetensors(path, name: str | None = None) -> dict:
     cut short by an interrupted save, damaged, or with a header whose tensors overlap."""
     path = Path(path)
     prefix = f"{name}: {path}" if name else f"{path}"
+    if path.is_dir():
+        raise IsADirectoryError(f"{prefix} is a folder, expected a safetensors file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{prefix}: no such file")
     problem = _safetensors_layout_error(path)
     if problem is None:
         try:

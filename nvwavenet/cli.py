@@ -101,7 +101,7 @@ def _input_mel(vocoder, path: Path) -> torch.Tensor:
         # Integers, booleans and complex numbers would be cast to float frames without a word.
         if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"{path}: expected float mel frames, got dtype {array.dtype}")
-        mel = torch.from_numpy(array).float()
+        mel = torch.from_numpy(array.astype(np.float32))  # native float32 whatever the file's byte order
         if mel.dim() != 2 or mel.shape[0] != vocoder.audio_config.mel.n_mels or mel.shape[1] == 0:
             raise ValueError(f"{path}: expected a mel of shape ({vocoder.audio_config.mel.n_mels} bands, "
                              f"frames >= 1), got {tuple(mel.shape)}")

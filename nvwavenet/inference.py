@@ -144,8 +144,12 @@ class NVWaveNet:
         # On the CPU, the engine's own threads look for NaN (see engines.find_nan_cpu).
         engine_scan = (isinstance(cond_input, torch.Tensor) and cond_input.device.type == "cpu"
                        and engines.has_extension())
-        batch, samples = check_cond_input(self.weights, cond_input, find_nan=(
-            (lambda cond: engines.find_nan_cpu(cond, self.num_threads)) if engine_scan else None))
+        # int32 samples and float32 selectors, float32 logits when asked for, and a new state's queues.
+        output_bytes = 8 + (4 * self.A if return_logits else 0)
+        state_bytes = 0 if state is not None else (self.weights.receptive_field - 1) * self.R * 4 + 8
+        batch, samples = check_cond_input(self.weights, cond_input, output_bytes=output_bytes, state_bytes=state_bytes,
+                                          find_nan=(lambda cond: engines.find_nan_cpu(cond, self.num_threads))
+                                          if engine_scan else None)
         device = cond_input.device
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"cond_input: expected a CPU or CUDA tensor, got one on {device}")
@@ -160,7 +164,7 @@ class NVWaveNet:
         if state is None:
             state = self.init_state(batch, device)  # valid by construction
         else:
-            check_state(state, self.weights, batch, device)
+            check_state(state, self.weights, batch, device, samples=samples)
 
         if prime is None or prime.shape[1] == 0:
             return self._generate(cond_input, implementation, u, teacher, return_logits, state)

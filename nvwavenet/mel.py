@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .validation import check_fields, check_finite, check_int
+from .validation import MAX_SAMPLE_RATE, check_fields, check_finite, check_int
 
 __all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
 
@@ -104,8 +104,12 @@ class MelConfig:
     clamp_min: float = 1e-5
 
     def __post_init__(self):
-        for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
-            check_int(name, getattr(self, name))
+        # Bounds far above any speech front end, checked before the filterbank (n_mels x n_fft / 2)
+        # and window are allocated from sizes a config file gave.
+        maxima = {"sample_rate": MAX_SAMPLE_RATE, "n_fft": 2**16, "hop_length": 2**16, "win_length": 2**16,
+                  "n_mels": 512}
+        for name, maximum in maxima.items():
+            check_int(name, getattr(self, name), maximum=maximum)
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length: expected at most n_fft ({self.n_fft}), got {self.win_length}")
         # Hand-edited JSON gives strings, which would fail below in a comparison naming nothing.

@@ -47,6 +47,26 @@ def check_frames(frames, n_channels: int, name: str = "features") -> None:
         raise ValueError(f"{name}: expected shape (batch, {n_channels} mel bands, frames), got {tuple(frames.shape)}")
 
 
+# Bounds on sizes that config files give, checked before anything is allocated: each size, and
+# the parameter count (2^28 float32 parameters are 1 GiB; NV-WaveNet's own config has 5.6 million).
+MAX_SIZE = 65536
+MAX_PARAMETERS = 2**28
+
+
+def _check_parameter_count(n_in_channels, n_layers, n_residual, n_skip, n_out, n_cond, upsamp_window) -> None:
+    R, L = n_residual, n_layers
+    counts = {"upsample (n_cond_channels^2 x upsamp_window)": n_cond * n_cond * upsamp_window,
+              "cond_layers (n_cond_channels x 2 n_residual_channels x n_layers)": n_cond * 2 * R * L,
+              "dilated, residual and skip layers (n_layers x n_residual_channels x (5 n_residual_channels "
+              "+ n_skip_channels))": L * R * (5 * R + n_skip),
+              "embedding and output (n_in_channels, n_out_channels, n_skip_channels)":
+                  n_in_channels * R + n_skip * n_out + n_out * n_out}
+    if sum(counts.values()) > MAX_PARAMETERS:
+        largest = max(counts, key=counts.get)
+        raise ValueError(f"{largest}: {counts[largest]} parameters ({sum(counts.values())} in all), more than the "
+                         f"{MAX_PARAMETERS} (1 GiB of float32) that nvwavenet builds")
+
+
 class WaveNet(nn.Module):
     """Deep Voice WaveNet for training, with NV-WaveNet's constructor arguments.
 
@@ -64,7 +84,9 @@ class WaveNet(nn.Module):
                             ("n_residual_channels", n_residual_channels), ("n_skip_channels", n_skip_channels),
                             ("n_out_channels", n_out_channels), ("n_cond_channels", n_cond_channels),
                             ("upsamp_window", upsamp_window), ("upsamp_stride", upsamp_stride)]:
-            check_int(name, value)
+            check_int(name, value, maximum=MAX_SIZE)
+        _check_parameter_count(n_in_channels, n_layers, n_residual_channels, n_skip_channels, n_out_channels,
+                               n_cond_channels, upsamp_window)
         self.dilations = layer_dilations(n_layers, max_dilation)
         self.n_in_channels = n_in_channels
         self.n_layers = n_layers
@@ -215,7 +237,7 @@ class CausalConvRegressor(nn.Module):
 
     def __init__(self, kernel_size: int = 2):
         super().__init__()
-        check_int("kernel_size", kernel_size)
+        check_int("kernel_size", kernel_size, maximum=MAX_SIZE)
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(1, 1, kernel_size)
 

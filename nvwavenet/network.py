@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+
+from .validation import as_tensor
 
 __all__ = ["layer_dilations", "receptive_field", "WaveNetWeights"]
 
@@ -21,6 +25,9 @@ def _check_layers_and_dilation(n_layers: int, max_dilation: int) -> None:
     if (isinstance(max_dilation, bool) or not isinstance(max_dilation, int) or max_dilation < 1
             or max_dilation & (max_dilation - 1)):
         raise ValueError(f"max_dilation: expected a power of two >= 1, got {max_dilation!r}")
+    # Each stream's state holds sum(d_l) rows; a dilation of 2^20 samples is already ~45 s of audio.
+    if max_dilation > 2**20:
+        raise ValueError(f"max_dilation: expected at most 2^20, got {max_dilation}")
 
 
 def layer_dilations(n_layers: int, max_dilation: int) -> list[int]:
@@ -40,13 +47,7 @@ def receptive_field(n_layers: int, max_dilation: int) -> int:
 
 
 def _as_tensor(value, name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        tensor = value
-    else:
-        try:
-            tensor = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"{name}: expected a tensor, got {type(value).__name__}") from error
+    tensor = as_tensor(value, name, "a tensor")
     if not tensor.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {tensor.dtype}")
     if not bool(torch.isfinite(tensor).all()):
@@ -54,22 +55,32 @@ def _as_tensor(value, name: str) -> torch.Tensor:
     return tensor.detach().to("cpu", torch.float64)
 
 
-def _shaped(value, name: str, shape: tuple[int, ...], meaning: str) -> torch.Tensor:
-    """The tensor with ``shape``; a trailing conv dimension of size 1 is squeezed first."""
+def _shaped(value, name: str, shape: tuple[int, ...], meaning: str, sources: str) -> torch.Tensor:
+    """The tensor with ``shape``; a trailing conv dimension of size 1 is squeezed first.
+
+    ``sources`` names the arguments the sizes in ``meaning`` were read from: when the two disagree,
+    either may be the wrong one, so the message names both.
+    """
     tensor = _as_tensor(value, name)
     if tensor.dim() == len(shape) + 1 and tensor.shape[-1] == 1:
         tensor = tensor.squeeze(-1)
     if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape} ({meaning}), got {tuple(tensor.shape)}")
+        raise ValueError(f"{name}: expected shape {shape} ({meaning}, sizes read from {sources}), "
+                         f"got {tuple(tensor.shape)}: {name} and {sources} disagree")
     return tensor.contiguous()
 
 
 def _layer_list(value, name: str, accepted_lengths: tuple[int, ...] | None = None) -> list:
-    """``value`` as a list of per-layer entries; ``None`` accepts any non-zero count."""
-    if isinstance(value, torch.Tensor) or not isinstance(value, Sequence):
+    """``value`` as a list of per-layer entries; ``None`` accepts any non-zero count.
+
+    An array or tensor with the layers stacked along its first dimension counts as such a list
+    (export code often hands over one numpy array per kind of weight).
+    """
+    stacked = isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim >= 2
+    if not stacked and (isinstance(value, (np.ndarray, torch.Tensor)) or not isinstance(value, Sequence)):
         raise TypeError(f"{name}: expected a list of per-layer tensors, got {type(value).__name__}")
     if accepted_lengths is None:
-        if not value:
+        if len(value) == 0:
             raise ValueError(f"{name}: expected at least one layer, got an empty list")
     elif len(value) not in accepted_lengths:
         wanted = " or ".join(str(n) for n in accepted_lengths)
@@ -169,15 +180,18 @@ class WaveNetWeights:
         n_classes, n_residual = curr.shape
         if n_classes < 2 or n_residual < 1:
             raise ValueError(f"embedding_curr: expected A >= 2 classes and R >= 1 channels, got shape {tuple(curr.shape)}")
-        prev = _shaped(embedding_prev, "embedding_prev", (n_classes, n_residual), "A x R")
+        prev = _shaped(embedding_prev, "embedding_prev", (n_classes, n_residual), "A x R", "embedding_curr")
 
         dilate_weights = _layer_list(dilate_weights, "dilate_weights")
         n_layers = len(dilate_weights)
-        if not isinstance(max_dilation, int) or isinstance(max_dilation, bool):
+        # numpy's integers and bools are what export code reading an .npz hands over.
+        if not isinstance(max_dilation, numbers.Integral) or isinstance(max_dilation, (bool, np.bool_)):
             raise TypeError(f"max_dilation: expected an int, got {type(max_dilation).__name__}")
+        max_dilation = int(max_dilation)
         _check_layers_and_dilation(n_layers, max_dilation)
-        if not isinstance(use_embed_tanh, bool):
+        if not isinstance(use_embed_tanh, (bool, np.bool_)):
             raise TypeError(f"use_embed_tanh: expected a bool, got {type(use_embed_tanh).__name__}")
+        use_embed_tanh = bool(use_embed_tanh)
 
         dilate_biases = _layer_list(dilate_biases, "dilate_biases", (n_layers,))
         res_weights = _layer_list(res_weights, "res_weights", (n_layers - 1, n_layers))
@@ -193,32 +207,33 @@ class WaveNetWeights:
         n_skip = first_skip.shape[0]
         R, S, A = n_residual, n_skip, n_classes
 
-        def stacked(values, name, shape, meaning, count):
-            return torch.stack([_shaped(values[i], f"{name}[{i}]", shape, meaning) for i in range(count)])
+        def stacked(values, name, shape, meaning, sources, count):
+            return torch.stack([_shaped(values[i], f"{name}[{i}]", shape, meaning, sources) for i in range(count)])
 
         if n_layers > 1:
-            res_w = stacked(res_weights, "res_weights", (R, R), "R x R", n_layers - 1)
-            res_b = stacked(res_biases, "res_biases", (R,), "R", n_layers - 1)
+            res_w = stacked(res_weights, "res_weights", (R, R), "R x R", "embedding_curr", n_layers - 1)
+            res_b = stacked(res_biases, "res_biases", (R,), "R", "embedding_curr", n_layers - 1)
         else:
             res_w = torch.zeros(0, R, R, dtype=torch.float64)
             res_b = torch.zeros(0, R, dtype=torch.float64)
         out_b = (torch.zeros(A, dtype=torch.float64) if conv_out_bias is None
-                 else _shaped(conv_out_bias, "conv_out_bias", (A,), "A"))
+                 else _shaped(conv_out_bias, "conv_out_bias", (A,), "A", "embedding_curr"))
         end_b = (torch.zeros(A, dtype=torch.float64) if conv_end_bias is None
-                 else _shaped(conv_end_bias, "conv_end_bias", (A,), "A"))
+                 else _shaped(conv_end_bias, "conv_end_bias", (A,), "A", "embedding_curr"))
         return cls(
             embed_prev=prev,
             embed_curr=curr.contiguous(),
             dilate_w=torch.stack([
                 _dilate_weight(dilate_weights[i], f"dilate_weights[{i}]", R) for i in range(n_layers)]),
-            dilate_b=stacked(dilate_biases, "dilate_biases", (2 * R,), "2R", n_layers),
+            dilate_b=stacked(dilate_biases, "dilate_biases", (2 * R,), "2R", "embedding_curr", n_layers),
             res_w=res_w,
             res_b=res_b,
-            skip_w=stacked(skip_weights, "skip_weights", (S, R), "S x R", n_layers),
-            skip_b=stacked(skip_biases, "skip_biases", (S,), "S", n_layers),
-            out_w=_shaped(conv_out_weight, "conv_out_weight", (A, S), "A x S"),
+            skip_w=stacked(skip_weights, "skip_weights", (S, R), "S x R", "skip_weights[0] and embedding_curr",
+                           n_layers),
+            skip_b=stacked(skip_biases, "skip_biases", (S,), "S", "skip_weights[0]", n_layers),
+            out_w=_shaped(conv_out_weight, "conv_out_weight", (A, S), "A x S", "embedding_curr and skip_weights[0]"),
             out_b=out_b,
-            end_w=_shaped(conv_end_weight, "conv_end_weight", (A, A), "A x A"),
+            end_w=_shaped(conv_end_weight, "conv_end_weight", (A, A), "A x A", "embedding_curr"),
             end_b=end_b,
             max_dilation=max_dilation,
             use_embed_tanh=use_embed_tanh,
@@ -229,5 +244,6 @@ def _dilate_weight(value, name: str, n_residual: int) -> torch.Tensor:
     tensor = _as_tensor(value, name)
     shape = (2 * n_residual, n_residual, 2)
     if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape} (2R x R x 2 kernel taps), got {tuple(tensor.shape)}")
+        raise ValueError(f"{name}: expected shape {shape} (2R x R x 2 kernel taps, R read from embedding_curr), "
+                         f"got {tuple(tensor.shape)}: {name} and embedding_curr disagree")
     return tensor.contiguous()

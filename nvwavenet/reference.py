@@ -127,7 +127,7 @@ def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: to
     if state is None:
         state = init_state(weights, batch, dtype=dtype, device=device)  # valid by construction
     else:
-        check_state(state, weights, batch, device)
+        check_state(state, weights, batch, device, samples=samples)
     net = prepare(weights, dtype, device)
     offsets, dilations = slot_table(weights, device)
     # (samples, L, batch, 2R): one contiguous slice per step.

@@ -21,8 +21,12 @@ import numbers
 
 import torch
 
+from .checkpoint import read_safetensors, write_safetensors
 from .network import WaveNetWeights
-from .validation import check_int
+from .validation import check_allocation, check_finite, check_int
+
+# The largest position a state can reach: ``position + samples`` must stay an int64.
+MAX_POSITION = 2**63 - 1
 
 __all__ = ["new_state", "layer_offsets", "check_state", "copy_state", "save_state", "load_state",
            "reset_streams", "select_streams", "concat_states", "move_to_position"]
@@ -42,6 +46,8 @@ def new_state(weights: WaveNetWeights, batch: int, *, dtype=torch.float32, devic
     """The state before the first sample: empty queues, history ``A // 2``, position 0."""
     check_int("batch_size", batch)
     rows = layer_offsets(weights.dilations)[-1]
+    check_allocation("batch_size", batch * rows * weights.n_residual * torch.finfo(dtype).bits // 8, device,
+                     f"a state for {batch} streams")
     return {
         "queues": torch.zeros(batch, rows, weights.n_residual, dtype=dtype, device=device),
         "history": torch.full((batch, 2), weights.n_classes // 2, dtype=torch.int32, device=device),
@@ -60,8 +66,9 @@ def _check_keys(state, name: str = "state") -> dict:
     return state
 
 
-def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device) -> None:
-    """Raise unless ``state`` is a state of this network for ``batch`` streams on ``device``."""
+def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device, *, samples: int = 0) -> None:
+    """Raise unless ``state`` is a state of this network for ``batch`` streams on ``device``, from
+    which ``samples`` more steps can be generated."""
     _check_keys(state)
     rows = layer_offsets(weights.dilations)[-1]
     expected = {"queues": (batch, rows, weights.n_residual), "history": (batch, 2), "position": ()}
@@ -86,6 +93,15 @@ def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device
                          f"got values from {int(history.min())} to {int(history.max())}")
     if state["position"].dtype != torch.int64 or state["position"].device.type != "cpu":
         raise TypeError("state['position']: expected a 0-d int64 tensor on the CPU")
+    # The engines index slots with position + t: past the int64 range that is undefined behaviour
+    # (a memory error in the CPU engine under AddressSanitizer).
+    position = int(state["position"])
+    if not 0 <= position <= MAX_POSITION - samples:
+        raise ValueError(f"state['position']: expected a step count in [0, 2^63 - 1 - {samples}] so that {samples} "
+                         f"more samples keep it an int64, got {position}")
+    # Generation keeps every queue entry finite (tanh and sigmoid bound each update): a non-finite
+    # one is a damaged state, and would turn that stream's output into garbage.
+    check_finite("state['queues']", state["queues"])
 
 
 def copy_state(state: dict) -> dict:
@@ -96,23 +112,17 @@ def copy_state(state: dict) -> dict:
 
 def save_state(state: dict, path) -> None:
     """Write ``state`` to ``path`` as safetensors."""
-    from safetensors.torch import save_file
-
     _check_keys(state)
-    save_file({key: state[key].contiguous().cpu() for key in _KEYS}, str(path))
+    write_safetensors(path, {key: state[key] for key in _KEYS}, name="path")
 
 
 def load_state(path, device="cpu") -> dict:
     """Read a state written by :func:`save_state` onto ``device`` (position stays on the CPU)."""
-    from safetensors.torch import load_file
-
-    loaded = load_file(str(path))
+    loaded = read_safetensors(path, "path")
     if set(loaded) != set(_KEYS):
         raise ValueError(f"path: {path} does not hold a generation state (keys {sorted(loaded)})")
-    # Generation keeps every queue entry finite (tanh and sigmoid bound each update), so a
-    # non-finite one is a damaged file, and it would turn that stream's output into garbage.
-    if loaded["queues"].is_floating_point() and not bool(torch.isfinite(loaded["queues"]).all()):
-        raise ValueError(f"path: {path} holds NaN or infinite values in its queues: not a state that generation made")
+    if loaded["queues"].is_floating_point():
+        check_finite(f"path: {path}: its queues", loaded["queues"])
     return {"queues": loaded["queues"].to(device), "history": loaded["history"].to(device),
             "position": loaded["position"]}
 

@@ -10,24 +10,49 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .network import WaveNetWeights
+if TYPE_CHECKING:  # network.py itself uses these checks
+    from .network import WaveNetWeights
 
-__all__ = ["check_int", "check_finite", "check_folder", "check_fields", "check_cond_input", "find_nan_torch",
+__all__ = ["check_int", "as_tensor", "check_finite", "check_allocation", "check_folder", "check_fields", "check_cond_input", "find_nan_torch",
            "check_selectors", "check_teacher_forcing"]
 
 COND_DTYPES = (torch.float32, torch.float16)
+# The highest sample rate in common use (768 kHz converters). Rates come from WAV headers and
+# configs; resampling from a rate above it builds filters of millions of taps per 100 kHz.
+MAX_SAMPLE_RATE = 768_000
 
 
-def check_int(name: str, value, minimum: int = 1, *, types: tuple[type, ...] = (int,)) -> int:
+def check_int(name: str, value, minimum: int = 1, *, types: tuple[type, ...] = (int,),
+              maximum: int | None = None) -> int:
     """``value`` as an int, or a ValueError naming ``name`` when it is not an instance of ``types``
-    (a bool never counts) or is below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, types) or value < minimum:
+    (a bool never counts) or lies outside ``[minimum, maximum]``.
+
+    ``maximum`` bounds sizes read from files before anything of that size is allocated.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, types) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an integer <= {maximum}, got {value!r}")
     return int(value)
+
+
+def as_tensor(value, name: str, expected: str = "a tensor or array") -> torch.Tensor:
+    """``value`` (a tensor, a numpy array of either byte order, nested lists) as a tensor, or a
+    TypeError naming ``name`` instead of torch's "Could not infer dtype" or "byte order
+    different from the native byte order" (big-endian ``.npy`` files load as such arrays)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.ndarray) and not value.dtype.isnative:
+        value = value.astype(value.dtype.newbyteorder("="))
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}") from error
 
 
 def check_finite(name: str, values) -> None:
@@ -40,6 +65,27 @@ def check_finite(name: str, values) -> None:
     if not bool(finite.all()):
         raise ValueError(f"{name}: expected finite values, got {int((~finite).sum())} NaN or infinite "
                          f"of {math.prod(finite.shape)}")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device``: the GPU's, or the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_allocation(name: str, nbytes: int, device, what: str) -> None:
+    """Raise a ValueError naming ``name`` when ``what`` (the outputs or state that ``name``'s sizes
+    call for) takes more bytes than ``device`` has at all.
+
+    Run before any work: an expanded (zero-stride) input costs nothing to make, but the outputs of
+    its size would be allocated, and the work over it done, before anything failed.
+    """
+    device = torch.device(device)
+    available = device_memory(device)
+    if nbytes > available:
+        raise ValueError(f"{name}: {what} would take {nbytes / 2**30:.3g} GiB, more than the {available / 2**30:.3g} "
+                         f"GiB of memory {device} has")
 
 
 def check_folder(name: str, path, expected: str) -> None:
@@ -60,8 +106,11 @@ def check_fields(what: str, values, cls) -> None:
 
 
 def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES,
-                     find_nan: Callable[[torch.Tensor], tuple[int, int] | None] | None = None) -> tuple[int, int]:
-    """Check ``cond_input`` is ``(2R, batch, L, samples)`` without NaN; return ``(batch, samples)``.
+                     find_nan: Callable[[torch.Tensor], tuple[int, int] | None] | None = None,
+                     output_bytes: int = 8, state_bytes: int = 0) -> tuple[int, int]:
+    """Check ``cond_input`` is ``(2R, batch, L, samples)`` without NaN, and that what generation
+    allocates, ``output_bytes`` per stream and sample (samples, selectors, logits) and
+    ``state_bytes`` per stream (a new state), fits on its device; return ``(batch, samples)``.
 
     ``find_nan`` gives the ``(stream, sample)`` of the earliest NaN, or None; the default is
     :func:`find_nan_torch`.
@@ -82,6 +131,8 @@ def check_cond_input(weights: WaveNetWeights, cond_input, *, dtypes=COND_DTYPES,
         raise ValueError(f"cond_input: expected {weights.n_layers} layers in dimension 2, got {layers}")
     if batch < 1:
         raise ValueError(f"cond_input: expected a batch of at least 1 stream in dimension 1, got {batch}")
+    check_allocation("cond_input", batch * (samples * output_bytes + state_bytes), cond_input.device,
+                     f"the outputs{' and state' if state_bytes else ''} for {batch} streams of {samples} samples")
     # From a NaN on, that stream's samples are garbage, which no engine can tell from data (the CPU
     # engine's vectorised tanh and sigmoid even turn NaN into finite activations); refused before
     # anything runs, so no state changes. Infinite values are accepted: tanh and sigmoid take them

@@ -13,6 +13,7 @@ the default one made from ``seed`` is).
 """
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Iterator
 
@@ -26,6 +27,7 @@ from .inference import Impl, NVWaveNet
 from .mel import MelSpectrogram
 from .model import WaveNet
 from .nv_wavenet_files import load_nv_wavenet_state, read_nv_wavenet_config
+from .validation import as_tensor, check_allocation
 
 __all__ = ["Vocoder"]
 
@@ -53,17 +55,6 @@ def _parse_impl(implementation) -> Impl:
     if not isinstance(implementation, Impl):  # else refused only at the first call, by the engine
         raise TypeError(f"implementation: expected an nvwavenet.Impl or its name, got {implementation!r}")
     return implementation
-
-
-def _as_tensor(value, name: str) -> torch.Tensor:
-    """``value`` (a tensor, array or nested lists) as a tensor; anything else is a TypeError naming
-    ``name`` instead of torch's "new(): invalid data type 'str'" or "Could not infer dtype"."""
-    if isinstance(value, torch.Tensor):
-        return value
-    try:
-        return torch.as_tensor(value)
-    except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{name}: expected a float tensor or array, got {type(value).__name__}") from error
 
 
 def _seed_generator(seed) -> torch.Generator:
@@ -140,25 +131,28 @@ class Vocoder:
         """The model's own front end: float audio ``(samples,)`` or ``(batch, samples)`` to mels."""
         with torch.no_grad():
             # The dtype as given: the front end refuses integer PCM, which a cast would pass unscaled.
-            return self.front_end(_as_tensor(audio, "audio").to(self.device))
+            return self.front_end(as_tensor(audio, "audio", "a float tensor or array").to(self.device))
 
     def _frames(self, mel, name: str) -> torch.Tensor:
-        frames = _as_tensor(mel, name)
+        frames = as_tensor(mel, name, "a float tensor or array")
         if frames.dim() == 2:
             frames = frames.unsqueeze(0)
         return self.conditioner.as_frames(frames, name)
 
     def stream(self, mel_chunks: Iterable, *, generator: torch.Generator | None = None,
                seed: int = 0) -> Iterator[torch.Tensor]:
-        """Audio chunk by chunk: each mel chunk ``(n_mels, frames)`` or ``(batch, n_mels, frames)``
-        gives ``frames * hop`` samples per stream, float in [-1, 1] on the vocoder's device.
+        """Audio chunk by chunk: each mel chunk ``(n_mels, frames)`` gives ``(frames * hop,)``, and
+        ``(batch, n_mels, frames)`` gives ``(batch, frames * hop)``, as :meth:`__call__` does; float
+        in [-1, 1] on the vocoder's device.
 
         Memory holds one chunk, the network's state and a few frames of context, whatever the length.
         """
         generator = generator if generator is not None else _seed_generator(seed)
         state = history = None
         for index, chunk in enumerate(mel_chunks):
-            frames = self._frames(chunk, f"mel chunk {index}")
+            name = f"mel chunk {index}"
+            chunk = as_tensor(chunk, name, "a float tensor or array")
+            frames = self._frames(chunk, name)
             if state is None:
                 state = self.net.init_state(frames.shape[0], self.device)
                 history = self.conditioner.start(frames.shape[0])
@@ -172,13 +166,17 @@ class Vocoder:
             if self.net.dtype != torch.float32 and self.device.type == "cuda":
                 cond = cond.to(torch.float16)
             classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
-            yield mu_law_decode(classes, self.audio_config.quantization_channels)
+            audio = mu_law_decode(classes, self.audio_config.quantization_channels)
+            yield audio[0] if chunk.dim() == 2 else audio
 
     def __call__(self, mel, *, generator: torch.Generator | None = None, seed: int = 0,
                  progress: bool = False) -> torch.Tensor:
         """The waveform of ``mel`` ``(n_mels, frames)`` -> ``(frames * hop,)``, or batched
         ``(batch, n_mels, frames)`` -> ``(batch, frames * hop)``; float in [-1, 1]."""
-        mel = _as_tensor(mel, "mel")  # once: its dimensions also say whether one stream was given
+        mel = as_tensor(mel, "mel", "a float tensor or array")  # once: its dimensions also say whether one stream was given
+        if mel.dim() in (2, 3):  # before any work over an expanded (zero-stride) mel
+            check_allocation("mel", math.prod(mel.shape[:-2]) * mel.shape[-1] * self.hop_length * 4, self.device,
+                             f"the audio of {mel.shape[-1]} frames")
         frames = self._frames(mel, "mel")
         chunks = list(torch.split(frames, FRAMES_PER_CALL, dim=2))
         pieces = list(tqdm(self.stream(chunks, generator=generator, seed=seed), total=len(chunks),

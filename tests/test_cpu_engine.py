@@ -347,6 +347,7 @@ def test_errors_in_params():
             "weight_dtype": C.DType.float16, "cpu_weights_bytes": C.cpu_packed_bytes(engine_params(make_net(8, 8, 8, 2, 2, dtype=torch.float16), cond)[0])},
         "max_dilation: expected a power of two": {"max_dilation": 3},
         "num_samples: expected >= 0": {"num_samples": -1},
+        "position: 9223372036854775806 \\+ 3 samples would overflow int64": {"position": 2**63 - 2},
         "num_threads: expected >= 0": {"num_threads": -2},
         "queues: expected a host pointer, got null": {"queues": 0},
         "selectors: expected a host pointer, got null": {"selectors": 0},

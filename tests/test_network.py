@@ -63,7 +63,7 @@ def _with(**changes):
     (dict(use_embed_tanh=1), TypeError, "use_embed_tanh"),
     (dict(embedding_curr=torch.randint(0, 3, (32, 8))), TypeError, "embedding_curr"),
     (dict(conv_end_weight=torch.full((32, 32), float("nan"))), ValueError, "conv_end_weight"),
-    (dict(dilate_weights=torch.randn(4, 16, 8, 2)), TypeError, "dilate_weights"),
+    (dict(dilate_weights=torch.randn(16)), TypeError, "dilate_weights"),  # (L, 2R, R, 2) stacked is accepted
     (dict(conv_out_bias=torch.randn(31)), ValueError, "conv_out_bias"),
 ])
 def test_each_bad_weight_argument_is_named(changes, error, argument):
