@@ -4,8 +4,9 @@
   and milliseconds), bytes of the weights the engines hold per precision, multiply-adds per
   generated sample.
 - :func:`analyze_dataset`: count, lengths, sample rates, amplitude statistics, clipping, silence,
-  mu-law class histogram, dominant frequency, autocorrelation and correlation length, and a
-  :class:`ModelSuggestion` (:func:`suggest_model`) whose receptive field covers that length.
+  mu-law class histogram, dominant frequency, autocorrelation and correlation length, the pitch
+  periods of voiced frames, and a :class:`ModelSuggestion` (:func:`suggest_model`) whose receptive
+  field covers that length and two of the longest pitch periods.
 - :func:`plot_dataset`: the PNG figures a person would rather look at than read.
 
 The analyses are dataclasses whose ``str()`` is a readable report.
@@ -18,6 +19,15 @@ crossing instead of the first makes oscillating signals (voiced speech, tones) c
 as long as their envelope is: the predictor needs to see a pitch period back, not just to the first
 zero crossing. A signal still correlated at ``max_lag`` has no length (``None``): "longer than
 ``max_lag``".
+
+Pitch: the correlation length of a whole dataset is a poor guide for speech. Its pitch changes
+from syllable to syllable, so the periodic peaks of the long-term autocorrelation cancel out and 12 s
+of speech decorrelate within a third of a millisecond, which suggested a 4-layer model whose
+receptive field is far shorter than one pitch period. Yet an autoregressive model continues a
+voiced waveform by looking a period back: WaveNet vocoders for speech reach 10 to 300 ms
+(NV-WaveNet's 16 layers up to dilation 128: 23 ms at 22.05 kHz). :func:`pitch_periods` finds the
+period in each frame short enough to hold one pitch (the short-time autocorrelation's first peak
+between 2.5 and 20 ms, i.e. 50 to 400 Hz), and the suggestion covers two of the longest ones.
 """
 from __future__ import annotations
 
@@ -41,7 +51,7 @@ from .network import receptive_field
 from .validation import check_finite, check_folder, check_int
 
 __all__ = ["ModelAnalysis", "analyze_model", "DatasetAnalysis", "analyze_dataset", "ModelSuggestion",
-           "suggest_model", "autocorrelation", "correlation_length", "plot_dataset"]
+           "suggest_model", "autocorrelation", "correlation_length", "pitch_periods", "plot_dataset"]
 
 _PRECISION_BYTES = {"float32": 4, "float16": 2}
 
@@ -139,7 +149,8 @@ def analyze_model(model: WaveNet, sample_rate: int | None = None) -> ModelAnalys
 
 @dataclasses.dataclass
 class ModelSuggestion:
-    """``n_layers`` and ``max_dilation`` whose receptive field covers ``target`` samples."""
+    """``n_layers`` and ``max_dilation`` whose receptive field covers ``target`` samples: the
+    correlation length or two pitch periods, whichever is longer."""
 
     n_layers: int
     max_dilation: int
@@ -155,10 +166,11 @@ class ModelSuggestion:
 
 
 def suggest_model(correlation_length: float | None, sample_rate: int, max_lag: int, *,
-                  cycles: int = 2) -> ModelSuggestion:
+                  pitch_period: float | None = None, cycles: int = 2) -> ModelSuggestion:
     """The smallest ``max_dilation`` D (a power of two) for which ``cycles`` repetitions of the
     dilations ``1, 2, ..., D`` (``n_layers = cycles * (log2(D) + 1)``, receptive field
-    ``1 + cycles * (2D - 1)``) cover the correlation length (``max_lag`` when that is ``None``).
+    ``1 + cycles * (2D - 1)``) cover the correlation length (``max_lag`` when that is ``None``)
+    and two ``pitch_period`` (samples; None for audio without voiced frames).
 
     Two cycles is NV-WaveNet's shape (16 layers up to 128); more cycles add depth, and so capacity,
     at the same receptive field.
@@ -166,9 +178,9 @@ def suggest_model(correlation_length: float | None, sample_rate: int, max_lag: i
     check_int("cycles", cycles)
     check_int("sample_rate", sample_rate)
     check_int("max_lag", max_lag)
-    if correlation_length is not None and not 0 <= correlation_length < math.inf:
-        raise ValueError(f"correlation_length: expected a finite number of samples >= 0 or None, "
-                         f"got {correlation_length}")
+    for name, value in (("correlation_length", correlation_length), ("pitch_period", pitch_period)):
+        if value is not None and not 0 <= value < math.inf:
+            raise ValueError(f"{name}: expected a finite number of samples >= 0 or None, got {value}")
     if correlation_length is None:
         target = max_lag
         why = (f"The autocorrelation stays above 1/e up to the longest lag analysed, {max_lag} samples"
@@ -179,6 +191,13 @@ def suggest_model(correlation_length: float | None, sample_rate: int, max_lag: i
         why = (f"The autocorrelation envelope falls below 1/e after {correlation_length:.1f} samples"
                f"{_ms(correlation_length, sample_rate)}; samples further back carry little linear "
                "information about the next one, so the receptive field should reach that far.")
+    if pitch_period is not None and 2 * pitch_period > target:
+        target = math.ceil(2 * pitch_period)
+        why += (f" Voiced frames repeat with periods of up to {pitch_period:.0f} samples"
+                f"{_ms(pitch_period, sample_rate)}, which the long-term autocorrelation averages away as the "
+                "pitch changes; to continue a waveform the model should see two of them, "
+                f"{target} samples. (WaveNet vocoders for speech reach 10 to 300 ms; NV-WaveNet's default "
+                f"16 layers up to 128 reach {receptive_field(16, 128)} samples.)")
     max_dilation = 1
     while 1 + cycles * (2 * max_dilation - 1) < target:
         max_dilation *= 2
@@ -225,6 +244,55 @@ def correlation_length(acf: np.ndarray) -> float | None:
     return last + (high - 1 / math.e) / (high - low)
 
 
+def pitch_periods(signals: Sequence[np.ndarray], sample_rate: int, *, min_hz: float = 50.0, max_hz: float = 400.0,
+                  voicing: float = 0.6, silence_db: float = -40.0) -> np.ndarray:
+    """The pitch period (samples) of every frame of ``signals`` that is not silent, NaN for those
+    that are not voiced.
+
+    Frames of three periods of ``min_hz``, half overlapping; those whose RMS is below
+    ``silence_db`` dBFS are skipped. A frame is voiced when its normalised cross-correlation with
+    itself shifted by a lag between the periods of ``max_hz`` and ``min_hz`` reaches ``voicing``
+    after having dipped below zero (a period, not the slow decay of low-pass noise); its period is
+    the top of the first peak within 90% of that maximum, so that twice the period (as high a peak
+    in a periodic frame) is not taken for it.
+    """
+    check_int("sample_rate", sample_rate)
+    if not 0 < min_hz < max_hz < sample_rate / 2:
+        raise ValueError(f"min_hz, max_hz: expected 0 < min_hz < max_hz < {sample_rate / 2} (Nyquist), "
+                         f"got {min_hz}, {max_hz}")
+    shortest, longest = max(1, int(sample_rate / max_hz)), int(math.ceil(sample_rate / min_hz))
+    frame = 3 * longest
+    size = 1 << int(np.ceil(np.log2(2 * frame)))
+    lags = np.arange(longest + 1)
+    periods = []
+    for x in signals:
+        x = np.asarray(x, dtype=np.float64)
+        if len(x) < frame:
+            continue
+        frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::frame // 2]
+        frames = frames[np.sqrt(np.mean(frames ** 2, axis=1)) >= 10 ** (silence_db / 20)]
+        if not len(frames):
+            continue
+        frames = frames - frames.mean(axis=1, keepdims=True)
+        spectrum = np.fft.rfft(frames, size, axis=1)
+        products = np.fft.irfft(spectrum * np.conj(spectrum), size, axis=1)[:, :longest + 1]
+        # The energies of the two overlapping parts: x[:frame - k] and x[k:].
+        squares = np.cumsum(frames ** 2, axis=1)
+        head = squares[:, frame - 1 - lags]
+        tail = squares[:, -1:] - np.concatenate([np.zeros((len(frames), 1)), squares[:, lags[1:] - 1]], axis=1)
+        r = products / np.sqrt(np.maximum(head * tail, 1e-30))
+        dipped = np.minimum.accumulate(r, axis=1) < 0
+        candidates = np.where(dipped[:, shortest:], r[:, shortest:], -1.0)
+        peak = candidates.max(axis=1)
+        # The top of the first peak: between the first lag within 90% of the highest and half as far
+        # again (short of the next multiple of the period).
+        first = shortest + np.argmax(candidates >= 0.9 * peak[:, None], axis=1)
+        near = (lags[shortest:] >= first[:, None]) & (lags[shortest:] < 1.5 * first[:, None])
+        top = shortest + np.argmax(np.where(near, candidates, -np.inf), axis=1)
+        periods.extend(np.where(peak >= voicing, top, np.nan).tolist())
+    return np.asarray(periods, dtype=np.float64)
+
+
 @dataclasses.dataclass
 class DatasetAnalysis:
     """Figures of a set of clips (see :func:`analyze_dataset`)."""
@@ -246,6 +314,9 @@ class DatasetAnalysis:
     autocorrelation: np.ndarray
     max_lag: int
     correlation_length: float | None
+    pitch_periods: np.ndarray
+    voiced_fraction: float
+    pitch_period: float | None
     suggestion: ModelSuggestion
     example: Clip
 
@@ -262,6 +333,11 @@ class DatasetAnalysis:
             corr = f"longer than the {self.max_lag} lags analysed{_ms(self.max_lag, self.analysis_rate)}"
         else:
             corr = f"{self.correlation_length:.1f} samples{_ms(self.correlation_length, self.analysis_rate)}"
+        pitch = f"{100 * self.voiced_fraction:.0f}% of the frames that are not silent are voiced"
+        if self.pitch_period is not None:
+            low, high = np.percentile(self.pitch_periods, [5, 95])
+            pitch += (f", periods {low:.0f} to {high:.0f} samples (5th to 95th percentile; "
+                      f"{self.analysis_rate / high:.0f} to {self.analysis_rate / low:.0f} Hz)")
         return "\n".join([
             f"dataset: {self.count} clip{'s' if self.count > 1 else ''}, "
             f"{lengths.sum() / self.analysis_rate:.2f} s in all",
@@ -276,6 +352,7 @@ class DatasetAnalysis:
             f"{int(np.argmax(self.class_histogram))}",
             f"  dominant frequency: {self.dominant_frequency:.1f} Hz",
             f"  correlation length (|autocorrelation| below 1/e): {corr}",
+            f"  pitch: {pitch}",
             str(self.suggestion),
         ])
 
@@ -329,6 +406,13 @@ def analyze_dataset(clips: Sequence[Clip], *, sample_rate: int | None = None, ma
 
     acf = autocorrelation(signals, max_lag)
     length = correlation_length(acf)
+    frame_periods = pitch_periods(signals, rate, silence_db=silence_db) if rate > 2 * 400 else np.zeros(0)
+    periods = frame_periods[~np.isnan(frame_periods)]
+    voiced_fraction = len(periods) / len(frame_periods) if len(frame_periods) else 0.0
+    # Voiced speech is about half of what is not silence; a stray frame of noise that looks periodic
+    # does not make a pitch. The longest periods but one in twenty, so that a few frames read an
+    # octave low do not decide.
+    pitch_period = float(np.percentile(periods, 95)) if voiced_fraction >= 0.2 else None
     example = signals[0][:max(1, int(example_seconds * rate))]  # the plots need at least one sample
     return DatasetAnalysis(
         count=len(clips), lengths=[len(x) for x in signals], sample_rates=dict(rates), analysis_rate=rate,
@@ -340,8 +424,9 @@ def analyze_dataset(clips: Sequence[Clip], *, sample_rate: int | None = None, ma
         class_histogram=np.bincount(mu_law_encode(everything, quantization_channels),
                                     minlength=quantization_channels),
         dominant_frequency=float(freqs[np.argmax(power)]),
-        autocorrelation=acf, max_lag=max_lag, correlation_length=length,
-        suggestion=suggest_model(length, rate, max_lag, cycles=cycles),
+        autocorrelation=acf, max_lag=max_lag, correlation_length=length, pitch_periods=periods,
+        voiced_fraction=voiced_fraction, pitch_period=pitch_period,
+        suggestion=suggest_model(length, rate, max_lag, pitch_period=pitch_period, cycles=cycles),
         example=Clip(example.astype(np.float32), rate, clips[0].name),
     )
 

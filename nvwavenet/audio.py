@@ -10,6 +10,7 @@ import dataclasses
 import math
 import os
 import struct
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -20,7 +21,13 @@ import torch
 from .mel import MelConfig
 from .validation import MAX_SAMPLE_RATE, check_fields, check_finite, check_int
 
-__all__ = ["AudioConfig", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav", "resample"]
+__all__ = ["AudioConfig", "AudioConversionWarning", "mu_law_encode", "mu_law_decode", "read_wav", "write_wav",
+           "resample"]
+
+
+class AudioConversionWarning(UserWarning):
+    """:func:`read_wav` mixed channels to mono or resampled: the audio is not what the file holds.
+    The message names no file, so Python's default filter says it once per kind of conversion."""
 
 
 def _check_channels(quantization_channels) -> int:
@@ -133,6 +140,8 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
     - Several channels are averaged when ``mix_to_mono``, else a ``ValueError`` names the count.
     - With ``sample_rate`` given, audio at another rate is resampled to it when
       ``resample_to_rate``, else a ``ValueError`` names both rates.
+
+    Either conversion issues an :class:`AudioConversionWarning`.
     """
     if sample_rate is not None:
         check_int("sample_rate", sample_rate, types=(int, np.integer), maximum=MAX_SAMPLE_RATE)
@@ -159,17 +168,23 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
     audio = _to_float(data, path)
     # Float WAVs can hold NaN and infinities (float64 ones also values beyond float32's range).
     check_finite(str(path), audio)
+    conversions = []
     if audio.ndim == 2:
         if audio.shape[1] > 1 and not mix_to_mono:
             raise ValueError(f"{path}: expected a mono WAV, got {audio.shape[1]} channels")
+        if audio.shape[1] > 1:
+            conversions.append(f"{audio.shape[1]} channels mixed to mono")
         audio = audio.mean(axis=1, dtype=np.float32)
     if sample_rate is not None and rate != sample_rate:
         if not resample_to_rate:
             raise ValueError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (sample_rate)")
+        conversions.append(f"{rate} Hz resampled to {sample_rate} Hz")
         try:
             audio, rate = resample(audio, rate, sample_rate), sample_rate
         except ValueError as error:  # a ratio of rates too odd to resample: named by the file
             raise ValueError(f"{path}: {error}") from error
+    if conversions:
+        warnings.warn(f"WAV input converted: {' and '.join(conversions)}", AudioConversionWarning, stacklevel=2)
     return np.ascontiguousarray(audio), int(rate)
 
 

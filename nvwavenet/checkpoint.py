@@ -34,7 +34,7 @@ from .model import CausalConvRegressor, WaveNet
 from .validation import check_folder
 
 __all__ = ["save_model", "load_model", "load_weights", "save_training_state", "load_training_state", "read_config",
-           "state_mismatch", "read_json", "read_safetensors", "write_safetensors"]
+           "read_training_settings", "state_mismatch", "read_json", "read_safetensors", "write_safetensors"]
 
 FORMAT = "nvwavenet-checkpoint"
 VERSION = 1
@@ -226,12 +226,13 @@ def save_model(path, model: nn.Module, audio_config: AudioConfig, *, step: int =
     return path
 
 
-def read_config(path) -> dict:
-    """The checkpoint's ``config.json``, checked to be an nvwavenet checkpoint of a known version."""
+def read_config(path, *, name: str = "path") -> dict:
+    """The checkpoint's ``config.json``, checked to be an nvwavenet checkpoint of a known version.
+    ``name`` is how the caller's user knows ``path`` (e.g. a command-line option)."""
     path = Path(path)
     config_path, model_path = path / CONFIG_FILE, path / MODEL_FILE
     if not config_path.is_file() or not model_path.is_file():
-        raise FileNotFoundError(f"path: no nvwavenet checkpoint at {path} (expected {CONFIG_FILE} and "
+        raise FileNotFoundError(f"{name}: no nvwavenet checkpoint at {path} (expected {CONFIG_FILE} and "
                                 f"{MODEL_FILE} in that directory)")
     config = read_json(config_path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
@@ -272,10 +273,11 @@ def _load_weights(path, model: nn.Module, config: dict) -> AudioConfig:
     return audio_config
 
 
-def load_model(path, device="cpu") -> tuple[nn.Module, AudioConfig]:
+def load_model(path, device="cpu", *, name: str = "path") -> tuple[nn.Module, AudioConfig]:
     """The model saved in checkpoint directory ``path`` (in eval mode on ``device``) and its
-    :class:`~nvwavenet.audio.AudioConfig` (sample rate, mu-law classes, mel front end)."""
-    config = read_config(path)
+    :class:`~nvwavenet.audio.AudioConfig` (sample rate, mu-law classes, mel front end); errors
+    about ``path`` itself call it ``name``."""
+    config = read_config(path, name=name)
     try:
         model = _MODEL_TYPES[config["model_type"]](**config["model"])
     except (TypeError, ValueError) as error:  # settings missing, unknown or out of range
@@ -360,4 +362,16 @@ def load_training_state(path, optimizer: torch.optim.Optimizer, expected: tuple[
         optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
         raise damaged(f"the optimizer refuses it ({error!r})") from error
+    return training
+
+
+def read_training_settings(path) -> dict:
+    """``training.json`` of checkpoint ``path`` (step, losses, the settings of the run) without
+    restoring an optimizer: what a command line needs to continue the run with the same settings."""
+    training_path = Path(path) / TRAINING_FILE
+    if not training_path.is_file():
+        raise FileNotFoundError(f"{path}: holds a model but no training state ({TRAINING_FILE}) to resume from")
+    training = read_json(training_path)
+    if not isinstance(training, dict) or not isinstance(training.get("step"), int):
+        raise ValueError(f"{training_path}: expected nvwavenet's training state (a JSON object with the step)")
     return training

@@ -6,20 +6,60 @@ CUDA asked for without a GPU) ends with one line on stderr and exit code 2, neve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .engines import build_info
-from .validation import check_finite, check_folder, check_int
+from .validation import check_finite, check_folder
 
 # OSError: a missing file or folder, a file where a folder is wanted, no permission, a full disk;
 # each names its path.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
 EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose mistakes end, as every other user error, in one line and exit code 2
+    naming the option first (argparse prints the whole usage before it, which buries the line that
+    says what was wrong)."""
+
+    def error(self, message):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message.removeprefix('argument ')} "
+                                   f"(see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show: flags, options without a
+    default, and helps that say it themselves."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _finite_float(text: str) -> float:
+    """argparse type: a float that is a number (inf and nan are refused before any work)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
 
 
 def _device(name: str) -> torch.device:
@@ -59,9 +99,6 @@ def cmd_info(args) -> int:
 def cmd_demo(args) -> int:
     from . import demo
 
-    # A length of 0, a negative one or NaN failed inside numpy ("zero-size array to reduction operation").
-    if not 0 < args.seconds < math.inf:
-        raise ValueError(f"--seconds: expected a positive number of seconds, got {args.seconds}")
     check_folder("--out", args.out, "a folder for the demo's files")
     settings = demo.DemoSettings(steps=args.steps, seconds=args.seconds)
     report = demo.run(args.out, settings, log=print)
@@ -82,7 +119,8 @@ def _load_vocoder(args):
     if args.nv_wavenet_config:
         return Vocoder.from_nv_wavenet(args.checkpoint, args.nv_wavenet_config, device=device, dtype=args.dtype,
                                        implementation=args.impl)
-    return Vocoder.from_checkpoint(args.checkpoint, device=device, dtype=args.dtype, implementation=args.impl)
+    return Vocoder.from_checkpoint(args.checkpoint, device=device, dtype=args.dtype, implementation=args.impl,
+                                   name="--checkpoint")
 
 
 def _input_mel(vocoder, path: Path) -> torch.Tensor:
@@ -120,9 +158,11 @@ def _input_mel(vocoder, path: Path) -> torch.Tensor:
 def cmd_vocode(args) -> int:
     from .audio import write_wav
 
-    check_int("--batch-size", args.batch_size)  # else range() fails, or with a negative size writes nothing
     inputs = [Path(p) for p in args.inputs]
-    single_file = len(inputs) == 1 and args.out.suffix.lower() == ".wav"
+    single_file = args.out.suffix.lower() == ".wav"
+    if single_file and len(inputs) > 1:  # it was made a folder named out/two.wav
+        raise ValueError(f"--out: {args.out} names a .wav file, but {len(inputs)} inputs need a folder (one WAV per "
+                         "input, named after it); give a folder, or a single input")
     targets = [args.out] if single_file else [args.out / f"{path.stem}.wav" for path in inputs]
     written_by = {}
     for path, target in zip(inputs, targets):  # the second would overwrite the first
@@ -133,7 +173,7 @@ def cmd_vocode(args) -> int:
     if single_file and args.out.is_dir():
         raise IsADirectoryError(f"--out: {args.out} is a folder, expected a .wav file to write")
     elif not single_file:
-        check_folder("--out", args.out, "a folder for the outputs (or a .wav file for a single input)")
+        check_folder("--out", args.out, "a folder for the outputs (a path ending in .wav for a single input)")
     vocoder = _load_vocoder(args)
     mels = [_input_mel(vocoder, path) for path in inputs]
     # Created once every input has been read: a mistake in one leaves no empty folder behind.
@@ -155,36 +195,91 @@ def cmd_vocode(args) -> int:
     return 0
 
 
+# The options that make the model and its data order, their defaults, and where a checkpoint keeps
+# them: `train --resume` takes them from there, so a user need not repeat them.
+_TRAIN_DEFAULTS = {"sample_rate": 22050, "batch_size": 8, "layers": 16, "max_dilation": 128, "residual": 64,
+                   "skip": 256, "classes": 256, "n_mels": 80, "n_fft": 1024, "hop": 256, "window_hops": 16,
+                   "seed": 0, "lr": 1e-3}
+
+
+def _checkpoint_settings(out: Path) -> tuple[dict, int]:
+    """The train options the checkpoint in ``out`` was made with (by ``args`` name) and its step."""
+    from .checkpoint import read_config, read_training_settings
+
+    config = read_config(out, name="--out")
+    model, audio, training = config["model"], config["audio"], read_training_settings(out)
+    settings = {"sample_rate": audio.get("sample_rate"), "layers": model.get("n_layers"),
+                "max_dilation": model.get("max_dilation"), "residual": model.get("n_residual_channels"),
+                "skip": model.get("n_skip_channels"), "classes": model.get("n_in_channels"),
+                "n_mels": model.get("n_cond_channels"), "n_fft": model.get("upsamp_window"),
+                "hop": model.get("upsamp_stride"), "batch_size": training.get("batch_size"),
+                "seed": training.get("seed"), "lr": training.get("config", {}).get("learning_rate")}
+    if "targets_per_window" in training and settings["hop"]:  # not in checkpoints of older versions
+        settings["window_hops"] = training["targets_per_window"] // settings["hop"]
+    return {name: value for name, value in settings.items() if value is not None}, training["step"]
+
+
+def _train_settings(args) -> dict:
+    """The train options of this run: those given, else (with ``--resume``) the checkpoint's, else the
+    defaults. A given option that contradicts the checkpoint is refused: it would be another model."""
+    from .checkpoint import CONFIG_FILE, MODEL_FILE, OPTIMIZER_FILE, TRAINING_FILE
+
+    given = {name: getattr(args, name) for name in _TRAIN_DEFAULTS if getattr(args, name) is not None}
+    existing = [name for name in (CONFIG_FILE, MODEL_FILE, TRAINING_FILE, OPTIMIZER_FILE) if (args.out / name).exists()]
+    if not args.resume:
+        if existing and not args.overwrite:  # a trained model was replaced by a new one, exit 0
+            raise FileExistsError(f"--out: {args.out} holds a checkpoint already ({', '.join(existing)}); add --resume "
+                                  "to continue its training, --overwrite to replace it, or give another --out")
+        return {**_TRAIN_DEFAULTS, **given}
+    if not existing:  # training started from step 0 without a word
+        raise FileNotFoundError(f"--resume: no checkpoint in {args.out} to continue; leave --resume out to start a "
+                                "new training there")
+    saved, step = _checkpoint_settings(args.out)
+    for name, value in given.items():
+        # The learning rate is this run's to choose; everything else makes the model or the data order.
+        if name != "lr" and name in saved and saved[name] != value:
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} {value}: the checkpoint in {args.out} was trained with {option} "
+                             f"{saved[name]}; leave {option} out to take it from the checkpoint")
+    if args.steps <= step:
+        raise ValueError(f"--steps {args.steps}: the checkpoint in {args.out} is at step {step} already; --steps "
+                         "counts all steps, those before the resume included")
+    return {**_TRAIN_DEFAULTS, **saved, **given}
+
+
 def cmd_train(args) -> int:
+    from .checkpoint import load_model
     from .data import TrainingWindows, WavFolder
     from .mel import MelConfig
     from .model import WaveNet
     from .training import TrainConfig, train
 
-    root = Path(args.data)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder of WAV files")
     check_folder("--out", args.out, "a folder for the checkpoint")
+    settings = _train_settings(args)
     device = str(_device(args.device))
-    rate = args.sample_rate
-    mel = MelConfig(sample_rate=rate, n_fft=args.n_fft, hop_length=args.hop, win_length=args.n_fft,
-                    n_mels=args.n_mels, fmin=0.0, fmax=min(8000.0, rate / 2))
-    # The vocoder cannot use a model whose upsampling window (n_fft) is shorter than its stride (the
-    # hop): samples between windows would get no conditioning. Refused before training one.
-    if args.hop > args.n_fft:
-        raise ValueError(f"--hop: expected at most --n-fft ({args.n_fft}), got {args.hop}")
-    torch.manual_seed(args.seed)
-    model = WaveNet(n_in_channels=args.classes, n_layers=args.layers, max_dilation=args.max_dilation,
-                    n_residual_channels=args.residual, n_skip_channels=args.skip, n_out_channels=args.classes,
-                    n_cond_channels=args.n_mels, upsamp_window=args.n_fft, upsamp_stride=args.hop)
-    windows = TrainingWindows(WavFolder(root, rate), rate, model, targets_per_window=args.window_hops * args.hop,
-                              mel=mel)
+    rate, hop, n_fft = settings["sample_rate"], settings["hop"], settings["n_fft"]
+    if args.resume:
+        model, audio_config = load_model(args.out, name="--out")  # its weights: loaded again by train()
+        mel = audio_config.mel
+    else:
+        # The vocoder cannot use a model whose upsampling window (n_fft) is shorter than its stride
+        # (the hop): samples between windows would get no conditioning. Refused before training one.
+        if hop > n_fft:
+            raise ValueError(f"--hop: expected at most --n-fft ({n_fft}), got {hop}")
+        mel = MelConfig(sample_rate=rate, n_fft=n_fft, hop_length=hop, win_length=n_fft,
+                        n_mels=settings["n_mels"], fmin=0.0, fmax=min(8000.0, rate / 2))
+        torch.manual_seed(settings["seed"])
+        model = WaveNet(n_in_channels=settings["classes"], n_layers=settings["layers"],
+                        max_dilation=settings["max_dilation"], n_residual_channels=settings["residual"],
+                        n_skip_channels=settings["skip"], n_out_channels=settings["classes"],
+                        n_cond_channels=settings["n_mels"], upsamp_window=n_fft, upsamp_stride=hop)
+    windows = TrainingWindows(WavFolder(args.data, rate, name="DATA"), rate, model,
+                              targets_per_window=settings["window_hops"] * hop, mel=mel)
     result = train(model, windows, TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+        steps=args.steps, batch_size=settings["batch_size"], learning_rate=settings["lr"], seed=settings["seed"],
         checkpoint_dir=str(args.out), checkpoint_every=args.checkpoint_every, device=device,
         progress=not args.quiet), resume=args.resume)
     print(result)
-    print(f"checkpoint: {args.out}")
     return 0
 
 
@@ -198,7 +293,7 @@ def cmd_analyze(args) -> int:
     if (path / CONFIG_FILE).is_file():
         from .analysis import analyze_model
 
-        model, audio_config = load_model(path)
+        model, audio_config = load_model(path, name="PATH")
         if not isinstance(model, WaveNet):
             raise ValueError(f"{path}: holds a {type(model).__name__}; model analysis covers WaveNet checkpoints")
         print(analyze_model(model, audio_config.sample_rate))
@@ -208,7 +303,7 @@ def cmd_analyze(args) -> int:
 
     if args.plots:
         check_folder("--plots", args.plots, "a folder for the plots")
-    folder = WavFolder(path, args.sample_rate)  # refuses a folder without .wav files
+    folder = WavFolder(path, args.sample_rate, name="PATH")  # refuses a folder without .wav files
     analysis = analyze_dataset(folder, sample_rate=args.sample_rate)
     print(analysis)
     if args.plots:
@@ -217,111 +312,172 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _integer(minimum: int):
+    """argparse type: an integer >= ``minimum`` (a negative batch size wrote nothing; 0 steps failed
+    deep inside, naming the library's argument rather than the option)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text}")
+        return value
+    return parse
+
+
 def _add_engine_options(parser) -> None:
     from .inference import Impl
 
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--impl", default="auto", choices=[i.name.lower() for i in Impl],
-                        help="CUDA kernel variant (default: auto, the fastest that fits)")
+                        help="CUDA kernel variant; auto: the fastest that fits")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="weight precision (the CPU engine keeps its matrices in it and computes in float32)")
 
 
+def _add_train_options(train) -> None:
+    train.add_argument("data", metavar="DATA", help="folder of .wav files (searched recursively)")
+    train.add_argument("--out", type=Path, required=True,
+                       help="checkpoint folder; one that holds a checkpoint needs --resume or --overwrite")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the training of the checkpoint in --out, with its model, sample rate, mel "
+                            "settings, batch size and seed (options that contradict them are refused)")
+    again.add_argument("--overwrite", action="store_true", help="replace the checkpoint in --out with a new model")
+    train.add_argument("--steps", type=_integer(1), default=10000,
+                       help="total training steps; with --resume, those before it count")
+
+    def option(name, kind, help):
+        default = _TRAIN_DEFAULTS[name.lstrip("-").replace("-", "_")]
+        train.add_argument(name, type=kind, default=None,
+                           help=f"{help} (default: {default:g}; with --resume: the checkpoint's)")
+
+    option("--sample-rate", _integer(1), "Hz; WAVs at other rates are resampled")
+    option("--batch-size", _integer(1), "training windows per step, over all processes")
+    option("--lr", _positive_float, "AdamW learning rate")
+    option("--layers", _integer(1), "dilated layers (n_layers)")
+    option("--max-dilation", _integer(1), "dilations cycle 1, 2, 4, ... up to this power of two")
+    option("--residual", _integer(1), "R, residual channels")
+    option("--skip", _integer(1), "S, skip channels")
+    option("--classes", _integer(2), "A, mu-law classes")
+    option("--n-mels", _integer(1), "mel bands of the conditioning")
+    option("--n-fft", _integer(1), "STFT size, also the upsampling window")
+    option("--hop", _integer(1), "STFT hop, also the upsampling stride")
+    option("--window-hops", _integer(1), "loss targets per training window, in hops")
+    option("--seed", _integer(0), "seed of the initial weights and the data order")
+    train.add_argument("--checkpoint-every", type=_integer(0), default=1000,
+                       help="steps between checkpoints; 0: only at the end")
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nvwavenet", description="Fast autoregressive WaveNet inference.")
+    parser = _Parser(prog="nvwavenet", description="Fast autoregressive WaveNet inference.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser(
+    def command(name, **kwargs):
+        return commands.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
+
+    demo = command(
         "demo", help="train, vocode and compare every engine in about a minute, no data needed",
         description="Synthesise a harmonic tone with a gliding pitch, fit a small conditioned WaveNet to it on the "
                     "CPU, vocode its mel frames with every engine on this machine (float64 reference, CPU engine, "
                     "each CUDA variant), check that they agree, and write WAVs, a PNG and a report with samples/s, "
                     "real-time factor and the log-mel distance to the original (next to an untrained model's).")
-    demo.add_argument("--out", type=Path, default=Path("nvwavenet-demo"), help="output folder (default: nvwavenet-demo/)")
+    demo.add_argument("--out", type=Path, default=Path("nvwavenet-demo"), help="output folder")
     from .demo import DemoSettings
     defaults = DemoSettings()
-    demo.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default: {defaults.steps})")
-    demo.add_argument("--seconds", type=float, default=defaults.seconds,
-                      help=f"length of the signal (default: {defaults.seconds:g})")
+    demo.add_argument("--steps", type=_integer(1), default=defaults.steps, help="training steps")
+    demo.add_argument("--seconds", type=_positive_float, default=defaults.seconds, help="length of the signal")
     demo.set_defaults(run=cmd_demo)
 
-    info = commands.add_parser("info", help="what was built, which GPUs are visible",
-                               description="Build facts (CUDA kernels, architectures, sizes, precisions, "
-                                           "the CPU engine's instruction set) and the visible GPUs.")
+    info = command("info", help="what was built, which GPUs are visible",
+                   description="Build facts (CUDA kernels, architectures, sizes, precisions, the CPU engine's "
+                               "instruction set) and the visible GPUs.")
     info.set_defaults(run=cmd_info)
 
-    vocode = commands.add_parser(
+    vocode = command(
         "vocode", help="mel spectrograms (.npy) or WAVs to WAV audio",
         description="Vocode mel spectrograms ((n_mels, frames) .npy files, or .wav files through the model's own "
-                    "mel front end, resampled to its rate and mixed to mono) with a trained checkpoint. Several inputs are "
-                    "batched together; the WAVs written are at the checkpoint's sample rate.")
+                    "mel front end, resampled to its rate and mixed to mono) with a trained checkpoint. Several inputs "
+                    "are batched together; the WAVs written are at the checkpoint's sample rate.")
     vocode.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy mel spectrograms or .wav files")
     vocode.add_argument("--checkpoint", required=True,
                         help="an nvwavenet checkpoint folder, or with --nv-wavenet-config an NV-WaveNet state dict")
     vocode.add_argument("--nv-wavenet-config", help="NV-WaveNet's config.json, to load --checkpoint as its state dict")
     vocode.add_argument("--out", type=Path, default=Path("vocoded"),
-                        help="output folder, or a .wav file for a single input (default: vocoded/)")
-    vocode.add_argument("--batch-size", type=int, default=8, help="inputs vocoded together (default: 8)")
-    vocode.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+                        help="output folder, one WAV per input named after it; with a single input also a path "
+                             "ending in .wav")
+    vocode.add_argument("--batch-size", type=_integer(1), default=8, help="inputs vocoded together")
+    vocode.add_argument("--seed", type=_integer(0), default=0, help="seed of the sampling")
     vocode.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
     _add_engine_options(vocode)
     vocode.set_defaults(run=cmd_vocode)
 
-    train = commands.add_parser(
+    train = command(
         "train", help="train a conditioned WaveNet on a folder of WAVs",
         description="Train a Deep Voice WaveNet conditioned on log-mel spectrograms of the WAV files under DATA; "
                     "checkpoints (safetensors + JSON) go to --out. Runs under torchrun for data parallelism.")
-    train.add_argument("data", metavar="DATA", help="folder of .wav files (searched recursively)")
-    train.add_argument("--out", type=Path, required=True, help="checkpoint folder")
-    train.add_argument("--sample-rate", type=int, default=22050, help="Hz; other rates are resampled (default 22050)")
-    train.add_argument("--steps", type=int, default=10000)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
-    train.add_argument("--layers", type=int, default=16)
-    train.add_argument("--max-dilation", type=int, default=128)
-    train.add_argument("--residual", type=int, default=64, help="R, residual channels")
-    train.add_argument("--skip", type=int, default=256, help="S, skip channels")
-    train.add_argument("--classes", type=int, default=256, help="A, mu-law classes")
-    train.add_argument("--n-mels", type=int, default=80)
-    train.add_argument("--n-fft", type=int, default=1024, help="STFT size, also the upsampling window")
-    train.add_argument("--hop", type=int, default=256, help="STFT hop, also the upsampling stride")
-    train.add_argument("--window-hops", type=int, default=16, help="loss targets per training window, in hops")
-    train.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: at the end)")
-    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="cpu")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_train_options(train)
     train.set_defaults(run=cmd_train)
 
-    analyze = commands.add_parser(
+    analyze = command(
         "analyze", help="analyse a dataset folder or a checkpoint",
         description="A folder of WAVs: lengths, rates, amplitude, clipping, silence, mu-law class histogram, "
                     "correlation length and a suggested n_layers/max_dilation. A checkpoint: parameters, depth, "
                     "receptive field, weight bytes and multiply-adds per sample.")
     analyze.add_argument("path", metavar="PATH", help="a folder of .wav files, or a checkpoint folder")
-    analyze.add_argument("--sample-rate", type=int, help="analyse at this rate (default: the most common)")
+    analyze.add_argument("--sample-rate", type=_integer(1), help="analyse at this rate (default: the most common)")
     analyze.add_argument("--plots", type=Path, help="write PNG plots (histogram, autocorrelation, waveform) here")
     analyze.set_defaults(run=cmd_analyze)
 
-    bench = commands.add_parser("bench", help="the quick benchmark (under a minute)",
-                                description="Samples/s and real-time factor of every engine on this machine "
-                                            "against the eager PyTorch loop, R64/S256/A256 L=20, batch 1 and 16. "
-                                            "The full suite is benchmarks/throughput.py.")
+    bench = command("bench", help="the quick benchmark (under a minute)",
+                    description="Samples/s and real-time factor of every engine on this machine "
+                                "against the eager PyTorch loop, R64/S256/A256 L=20, batch 1 and 16. "
+                                "The full suite is benchmarks/throughput.py.")
     bench.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bench.set_defaults(run=cmd_bench)
     return parser
 
 
+@contextlib.contextmanager
+def _conversions_said_once(command: str):
+    """Say on one stderr line that input audio was mixed to mono or resampled, the first time it is
+    (a run over a folder would say it for every file); other warnings are shown as usual."""
+    from .audio import AudioConversionWarning
+
+    said = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", AudioConversionWarning)
+        show = warnings.showwarning
+
+        def show_once(message, category, *args, **kwargs):
+            nonlocal said
+            if not issubclass(category, AudioConversionWarning):
+                show(message, category, *args, **kwargs)
+            elif not said:
+                said = True
+                print(f"nvwavenet {command}: note: {message} (said once; other inputs may be converted too)",
+                      file=sys.stderr)
+
+        warnings.showwarning = show_once
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, or a mistake argparse has reported: a code, not an exception
+        return exit.code
+    try:
+        with _conversions_said_once(args.command):
+            return args.run(args)
     except USER_ERRORS as error:
         print(f"nvwavenet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"nvwavenet {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # from training, it says which step was saved
+        print(f"nvwavenet {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -71,19 +71,20 @@ class WavFolder(Sequence):
 
     ``sample_rate=None`` keeps each file's own rate; otherwise files at another rate are resampled
     (``resample_to_rate=True``) or rejected with a ``ValueError``. Several channels are averaged
-    (``mix_to_mono=True``) or rejected.
+    (``mix_to_mono=True``) or rejected. Errors about ``root`` itself call it ``name`` (how the
+    caller's user knows it, e.g. a command-line argument).
     """
 
     def __init__(self, root, sample_rate: int | None = None, *, resample_to_rate: bool = True,
-                 mix_to_mono: bool = True):
+                 mix_to_mono: bool = True, name: str = "root"):
         if sample_rate is not None:  # else refused only when a file is read, as resample's target_rate
             _check_count("sample_rate", sample_rate)
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"root: {root} is not a directory")
+            raise FileNotFoundError(f"{name}: {root} is not a directory")
         self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
         if not self.paths:
-            raise ValueError(f"root: no .wav files under {root}")
+            raise ValueError(f"{name}: no .wav files under {root}")
         self.root = root
         self.sample_rate = sample_rate
         self.resample_to_rate = resample_to_rate

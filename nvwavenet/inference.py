@@ -42,7 +42,7 @@ class Impl(enum.IntEnum):
 
 
 class NVWaveNet:
-    """Autoregressive generation for one Deep Voice WaveNet (``../shared/SPEC.md`` section 1).
+    """Autoregressive generation for one Deep Voice WaveNet (``docs/SPEC.md`` section 1).
 
     The positional arguments are NV-WaveNet's, shapes as in the SPEC; a trailing conv dimension of
     size 1 is accepted, and ``res_weights``/``res_biases`` may hold L - 1 or L layers. Keyword-only:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import math
 import os
 import platform
 from pathlib import Path
@@ -35,7 +36,7 @@ from .data import TrainingWindows
 from .model import WaveNet
 from .validation import check_int
 
-__all__ = ["TrainConfig", "TrainResult", "train", "batch_indices"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingInterrupted", "train", "batch_indices"]
 
 
 @dataclasses.dataclass
@@ -62,12 +63,13 @@ class TrainConfig:
         for name, minimum in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 0), ("num_workers", 0),
                               ("seed", 0)):
             check_int(name, getattr(self, name), minimum)
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate: expected a positive number, got {self.learning_rate!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip: expected a positive norm or None, got {self.grad_clip!r}")
+        # An infinite rate or decay "trains" to NaN weights; an infinite clip is no clip (say None).
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate: expected a finite positive number, got {self.learning_rate!r}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay: expected a finite number >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ValueError(f"grad_clip: expected a finite positive norm or None, got {self.grad_clip!r}")
 
 
 @dataclasses.dataclass
@@ -83,6 +85,25 @@ class TrainResult:
         last = f", last loss {self.losses[-1]:.4f}" if self.losses else ""
         saved = f", checkpoint in {self.checkpoint_dir}" if self.checkpoint_dir else ""
         return f"trained {self.steps} steps{last}{saved}"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`; its message says which step the checkpoint holds, if any.
+
+    ``steps_done``: the steps completed (from step 0, also those before a resume);
+    ``saved_step``: the step of the complete checkpoint in ``checkpoint_dir`` (None when there is none).
+    """
+
+    def __init__(self, steps_done: int, saved_step: int | None, checkpoint_dir: str | None, while_saving: bool):
+        self.steps_done, self.saved_step, self.checkpoint_dir = steps_done, saved_step, checkpoint_dir
+        if while_saving:
+            what = (f"while writing the checkpoint of step {steps_done} to {checkpoint_dir}: its files may be of "
+                    "two steps, which resuming refuses")
+        elif saved_step is None:
+            what = f"after {steps_done} steps; nothing was saved"
+        else:
+            what = f"after {steps_done} steps; {checkpoint_dir} holds the checkpoint of step {saved_step}"
+        super().__init__(f"interrupted {what}")
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int, rank: int = 0,
@@ -162,12 +183,16 @@ def _masked_loss_sum(model, batch: dict, dataset: TrainingWindows, device: torch
     return (per_position * mask).sum(), mask.sum()
 
 
-def _resume(model, optimizer, config: TrainConfig, world_size: int) -> tuple[int, list[float]]:
+def _resume(model, optimizer, config: TrainConfig, world_size: int,
+            targets_per_window: int) -> tuple[int, list[float]]:
     """Load weights and optimizer from ``config.checkpoint_dir``; returns (step, losses so far)."""
     load_weights(config.checkpoint_dir, model)
     training = load_training_state(config.checkpoint_dir, optimizer, ("losses", "seed", "batch_size", "world_size"))
     # The data order depends on these; another value would not continue the same run.
-    for name, value in (("seed", config.seed), ("batch_size", config.batch_size), ("world_size", world_size)):
+    compared = [("seed", config.seed), ("batch_size", config.batch_size), ("world_size", world_size)]
+    if "targets_per_window" in training:  # checkpoints written before it was saved do not have it
+        compared.append(("targets_per_window", targets_per_window))
+    for name, value in compared:
         if training[name] != value:
             raise ValueError(f"{name}: the checkpoint's run used {training[name]}, got {value}; resuming "
                              "exactly needs the same value")
@@ -226,6 +251,7 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
     device = _device(config)
     rank, world_size, owns_group = _join_process_group(device)
     after_first_step = contextlib.ExitStack()
+    steps_done, saved_step, saving = 0, None, False  # for the message of an interruption
     try:
         if config.batch_size % world_size:
             raise ValueError(f"batch_size: expected a multiple of the {world_size} processes, got {config.batch_size}")
@@ -234,21 +260,35 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
                                       weight_decay=config.weight_decay)
         start, losses = 0, []
         if resume and config.checkpoint_dir and (Path(config.checkpoint_dir) / TRAINING_FILE).is_file():
-            start, losses = _resume(model, optimizer, config, world_size)
+            start, losses = _resume(model, optimizer, config, world_size, dataset.targets_per_window)
+            steps_done = saved_step = start
         network = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                    if world_size > 1 else model)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=_StepBatches(len(dataset), config, start, rank, world_size),
             num_workers=config.num_workers)
 
+        def stop(step: int, what: str) -> RuntimeError:
+            kept = ("nothing was saved" if saved_step is None
+                    else f"{config.checkpoint_dir} keeps the checkpoint of step {saved_step}")
+            return RuntimeError(f"step {step}: {what}; training stopped ({kept}); a lower learning rate may help")
+
         def save(step: int) -> None:
+            nonlocal saved_step, saving
+            # A finite loss can be followed by an update to infinite weights (a huge learning
+            # rate); they must not replace the checkpoint there is.
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                raise stop(step, "the weights are no longer finite")
+            saving = True
             if rank == 0:
                 save_model(config.checkpoint_dir, model, dataset.audio_config, step=step)
                 save_training_state(config.checkpoint_dir, optimizer, step, {
                     "losses": losses, "seed": config.seed, "batch_size": config.batch_size,
-                    "world_size": world_size, "config": dataclasses.asdict(config)})
+                    "world_size": world_size, "targets_per_window": dataset.targets_per_window,
+                    "config": dataclasses.asdict(config)})
             if world_size > 1:
                 dist.barrier()  # nobody races ahead of (or resumes from) a half-written checkpoint
+            saving, saved_step = False, step
 
         progress = tqdm(total=config.steps, initial=start, disable=not config.progress or rank > 0,
                         desc="training", unit="step")
@@ -257,6 +297,11 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
             totals = torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)])
             if world_size > 1:
                 dist.all_reduce(totals)
+            loss = float(totals[0] / totals[1])
+            # Every rank sees the same reduced loss, so all stop here together, before an update
+            # that would turn the weights into NaN.
+            if not math.isfinite(loss):
+                raise stop(step + 1, f"the loss is {loss}")
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over processes: scaling by world_size leaves the gradient of
             # the global masked mean. (Every window has at least one target, so the count is > 0.)
@@ -264,7 +309,8 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            losses.append(float(totals[0] / totals[1]))
+            losses.append(loss)
+            steps_done = step + 1
             if step == start:
                 # Not before: the first step also allocates what lives for the whole run (the
                 # gradients, the optimizer's state) between its activations, and in a heap that
@@ -278,6 +324,8 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
         if config.checkpoint_dir and (not config.checkpoint_every or config.steps % config.checkpoint_every):
             save(config.steps)
         return TrainResult(losses=losses, steps=config.steps, checkpoint_dir=config.checkpoint_dir)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(steps_done, saved_step, config.checkpoint_dir, saving) from None
     finally:
         after_first_step.close()
         if owns_group:

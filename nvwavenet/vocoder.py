@@ -96,11 +96,13 @@ class Vocoder:
         self.config = model.config()
 
     @classmethod
-    def from_checkpoint(cls, path, device="cpu", dtype=torch.float32, implementation=Impl.AUTO) -> Vocoder:
-        """The vocoder of an nvwavenet checkpoint directory (safetensors weights + JSON config)."""
-        model, audio_config = load_model(path, "cpu")
+    def from_checkpoint(cls, path, device="cpu", dtype=torch.float32, implementation=Impl.AUTO, *,
+                        name: str = "path") -> Vocoder:
+        """The vocoder of an nvwavenet checkpoint directory (safetensors weights + JSON config);
+        errors about ``path`` itself call it ``name`` (e.g. the command line's ``--checkpoint``)."""
+        model, audio_config = load_model(path, "cpu", name=name)
         if not isinstance(model, WaveNet):
-            raise ValueError(f"path: the checkpoint at {path} holds a {type(model).__name__}, not a WaveNet vocoder")
+            raise ValueError(f"{name}: the checkpoint at {path} holds a {type(model).__name__}, not a WaveNet vocoder")
         return cls(model, audio_config, device=device, dtype=dtype, implementation=implementation)
 
     @classmethod

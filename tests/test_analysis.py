@@ -3,13 +3,14 @@ import math
 
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import nvwavenet
 from nvwavenet import NVWaveNet, reference
-from nvwavenet.analysis import (analyze_dataset, analyze_model, autocorrelation, correlation_length, plot_dataset,
-                                suggest_model)
+from nvwavenet.analysis import (analyze_dataset, analyze_model, autocorrelation, correlation_length, pitch_periods,
+                                plot_dataset, suggest_model)
 from nvwavenet.data import Clip, ar2_process, sine
 from nvwavenet.model import WaveNet
 
@@ -138,6 +139,56 @@ def test_suggest_model_is_the_smallest_cover():
     assert suggest_model(10.0, 16000, 4000, cycles=3).n_layers % 3 == 0
     with pytest.raises(ValueError, match="cycles"):
         suggest_model(10.0, 16000, 100, cycles=0)
+
+
+def voiced_speech(rate, seconds, f0, seed=0):
+    """A speech-like signal: a glottal pulse train whose pitch glides from f0[0] to f0[1] and back,
+    through three formant resonators, in syllables separated by pauses."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    pitch = np.interp(t, [0, seconds / 2, seconds], [f0[0], f0[1], f0[0]])
+    x = np.diff(np.floor(np.cumsum(pitch) / rate), prepend=0.0) + 0.01 * rng.standard_normal(len(t))
+    for formant, bandwidth in ((700, 80), (1200, 100), (2600, 150)):
+        r = np.exp(-np.pi * bandwidth / rate)
+        x = scipy.signal.lfilter([1 - r], [1, -2 * r * np.cos(2 * np.pi * formant / rate), r * r], x)
+    x *= np.sin(2 * np.pi * 2.5 * t) > -0.3
+    return (0.5 * x / np.abs(x).max()).astype(np.float32)
+
+
+def test_speech_gets_a_receptive_field_of_two_pitch_periods():
+    """12 s of speech once got n_layers=4, max_dilation=2 (0.3 ms): its long-term autocorrelation
+    decays within a millisecond as the pitch keeps changing, though each voiced frame repeats a
+    period of 8 to 11 ms here, which the model must see to continue the waveform."""
+    rate, f0 = 16000, (90, 130)
+    analysis = analyze_dataset([Clip(voiced_speech(rate, 4.0, f0), rate, "speech")])
+    assert analysis.correlation_length < rate * 0.005  # what the old suggestion covered, and no more
+    low, high = np.percentile(rate / analysis.pitch_periods, [5, 95])  # a frame at a syllable's edge may be off
+    assert len(analysis.pitch_periods) > 50 and analysis.voiced_fraction > 0.5
+    assert f0[0] * 0.95 < low < f0[0] * 1.1 and f0[1] * 0.9 < high < f0[1] * 1.05
+    s = analysis.suggestion
+    assert s.target == math.ceil(2 * analysis.pitch_period) and 2 * rate / f0[1] < s.target <= 2 * rate / f0[0] * 1.05
+    assert (s.n_layers, s.max_dilation) == (16, 128)  # 511 samples, 32 ms: the smallest cover of two periods
+    assert 10 <= 1000 * s.receptive_field / rate <= 300  # within what WaveNet vocoders for speech use
+    assert "Voiced frames repeat with periods of up to" in s.reasoning and "pitch:" in str(analysis)
+    # Noise has no pitch: the suggestion stays the correlation length's.
+    noise = analyze_dataset([Clip(np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1, rate)])
+    assert noise.pitch_period is None and noise.suggestion.target == max(2, math.ceil(noise.correlation_length))
+    assert "pitch: 0% of the frames that are not silent are voiced\n" in str(noise)
+
+
+def test_pitch_periods_of_tones_and_their_octaves():
+    """A harmonic tone's period, not twice it (as high a peak of the autocorrelation)."""
+    rate = 16000
+    t = np.arange(rate) / rate
+    for f0 in (60.0, 110.0, 380.0):
+        tone = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6))
+        periods = pitch_periods([0.3 * tone], rate)
+        assert len(periods) > 10 and np.all(np.abs(periods - rate / f0) <= 1), (f0, np.unique(periods))
+    assert len(pitch_periods([np.zeros(rate)], rate)) == 0  # silence is skipped
+    noise = pitch_periods([np.random.default_rng(0).standard_normal(rate) * 0.1], rate)
+    assert len(noise) > 10 and np.isnan(noise).all()
+    with pytest.raises(ValueError, match="min_hz, max_hz"):
+        pitch_periods([t], rate, min_hz=500, max_hz=400)
 
 
 def test_plots_are_written(tmp_path):

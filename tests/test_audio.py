@@ -1,6 +1,7 @@
 """Mu-law, WAV files, resampling and the mel front end."""
 import math
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import scipy.io.wavfile
 import torch
 
 import nvwavenet
-from nvwavenet.audio import AudioConfig, mu_law_decode, mu_law_encode, read_wav, resample, write_wav
+from nvwavenet.audio import AudioConfig, AudioConversionWarning, mu_law_decode, mu_law_encode, read_wav, resample, write_wav
 from nvwavenet.mel import MelConfig, MelSpectrogram, hz_to_mel, mel_filterbank, mel_to_hz
 
 
@@ -105,8 +106,15 @@ def test_wav_reads_uint8_and_full_scale_int16(tmp_path):
 def test_wav_channels(tmp_path):
     stereo = np.stack([np.full(100, 0.5), np.full(100, -0.25)]).astype(np.float32)
     write_wav(tmp_path / "stereo.wav", stereo, 8000, sample_format="float32")
-    audio, _ = read_wav(tmp_path / "stereo.wav")
+    with pytest.warns(AudioConversionWarning, match="^WAV input converted: 2 channels mixed to mono$"):
+        audio, _ = read_wav(tmp_path / "stereo.wav")
     np.testing.assert_allclose(audio, np.full(100, 0.125))
+    with pytest.warns(AudioConversionWarning, match="mixed to mono and 8000 Hz resampled to 16000 Hz$"):
+        read_wav(tmp_path / "stereo.wav", 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say when nothing was converted
+        write_wav(tmp_path / "mono.wav", np.zeros(100, np.float32), 8000)
+        read_wav(tmp_path / "mono.wav", 8000)
     with pytest.raises(ValueError, match="expected a mono WAV, got 2 channels"):
         read_wav(tmp_path / "stereo.wav", mix_to_mono=False)
 

@@ -1,6 +1,8 @@
 """The command line as a user drives it: subprocesses, exit codes, one-line errors."""
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 import scipy.io.wavfile
 
 import nvwavenet
-from nvwavenet.cli import main
+from nvwavenet.cli import _finite_float, _positive_float, build_parser, main
 
 PACKAGE_ROOT = str(Path(nvwavenet.__file__).resolve().parents[1])
 TINY_TRAIN = ["--sample-rate", "8000", "--steps", "3", "--batch-size", "2", "--layers", "3", "--max-dilation", "2",
@@ -198,6 +200,130 @@ def test_train_and_analyze_mistakes_are_found_before_the_work(checkpoint, tmp_pa
     (tmp_path / "dataset" / "empty.wav").unlink()
     assert "--plots: " in one_line_error(capsys, "analyze", tmp_path / "dataset", "--plots", tmp_path / "a_file")
     # The demo failed inside numpy for a length that is no length, and with a FileExistsError for --out a file.
-    assert "--seconds: expected a positive number of seconds, got -1.0" in one_line_error(
+    assert "--seconds: expected a positive number, got -1" in one_line_error(
         capsys, "demo", "--seconds", "-1", "--out", tmp_path / "demo")
     assert "--out: " in one_line_error(capsys, "demo", "--out", tmp_path / "a_file")
+
+
+def _required_arguments(subparser):
+    """Placeholder values for the required arguments of ``subparser``: enough to reach option parsing."""
+    argv = []
+    for action in subparser._actions:
+        if not action.option_strings and action.dest != "help":
+            argv.append("x")
+        elif action.required:
+            argv += [action.option_strings[0], "x"]
+    return argv
+
+
+def _subparsers():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices
+
+
+def test_every_float_option_refuses_non_finite_values_at_parse_time(capsys):
+    checked = []
+    for name, subparser in _subparsers().items():
+        for action in subparser._actions:
+            if action.type not in (_finite_float, _positive_float):
+                continue
+            for value in ("inf", "-inf", "nan", "1e999"):
+                line = one_line_error(capsys, name, *_required_arguments(subparser), f"{action.option_strings[0]}={value}")
+                assert f"{action.option_strings[0]}: expected a finite number" in line, line
+            checked.append(f"{name} {action.option_strings[0]}")
+    assert {"train --lr", "demo --seconds"} <= set(checked)
+    assert "--lr: expected a positive number, got 0" in one_line_error(capsys, "train", "x", "--out", "y", "--lr", "0")
+
+
+def test_every_help_shows_the_defaults(capsys):
+    for name, subparser in _subparsers().items():
+        assert main([name, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for action in subparser._actions:
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                assert f"default: {action.default}" in text, (name, action.option_strings)
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "total training steps" in text and "(default: 16; with --resume: the checkpoint's)" in text
+
+
+def test_train_keeps_a_checkpoint_unless_told_and_resume_takes_its_settings(checkpoint, tmp_path, capsys):
+    data, ckpt = checkpoint.parent / "data", tmp_path / "ckpt"
+    shutil.copytree(checkpoint, ckpt)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    # A 3-layer model was silently replaced by a new one, exit 0.
+    line = one_line_error(capsys, "train", data, "--out", ckpt, *TINY_TRAIN)
+    assert "--out: " in line and "holds a checkpoint already" in line and "--resume" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    # --resume on a folder without a checkpoint started from step 0.
+    assert "--resume: no checkpoint in" in one_line_error(capsys, "train", data, "--out", tmp_path / "none", "--resume")
+    # A flag that contradicts the checkpoint; --steps at or below its step.
+    line = one_line_error(capsys, "train", data, "--out", ckpt, "--resume", "--steps", "5", "--layers", "4")
+    assert "--layers 4: the checkpoint in" in line and "--layers 3" in line
+    line = one_line_error(capsys, "train", data, "--out", ckpt, "--resume", "--steps", "3")
+    assert "--steps 3: " in line and "at step 3 already" in line
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    # Only --steps (and a flag that agrees) given: everything else comes from the checkpoint.
+    assert main(["train", str(data), "--out", str(ckpt), "--resume", "--steps", "4", "--layers", "3", "--quiet"]) == 0
+    training = json.loads((ckpt / "training.json").read_text())
+    assert training["step"] == 4 and training["batch_size"] == 2 and training["targets_per_window"] == 4 * 32
+    assert json.loads((ckpt / "config.json").read_text())["model"] == json.loads(before["config.json"])["model"]
+    # --overwrite replaces it with the model the flags describe.
+    assert main(["train", str(data), "--out", str(ckpt), "--overwrite", *TINY_TRAIN, "--layers", "2"]) == 0
+    assert json.loads((ckpt / "config.json").read_text())["model"]["n_layers"] == 2
+
+
+def test_ctrl_c_during_training_says_which_step_was_saved(checkpoint, tmp_path, capsys, monkeypatch):
+    from nvwavenet import training
+
+    loss_sum = training._masked_loss_sum
+    calls = []
+
+    def interrupted_at_the_fourth_step(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return loss_sum(*args)
+
+    monkeypatch.setattr(training, "_masked_loss_sum", interrupted_at_the_fourth_step)
+    out = tmp_path / "ckpt"
+    argv = ["train", str(checkpoint.parent / "data"), "--out", str(out), *TINY_TRAIN, "--steps", "9",
+            "--checkpoint-every", "2"]
+    assert main(argv) == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"nvwavenet train: interrupted after 3 steps; {out} holds the checkpoint of step 2"]
+    assert json.loads((out / "training.json").read_text())["step"] == 2
+
+
+def test_vocode_several_inputs_need_an_out_folder(checkpoint, tmp_path, capsys):
+    mel = np.random.default_rng(1).standard_normal((10, 3)).astype(np.float32)
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", mel)
+    inputs = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    # It made a folder named two.wav.
+    line = one_line_error(capsys, "vocode", *inputs, "--checkpoint", checkpoint, "--out", tmp_path / "out" / "two.wav")
+    assert "--out: " in line and "2 inputs need a folder" in line
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("")
+    assert "--out: " in one_line_error(capsys, "vocode", *inputs, "--checkpoint", checkpoint, "--out", tmp_path / "file")
+
+
+def test_errors_name_the_argument_the_user_typed(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert one_line_error(capsys, "train", tmp_path / "empty", "--out", tmp_path / "c", *TINY_TRAIN).startswith(
+        "nvwavenet train: error: DATA: no .wav files under")
+    assert one_line_error(capsys, "vocode", "a.npy", "--checkpoint", tmp_path / "empty").startswith(
+        "nvwavenet vocode: error: --checkpoint: no nvwavenet checkpoint at")
+    assert one_line_error(capsys, "analyze", tmp_path / "empty").startswith(
+        "nvwavenet analyze: error: PATH: no .wav files under")
+
+
+def test_converted_inputs_are_mentioned_once(checkpoint, tmp_path, capsys):
+    for name in ("a", "b"):
+        write_tone(tmp_path / f"{name}.wav", rate=11025, channels=2)
+    assert main(["vocode", str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), "--checkpoint", str(checkpoint),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["nvwavenet vocode: note: WAV input converted: 2 channels mixed to mono and 11025 Hz resampled "
+                     "to 8000 Hz (said once; other inputs may be converted too)"]

@@ -211,3 +211,57 @@ def test_distributed_data_parallel_matches_one_process(tmp_path):
     ddp_weights = safetensors.torch.load_file(tmp_path / "ddp" / "model.safetensors")
     for name, value in model.state_dict().items():
         torch.testing.assert_close(ddp_weights[name], value, rtol=1e-4, atol=1e-5)
+
+
+def _files(directory):
+    return {p.name: p.read_bytes() for p in Path(directory).iterdir()}
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    clips = [sine(440, 8000, 3000)]
+
+    def run(steps, learning_rate, resume):
+        model = tiny_wavenet()
+        windows = TrainingWindows(clips, 8000, model, targets_per_window=256)
+        return train(model, windows, TrainConfig(steps=steps, batch_size=2, learning_rate=learning_rate,
+                                                 checkpoint_dir=str(tmp_path), checkpoint_every=2, progress=False),
+                     resume=resume)
+
+    run(2, 1e-3, False)
+    good = _files(tmp_path)
+    # A finite but absurd rate makes the weights huge at step 3, the loss NaN at step 4: before, the NaN
+    # weights were saved over the checkpoint at step 4.
+    with pytest.raises(RuntimeError, match=f"step 4: the loss is nan; training stopped \\({tmp_path} keeps "
+                                           "the checkpoint of step 2\\)"):
+        run(6, 1e30, True)
+    assert _files(tmp_path) == good
+    # Weights made infinite by an update whose loss was finite are not saved either.
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: [
+        p.data.fill_(float("inf")) for group in self.param_groups for p in group["params"]])
+    with pytest.raises(RuntimeError, match="step 3: the weights are no longer finite"):
+        run(3, 1e-3, True)  # saved at the end, after step 3
+    assert _files(tmp_path) == good
+
+
+def test_non_finite_settings_are_refused():
+    for field in ("learning_rate", "weight_decay", "grad_clip"):
+        for value in (float("inf"), float("nan")):
+            with pytest.raises(ValueError, match=f"{field}: expected a finite"):
+                TrainConfig(**{field: value})
+
+
+def test_an_interruption_says_what_was_saved(tmp_path, monkeypatch):
+    loss_sum, calls = training._masked_loss_sum, []
+
+    def interrupted_at_the_third_step(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return loss_sum(*args)
+
+    monkeypatch.setattr(training, "_masked_loss_sum", interrupted_at_the_third_step)
+    model = tiny_wavenet()
+    windows = TrainingWindows([sine(440, 8000, 3000)], 8000, model, targets_per_window=256)
+    with pytest.raises(training.TrainingInterrupted, match="^interrupted after 2 steps; nothing was saved$") as info:
+        train(model, windows, TrainConfig(steps=5, batch_size=2, progress=False))
+    assert info.value.steps_done == 2 and info.value.saved_step is None
