@@ -32,10 +32,11 @@ echo "sanitize: building nvwavenet._C with -fsanitize=$SANITIZE"
   "$PYTHON" setup.py --quiet build_ext --inplace --build-temp "$WORK/build" >"$WORK/build.log" 2>&1) \
   || { tail -n 40 "$WORK/build.log"; echo "sanitize: the build failed (log: $WORK/build.log)" >&2; exit 1; }
 
-# A Python host was not linked with the sanitizer runtime: it must be loaded first. Leaks are not
-# checked (CPython and PyTorch keep allocations alive until exit by design).
-runtime="$(${CXX:-c++} -print-file-name=libasan.so)"
-export LD_PRELOAD="$runtime${LD_PRELOAD:+:$LD_PRELOAD}"
+# A Python host was not linked with the sanitizer runtime: it must be loaded first, and libstdc++
+# right after it, or ASan finds no __cxa_throw to intercept and aborts at the first C++ exception
+# ("real___cxa_throw != 0"). Leaks are not checked (CPython and PyTorch keep allocations alive
+# until exit by design).
+export LD_PRELOAD="$(${CXX:-c++} -print-file-name=libasan.so):$(${CXX:-c++} -print-file-name=libstdc++.so)${LD_PRELOAD:+:$LD_PRELOAD}"
 # Reports go to files: pytest captures stderr, and a process that aborts never shows it.
 rm -rf "$WORK/reports" && mkdir -p "$WORK/reports"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_odr_violation=0:log_path=$WORK/reports/asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
