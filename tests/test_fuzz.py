@@ -65,7 +65,8 @@ CASE_SECONDS = 20.0 if UNDER_ASAN else 10.0
 # not attempted.
 MEMORY_HEADROOM = 6 << 30
 
-TRIED: Counter = Counter()
+TRIED: Counter = Counter()  # cases per property
+OUTCOMES: Counter = Counter()  # calls accepted and refused, so a run shows it is not all refusals
 CASE_LOG = os.environ.get("NVWAVENET_FUZZ_CASE_LOG")
 
 
@@ -118,10 +119,13 @@ def attempt(what: str, call, *names: str, errors=DOCUMENTED):
     checking that its message names one of ``names``. Any other exception fails the case."""
     try:
         with bounded(what):
-            return call()
+            result = call()
+        OUTCOMES["accepted"] += 1
+        return result
     except Hang:
         raise
     except errors as error:
+        OUTCOMES["refused"] += 1
         message = str(error)
         assert message.strip(), f"{what}: {type(error).__name__} with an empty message"
         assert any(name in message for name in names), (
@@ -145,10 +149,14 @@ def report_and_limit_memory(request):
     yield
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
         per_property = ", ".join(f"{name} {count}" for name, count in sorted(TRIED.items()))
-        reporter.write_line("")
-        reporter.write_line(f"fuzz: {sum(TRIED.values())} cases in {time.monotonic() - start:.0f} s ({per_property})")
+        with capture.global_and_fixture_disabled():  # else it lands in the captured output
+            reporter.write_line("")
+            reporter.write_line(f"fuzz: {sum(TRIED.values())} cases in {time.monotonic() - start:.0f} s, "
+                                f"{OUTCOMES['accepted']} calls accepted and {OUTCOMES['refused']} refused "
+                                f"({per_property})")
 
 
 def _mapped_bytes() -> int:
@@ -178,9 +186,11 @@ def in_child(seconds: float):
             except subprocess.TimeoutExpired as timeout:
                 pytest.fail(f"{prop.__name__}: the child hung; last case: "
                             f"{log.read_text() if log.exists() else 'none'}\n{timeout.stderr}")
-            counted = [line for line in result.stdout.splitlines() if line.startswith("fuzz-cases ")]
+            counted = [line.split() for line in result.stdout.splitlines() if line.startswith("fuzz-cases ")]
             if counted:
-                TRIED[prop.__name__] += int(counted[-1].split()[1])
+                cases, accepted, refused_calls = map(int, counted[-1][1:])
+                TRIED[prop.__name__.removeprefix("test_")] += cases
+                OUTCOMES.update(accepted=accepted, refused=refused_calls)
             if result.returncode != 0:
                 how = (f"killed by signal {-result.returncode}" if result.returncode < 0
                        else f"exit code {result.returncode}")
@@ -1098,4 +1108,4 @@ if __name__ == "__main__":
     try:
         prop()
     finally:
-        print(f"fuzz-cases {sum(TRIED.values())}", flush=True)
+        print(f"fuzz-cases {sum(TRIED.values())} {OUTCOMES['accepted']} {OUTCOMES['refused']}", flush=True)
