@@ -29,6 +29,7 @@ import math
 import os
 import re
 import resource
+import shutil
 import signal
 import struct
 import subprocess
@@ -999,6 +1000,7 @@ def cli(argv: list[str]) -> tuple[int, str]:
         raise
     except BaseException as error:
         raise AssertionError(f"nvwavenet {argv}: {type(error).__name__} escaped as a traceback: {error}") from error
+    OUTCOMES["accepted" if code == 0 else "refused"] += 1
     return code, stderr.getvalue()
 
 
@@ -1018,10 +1020,29 @@ def assert_cli_outcome(argv, code, stderr):
 
 
 CLI_NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e308", "99999999999999999999", "2.5", "abc", ""]
+TINY_TRAIN = ["--sample-rate", "8000", "--batch-size", "1", "--layers", "2", "--max-dilation", "2", "--residual", "4",
+              "--skip", "8", "--classes", "16", "--n-mels", "8", "--n-fft", "64", "--hop", "16", "--window-hops", "2",
+              "--quiet"]
+TRAINED: dict = {}
+
+
+def _trained(folder: Path) -> tuple[Path, Path]:
+    """A folder of one clean WAV and a training checkpoint of one step made from it, once per process."""
+    if not TRAINED:
+        kept = Path(tempfile.mkdtemp(prefix="nvwavenet-fuzz-"))
+        (kept / "clean").mkdir()
+        tone = np.sin(np.arange(4000) * 0.05) * 0.5
+        nvwavenet.audio.write_wav(kept / "clean" / "tone.wav", tone.astype(np.float32), 8000)
+        code, stderr = cli(["train", str(kept / "clean"), "--out", str(kept / "trained"), "--steps", "1", *TINY_TRAIN])
+        assert code == 0, stderr
+        TRAINED.update(data=kept / "clean", checkpoint=kept / "trained")
+    copy = folder / "resume"
+    shutil.copytree(TRAINED["checkpoint"], copy)
+    return TRAINED["data"], copy
 
 
 @in_child(seconds=200)
-@fuzz(70)
+@fuzz(50)
 @given(st.data())
 def test_cli(data):
     """Every subcommand with hostile files and options, as main() runs them: exit 0, or exit 2
@@ -1038,8 +1059,8 @@ def test_cli(data):
         for name, array in mels.items():
             np.save(root / name, array)
         (root / "truncated.npy").write_bytes((root / "mel.npy").read_bytes()[:60])
-        command = data.draw(st.sampled_from(["vocode", "train", "analyze", "analyze-checkpoint", "info", "demo",
-                                             "bench"]))
+        command = data.draw(st.sampled_from(["vocode", "train", "resume", "analyze", "analyze-checkpoint", "info",
+                                             "demo", "bench"]))
         option_value = data.draw(st.sampled_from(CLI_NUMBERS))
         if command == "vocode":
             source = data.draw(st.sampled_from([*mels, "truncated.npy", "data/crafted.wav", "missing.npy", "data"]))
@@ -1056,6 +1077,25 @@ def test_cli(data):
                     "8", "--classes", "16", "--n-mels", "8", "--n-fft", "64", "--hop", "16", "--window-hops", "2",
                     "--quiet"]
             description = (wav_description, option, option_value)
+        elif command == "resume":
+            clean, resume = _trained(root)
+            option = data.draw(st.sampled_from(["--lr", "--steps", "--layers", "--batch-size", None]))
+            damaged = data.draw(st.sampled_from(["training.json", "training.safetensors", "model.safetensors",
+                                                 "config.json", "nothing"]))
+            if damaged.endswith(".json"):
+                values = json.loads((resume / damaged).read_text())
+                key = data.draw(st.sampled_from(sorted(values)))
+                label, value = (("removed", "<removed>") if data.draw(st.booleans())
+                                else hostile_json_value(data.draw))
+                (resume / damaged).write_text(_config_with(values, (key,), value))
+                description = (damaged, key, label, option, option_value)
+            elif damaged.endswith(".safetensors"):
+                label, blob = damage_safetensors(data.draw, (resume / damaged).read_bytes())
+                (resume / damaged).write_bytes(blob)
+                description = (damaged, label, option, option_value)
+            else:
+                description = (damaged, option, option_value)
+            argv = ["train", str(clean), "--out", str(resume), "--resume", "--steps", "2", "--quiet"]
         elif command == "analyze":
             option = data.draw(st.sampled_from(["--sample-rate", None]))
             argv = ["analyze", str(root / "data")]
