@@ -318,7 +318,7 @@ def load_training_state(path, optimizer: torch.optim.Optimizer, expected: tuple[
     training = read_json(training_path)
 
     def damaged(what: str) -> ValueError:
-        return ValueError(f"{training_path}: not a training state this run can resume from: {what}")
+        return ValueError(f"{training_path}: expected nvwavenet's training state for this run: {what}")
 
     if not isinstance(training, dict):
         raise damaged(f"expected a JSON object, got {type(training).__name__}")

@@ -39,7 +39,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     default, and helps that say it themselves."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -165,7 +165,10 @@ def cmd_vocode(args) -> int:
                          "input, named after it); give a folder, or a single input")
     targets = [args.out] if single_file else [args.out / f"{path.stem}.wav" for path in inputs]
     written_by = {}
+    sources = {path.resolve() for path in inputs}
     for path, target in zip(inputs, targets):  # the second would overwrite the first
+        if target.resolve() in sources:  # a WAV vocoded into its own folder replaced the recording
+            raise ValueError(f"--out: the output of {path} would overwrite the input {target}; give another --out")
         if target in written_by:
             raise ValueError(f"{written_by[target]} and {path}: both would be written to {target}; "
                              "vocode inputs with the same name into different --out folders")
@@ -208,12 +211,13 @@ def _checkpoint_settings(out: Path) -> tuple[dict, int]:
 
     config = read_config(out, name="--out")
     model, audio, training = config["model"], config["audio"], read_training_settings(out)
+    run = training.get("config") if isinstance(training.get("config"), dict) else {}
     settings = {"sample_rate": audio.get("sample_rate"), "layers": model.get("n_layers"),
                 "max_dilation": model.get("max_dilation"), "residual": model.get("n_residual_channels"),
                 "skip": model.get("n_skip_channels"), "classes": model.get("n_in_channels"),
                 "n_mels": model.get("n_cond_channels"), "n_fft": model.get("upsamp_window"),
                 "hop": model.get("upsamp_stride"), "batch_size": training.get("batch_size"),
-                "seed": training.get("seed"), "lr": training.get("config", {}).get("learning_rate")}
+                "seed": training.get("seed"), "lr": run.get("learning_rate")}
     if "targets_per_window" in training and settings["hop"]:  # not in checkpoints of older versions
         settings["window_hops"] = training["targets_per_window"] // settings["hop"]
     return {name: value for name, value in settings.items() if value is not None}, training["step"]
@@ -373,7 +377,9 @@ def _add_train_options(train) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nvwavenet", description="Fast autoregressive WaveNet inference.")
+    parser = _Parser(prog="nvwavenet", description="Fast autoregressive WaveNet inference.",
+                     epilog="New here? 'nvwavenet demo' shows every part in about a minute. "
+                            "'nvwavenet COMMAND --help' lists a command's options and their defaults.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, **kwargs):
@@ -425,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = command(
         "analyze", help="analyse a dataset folder or a checkpoint",
         description="A folder of WAVs: lengths, rates, amplitude, clipping, silence, mu-law class histogram, "
-                    "correlation length and a suggested n_layers/max_dilation. A checkpoint: parameters, depth, "
+                    "correlation length, pitch and a suggested n_layers/max_dilation. A checkpoint: parameters, depth, "
                     "receptive field, weight bytes and multiply-adds per sample.")
     analyze.add_argument("path", metavar="PATH", help="a folder of .wav files, or a checkpoint folder")
     analyze.add_argument("--sample-rate", type=_integer(1), help="analyse at this rate (default: the most common)")

@@ -34,8 +34,6 @@ __all__ = ["read_nv_wavenet_config", "load_nv_wavenet_state"]
 TACOTRON_STFT_DEFAULTS = {"mel_fmin": 0.0, "mel_fmax": None}
 # wavenet_config keys of NV-WaveNet versions that only training reads.
 _TRAINING_ONLY = ("dropout",)
-# data_config keys that describe training data, not the model.
-_DATA_ONLY = ("training_files", "segment_length")
 
 EXTRACT_STATE_DICT = (
     "From NV-WaveNet's pytorch/ folder (its wavenet.py must be importable to unpickle the model) run: "

@@ -18,8 +18,8 @@ import torch
 if TYPE_CHECKING:  # network.py itself uses these checks
     from .network import WaveNetWeights
 
-__all__ = ["check_int", "as_tensor", "check_finite", "check_allocation", "check_folder", "check_fields", "check_cond_input", "find_nan_torch",
-           "check_selectors", "check_teacher_forcing"]
+__all__ = ["check_int", "as_tensor", "check_finite", "check_allocation", "check_folder", "check_fields",
+           "check_cond_input", "find_nan_torch", "check_selectors", "check_teacher_forcing"]
 
 COND_DTYPES = (torch.float32, torch.float16)
 # The highest sample rate in common use (768 kHz converters). Rates come from WAV headers and

@@ -226,6 +226,8 @@ def test_every_float_option_refuses_non_finite_values_at_parse_time(capsys):
     checked = []
     for name, subparser in _subparsers().items():
         for action in subparser._actions:
+            # float would take "inf" and "nan", int a negative count: every number goes through a checked type.
+            assert action.type not in (float, int), (name, action.option_strings)
             if action.type not in (_finite_float, _positive_float):
                 continue
             for value in ("inf", "-inf", "nan", "1e999"):
@@ -241,7 +243,7 @@ def test_every_help_shows_the_defaults(capsys):
         assert main([name, "--help"]) == 0
         text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         for action in subparser._actions:
-            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            if action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
                 assert f"default: {action.default}" in text, (name, action.option_strings)
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
@@ -274,19 +276,8 @@ def test_train_keeps_a_checkpoint_unless_told_and_resume_takes_its_settings(chec
     assert json.loads((ckpt / "config.json").read_text())["model"]["n_layers"] == 2
 
 
-def test_ctrl_c_during_training_says_which_step_was_saved(checkpoint, tmp_path, capsys, monkeypatch):
-    from nvwavenet import training
-
-    loss_sum = training._masked_loss_sum
-    calls = []
-
-    def interrupted_at_the_fourth_step(*args):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return loss_sum(*args)
-
-    monkeypatch.setattr(training, "_masked_loss_sum", interrupted_at_the_fourth_step)
+def test_ctrl_c_during_training_says_which_step_was_saved(checkpoint, tmp_path, capsys, interrupt_training):
+    interrupt_training(4)
     out = tmp_path / "ckpt"
     argv = ["train", str(checkpoint.parent / "data"), "--out", str(out), *TINY_TRAIN, "--steps", "9",
             "--checkpoint-every", "2"]
@@ -307,6 +298,13 @@ def test_vocode_several_inputs_need_an_out_folder(checkpoint, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     (tmp_path / "file").write_text("")
     assert "--out: " in one_line_error(capsys, "vocode", *inputs, "--checkpoint", checkpoint, "--out", tmp_path / "file")
+    # A WAV vocoded into its own folder, or onto itself, replaced the recording.
+    write_tone(tmp_path / "voice.wav")
+    recording = (tmp_path / "voice.wav").read_bytes()
+    for out in (tmp_path, tmp_path / "voice.wav"):
+        line = one_line_error(capsys, "vocode", tmp_path / "voice.wav", "--checkpoint", checkpoint, "--out", out)
+        assert "would overwrite the input" in line and "voice.wav" in line
+    assert (tmp_path / "voice.wav").read_bytes() == recording
 
 
 def test_errors_name_the_argument_the_user_typed(checkpoint, tmp_path, capsys):
@@ -327,3 +325,17 @@ def test_converted_inputs_are_mentioned_once(checkpoint, tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["nvwavenet vocode: note: WAV input converted: 2 channels mixed to mono and 11025 Hz resampled "
                      "to 8000 Hz (said once; other inputs may be converted too)"]
+
+
+def test_importing_nvwavenet_makes_pytorchs_openmp_threads_sleep_unless_told_otherwise():
+    """Spinning OpenMP threads slowed training 6 to 12 times on a busy 2-core machine (README)."""
+    def policy(code, **env):
+        base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        result = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                                capture_output=True, text=True, env={**base, "PYTHONPATH": PACKAGE_ROOT, **env})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()[-1]
+
+    assert policy("import nvwavenet") == "PASSIVE"
+    assert policy("import nvwavenet", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"  # the user's setting wins
+    assert policy("import torch, nvwavenet") == "None"  # too late to matter: libgomp has read it

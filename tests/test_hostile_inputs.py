@@ -124,7 +124,7 @@ def test_damaged_or_mismatched_resume_files_name_the_file(tmp_path):
             **good["optimizer"], "scalars": {"x.step": 1}}},
     }
     for message, training in damaged.items():
-        with pytest.raises(ValueError, match=f"ckpt/training.json: not a training state this run can resume from: "
+        with pytest.raises(ValueError, match=f"ckpt/training.json: expected nvwavenet's training state for this run: "
                                              f"{message}"):
             resume(training)
     resume(good)

@@ -250,16 +250,8 @@ def test_non_finite_settings_are_refused():
                 TrainConfig(**{field: value})
 
 
-def test_an_interruption_says_what_was_saved(tmp_path, monkeypatch):
-    loss_sum, calls = training._masked_loss_sum, []
-
-    def interrupted_at_the_third_step(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return loss_sum(*args)
-
-    monkeypatch.setattr(training, "_masked_loss_sum", interrupted_at_the_third_step)
+def test_an_interruption_says_what_was_saved(interrupt_training):
+    interrupt_training(3)
     model = tiny_wavenet()
     windows = TrainingWindows([sine(440, 8000, 3000)], 8000, model, targets_per_window=256)
     with pytest.raises(training.TrainingInterrupted, match="^interrupted after 2 steps; nothing was saved$") as info:
