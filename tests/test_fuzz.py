@@ -608,6 +608,21 @@ def test_state_files(data):
                     lambda: net.infer(random_cond_input(R, batch, L, 3), state=outcome), "state", str(path))
 
 
+def test_unaligned_state_is_refused():
+    """A state whose tensors start at an odd address (what safetensors gives for a file with an
+    unpadded header) is refused naming the tensor: the engine reads it as int32 and float32 in
+    place, which UBSan reported as misaligned loads (scripts/sanitize_cpu.sh)."""
+    case("unaligned_state", "history at an odd address")
+    net = _net()
+    state = net.init_state(1)
+    raw = torch.zeros(state["history"].numel() * 4 + 1, dtype=torch.uint8)
+    unaligned = torch.frombuffer(memoryview(raw.numpy())[1:], dtype=torch.int32).view(1, 2)
+    unaligned.fill_(A // 2)
+    state["history"] = unaligned
+    with pytest.raises(TypeError, match=r"state\['history'\].*unaligned"):
+        net.infer(random_cond_input(R, 1, L, 3), state=state)
+
+
 # --- read_wav --------------------------------------------------------------------------------------
 
 def wav_bytes(*, format_tag=1, channels=1, rate=8000, bits=16, data=b"", declared=None, block_align=None,
