@@ -5,6 +5,8 @@ Environment:
   NVWAVENET_CUDA_ARCHS=90   CUDA architectures (default: the visible GPUs', else 90)
   NVWAVENET_BUILD_JOBS=N    parallel compile jobs (default: the CPU count)
   NVWAVENET_TRACE=1         time one step of the cluster kernels (%globaltimer, printed per call)
+  NVWAVENET_SANITIZE=address,undefined
+                            compile the C++ with these -fsanitize= checks (scripts/sanitize_cpu.sh)
 """
 import os
 import re
@@ -73,6 +75,8 @@ class CMakeBuild(build_ext):
             f"-DNVWAVENET_CUDA={'OFF' if os.environ.get('NVWAVENET_CUDA') == '0' else 'ON'}",
             f"-DNVWAVENET_CUDA_ARCHS={cuda_archs()}",
             f"-DNVWAVENET_TRACE={'ON' if os.environ.get('NVWAVENET_TRACE') == '1' else 'OFF'}",
+            # Always passed, also when empty, so that a cached sanitized configuration is undone.
+            f"-DNVWAVENET_SANITIZE={os.environ.get('NVWAVENET_SANITIZE', '').strip()}",
         ]
         # The ninja of this build, named on every configure: a cache from an earlier `pip install`
         # remembers the ninja of that install's temporary build environment, which pip has deleted.

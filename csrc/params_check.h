@@ -41,6 +41,14 @@ inline void require_pointer(const void* pointer, const char* name, const char* m
   require(pointer != nullptr, std::string(name) + ": expected a " + memory + " pointer, got null");
 }
 
+// An array the engines read as `bytes`-sized values must start on a multiple of `bytes`: a tensor
+// over a byte buffer need not, and on x86 the misaligned access works but is undefined behaviour
+// (UBSan found one: a generation state loaded from a safetensors file with an unpadded header).
+inline void require_aligned(const void* pointer, int64_t bytes, const char* name) {
+  require(reinterpret_cast<uintptr_t>(pointer) % uint64_t(bytes) == 0,
+          std::string(name) + ": expected an address aligned to " + std::to_string(bytes) + " bytes");
+}
+
 // The shape of the call and the pointers it reads and writes. Conditioning, selectors and
 // samples are read only when there is a sample to generate.
 inline void check_call(const Params& p, const char* memory) {
@@ -56,10 +64,17 @@ inline void check_call(const Params& p, const char* memory) {
   for_each_weight(p, [memory](const void* pointer, const char* name) { require_pointer(pointer, name, memory); });
   require_pointer(p.queues, "queues", memory);
   require_pointer(p.history, "history", memory);
+  require_aligned(p.queues, sizeof(float), "queues");
+  require_aligned(p.history, sizeof(int32_t), "history");
   if (p.num_samples > 0) {
     require_pointer(p.cond, "cond", memory);
     require_pointer(p.selectors, "selectors", memory);
     require_pointer(p.samples, "samples", memory);
+    require_aligned(p.cond, p.cond_dtype == DType::Float32 ? 4 : 2, "cond");
+    require_aligned(p.selectors, sizeof(float), "selectors");
+    require_aligned(p.samples, sizeof(int32_t), "samples");
+    if (p.teacher != nullptr) require_aligned(p.teacher, sizeof(int32_t), "teacher");
+    if (p.logits != nullptr) require_aligned(p.logits, sizeof(float), "logits");
   }
 }
 

@@ -159,10 +159,14 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
     ``cpu_blocked`` is :attr:`CpuWeights.blocked`, for the CPU engine."""
     for key, dtype in (("queues", torch.float32), ("history", torch.int32)):
         tensor = state[key]
-        if tensor.dtype != dtype or not tensor.is_contiguous():
-            raise TypeError(f"state['{key}']: the compiled engines expect a contiguous {dtype} "
+        # A tensor over a byte buffer (safetensors with an unpadded header) can start at any address;
+        # the engines read and write it in place as 4-byte values.
+        aligned = tensor.data_ptr() % tensor.element_size() == 0
+        if tensor.dtype != dtype or not tensor.is_contiguous() or not aligned:
+            raise TypeError(f"state['{key}']: the compiled engines expect a contiguous, aligned {dtype} "
                             f"tensor (as init_state() makes), got {tensor.dtype}"
-                            f"{'' if tensor.is_contiguous() else ', non-contiguous'}")
+                            f"{'' if tensor.is_contiguous() else ', non-contiguous'}"
+                            f"{'' if aligned else f' at an unaligned address (pass a copy: state[{key!r}].clone())'}")
     p = _weight_params(weights, packed)
     p.batch, p.num_samples = samples.shape
     if cpu_blocked is not None:

@@ -433,7 +433,7 @@ def test_sigint_with_nothing_open_exits_0(checkpoint):
     (["serve", "no-such-checkpoint"], r"no-such-checkpoint"),
     (["serve", "CKPT", "--max-streams", "0"], r"--max-streams: expected an integer >= 1, got 0"),
     (["serve", "CKPT", "--chunk-frames", "-1"], r"--chunk-frames: expected an integer >= 1"),
-    (["serve", "CKPT", "--shutdown-grace", "nan"], r"--shutdown-grace: expected a number of seconds"),
+    (["serve", "CKPT", "--shutdown-grace", "nan"], r"--shutdown-grace: expected a finite number"),
     (["vocode", "x.npy"], r"--checkpoint: required unless --server is given"),
     (["vocode", "IN", "--server", "http://127.0.0.1:9"], r"http://127\.0\.0\.1:9: "),
     (["vocode", "IN", "--server", "ftp://x"], r"url: expected the server's http://host:port"),
