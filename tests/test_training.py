@@ -7,6 +7,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +80,8 @@ def test_sine_example_generates_its_tone():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or any(name in os.environ for name in training._MALLOC_SETTINGS),
                     reason="the kept heap is glibc's, and only where the environment does not tune malloc itself")
-def test_cpu_steps_after_the_first_reuse_the_memory_they_free(monkeypatch):
-    """glibc maps every block over 32 MiB (here the logits and their gradient, 34 MB each) afresh
-    and unmaps it at free; without the kept heap every step faulted all of them in again.
-
-    The typical step is compared (the median from the third on): the kept heap still grows by a
-    block now and then while its layout settles (up to 16k faults in one step in some runs)."""
+def _typical_step_faults(keep_heap: bool) -> tuple[list[float], float]:
+    """Losses of 10 training steps and the median page faults of steps 3 to 9."""
     faults_at_step = []
     loss_sum = training._masked_loss_sum
 
@@ -92,21 +89,36 @@ def test_cpu_steps_after_the_first_reuse_the_memory_they_free(monkeypatch):
         faults_at_step.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
         return loss_sum(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_masked_loss_sum", counting)
+    training._masked_loss_sum = counting
+    if not keep_heap:
+        training._heap_keeps_freed_memory = lambda device: contextlib.nullcontext()
+    torch.manual_seed(0)
+    model = WaveNet(n_in_channels=256, n_layers=2, max_dilation=2, n_residual_channels=8, n_skip_channels=16,
+                    n_out_channels=256, n_cond_channels=1, upsamp_window=16, upsamp_stride=8)
+    windows = TrainingWindows([sine(300, 8000, 8 * 4100)], 8000, model, targets_per_window=4096)
+    losses = train(model, windows, TrainConfig(steps=10, batch_size=8, progress=False)).losses
+    per_step = [after - before for before, after in zip(faults_at_step, faults_at_step[1:])]
+    return losses, statistics.median(per_step[2:])
 
-    def run():
-        faults_at_step.clear()
-        torch.manual_seed(0)
-        model = WaveNet(n_in_channels=256, n_layers=2, max_dilation=2, n_residual_channels=8, n_skip_channels=16,
-                        n_out_channels=256, n_cond_channels=1, upsamp_window=16, upsamp_stride=8)
-        windows = TrainingWindows([sine(300, 8000, 8 * 4100)], 8000, model, targets_per_window=4096)
-        losses = train(model, windows, TrainConfig(steps=10, batch_size=8, progress=False)).losses
-        per_step = [after - before for before, after in zip(faults_at_step, faults_at_step[1:])]
-        return losses, statistics.median(per_step[2:])  # steps 3 to 9
 
-    kept_losses, kept_faults = run()
-    monkeypatch.setattr(training, "_heap_keeps_freed_memory", lambda device: contextlib.nullcontext())
-    mapped_losses, mapped_faults = run()
+def test_cpu_steps_after_the_first_reuse_the_memory_they_free():
+    """glibc maps every block over 32 MiB (here the logits and their gradient, 34 MB each) afresh
+    and unmaps it at free; without the kept heap every step faulted all of them in again.
+
+    The typical step is compared (the median from the third on): the kept heap still grows by a
+    block now and then while its layout settles (up to 16k faults in one step in some runs). Each
+    run has a fresh process: a heap that the tests before it fragmented faults more (8k in a
+    typical step after the whole suite, against 0-4 alone)."""
+    def run(keep_heap):
+        script = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+                  f"from test_training import _typical_step_faults; "
+                  f"print(json.dumps(_typical_step_faults({keep_heap})))")
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout.splitlines()[-1])
+
+    kept_losses, kept_faults = run(True)
+    mapped_losses, mapped_faults = run(False)
     print(f"page faults in a typical step: {kept_faults} with the kept heap, {mapped_faults} without")
     assert kept_losses == mapped_losses
     assert kept_faults * 10 < mapped_faults
