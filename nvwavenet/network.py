@@ -73,6 +73,9 @@ def _shaped(value, name: str, shape: tuple[int, ...], meaning: str, sources: str
 def _layer_list(value, name: str, accepted_lengths: tuple[int, ...] | None = None) -> list:
     """``value`` as a list of per-layer entries; ``None`` accepts any non-zero count.
 
+    The accepted lengths come from ``dilate_weights``, whose length sets the layer count: when the
+    two disagree, either may be the one a layer short, so the message names both.
+
     An array or tensor with the layers stacked along its first dimension counts as such a list
     (export code often hands over one numpy array per kind of weight).
     """
@@ -84,7 +87,8 @@ def _layer_list(value, name: str, accepted_lengths: tuple[int, ...] | None = Non
             raise ValueError(f"{name}: expected at least one layer, got an empty list")
     elif len(value) not in accepted_lengths:
         wanted = " or ".join(str(n) for n in accepted_lengths)
-        raise ValueError(f"{name}: expected {wanted} per-layer tensors, got {len(value)}")
+        raise ValueError(f"{name}: expected {wanted} per-layer tensors (the layer count read from dilate_weights), "
+                         f"got {len(value)}: {name} and dilate_weights disagree")
     return list(value)
 
 
