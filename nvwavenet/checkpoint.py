@@ -239,7 +239,8 @@ def read_config(path, *, name: str = "path") -> dict:
         raise ValueError(f"{config_path}: not an nvwavenet checkpoint config (format {FORMAT!r} expected)")
     if config.get("version") != VERSION:
         raise ValueError(f"{config_path}: checkpoint version {config.get('version')!r}, this nvwavenet reads {VERSION}")
-    if config.get("model_type") not in _MODEL_TYPES:
+    # A JSON list or object is unhashable: `in` would raise a TypeError naming nothing.
+    if not isinstance(config.get("model_type"), str) or config["model_type"] not in _MODEL_TYPES:
         raise ValueError(f"{config_path}: unknown model_type {config.get('model_type')!r}, "
                          f"expected one of {sorted(_MODEL_TYPES)}")
     for key in ("model", "audio"):  # else a KeyError or AttributeError when loading
