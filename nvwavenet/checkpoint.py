@@ -265,6 +265,10 @@ def _load_weights(path, model: nn.Module, config: dict) -> AudioConfig:
         audio_config = AudioConfig.from_dict(config["audio"])
     except (TypeError, ValueError) as error:
         raise ValueError(f"{Path(path) / CONFIG_FILE}: audio: {error}") from error
+    # A field missing from the file takes AudioConfig's or MelConfig's default, which the model may
+    # not fit: blamed on the file here, not on whoever later pairs the two.
+    if isinstance(model, WaveNet):
+        model.check_audio_config(audio_config, f"{Path(path) / CONFIG_FILE}: audio")
     weights_path = Path(path) / MODEL_FILE
     state = read_safetensors(weights_path)
     mismatch = state_mismatch(model, state)

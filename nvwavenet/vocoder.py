@@ -78,10 +78,7 @@ class Vocoder:
             raise TypeError(f"model: expected a nvwavenet.model.WaveNet, got {type(model).__name__}")
         if not isinstance(audio_config, AudioConfig) or audio_config.mel is None:
             raise ValueError("audio_config: expected an AudioConfig with the mel front end the model was trained on")
-        model.check_front_end(audio_config.mel, "audio_config")
-        if audio_config.quantization_channels != model.n_out_channels:
-            raise ValueError(f"audio_config: {audio_config.quantization_channels} mu-law classes, but the model "
-                             f"has n_out_channels={model.n_out_channels}")
+        model.check_audio_config(audio_config)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as error:
