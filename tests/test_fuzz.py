@@ -847,8 +847,7 @@ def test_vocoder(data):
     if target == "state_dict":
         key = data.draw(st.sampled_from(sorted(state_dict)))
         label, value = data.draw(st.sampled_from([
-            # NaN weights: test_nv_wavenet_state_dict_nan_names_the_key.
-            ("int32", state_dict[key].int()), ("numpy", state_dict[key].numpy()),
+            ("NaN", state_dict[key] * math.nan), ("int32", state_dict[key].int()), ("numpy", state_dict[key].numpy()),
             ("missing", None), ("wrong shape", state_dict[key][..., :1]), ("float64", state_dict[key].double())]))
         hostile = {k: v for k, v in state_dict.items() if k != key or value is not None}
         if value is not None:
@@ -937,9 +936,6 @@ def test_checkpoint_model_type_not_a_string(tmp_path):
         load_model(path)
 
 
-@pytest.mark.xfail(strict=True, reason="vocoder.py/nv_wavenet_files.py (branch dropin): NaN in an NV-WaveNet "
-                                       "state dict is reported as the exported argument (conv_out_weight), "
-                                       "not as the state dict's key")
 def test_nv_wavenet_state_dict_nan_names_the_key():
     case("escapes", "state dict NaN")
     torch.manual_seed(0)
