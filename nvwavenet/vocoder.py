@@ -151,6 +151,8 @@ class Vocoder:
         for index, chunk in enumerate(mel_chunks):
             name = f"mel chunk {index}"
             chunk = as_tensor(chunk, name, "a float tensor or array")
+            if chunk.dim() in (2, 3):  # before any work over an expanded (zero-stride) chunk
+                self._check_chunk_allocation(chunk, name)
             frames = self._frames(chunk, name)
             if state is None:
                 state = self.net.init_state(frames.shape[0], self.device)
@@ -162,6 +164,16 @@ class Vocoder:
             classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
             audio = self.decode(classes)
             yield audio[0] if chunk.dim() == 2 else audio
+
+    def _check_chunk_allocation(self, chunk: torch.Tensor, name: str) -> None:
+        """Refuse a chunk whose conditioning (2R x L float32 values per sample), audio, classes and
+        selectors, and new state cannot be allocated: a chunk expanded to 10^9 streams costs nothing
+        to make, and would otherwise be worked on until an allocation of terabytes failed."""
+        streams, frames = math.prod(chunk.shape[:-2]), chunk.shape[-1]
+        per_sample = 4 * (2 * self.net.R * self.net.num_layers + 3)
+        per_stream = frames * self.hop_length * per_sample + self.net.receptive_field * self.net.R * 4
+        check_allocation(name, streams * per_stream, self.device,
+                         f"the conditioning, audio and state of {streams} streams of {frames} frames")
 
     def condition_chunk(self, history: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The conditioning of ``frames`` ``(batch, n_mels, n)`` (checked by ``conditioner.as_frames``)
