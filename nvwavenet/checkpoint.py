@@ -166,9 +166,15 @@ def read_safetensors(path, name: str | None = None) -> dict:
     problem = _safetensors_layout_error(path)
     if problem is None:
         try:
-            return safetensors.torch.load_file(os.fspath(path))
+            tensors = safetensors.torch.load_file(os.fspath(path))
         except SafetensorError as error:  # no ValueError: a traceback in the CLI
             problem = str(error)
+        else:
+            # A header whose length is not padded to 8 bytes (other writers than safetensors' own)
+            # leaves tensors at unaligned addresses, which the engines refuse to read in place:
+            # those are copied.
+            return {key: value.clone() if value.data_ptr() % value.element_size() else value
+                    for key, value in tensors.items()}
     raise ValueError(f"{prefix}: not a readable safetensors file ({problem})")
 
 

@@ -621,6 +621,28 @@ def test_unaligned_state_is_refused():
         net.infer(random_cond_input(R, 1, L, 3), state=state)
 
 
+def test_unpadded_state_file_loads(tmp_path):
+    """A state file whose header is not padded to 8 bytes (its tensors at odd offsets) loads as
+    aligned copies, and generation goes on from it exactly as from the state it was saved from."""
+    case("unaligned_state", "unpadded header")
+    net = _net()
+    state = net.init_state(2)
+    net.infer(random_cond_input(R, 2, L, 5, seed=4), state=state)
+    path = tmp_path / "state.safetensors"
+    save_state(state, path)
+    header, body = _safetensors_header(path.read_bytes())
+    text = json.dumps(header).encode()
+    text += b" " * ((1 - len(text)) % 4)  # the data starts at 8 + len(text), an odd address
+    path.write_bytes(struct.pack("<Q", len(text)) + text + body)
+    loaded = load_state(path)
+    assert all(loaded[key].data_ptr() % loaded[key].element_size() == 0 for key in loaded)
+    assert all(torch.equal(loaded[key], state[key]) for key in state)
+    cond = random_cond_input(R, 2, L, 6, seed=5)
+    selectors = torch.rand(2, 6, generator=torch.Generator().manual_seed(6))
+    expected = net.infer(cond, selectors=selectors, state=copy_state(state))
+    assert torch.equal(net.infer(cond, selectors=selectors, state=loaded), expected)
+
+
 # --- read_wav --------------------------------------------------------------------------------------
 
 def wav_bytes(*, format_tag=1, channels=1, rate=8000, bits=16, data=b"", declared=None, block_align=None,
