@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .validation import as_tensor, check_allocation
+from .validation import as_tensor, check_allocation, check_finite
 
 __all__ = ["layer_dilations", "receptive_field", "WaveNetWeights"]
 
@@ -58,8 +58,7 @@ def _float_tensor(value, name: str) -> torch.Tensor:
 
 def _finite_float64(tensor: torch.Tensor, name: str) -> torch.Tensor:
     check_allocation(name, tensor.numel() * 8, "cpu", "its float64 copy")
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+    check_finite(name, tensor)
     return tensor.detach().to("cpu", torch.float64)
 
 
