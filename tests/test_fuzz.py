@@ -909,8 +909,7 @@ def test_vocoder(data):
         assert outcome.shape[-1] == frames * 64 and outcome.dim() == np.ndim(hostile) - 1, outcome.shape
 
 
-# --- escapes found by this suite in code that other branches of issue 20 are changing ------------
-# Each is left out of the properties above and kept here, xfail(strict) until that branch fixes it.
+# --- escapes this suite found, each fixed and now drawn by the property above too -------------------
 
 def test_layer_count_names_both():
     case("escapes", "layer count")
