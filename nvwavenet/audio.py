@@ -162,6 +162,13 @@ def read_wav(path, sample_rate: int | None = None, *, resample_to_rate: bool = T
         raise ValueError(f"{path}: not a readable WAV file (its header is cut short)") from error
     except ZeroDivisionError as error:
         raise ValueError(f"{path}: not a readable WAV file (its header gives 0 channels or 0-bit samples)") from error
+    # UnboundLocalError when the chunks end (or a chunk size skips past the end) before a data chunk;
+    # TypeError when channels, bits and block align make no numpy dtype ('<i21845', '<f1').
+    except UnboundLocalError as error:
+        raise ValueError(f"{path}: not a readable WAV file (it has no data chunk)") from error
+    except TypeError as error:
+        raise ValueError(f"{path}: not a readable WAV file (its format gives samples of no readable type: "
+                         f"{error})") from error
     # A crafted header's rate of 2^31 - 1 would make resampling allocate hundreds of GiB.
     if not 1 <= rate <= MAX_SAMPLE_RATE:
         raise ValueError(f"{path}: sample rate {rate} Hz in its header, expected 1 to {MAX_SAMPLE_RATE} Hz")

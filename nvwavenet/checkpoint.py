@@ -166,9 +166,15 @@ def read_safetensors(path, name: str | None = None) -> dict:
     problem = _safetensors_layout_error(path)
     if problem is None:
         try:
-            return safetensors.torch.load_file(os.fspath(path))
+            tensors = safetensors.torch.load_file(os.fspath(path))
         except SafetensorError as error:  # no ValueError: a traceback in the CLI
             problem = str(error)
+        else:
+            # A header whose length is not padded to 8 bytes (other writers than safetensors' own)
+            # leaves tensors at unaligned addresses, which the engines refuse to read in place:
+            # those are copied.
+            return {key: value.clone() if value.data_ptr() % value.element_size() else value
+                    for key, value in tensors.items()}
     raise ValueError(f"{prefix}: not a readable safetensors file ({problem})")
 
 
@@ -239,7 +245,8 @@ def read_config(path, *, name: str = "path") -> dict:
         raise ValueError(f"{config_path}: not an nvwavenet checkpoint config (format {FORMAT!r} expected)")
     if config.get("version") != VERSION:
         raise ValueError(f"{config_path}: checkpoint version {config.get('version')!r}, this nvwavenet reads {VERSION}")
-    if config.get("model_type") not in _MODEL_TYPES:
+    # A JSON list or object is unhashable: `in` would raise a TypeError naming nothing.
+    if not isinstance(config.get("model_type"), str) or config["model_type"] not in _MODEL_TYPES:
         raise ValueError(f"{config_path}: unknown model_type {config.get('model_type')!r}, "
                          f"expected one of {sorted(_MODEL_TYPES)}")
     for key in ("model", "audio"):  # else a KeyError or AttributeError when loading
@@ -264,6 +271,10 @@ def _load_weights(path, model: nn.Module, config: dict) -> AudioConfig:
         audio_config = AudioConfig.from_dict(config["audio"])
     except (TypeError, ValueError) as error:
         raise ValueError(f"{Path(path) / CONFIG_FILE}: audio: {error}") from error
+    # A field missing from the file takes AudioConfig's or MelConfig's default, which the model may
+    # not fit: blamed on the file here, not on whoever later pairs the two.
+    if isinstance(model, WaveNet):
+        model.check_audio_config(audio_config, f"{Path(path) / CONFIG_FILE}: audio")
     weights_path = Path(path) / MODEL_FILE
     state = read_safetensors(weights_path)
     mismatch = state_mismatch(model, state)

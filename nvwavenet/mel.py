@@ -119,8 +119,11 @@ class MelConfig:
                                                            or not isinstance(value, numbers.Real)):
                 raise TypeError(f"{name}: expected a number, got {value!r}")
         _check_band(self.fmin, self.sample_rate / 2 if self.fmax is None else self.fmax, self.sample_rate)
-        if not 0 < self.clamp_min < math.inf:  # log(inf) would make every mel inf
-            raise ValueError(f"clamp_min: expected a positive finite floor for the log, got {self.clamp_min}")
+        # log(inf) would make every mel inf; mels are float32, and torch.clamp fails on a floor
+        # beyond its range without naming clamp_min.
+        if not 0 < self.clamp_min <= torch.finfo(torch.float32).max:
+            raise ValueError(f"clamp_min: expected a positive floor for the log within float32's range, "
+                             f"got {self.clamp_min}")
 
     @classmethod
     def tacotron2(cls) -> MelConfig:
@@ -155,6 +158,13 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("window", torch.hann_window(c.win_length, periodic=True), persistent=False)
         self.register_buffer("filterbank", torch.from_numpy(
             mel_filterbank(c.sample_rate, c.n_fft, c.n_mels, c.fmin, fmax)).float(), persistent=False)
+        # |STFT| <= sum(window) for audio in [-1, 1], so no mel exceeds this: a floor at or above it
+        # makes every mel the floor. (A band holding no FFT bin gives 0, and every mel the floor
+        # whatever clamp_min is.)
+        largest = float(self.filterbank.sum(dim=1).max()) * float(self.window.sum())
+        if largest > 0 and not c.clamp_min < largest:
+            raise ValueError(f"clamp_min: expected a floor below {largest:.4g}, the largest mel magnitude audio in "
+                             f"[-1, 1] reaches with this config, got {c.clamp_min!r}")
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
@@ -171,4 +181,4 @@ class MelSpectrogram(nn.Module):
         spectrum = torch.stft(audio.float(), c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
                               window=self.window, center=True, pad_mode="reflect", return_complex=True)
         mel = torch.matmul(self.filterbank, spectrum.abs())
-        return torch.log(torch.clamp(mel, min=c.clamp_min))
+        return torch.log(torch.clamp(mel, min=float(c.clamp_min)))  # an int floor beyond int64 fails in clamp

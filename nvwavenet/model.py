@@ -137,11 +137,20 @@ class WaveNet(nn.Module):
         """Raise unless the mel front end ``mel`` (a MelConfig) fits this model's conditioning:
         one band per conditioning channel, and one frame per hop of ``upsamp_stride`` samples."""
         if mel.n_mels != self.n_cond_channels:
-            raise ValueError(f"{name}: {mel.n_mels} mel bands, but the model takes n_cond_channels="
+            raise ValueError(f"{name}: n_mels {mel.n_mels} (mel bands), but the model takes n_cond_channels="
                              f"{self.n_cond_channels}")
         if mel.hop_length != self.upsamp_stride:
             raise ValueError(f"{name}: hop_length {mel.hop_length} must equal the model's upsamp_stride "
                              f"{self.upsamp_stride}, so that one frame conditions one hop of samples")
+
+    def check_audio_config(self, audio_config, name: str = "audio_config") -> None:
+        """Raise unless ``audio_config`` (an AudioConfig) fits this model: one mu-law class per output
+        channel, and a mel front end (when it has one) that fits :meth:`check_front_end`."""
+        if audio_config.quantization_channels != self.n_out_channels:
+            raise ValueError(f"{name}: quantization_channels {audio_config.quantization_channels} (mu-law classes), "
+                             f"but the model has n_out_channels={self.n_out_channels}")
+        if audio_config.mel is not None:
+            self.check_front_end(audio_config.mel, f"{name}: mel")
 
     def _cond_acts(self, features: torch.Tensor, num_samples: int | None, cond_offset: int = 0) -> torch.Tensor:
         """Conditioning (batch, L, 2R, samples) from mel frames (batch, n_cond_channels, frames).

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .validation import as_tensor
+from .validation import as_tensor, check_allocation, check_finite
 
 __all__ = ["layer_dilations", "receptive_field", "WaveNetWeights"]
 
@@ -46,12 +46,19 @@ def receptive_field(n_layers: int, max_dilation: int) -> int:
     return 1 + sum(layer_dilations(n_layers, max_dilation))
 
 
-def _as_tensor(value, name: str) -> torch.Tensor:
+def _float_tensor(value, name: str) -> torch.Tensor:
+    """``value`` as a floating-point tensor, without copying it: its shape is checked before
+    anything of its size is allocated (an expanded, zero-stride tensor of 2^40 rows costs nothing
+    to make, and its float64 copy would be terabytes)."""
     tensor = as_tensor(value, name, "a tensor")
     if not tensor.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {tensor.dtype}")
-    if not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+    return tensor
+
+
+def _finite_float64(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    check_allocation(name, tensor.numel() * 8, "cpu", "its float64 copy")
+    check_finite(name, tensor)
     return tensor.detach().to("cpu", torch.float64)
 
 
@@ -61,17 +68,20 @@ def _shaped(value, name: str, shape: tuple[int, ...], meaning: str, sources: str
     ``sources`` names the arguments the sizes in ``meaning`` were read from: when the two disagree,
     either may be the wrong one, so the message names both.
     """
-    tensor = _as_tensor(value, name)
+    tensor = _float_tensor(value, name)
     if tensor.dim() == len(shape) + 1 and tensor.shape[-1] == 1:
         tensor = tensor.squeeze(-1)
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape} ({meaning}, sizes read from {sources}), "
                          f"got {tuple(tensor.shape)}: {name} and {sources} disagree")
-    return tensor.contiguous()
+    return _finite_float64(tensor, name).contiguous()
 
 
 def _layer_list(value, name: str, accepted_lengths: tuple[int, ...] | None = None) -> list:
     """``value`` as a list of per-layer entries; ``None`` accepts any non-zero count.
+
+    The accepted lengths come from ``dilate_weights``, whose length sets the layer count: when the
+    two disagree, either may be the one a layer short, so the message names both.
 
     An array or tensor with the layers stacked along its first dimension counts as such a list
     (export code often hands over one numpy array per kind of weight).
@@ -84,7 +94,8 @@ def _layer_list(value, name: str, accepted_lengths: tuple[int, ...] | None = Non
             raise ValueError(f"{name}: expected at least one layer, got an empty list")
     elif len(value) not in accepted_lengths:
         wanted = " or ".join(str(n) for n in accepted_lengths)
-        raise ValueError(f"{name}: expected {wanted} per-layer tensors, got {len(value)}")
+        raise ValueError(f"{name}: expected {wanted} per-layer tensors (the layer count read from dilate_weights), "
+                         f"got {len(value)}: {name} and dilate_weights disagree")
     return list(value)
 
 
@@ -174,7 +185,7 @@ class WaveNetWeights:
         Sizes are read off ``embedding_curr`` (A x R) and ``skip_weights[0]`` (S x R), the layer
         count off ``dilate_weights``; every other argument must agree, or a ``ValueError`` names it.
         """
-        curr = _as_tensor(embedding_curr, "embedding_curr")
+        curr = _finite_float64(_float_tensor(embedding_curr, "embedding_curr"), "embedding_curr")
         if curr.dim() != 2:
             raise ValueError(f"embedding_curr: expected a 2-D tensor (A x R), got shape {tuple(curr.shape)}")
         n_classes, n_residual = curr.shape
@@ -199,7 +210,7 @@ class WaveNetWeights:
         skip_weights = _layer_list(skip_weights, "skip_weights", (n_layers,))
         skip_biases = _layer_list(skip_biases, "skip_biases", (n_layers,))
 
-        first_skip = _as_tensor(skip_weights[0], "skip_weights[0]")
+        first_skip = _float_tensor(skip_weights[0], "skip_weights[0]")
         if first_skip.dim() == 3 and first_skip.shape[-1] == 1:
             first_skip = first_skip.squeeze(-1)
         if first_skip.dim() != 2:
@@ -241,9 +252,9 @@ class WaveNetWeights:
 
 
 def _dilate_weight(value, name: str, n_residual: int) -> torch.Tensor:
-    tensor = _as_tensor(value, name)
+    tensor = _float_tensor(value, name)
     shape = (2 * n_residual, n_residual, 2)
     if tuple(tensor.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape} (2R x R x 2 kernel taps, R read from embedding_curr), "
                          f"got {tuple(tensor.shape)}: {name} and embedding_curr disagree")
-    return tensor.contiguous()
+    return _finite_float64(tensor, name).contiguous()

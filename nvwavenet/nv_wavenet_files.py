@@ -27,6 +27,7 @@ from .audio import AudioConfig
 from .checkpoint import read_json, read_safetensors, state_mismatch
 from .mel import MelConfig
 from .model import WaveNet
+from .validation import check_finite
 
 __all__ = ["read_nv_wavenet_config", "load_nv_wavenet_state"]
 
@@ -113,4 +114,8 @@ def load_nv_wavenet_state(model: WaveNet, state_dict) -> None:
     mismatch = state_mismatch(model, state_dict)
     if mismatch:
         raise ValueError("state_dict: does not match wavenet_config: " + mismatch)
+    # Checked here, by key: the network's own check would name the exported argument
+    # (conv_out_weight), which is not a name in the user's state dict.
+    for key, value in state_dict.items():
+        check_finite(f"state_dict[{key!r}]", value)
     model.load_state_dict(state_dict)

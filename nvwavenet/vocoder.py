@@ -78,10 +78,7 @@ class Vocoder:
             raise TypeError(f"model: expected a nvwavenet.model.WaveNet, got {type(model).__name__}")
         if not isinstance(audio_config, AudioConfig) or audio_config.mel is None:
             raise ValueError("audio_config: expected an AudioConfig with the mel front end the model was trained on")
-        model.check_front_end(audio_config.mel, "audio_config")
-        if audio_config.quantization_channels != model.n_out_channels:
-            raise ValueError(f"audio_config: {audio_config.quantization_channels} mu-law classes, but the model "
-                             f"has n_out_channels={model.n_out_channels}")
+        model.check_audio_config(audio_config)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as error:
@@ -154,6 +151,8 @@ class Vocoder:
         for index, chunk in enumerate(mel_chunks):
             name = f"mel chunk {index}"
             chunk = as_tensor(chunk, name, "a float tensor or array")
+            if chunk.dim() in (2, 3):  # before any work over an expanded (zero-stride) chunk
+                self._check_chunk_allocation(chunk, name)
             frames = self._frames(chunk, name)
             if state is None:
                 state = self.net.init_state(frames.shape[0], self.device)
@@ -165,6 +164,16 @@ class Vocoder:
             classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
             audio = self.decode(classes)
             yield audio[0] if chunk.dim() == 2 else audio
+
+    def _check_chunk_allocation(self, chunk: torch.Tensor, name: str) -> None:
+        """Refuse a chunk whose conditioning (2R x L float32 values per sample), audio, classes and
+        selectors, and new state cannot be allocated: a chunk expanded to 10^9 streams costs nothing
+        to make, and would otherwise be worked on until an allocation of terabytes failed."""
+        streams, frames = math.prod(chunk.shape[:-2]), chunk.shape[-1]
+        per_sample = 4 * (2 * self.net.R * self.net.num_layers + 3)
+        per_stream = frames * self.hop_length * per_sample + self.net.receptive_field * self.net.R * 4
+        check_allocation(name, streams * per_stream, self.device,
+                         f"the conditioning, audio and state of {streams} streams of {frames} frames")
 
     def condition_chunk(self, history: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The conditioning of ``frames`` ``(batch, n_mels, n)`` (checked by ``conditioner.as_frames``)

@@ -159,7 +159,7 @@ def test_regression_windows_hold_raw_values():
 def test_training_windows_reject_mismatches():
     model = small_wavenet(n_cond_channels=8)
     audio = sine(300, 8000, 2000)
-    with pytest.raises(ValueError, match="mel: 80 mel bands, but the model takes n_cond_channels=8"):
+    with pytest.raises(ValueError, match=r"mel: n_mels 80 \(mel bands\), but the model takes n_cond_channels=8"):
         TrainingWindows([audio], 22050, model, targets_per_window=256, mel=MelConfig())
     with pytest.raises(ValueError, match="hop_length 128 must equal the model's upsamp_stride 64"):
         TrainingWindows([audio], 8000, model, targets_per_window=256,
