@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .engines import build_info
-from .validation import check_finite, check_folder
+from .validation import check_folder
 
 # OSError: a missing file or folder, a file where a folder is wanted, no permission, a full disk;
 # each names its path.
@@ -126,25 +126,14 @@ def _load_vocoder(args):
 def _input_mel(vocoder, path: Path) -> torch.Tensor:
     """A mel ``(n_mels, frames)`` from a ``.npy`` of mel frames or a ``.wav`` through the front end."""
     from .audio import read_wav
+    from .mel import load_mel_npy
 
     if path.is_dir():
         raise IsADirectoryError(f"{path}: a directory, expected a .npy mel spectrogram or a .wav file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:  # numpy's own messages do not name the file
-            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
-        # Integers, booleans and complex numbers would be cast to float frames without a word.
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"{path}: expected float mel frames, got dtype {array.dtype}")
-        mel = torch.from_numpy(array.astype(np.float32))  # native float32 whatever the file's byte order
-        if mel.dim() != 2 or mel.shape[0] != vocoder.audio_config.mel.n_mels or mel.shape[1] == 0:
-            raise ValueError(f"{path}: expected a mel of shape ({vocoder.audio_config.mel.n_mels} bands, "
-                             f"frames >= 1), got {tuple(mel.shape)}")
-        check_finite(str(path), mel)
-        return mel
+        return load_mel_npy(path, vocoder.audio_config.mel.n_mels, str(path))
     if path.suffix.lower() == ".wav":
         # Resampled and mixed to mono as training reads its WAVs, so any WAV can be re-synthesised.
         audio, _ = read_wav(path, vocoder.sample_rate)

@@ -200,6 +200,7 @@ def vocode_files(url: str, inputs: list[Path], targets: list[Path], *, seed: int
     """``nvwavenet vocode --server URL``: each ``.npy`` mel of ``inputs`` vocoded by the server with
     ``seed`` (as ``Vocoder(mel, seed=seed)`` would) and written to its target WAV."""
     from .audio import write_wav
+    from .mel import load_mel_npy
 
     client = Client(url)
     model = client.model_info()
@@ -207,13 +208,7 @@ def vocode_files(url: str, inputs: list[Path], targets: list[Path], *, seed: int
     for path in inputs:  # all read and checked before the first request
         if path.suffix.lower() != ".npy" or not path.is_file():
             raise ValueError(f"{path}: --server takes .npy mel spectrograms that exist")
-        try:
-            mel = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as error:
-            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
-        if not np.issubdtype(mel.dtype, np.floating) or mel.ndim != 2 or mel.shape[0] != model["n_mels"]:
-            raise ValueError(f"{path}: expected float mel frames of shape ({model['n_mels']} bands, frames), "
-                             f"got {mel.dtype} {mel.shape}")
+        mel = load_mel_npy(path, model["n_mels"], str(path)).numpy()
         mels.append(mel)
     targets[0].parent.mkdir(parents=True, exist_ok=True)
     for path, target, mel in zip(inputs, targets, mels):

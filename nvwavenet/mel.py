@@ -32,7 +32,7 @@ from torch import nn
 
 from .validation import MAX_SAMPLE_RATE, check_fields, check_finite, check_int
 
-__all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz"]
+__all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz", "load_mel_npy"]
 
 # Slaney's mel scale: linear (200/3 Hz per mel) up to 1 kHz, then logarithmic, 27 mels per
 # factor 6.4 in frequency.
@@ -182,3 +182,20 @@ class MelSpectrogram(nn.Module):
                               window=self.window, center=True, pad_mode="reflect", return_complex=True)
         mel = torch.matmul(self.filterbank, spectrum.abs())
         return torch.log(torch.clamp(mel, min=float(c.clamp_min)))  # an int floor beyond int64 fails in clamp
+
+
+def load_mel_npy(source, n_mels: int, name: str) -> torch.Tensor:
+    """A mel ``(n_mels, frames >= 1)`` from a ``.npy`` file or file object: float32 in native byte
+    order, finite. Every refusal is a ValueError that starts with ``name`` (what the user gave)."""
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:  # numpy's own messages do not name the source
+        raise ValueError(f"{name}: not a readable .npy array ({error})") from error
+    # Integers, booleans and complex numbers would be cast to float frames without a word.
+    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name}: expected float mel frames, got dtype {getattr(array, 'dtype', type(array))}")
+    if array.ndim != 2 or array.shape[0] != n_mels or array.shape[1] == 0:
+        raise ValueError(f"{name}: expected a mel of shape ({n_mels} bands, frames >= 1), got {array.shape}")
+    mel = torch.from_numpy(array.astype(np.float32))  # native float32 whatever the source's byte order
+    check_finite(name, mel)
+    return mel

@@ -67,6 +67,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.websockets import WebSocketDisconnect
 
 from .audio import to_pcm, write_wav
+from .mel import load_mel_npy
 from .scheduler import Scheduler, SchedulerClosed, SchedulerFull
 from .validation import check_int
 from .vocoder import Vocoder
@@ -383,21 +384,12 @@ async def _vocode_once(service: _Service, request: Request) -> Response:
             return refuse(413, f"body over {limit} bytes: at most {settings.max_request_frames} frames "
                                "(max_request_frames)", "bad_input")
     try:
-        array = np.load(io.BytesIO(bytes(body)), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        return refuse(400, f"body: not a readable .npy array ({error})", "bad_input")
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
-        return refuse(400, f"body: expected float mel frames, got dtype {getattr(array, 'dtype', type(array))}",
-                      "bad_input")
-    if array.ndim != 2 or array.shape[0] != service.n_mels or array.shape[1] == 0:
-        return refuse(400, f"body: expected a mel of shape ({service.n_mels} bands, frames >= 1), got "
-                           f"{array.shape}", "bad_input")
-    if array.shape[1] > settings.max_request_frames:
-        return refuse(413, f"body: {array.shape[1]} frames, at most {settings.max_request_frames} "
+        mel = load_mel_npy(io.BytesIO(bytes(body)), service.n_mels, "body")
+    except ValueError as error:
+        return refuse(400, str(error), "bad_input")
+    if mel.shape[1] > settings.max_request_frames:
+        return refuse(413, f"body: {mel.shape[1]} frames, at most {settings.max_request_frames} "
                            "(max_request_frames)", "bad_input")
-    mel = torch.from_numpy(array.astype(np.float32))
-    if not bool(torch.isfinite(mel).all()):
-        return refuse(400, "body: the mel holds NaN or infinite values", "bad_input")
     audio_ready = asyncio.Event()
     try:
         stream = service.scheduler.open(seed, _waker(asyncio.get_running_loop(), audio_ready))
