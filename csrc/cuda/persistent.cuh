@@ -318,8 +318,8 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
 // bytes may land after the final cluster barrier (it orders memory operations, not the
 // completion of st.async), i.e. after the block exited. So each block, before that barrier,
 // adds the bytes it sent over the whole call into a word per hand-off slot of each consumer
-// (add_sent_bytes; Layout::kSentBytes), and after it each consumer completes every phase that can still
-// receive bytes (MbarrierHandoff::drain). Only the open phase of a slot can: a producer sends
+// (add_sent_bytes; Layout::kSentBytes), and after it each consumer completes every phase that
+// can still receive bytes (MbarrierHandoff::drain). Only the open phase of a slot can: a producer sends
 // phase c + 1 only after a chain of hand-offs that starts with its consumer completing phase c,
 // so bytes sent - completed phases x bytes per phase are that phase's, at most one phase.
 // Thread 0 only; every block after its step loop, off the steps' path (once per call).
@@ -433,7 +433,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
                              ? persistent_layer_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status)
                              : persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
   // No block may exit while another can still write into its shared memory: after this barrier
-  // no block sends; CLUSTER's st.async already sent are drained by their consumers (above).
+  // no block sends, and CLUSTER's consumers drain the st.async already sent (drain_handoffs).
   if constexpr (kMbarrier)
     if (tid == 0) add_sent_bytes<R, S, A, W>(p, split, smem, cluster, rank, stop);
   cluster.sync();
