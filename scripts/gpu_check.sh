@@ -4,7 +4,12 @@
 #     bash scripts/gpu_check.sh
 #
 # Builds nvwavenet in place, runs the CUDA tests (CLUSTER and TENSOR_CORE, never run on a GPU
-# before, first: their failures are the news; then every variant), compute-sanitizer memcheck and
+# before, first: their failures are the news; then every variant), times nvwavenet (Impl.AUTO)
+# beside NV-WaveNet's own nv_wavenet_perf at the same sizes in this lease (R64/S256/A256 L20
+# max_dilation 512, batch 1/8/64/256, float16 and float32: scripts/nv_wavenet_compare.py; the ratio
+# table goes into $LOGS/RESULTS.md, a copy of benchmarks/RESULTS.md with that GPU's section
+# rewritten from $LOGS/nv_wavenet_compare.json; before the sanitizers, as issue 24's "done when"
+# needs that table; at most 200 s), compute-sanitizer memcheck and
 # racecheck on one small case per variant (one run per variant, so one failure hides no other),
 # times the variants old and new side by side at batch 1 to 4096 in float32 and float16 with
 # samples/s per watt (scripts/cuda_timing.py) and writes the measured table AUTO follows
@@ -17,6 +22,14 @@
 # step passed. Meant to finish in about 8 minutes on one H100 with 16 CPU cores; every step has a
 # time limit, and all of them together stay within GPU_CHECK_BUDGET seconds (default 540), so the
 # summary is always printed within a 10-minute call.
+#
+# nv_wavenet_perf is built on the development machine, not here: `bash scripts/build_nv_wavenet_perf.sh`
+# (nvcc, no GPU; it writes build/nv-wavenet/nv_wavenet_perf, an ignored path, CUDA runtime linked
+# statically), and the device call carries it: run(command="bash scripts/gpu_check.sh",
+# carry=["build/nv-wavenet"]). Where the binary is missing, this script builds it first with the
+# same script (nvcc is on the GPU machine too), which costs minutes of the budget. NV_WAVENET_PERF
+# names another binary. Back home, commit the table with
+# `python scripts/nv_wavenet_compare.py write-results <files_at>/nv_wavenet_compare.json`.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 LOGS="${OUT:-$PWD/gpu_check_out}"
@@ -30,11 +43,29 @@ BUDGET="${GPU_CHECK_BUDGET:-540}"
 ROWS=()
 FAILED=0
 
+# Whether GPU_CHECK_SKIP (space-separated glob patterns of step names) leaves step $1 out: for a
+# second call on the same warm machine, e.g. GPU_CHECK_SKIP="tests* vs-nv-wavenet results-*" to
+# spend it on the sanitizers, the timing table and the trace (never skip `build`: the rest needs it).
+skip_requested() {
+  local pattern found=1
+  set -f
+  for pattern in ${GPU_CHECK_SKIP:-}; do
+    # shellcheck disable=SC2254
+    case $1 in $pattern) found=0 ;; esac
+  done
+  set +f
+  return $found
+}
+
 # run_step NAME LIMIT_SECONDS COMMAND...: runs COMMAND with its output in $LOGS/NAME.log, for at
 # most LIMIT_SECONDS or what is left of the budget.
 run_step() {
   local name=$1 limit=$2
   shift 2
+  if skip_requested "$name"; then
+    ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$name" "SKIPPED" 0 "GPU_CHECK_SKIP")")
+    return 1
+  fi
   local start=$SECONDS status left=$((BUDGET - SECONDS))
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -le 5 ]; then
@@ -64,6 +95,10 @@ summary() {
     echo
     cat "$LOGS/timing.log"
   fi
+  if [ -f "$LOGS/results-nv-wavenet.log" ]; then
+    echo
+    cat "$LOGS/results-nv-wavenet.log"
+  fi
 }
 
 nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1
@@ -74,6 +109,18 @@ fi
 "$PYTHON" -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
 run_step tests-new 90 "$PYTHON" -m pytest -q -rs -x -m cuda tests/test_cuda.py -k "CLUSTER or TENSOR_CORE"
 run_step tests 210 "$PYTHON" -m pytest -q -rs -m cuda tests/test_cuda.py --junitxml="$LOGS/cuda_tests.xml"
+NV_WAVENET_PERF="${NV_WAVENET_PERF:-build/nv-wavenet/nv_wavenet_perf}"
+[ -x "$NV_WAVENET_PERF" ] || run_step build-nv-wavenet 300 bash scripts/build_nv_wavenet_perf.sh
+if [ -x "$NV_WAVENET_PERF" ]; then
+  run_step vs-nv-wavenet 200 "$PYTHON" scripts/nv_wavenet_compare.py measure --perf "$NV_WAVENET_PERF" \
+    --out "$LOGS/nv_wavenet_compare.json" --budget 190
+  # Whatever was measured, even by a step cut short, goes into the table.
+  if [ -f "$LOGS/nv_wavenet_compare.json" ]; then
+    cp benchmarks/RESULTS.md "$LOGS/RESULTS.md"
+    run_step results-nv-wavenet 20 "$PYTHON" scripts/nv_wavenet_compare.py write-results \
+      "$LOGS/nv_wavenet_compare.json" --results "$LOGS/RESULTS.md"
+  fi
+fi
 for tool in memcheck racecheck; do
   if [ -z "$SANITIZER" ]; then
     ROWS+=("$(printf '%-22s %-16s %5ds  %s' "$tool" "MISSING" 0 "compute-sanitizer not found")")
@@ -85,8 +132,10 @@ for tool in memcheck racecheck; do
       "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py "$variant"
   done
 done
+# A second call skipping the tests names the first call's JUnit XML (copied into the tree from the
+# files that came back) in GPU_CHECK_PASSED_FROM; else the table lists no variant as passed.
 run_step timing 120 "$PYTHON" scripts/cuda_timing.py --write-table "$LOGS/autotune_table.json" \
-  --passed-from "$LOGS/cuda_tests.xml"
+  --passed-from "${GPU_CHECK_PASSED_FROM:-$LOGS/cuda_tests.xml}"
 # The trace build prints one line per block and call; run the target once per variant, then put
 # the untraced module back.
 if run_step build-trace 120 env NVWAVENET_TRACE=1 "$PYTHON" setup.py build_ext --inplace; then

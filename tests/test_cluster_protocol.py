@@ -1,24 +1,40 @@
 """A host emulation of CLUSTER's hand-off protocol (csrc/cuda/handoff.cuh, MbarrierHandoff, driven by
 persistent.cuh's schedule), run in random block interleavings: the mbarrier phases, transaction
-counts and single-buffer reuse across steps are where a cluster kernel deadlocks or races, and no
-GPU has run this kernel yet.
+counts, single-buffer reuse across steps and the exit after an abort are where a cluster kernel
+deadlocks or races, and no GPU has run this kernel yet.
 
 Each block is a generator that yields at every operation that another block can observe; a
-scheduler runs a random ready block. The mbarrier model follows the PTX ISA: an expected
-arrival count (1: the consumer's thread 0), a transaction count that st.async's complete_tx lowers
-(it may go negative before the consumer's arrive.expect_tx raises it) and a phase that completes
-when both reach zero; try_wait.parity(P) succeeds once the phase with parity P has completed.
-Checked: no deadlock; a phase completes only with all of its bytes present (never early, never a
-byte of the next phase); no st.async overwrites data its consumer has not finished reading; the
-transaction count stays within PTX's range; no barrier runs two phases ahead of its waiter.
+scheduler runs a random ready block or lands a random st.async in flight. The mbarrier model
+follows the PTX ISA: an expected arrival count (1: the consumer's thread 0), a transaction count
+that st.async's complete_tx lowers (it may go negative before the consumer's arrive.expect_tx
+raises it) and a phase that completes when both reach zero; try_wait.parity(P) succeeds once the
+phase with parity P has completed. An st.async is delivered late, in any order: its bytes land in
+the consumer's buffer and complete on its mbarrier at a random later point, possibly after the
+producer left the kernel.
+
+The abort path (issue 24): at a random point one wait times out (it announced its bytes and gives
+up), raising the abort; every other wait then gives up at a random later poll, unless its phase
+completed first (bounded_wait looks at the barrier before the abort). Each block then runs the
+kernel's exit (persistent.cuh: add_sent_bytes, the final cluster barrier, drain_handoffs with
+MbarrierHandoff::drain), computed here from the block's stop point exactly as the kernel does.
+
+Checked: no deadlock (the drain's waits included); a phase completes only with all of its bytes
+present (never early, never a byte of the next phase); no st.async overwrites data its consumer
+has not finished reading; the transaction count stays within PTX's range; no barrier runs two
+phases ahead of its waiter; the drain's byte counts are within one phase; and no block exits
+while an st.async into its shared memory is still in flight (nor does one land after it exited).
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
 TX_LIMIT = 2**20 - 1
+# status.h's WaitSite values of CLUSTER's waits; within a step a block waits at increasing sites.
+NONE, INPUT, SKIP, HIDDEN, LOGITS = 0, 4, 5, 6, 7
+SLOT = {INPUT: 0, SKIP: 1, HIDDEN: 2, LOGITS: 3}  # persistent_layout.h's k*Counter
 
 
 class ProtocolError(AssertionError):
@@ -26,7 +42,8 @@ class ProtocolError(AssertionError):
 
 
 class Mbarrier:
-    def __init__(self):
+    def __init__(self, name):
+        self.name = name
         self.phase = 0  # phases completed
         self.pending = 1
         self.tx = 0
@@ -37,25 +54,33 @@ class Mbarrier:
             self.phase += 1
             self.pending = 1
 
-    def complete_tx(self, nbytes, phase_of_data):
-        if phase_of_data != self.phase:
-            raise ProtocolError(f"bytes of phase {phase_of_data} arrived while phase {self.phase} is open")
+    def _count(self, nbytes):
         self.tx -= nbytes
-        self.arrived[self.phase] = self.arrived.get(self.phase, 0) + nbytes
         if abs(self.tx) > TX_LIMIT:
-            raise ProtocolError(f"transaction count {self.tx} out of range")
+            raise ProtocolError(f"{self.name}: transaction count {self.tx} out of range")
         self._complete_if_done()
+
+    def complete_tx(self, nbytes, phase_of_data):
+        """The complete_tx of an st.async carrying data of `phase_of_data`."""
+        if phase_of_data != self.phase:
+            raise ProtocolError(f"{self.name}: bytes of phase {phase_of_data} arrived while phase {self.phase} is open")
+        self.arrived[self.phase] = self.arrived.get(self.phase, 0) + nbytes
+        self._count(nbytes)
+
+    def complete_tx_local(self, nbytes):
+        """mbarrier.complete_tx by the owner: counts bytes that carry no data."""
+        self._count(nbytes)
 
     def arrive_expect_tx(self, nbytes):
         self.tx += nbytes
         self.pending -= 1
         if self.pending < 0:
-            raise ProtocolError("more arrivals than the barrier expects")
+            raise ProtocolError(f"{self.name}: more arrivals than the barrier expects")
         self._complete_if_done()
 
     def try_wait_parity(self, phase):
         if self.phase > phase + 1:
-            raise ProtocolError(f"barrier ran to phase {self.phase} while its waiter waits for phase {phase}")
+            raise ProtocolError(f"{self.name}: ran to phase {self.phase} while its waiter waits for phase {phase}")
         return self.phase == phase + 1
 
 
@@ -81,87 +106,190 @@ class Buffer:
         self.read_done = phase
 
 
-def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None):
-    """Runs persistent.cuh's CLUSTER schedule; returns the hand-offs made. expect_bytes overrides
-    what a consumer announces (to show that a wrong count is caught)."""
+def phases_done(stop, site, steps):
+    """persistent.cuh's phases_done: phases of the wait at `site` completed before the block stopped."""
+    step, stopped_at = stop
+    return steps if stopped_at == NONE else step + (1 if site < stopped_at else 0)
+
+
+# The block exits emulated: the kernel's (drain), the one before issue 24 (barrier: the final
+# cluster barrier, then exit), and two wrong drains that must be caught.
+EXITS = ("drain", "barrier", "drain without complete_tx", "drain counting x_0 after the last step")
+
+
+def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, abort_at=None, exit="drain"):
+    """Runs persistent.cuh's CLUSTER schedule and exit; returns statistics of the run.
+    expect_bytes overrides what a consumer announces (to show that a wrong count is caught);
+    abort_at: (round, site): from that scheduler round on, the next wait blocked at that site times
+    out (None: none does)."""
+    assert exit in EXITS
     rows = A // head_blocks
-    input_bar = [Mbarrier() for _ in range(layer_blocks)]
-    skip_bar, hidden_bar = [Mbarrier() for _ in range(head_blocks)], [Mbarrier() for _ in range(head_blocks)]
-    logit_bar = Mbarrier()
+    blocks_total = layer_blocks + head_blocks
+    bars = [{INPUT: Mbarrier(f"input barrier of layer block {j}")} for j in range(layer_blocks)]
+    bars += [{SKIP: Mbarrier(f"skip barrier of head {h}"), HIDDEN: Mbarrier(f"z barrier of head {h}")}
+             for h in range(head_blocks)]
+    bars[layer_blocks][LOGITS] = Mbarrier("logit barrier of the sampler")
+    sent = [Counter() for _ in range(blocks_total)]  # each block's kSentBytes words, by site
     x = [Buffer(f"x of layer block {j}") for j in range(layer_blocks)]
     slots = [[Buffer(f"skip slot {j} of head {h}") for j in range(layer_blocks)] for h in range(head_blocks)]
     hidden = [[Buffer(f"z rows of head {g} in head {h}") for g in range(head_blocks)] for h in range(head_blocks)]
     logits = [Buffer(f"logit rows of head {g}") for g in range(head_blocks)]
     announced = expect_bytes or {}
-    handoffs = [0]
+    in_flight = []  # (consumer block, site, buffer, bytes, phase) of st.async not landed yet
+    exited = set()
+    stats = Counter()
+    state = {"round": 0, "abort": False, "at_barrier": 0}
 
-    def put(bar, buffer, nbytes, phase):
-        # One st.async per element; the model stores the region then completes its bytes, the
-        # order in which one st.async's write and complete_tx become visible to the waiter.
+    def put(consumer, site, buffer, nbytes, phase):
+        in_flight.append((consumer, site, buffer, nbytes, phase))
+
+    def land(i):
+        consumer, site, buffer, nbytes, phase = in_flight.pop(i)
+        if consumer in exited:
+            raise ProtocolError(f"an st.async landed in block {consumer}'s shared memory after it exited")
+        # One st.async's write and its complete_tx become visible to the waiter in this order.
         buffer.store(phase)
-        bar.complete_tx(nbytes, phase)
-        handoffs[0] += 1
+        bars[consumer][site].complete_tx(nbytes, phase)
+        stats["handoffs"] += 1
 
-    def wait(bar, nbytes, phase):
+    def wait(block, site, nbytes, phase):
+        """MbarrierHandoff::wait through bounded_wait: False when it gave up."""
+        bar = bars[block][site]
         bar.arrive_expect_tx(nbytes)
         while not bar.try_wait_parity(phase):
+            if not state["abort"] and abort_at is not None and state["round"] >= abort_at[0] and site == abort_at[1]:
+                state["abort"] = True  # this wait timed out
+                stats[f"timed out at site {site}"] += 1
+                return False
+            if state["abort"] and rng.random() < 0.3:
+                return False
             yield "blocked"
+        return True
 
     def layer_block(j):
         for t in range(steps):
-            yield from wait(input_bar[j], announced.get("input", R * 4), t)
+            if not (yield from wait(j, INPUT, announced.get("input", R * 4), t)):
+                return t, INPUT
             x[j].read(t)  # the chain reads and updates x in place
             yield "chain"
             if j + 1 < layer_blocks:  # st.async of the local x to block j+1
                 x[j].read(t)
-                put(input_bar[j + 1], x[j + 1], R * 4, t)
+                put(j + 1, INPUT, x[j + 1], R * 4, t)
                 yield "sent x"
             x[j].done(t)
             for h in range(head_blocks):
-                put(skip_bar[h], slots[h][j], S * 4, t)
+                put(layer_blocks + h, SKIP, slots[h][j], S * 4, t)
                 yield "sent skip share"
+        return steps, NONE
 
     def head_block(h):
+        me = layer_blocks + h
         sampler = h == 0
         if sampler:
-            put(input_bar[0], x[0], R * 4, 0)
+            put(0, INPUT, x[0], R * 4, 0)
             yield "sent x0"
         for t in range(steps):
-            yield from wait(skip_bar[h], announced.get("skip", layer_blocks * S * 4), t)
+            if not (yield from wait(me, SKIP, announced.get("skip", layer_blocks * S * 4), t)):
+                return t, SKIP
             for j in range(layer_blocks):
                 slots[h][j].done(t)
             yield "z"
             for g in range(head_blocks):
-                put(hidden_bar[g], hidden[g][h], rows * 4, t)
+                put(layer_blocks + g, HIDDEN, hidden[g][h], rows * 4, t)
                 yield "sent z rows"
-            yield from wait(hidden_bar[h], announced.get("hidden", A * 4), t)
+            if not (yield from wait(me, HIDDEN, announced.get("hidden", A * 4), t)):
+                return t, HIDDEN
             for g in range(head_blocks):
                 hidden[h][g].done(t)
-            put(logit_bar, logits[h], rows * 4, t)
+            put(layer_blocks, LOGITS, logits[h], rows * 4, t)
             yield "sent logit rows"
             if sampler:
-                yield from wait(logit_bar, announced.get("logits", A * 4), t)
+                if not (yield from wait(me, LOGITS, announced.get("logits", A * 4), t)):
+                    return t, LOGITS
                 for g in range(head_blocks):
                     logits[g].done(t)
                 yield "sampled"
                 if t + 1 < steps:
-                    put(input_bar[0], x[0], R * 4, t + 1)
+                    put(0, INPUT, x[0], R * 4, t + 1)
                     yield "sent x0"
+        return steps, NONE
 
-    blocks = [layer_block(j) for j in range(layer_blocks)] + [head_block(h) for h in range(head_blocks)]
+    def add_sent_bytes(block, stop):
+        """persistent.cuh's add_sent_bytes (atomics, complete before the cluster barrier)."""
+        if block < layer_blocks:
+            phases = phases_done(stop, INPUT, steps)
+            if block + 1 < layer_blocks:
+                sent[block + 1][INPUT] += phases * R * 4
+            for h in range(head_blocks):
+                sent[layer_blocks + h][SKIP] += phases * S * 4
+        else:
+            for h in range(head_blocks):
+                sent[layer_blocks + h][HIDDEN] += phases_done(stop, SKIP, steps) * rows * 4
+            sent[layer_blocks][LOGITS] += phases_done(stop, HIDDEN, steps) * rows * 4
+            if block == layer_blocks:
+                sampled = phases_done(stop, LOGITS, steps)
+                x0 = sampled + 1 if exit == "drain counting x_0 after the last step" else min(sampled + 1, steps)
+                sent[0][INPUT] += x0 * R * 4
+
+    def drain_handoffs(block, stop):
+        """persistent.cuh's drain_handoffs and MbarrierHandoff::drain."""
+        phase_bytes = {INPUT: R * 4, SKIP: layer_blocks * S * 4, HIDDEN: A * 4, LOGITS: A * 4}
+        for site, bar in bars[block].items():
+            phase = phases_done(stop, site, steps)
+            expected = phase_bytes[site] if stop[1] == site else 0
+            sent_now = sent[block][site] - phase * phase_bytes[site]
+            if not 0 <= sent_now <= phase_bytes[site]:
+                raise ProtocolError(f"{bar.name}: {sent_now} bytes counted in its open phase {phase}")
+            if expected == 0 and sent_now == 0:
+                continue
+            stats["phases drained"] += 1
+            if expected == 0:
+                bar.arrive_expect_tx(sent_now)
+            elif expected > sent_now and exit != "drain without complete_tx":
+                bar.complete_tx_local(expected - sent_now)
+            while not bar.try_wait_parity(phase):
+                yield "blocked"
+
+    def block(b):
+        stop = yield from (layer_block(b) if b < layer_blocks else head_block(b - layer_blocks))
+        if stop[1] != NONE:
+            stats["blocks that gave up"] += 1
+        if exit != "barrier":
+            add_sent_bytes(b, stop)
+        state["at_barrier"] += 1
+        while state["at_barrier"] < blocks_total:  # the final cluster.sync()
+            yield "blocked"
+        stats["bytes in flight at the final barrier"] += sum(item[3] for item in in_flight if item[0] == b)
+        if exit != "barrier":
+            yield from drain_handoffs(b, stop)
+        left = sum(item[3] for item in in_flight if item[0] == b)
+        if left:
+            raise ProtocolError(f"block {b} exits with {left} bytes of st.async in flight into its shared memory")
+        exited.add(b)
+
+    blocks = [block(b) for b in range(blocks_total)]
+    land_chance = rng.choice([0.05, 0.3, 0.8])  # how late st.async lands, per run
     blocked_rounds = 0
     while blocks:
-        block = rng.choice(blocks)
-        try:
-            state = next(block)
-        except StopIteration:
-            blocks.remove(block)
+        state["round"] += 1
+        if in_flight and rng.random() < land_chance:
+            land(rng.randrange(len(in_flight)))
             blocked_rounds = 0
             continue
-        blocked_rounds = blocked_rounds + 1 if state == "blocked" else 0
-        if blocked_rounds > 50 * (len(blocks) + 1) and all_blocked(blocks):
-            raise ProtocolError("deadlock: every remaining block waits")
-    return handoffs[0]
+        chosen = rng.choice(blocks)
+        try:
+            outcome = next(chosen)
+        except StopIteration:
+            blocks.remove(chosen)
+            blocked_rounds = 0
+            continue
+        blocked_rounds = blocked_rounds + 1 if outcome == "blocked" else 0
+        if blocked_rounds > 50 * (len(blocks) + 1) and not in_flight and all_blocked(blocks):
+            raise ProtocolError("deadlock: every remaining block waits and no st.async is in flight")
+    while in_flight:  # st.async into blocks that exited
+        land(0)
+    stats["rounds"] = state["round"]
+    return stats
 
 
 def all_blocked(blocks):
@@ -173,15 +301,50 @@ def all_blocked(blocks):
 CONFIGS = [(1, 1), (2, 1), (3, 2), (7, 2), (9, 4), (14, 2), (8, 8)]
 
 
+def handoffs_per_step(layer_blocks, head_blocks):
+    # x down the chain, skip shares, the z all-gather, logits, x_0 (one put per element group).
+    return (layer_blocks - 1) + layer_blocks * head_blocks + head_blocks ** 2 + head_blocks + 1
+
+
 @pytest.mark.parametrize("layer_blocks,head_blocks", CONFIGS)
 def test_cluster_handoffs_are_race_and_deadlock_free_in_random_orders(layer_blocks, head_blocks):
     rng = random.Random(1000 * layer_blocks + head_blocks)
     for _ in range(60):
         steps = rng.randint(1, 5)
-        handoffs = emulate(layer_blocks, head_blocks, 64, 256, 256, steps, rng)
-        # x down the chain, skip shares, the z all-gather, logits, x_0 (one put per element group).
-        expected = steps * ((layer_blocks - 1) + layer_blocks * head_blocks + head_blocks ** 2 + head_blocks + 1)
-        assert handoffs == expected
+        stats = emulate(layer_blocks, head_blocks, 64, 256, 256, steps, rng)
+        assert stats["handoffs"] == steps * handoffs_per_step(layer_blocks, head_blocks)
+        assert stats["phases drained"] == 0 and stats["blocks that gave up"] == 0  # a full run leaves nothing open
+
+
+@pytest.mark.parametrize("layer_blocks,head_blocks", CONFIGS)
+def test_an_abort_anywhere_leaves_no_st_async_in_flight_at_exit(layer_blocks, head_blocks):
+    """Random abort points and orders: every block drains what can still land before it exits.
+    The totals show that the runs reach the hazard: timeouts at every kind of wait, bytes still in
+    flight at the final cluster barrier, and phases the drain had to complete."""
+    rng = random.Random(7000 + 100 * layer_blocks + head_blocks)
+    totals = Counter()
+    for _ in range(80):
+        steps = rng.randint(1, 4)
+        rounds = steps * handoffs_per_step(layer_blocks, head_blocks) * 12  # about a whole run's
+        abort_at = (rng.randrange(rounds), rng.choice([INPUT, SKIP, HIDDEN, LOGITS]))
+        totals += emulate(layer_blocks, head_blocks, 64, 256, 256, steps, rng, abort_at=abort_at)
+    assert {f"timed out at site {site}" for site in (INPUT, SKIP, HIDDEN, LOGITS)} <= set(totals), totals
+    assert totals["bytes in flight at the final barrier"] > 0 and totals["phases drained"] > 0, totals
+
+
+@pytest.mark.parametrize("exit,failure", [("barrier", "exits with .* in flight"),
+                                          ("drain without complete_tx", "deadlock"),
+                                          ("drain counting x_0 after the last step", "deadlock")])
+def test_an_exit_that_does_not_drain_exactly_is_caught(exit, failure):
+    """The emulation can fail on the exit: without the drain (the protocol before issue 24) a
+    block leaves with st.async in flight into it; a drain that does not complete the bytes no one
+    will send waits forever; one that counts a phase never sent waits forever too."""
+    rng = random.Random(11)
+    with pytest.raises(ProtocolError, match=failure):
+        for _ in range(200):
+            steps = rng.randint(1, 4)
+            abort_at = (rng.randrange(steps * 180), rng.choice([INPUT, SKIP, HIDDEN, LOGITS]))
+            emulate(3, 2, 64, 256, 256, steps, rng, abort_at=abort_at, exit=exit)
 
 
 @pytest.mark.parametrize("wrong", [{"skip": 256 * 4}, {"hidden": 4}, {"input": 64 * 4 + 4}])

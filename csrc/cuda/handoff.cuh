@@ -15,7 +15,9 @@
 // goes negative (PTX allows -(2^20-1)) and the phase cannot complete before the consumer's own
 // arrival. Buffers are single, as with flags: a producer writes phase k+1 only after a chain of
 // hand-offs that starts after the consumer finished with phase k (persistent.cuh's header), so
-// a phase never receives bytes of the next.
+// a phase never receives bytes of the next. When a wait gives up (timeout or abort), st.async
+// issued before the producers saw the abort may still be in flight; each block drains its open
+// phases before it exits (MbarrierHandoff::drain, persistent.cuh's drain_handoffs).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -80,25 +82,58 @@ struct MbarrierHandoff {
 
   __device__ __forceinline__ static void signal(const cg::cluster_group&, uint64_t*, int) {}
 
+  __device__ __forceinline__ static void arrive_expect_tx(uint32_t address, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes) : "memory");
+  }
+  // Whether the phase with this parity has completed.
+  __device__ __forceinline__ static bool try_wait_parity(uint32_t address, uint32_t parity) {
+    uint32_t done;
+    asm volatile(
+        "{\n\t.reg .pred complete;\n\t"
+        "mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n\t"
+        "selp.u32 %0, 1, 0, complete;\n\t}"
+        : "=r"(done)
+        : "r"(address), "r"(parity)
+        : "memory");
+    return done != 0;
+  }
+
   __device__ __forceinline__ static bool wait(uint64_t* slot, int64_t phase, uint64_t, uint32_t bytes,
                                               const WaitContext& ctx) {
     const uint32_t address = shared_address(slot);
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes) : "memory");
+    arrive_expect_tx(address, bytes);
     const uint32_t parity = static_cast<uint32_t>(phase & 1);
     uint64_t seen;  // phases completed, for the timeout report
-    return bounded_wait(
-        [&]() -> uint64_t {
-          uint32_t done;
-          asm volatile(
-              "{\n\t.reg .pred complete;\n\t"
-              "mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n\t"
-              "selp.u32 %0, 1, 0, complete;\n\t}"
-              : "=r"(done)
-              : "r"(address), "r"(parity)
-              : "memory");
-          return uint64_t(phase) + done;
-        },
-        uint64_t(phase) + 1, ctx, seen);
+    return bounded_wait([&]() -> uint64_t { return uint64_t(phase) + try_wait_parity(address, parity); },
+                        uint64_t(phase) + 1, ctx, seen);
+  }
+
+  // Thread 0, after the final cluster barrier (no block sends any more), before its block exits:
+  // completes the open phase `phase` of this slot, into which `in_flight` bytes were sent (landed
+  // or not) and for which this block announced `announced` bytes (0: its wait never got there),
+  // so that no st.async can land after the block's shared memory is gone. A phase that no one
+  // announced and no one sent to is empty. Bytes announced that no producer will send are
+  // completed here (complete_tx); bytes sent that no one announced are announced. The wait ignores
+  // the abort (it is raised whenever this matters) and only gives up after the spin timeout,
+  // which the protocol model (tests/test_cluster_protocol.py) says cannot happen.
+  __device__ __forceinline__ static void drain(uint64_t* slot, int64_t phase, uint32_t announced, uint32_t in_flight,
+                                               const WaitContext& ctx) {
+    if (announced == 0 && in_flight == 0) return;
+    const uint32_t address = shared_address(slot);
+    if (announced == 0) {
+      arrive_expect_tx(address, in_flight);
+    } else if (announced > in_flight) {
+      asm volatile("mbarrier.complete_tx.shared::cta.b64 [%0], %1;" ::"r"(address), "r"(announced - in_flight)
+                   : "memory");
+    }
+    const uint32_t parity = static_cast<uint32_t>(phase & 1);
+    const uint64_t start = global_timer_ns();
+    for (uint32_t spin = 1; !try_wait_parity(address, parity); ++spin) {
+      if ((spin & 255u) == 0 && static_cast<int64_t>(global_timer_ns() - start) > ctx.timeout_ns) {
+        report_timeout(ctx, uint64_t(phase), uint64_t(phase) + 1);
+        return;
+      }
+    }
   }
 };
 #endif

@@ -72,6 +72,17 @@ __device__ __forceinline__ void trace_event(const Params& p, int rank, int event
 #endif
 }
 
+// Where a block's step loop stopped: at the wait `site` of step `step` that gave up, or after all
+// steps (kSiteNone, step = T). Within a step a block waits at increasing sites (input; skip,
+// hidden, logits), so this says how many phases of each of its waits completed.
+struct StopPoint {
+  int64_t step;
+  int32_t site;
+};
+__device__ __forceinline__ int64_t phases_done(StopPoint stop, int32_t site, int64_t T) {
+  return stop.site == kSiteNone ? T : stop.step + (site < stop.site ? 1 : 0);
+}
+
 // Thread 0 waits (bounded) for phase `phase` of a hand-off slot in this block's shared memory
 // (`signals` producer signals in all, `bytes` bytes this phase: H uses one or the other); then the
 // whole block agrees on the outcome, which is also the barrier before anyone reads what arrived.
@@ -88,7 +99,7 @@ __device__ __forceinline__ bool block_wait(uint64_t* slot, int64_t phase, uint64
 }
 
 template <int R, int S, int A, class W, class H>
-__device__ void persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
+__device__ StopPoint persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
                                        const cg::cluster_group& cluster, int rank, int64_t stream,
                                        DeviceStatus* status) {
   using Layout = PersistentLayout<R, S, A, W>;
@@ -122,7 +133,8 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
   precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, 0, pre, tid);
   for (int64_t t = 0; t < T; ++t) {
     wait.step = t;
-    if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, kSitePersistentInput, wait)) break;
+    if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, kSitePersistentInput, wait))
+      return StopPoint{t, kSitePersistentInput};
     trace_event(p, rank, 0, t);
 
     int64_t offset = first_offset;
@@ -184,10 +196,11 @@ __device__ void persistent_layer_block(const Params& p, const PersistentSplit& s
     if (t + 1 < T)
       precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, t + 1, pre, tid);
   }
+  return StopPoint{T, kSiteNone};
 }
 
 template <int R, int S, int A, class W, class H>
-__device__ void persistent_head_block(const Params& p, const PersistentSplit& split, char* smem,
+__device__ StopPoint persistent_head_block(const Params& p, const PersistentSplit& split, char* smem,
                                       const cg::cluster_group& cluster, int rank, int64_t stream,
                                       DeviceStatus* status) {
   using Layout = PersistentLayout<R, S, A, W>;
@@ -226,7 +239,6 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
   }
 
   WaitContext wait{status, p.spin_timeout_ns, kSitePersistentSkip, 0};
-  bool completed = true;
   for (int64_t t = 0; t < T; ++t) {
     float u = 0.f;
     int teacher = 0;
@@ -237,10 +249,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
     wait.step = t;
 
     if (!block_wait<H>(counters + Layout::kSkipCounter, t, uint64_t(split.layer_blocks) * uint64_t(t + 1),
-                       uint32_t(split.layer_blocks) * S * 4, kSitePersistentSkip, wait)) {
-      completed = false;
-      break;
-    }
+                       uint32_t(split.layer_blocks) * S * 4, kSitePersistentSkip, wait))
+      return StopPoint{t, kSitePersistentSkip};
     trace_event(p, rank, 0, t);
     for (int k = tid; k < S; k += NT) {
       float sum = 0.f;
@@ -261,10 +271,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
     trace_event(p, rank, 1, t);
 
     if (!block_wait<H>(counters + Layout::kHiddenCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
-                       kSitePersistentHidden, wait)) {
-      completed = false;
-      break;
-    }
+                       kSitePersistentHidden, wait))
+      return StopPoint{t, kSitePersistentHidden};
     trace_event(p, rank, 2, t);
     matvec<W, A, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
         end_w, A, 0, split.head_rows, hidden, 0, tid, NoTransform{},
@@ -280,10 +288,8 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
 
     if (sampler) {
       if (!block_wait<H>(counters + Layout::kLogitCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
-                         kSitePersistentLogits, wait)) {
-        completed = false;
-        break;
-      }
+                         kSitePersistentLogits, wait))
+        return StopPoint{t, kSitePersistentLogits};
       trace_event(p, rank, 4, t);
       if (warp == 0) {
         const int drawn = warp_sample<A>(logits, u, lane);
@@ -303,7 +309,69 @@ __device__ void persistent_head_block(const Params& p, const PersistentSplit& sp
       }
     }
   }
-  if (completed && sampler && warp == 0 && lane < 2) p.history[stream * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
+  if (sampler && warp == 0 && lane < 2) p.history[stream * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
+  return StopPoint{T, kSiteNone};
+}
+
+// CLUSTER's exit (issue 24). A block whose wait gave up leaves its step loop while producers that
+// have not seen the abort yet may already have issued st.async into its shared memory; those
+// bytes may land after the final cluster barrier (it orders memory operations, not the
+// completion of st.async), i.e. after the block exited. So each block, before that barrier,
+// adds the bytes it sent over the whole call into a word per hand-off slot of each consumer
+// (add_sent_bytes; Layout::kSentBytes), and after it each consumer completes every phase that
+// can still receive bytes (MbarrierHandoff::drain). Only the open phase of a slot can: a producer sends
+// phase c + 1 only after a chain of hand-offs that starts with its consumer completing phase c,
+// so bytes sent - completed phases x bytes per phase are that phase's, at most one phase.
+// Thread 0 only; every block after its step loop, off the steps' path (once per call).
+template <int R, int S, int A, class W>
+__device__ void add_sent_bytes(const Params& p, const PersistentSplit& split, char* smem,
+                               const cg::cluster_group& cluster, int rank, StopPoint stop) {
+  using Layout = PersistentLayout<R, S, A, W>;
+  uint64_t* const sent = reinterpret_cast<uint64_t*>(smem) + Layout::kSentBytes;
+  const int64_t T = p.num_samples;
+  const auto add = [&](int consumer, int slot, int64_t phases, int64_t bytes) {
+    if (phases > 0)
+      atomicAdd(reinterpret_cast<unsigned long long*>(cluster.map_shared_rank(sent + slot, consumer)),
+                static_cast<unsigned long long>(phases * bytes));
+  };
+  if (rank < split.layer_blocks) {  // x and the skip share go out once per completed input wait
+    const int64_t phases = phases_done(stop, kSitePersistentInput, T);
+    if (rank + 1 < split.layer_blocks) add(rank + 1, Layout::kInputCounter, phases, R * 4);
+    for (int h = 0; h < split.head_blocks; ++h) add(split.layer_blocks + h, Layout::kSkipCounter, phases, S * 4);
+  } else {  // z rows after each skip wait, logit rows after each hidden wait, x_0 before step 0
+            // and after each sample but the last
+    const int64_t z_phases = phases_done(stop, kSitePersistentSkip, T);
+    for (int h = 0; h < split.head_blocks; ++h)
+      add(split.layer_blocks + h, Layout::kHiddenCounter, z_phases, split.head_rows * 4);
+    add(split.layer_blocks, Layout::kLogitCounter, phases_done(stop, kSitePersistentHidden, T),
+        split.head_rows * 4);
+    if (rank == split.layer_blocks) {
+      const int64_t sampled = phases_done(stop, kSitePersistentLogits, T);
+      add(0, Layout::kInputCounter, sampled + 1 < T ? sampled + 1 : T, R * 4);
+    }
+  }
+}
+
+// Thread 0, after the final cluster barrier: drains each slot this block consumes.
+template <int R, int S, int A, class W>
+__device__ void drain_handoffs(const Params& p, const PersistentSplit& split, char* smem, int rank, StopPoint stop,
+                               DeviceStatus* status) {
+  using Layout = PersistentLayout<R, S, A, W>;
+  uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
+  const int64_t T = p.num_samples;
+  const auto drain = [&](int slot, int32_t site, int64_t phase_bytes) {
+    const int64_t phase = phases_done(stop, site, T);
+    const WaitContext wait{status, p.spin_timeout_ns, site, phase};
+    MbarrierHandoff::drain(counters + slot, phase, stop.site == site ? uint32_t(phase_bytes) : 0u,
+                           uint32_t(counters[Layout::kSentBytes + slot] - uint64_t(phase * phase_bytes)), wait);
+  };
+  if (rank < split.layer_blocks) {
+    drain(Layout::kInputCounter, kSitePersistentInput, R * 4);
+  } else {
+    drain(Layout::kSkipCounter, kSitePersistentSkip, int64_t(split.layer_blocks) * S * 4);
+    drain(Layout::kHiddenCounter, kSitePersistentHidden, A * 4);
+    if (rank == split.layer_blocks) drain(Layout::kLogitCounter, kSitePersistentLogits, A * 4);
+  }
 }
 #endif
 
@@ -325,7 +393,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const int64_t stream = blockIdx.x / (split.layer_blocks + split.head_blocks);
   const Layout layout(split);
   const int tid = threadIdx.x;
-  if (tid < 4) H::init(reinterpret_cast<uint64_t*>(smem) + tid);
+  if (tid < 4) {
+    H::init(reinterpret_cast<uint64_t*>(smem) + tid);
+    if constexpr (kMbarrier) reinterpret_cast<uint64_t*>(smem)[Layout::kSentBytes + tid] = 0;
+  }
 
   // Each block copies its share of the weights into its shared memory, once per call.
   if (rank < split.layer_blocks) {
@@ -358,12 +429,16 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   }
   // Counters are zero and weights in place in every block before anyone signals anyone.
   cluster.sync();
-  if (rank < split.layer_blocks)
-    persistent_layer_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
-  else
-    persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
-  // No block may exit while another can still write into its shared memory.
+  const StopPoint stop = rank < split.layer_blocks
+                             ? persistent_layer_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status)
+                             : persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
+  // No block may exit while another can still write into its shared memory: after this barrier
+  // no block sends, and CLUSTER's consumers drain the st.async already sent (drain_handoffs).
+  if constexpr (kMbarrier)
+    if (tid == 0) add_sent_bytes<R, S, A, W>(p, split, smem, cluster, rank, stop);
   cluster.sync();
+  if constexpr (kMbarrier)
+    if (tid == 0) drain_handoffs<R, S, A, W>(p, split, smem, rank, stop, status);
 #endif
 }
 

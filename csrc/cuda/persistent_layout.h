@@ -39,6 +39,9 @@ struct PersistentLayout {
   static constexpr int kSkipCounter = 1;
   static constexpr int kHiddenCounter = 2;
   static constexpr int kLogitCounter = 3;
+  // CLUSTER: uint64 per counter above at this index, the bytes all producers sent into that slot
+  // over the call (added once, at exit; persistent.cuh, add_sent_bytes).
+  static constexpr int kSentBytes = 4;
   static constexpr int64_t kInput = 64;  // layer block: float[R], x entering its first layer
   static constexpr int64_t kSlots = 64;  // head block: float[layer_blocks][S], the skip shares
 
