@@ -68,7 +68,9 @@ def checkpoint(model, tmp_path_factory):
 def running(vocoder, socket_buffer: int | None = None, **settings):
     """A server in a thread of this process; yields (base URL, app). ``socket_buffer``: the kernel's
     send and receive buffers of its connections, in bytes (else loopback lets them grow to MBs)."""
-    app = create_app(vocoder, ServeSettings(**settings))
+    # Admission by real-time capacity has its own tests: elsewhere it would make refusals depend on
+    # how loaded the machine is, and the startup measurement would be repeated for every server.
+    app = create_app(vocoder, ServeSettings(**{"admit": "all", "capacity": 64, **settings}))
     sock = socket.socket()
     if socket_buffer:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -185,7 +187,7 @@ def test_model_info_health_and_metrics(vocoder):
     with running(vocoder, max_streams=5) as (base, _):
         info = httpx.get(base + "/v1/model").json()
         assert (info["n_mels"], info["hop_length"], info["sample_rate"], info["limits"]["max_streams"]) == (MELS, 32, 8000, 5)
-        assert info["close_codes"]["1013"] == "all stream slots in use"
+        assert info["close_codes"]["1013"] == "all stream slots in use, or at real-time capacity"
         assert httpx.get(base + "/healthz").json() == {"status": "ok", "active_streams": 0}
         Client(base).vocode(torch.randn(MELS, 8).numpy())
         text = httpx.get(base + "/metrics").text
@@ -247,8 +249,19 @@ def npy_bytes(array) -> bytes:
     return buffer.getvalue()
 
 
+def npy_header(shape, descr="<f4", data=b"\0" * 64) -> bytes:
+    """A .npy file whose header declares ``shape``, followed by ``data`` whatever it declares."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
 @pytest.mark.parametrize("body, query, status, detail", [
-    (b"not an array", "", 400, r"body: not a readable \.npy array"),
+    (b"not an array", "", 400, r"body: expected a \.npy file .* starting with b'not an array'"),
+    (b"\x93NUMPY\x01\x00\xff\xff{", "", 400, r"body: not a readable \.npy array"),
+    (npy_header((MELS, 10**15)), "", 400, r"declares shape \(10, 1000000000000000\) of float32 \(4000+ bytes\), but "
+                                          r"64 bytes follow"),
+    (npy_header((MELS, 4), "|O"), "", 400, r"Python objects are never loaded"),
     (npy_bytes(np.zeros((MELS, 4), dtype=np.int32)), "", 400, r"expected float mel frames, got dtype int32"),
     (npy_bytes(np.zeros((MELS + 1, 4), dtype=np.float32)), "", 400, r"expected a mel of shape \(10 bands"),
     (npy_bytes(np.zeros((MELS, 0), dtype=np.float32)), "", 400, r"expected a mel of shape"),
@@ -257,12 +270,13 @@ def npy_bytes(array) -> bytes:
     (npy_bytes(np.zeros((MELS, 4), dtype=np.float32)), "?format=wav", 400, r"format: expected pcm16 or float32"),
     (npy_bytes(np.zeros((MELS, 101), dtype=np.float32)), "", 413, r"101 frames, at most 100"),
     (b"\0" * (8 * MELS * 100 + 5000), "", 413, r"at most 100 frames"),
-], ids=["not npy", "int", "width", "empty", "NaN", "seed", "format", "too many frames", "oversize body"])
+], ids=["not npy", "bad header", "huge shape", "pickle", "int", "width", "empty", "NaN", "seed", "format", "too many frames", "oversize body"])
 def test_bad_posts_get_their_status(vocoder, body, query, status, detail):
     with running(vocoder, max_request_frames=100) as (base, _):
         response = httpx.post(base + "/v1/vocode" + query, content=body)
         assert response.status_code == status and re.search(detail, response.json()["detail"]), response.text
         assert httpx.get(base + "/healthz").json()["active_streams"] == 0
+        assert metric(base, 'nvwavenet_streams_total{outcome="bad_input"}') == 1
 
 
 # -- limits ----------------------------------------------------------------------------------------
