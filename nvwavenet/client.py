@@ -41,7 +41,8 @@ class Client:
     """``url``: the server's base URL (``http://host:port``, or ``https://`` for a server with TLS);
     ``timeout``: seconds for each HTTP request and for each message awaited from a stream;
     ``token``: the server's bearer token (``nvwavenet serve --token-file``), if it asks for one;
-    ``verify``: for ``https``, a CA bundle path or False, as httpx takes it."""
+    ``verify``: for ``https``, True (the system's CAs), a CA bundle's path, an ``ssl.SSLContext``, or
+    False (no verification)."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0, token: str | None = None,
                  verify=True):
@@ -91,7 +92,7 @@ class Client:
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
             response = httpx.request(method, f"{self.url}{path}", timeout=self.timeout, headers=self._headers,
-                                     verify=self.verify, **kwargs)
+                                     verify=self._ssl() or True, **kwargs)
         except httpx.TransportError as error:  # refused, unreachable, timed out: an OSError, like a socket's
             raise ConnectionError(f"{self.url}: {error or type(error).__name__}") from error
         if response.status_code != 200:
@@ -103,11 +104,13 @@ class Client:
         return response
 
     def _ssl(self):
-        """The TLS context of a wss:// stream, as ``verify`` says; None for ws://."""
+        """The TLS context of an https:// server, as ``verify`` says; None for http://."""
         if not self._ws_base.startswith("wss:"):
             return None
         import ssl
 
+        if isinstance(self.verify, ssl.SSLContext):
+            return self.verify
         if self.verify is False:
             context = ssl.create_default_context()
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE

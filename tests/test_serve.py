@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,7 +38,8 @@ from nvwavenet.checkpoint import save_model  # noqa: E402
 from nvwavenet.client import Client, ServerError  # noqa: E402
 from nvwavenet.mel import MelConfig  # noqa: E402
 from nvwavenet.model import WaveNet  # noqa: E402
-from nvwavenet.server import ServeSettings, create_app, uvicorn_config  # noqa: E402
+from nvwavenet.server import (ServeSettings, create_app, measure_capacity, read_token,  # noqa: E402
+                              startup_lines, uvicorn_config)
 from nvwavenet.vocoder import Vocoder  # noqa: E402
 
 MELS = 10
@@ -65,18 +67,21 @@ def checkpoint(model, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running(vocoder, socket_buffer: int | None = None, **settings):
+def running(vocoder, socket_buffer: int | None = None, token: str | None = None, tls: tuple | None = None,
+            **settings):
     """A server in a thread of this process; yields (base URL, app). ``socket_buffer``: the kernel's
-    send and receive buffers of its connections, in bytes (else loopback lets them grow to MBs)."""
+    send and receive buffers of its connections, in bytes (else loopback lets them grow to MBs);
+    ``token``: its bearer token; ``tls``: (certificate, key) files to serve https."""
     # Admission by real-time capacity has its own tests: elsewhere it would make refusals depend on
     # how loaded the machine is, and the startup measurement would be repeated for every server.
-    app = create_app(vocoder, ServeSettings(**{"admit": "all", "capacity": 64, **settings}))
+    app = create_app(vocoder, ServeSettings(**{"admit": "all", "capacity": 64, **settings}), token=token)
     sock = socket.socket()
     if socket_buffer:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, socket_buffer)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning", **(
+        {} if tls is None else {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])})))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -84,7 +89,7 @@ def running(vocoder, socket_buffer: int | None = None, **settings):
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}", app
     finally:
         server.should_exit = True
         thread.join(15)
@@ -181,6 +186,25 @@ def test_one_shot_post_and_vocode_server_cli(vocoder, tmp_path):
     from nvwavenet.audio import read_wav
     written, rate = read_wav(tmp_path / "out" / "a.wav")
     assert rate == 8000 and np.array_equal(written, to_pcm(vocoder(mel, seed=7).numpy(), "int16") / 32768.0)
+
+
+def test_vocode_server_takes_the_inputs_of_local_vocode_and_writes_the_same_bytes(vocoder, checkpoint, tmp_path):
+    """WAVs (mel computed on the client with the server model's front end) and .npy mels; several
+    inputs as local ``--batch-size 1`` vocodes them (input i with seed + i)."""
+    from nvwavenet.audio import write_wav
+    rng = np.random.default_rng(5)
+    write_wav(tmp_path / "speech.wav", (0.3 * rng.standard_normal(8000 // 4)).astype(np.float32), 8000)
+    write_wav(tmp_path / "resampled.wav", (0.3 * rng.standard_normal(11025 // 5)).astype(np.float32), 11025)
+    np.save(tmp_path / "mel.npy", (torch.randn(MELS, 13) - 2.0).numpy())
+    inputs = [str(tmp_path / name) for name in ("speech.wav", "resampled.wav", "mel.npy")]
+    with running(vocoder) as (base, _):
+        assert cli.main(["vocode", *inputs, "--server", base, "--seed", "3", "--out", str(tmp_path / "served"),
+                         "--quiet"]) == 0
+    assert cli.main(["vocode", *inputs, "--checkpoint", str(checkpoint), "--seed", "3", "--batch-size", "1",
+                     "--out", str(tmp_path / "local"), "--quiet"]) == 0
+    for name in ("speech", "resampled", "mel"):
+        served, local = (tmp_path / "served" / f"{name}.wav").read_bytes(), (tmp_path / "local" / f"{name}.wav").read_bytes()
+        assert len(served) > 800 and served == local, name
 
 
 def test_model_info_health_and_metrics(vocoder):
@@ -384,6 +408,80 @@ def test_an_engine_failure_closes_its_streams_with_1011_and_the_server_goes_on(v
                 client.vocode(mel.numpy())
         assert np.array_equal(client.vocode(mel.numpy(), seed=4), vocoder(mel, seed=4).numpy())
         assert metric(base, 'nvwavenet_streams_total{outcome="error"}') == 2
+
+
+def test_at_real_time_capacity_a_new_stream_is_refused_with_retry_after(vocoder):
+    mel = torch.randn(MELS, 12) - 2.0
+    with running(vocoder, admit="realtime", capacity=2, max_streams=8) as (base, _):
+        assert httpx.get(base + "/v1/model").json()["capacity"] == {
+            "streams": 2, "samples_per_second": 16000.0, "source": "given (--capacity)", "admit": "realtime",
+            "admit_limit": 2, "utilisation": 0.0}
+
+        async def scenario():
+            holders = [await connect(ws_url(base)) for _ in range(2)]
+            for holder in holders:
+                await holder.send(frames_bytes(mel[:, :2]))
+            await asyncio.to_thread(wait_for, lambda: metric(base, "nvwavenet_active_streams") == 2)
+            assert metric(base, "nvwavenet_utilisation") == 1.0
+            async with connect(ws_url(base)) as websocket:
+                await expect_close(websocket, 1013, r"at real-time capacity: 2 streams")
+            response = await asyncio.to_thread(httpx.post, base + "/v1/vocode", content=npy_bytes(mel.numpy()))
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert "real-time capacity" in response.json()["detail"]
+            for holder in holders:
+                await holder.close()
+
+        asyncio.run(scenario())
+        wait_for(lambda: metric(base, "nvwavenet_active_streams") == 0)
+        Client(base).vocode(mel.numpy())  # below capacity again: served
+
+
+def test_capacity_is_measured_for_the_model_on_its_device(vocoder):
+    capacity = measure_capacity(vocoder, chunk_frames=4, max_streams=4)
+    assert 0 <= capacity.streams <= 4 and capacity.samples_per_second > 0
+    assert capacity.streams == 0 or capacity.samples_per_second >= capacity.streams * 8000
+    assert "measured at startup" in capacity.source
+
+
+def test_token_auth_tls_and_docs(vocoder, tmp_path):
+    token = "s3cret-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    assert read_token(tmp_path / "token") == token
+    (tmp_path / "short").write_text("abc")
+    with pytest.raises(ValueError, match="16 or more characters"):
+        read_token(tmp_path / "short")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    mel = torch.randn(MELS, 9) - 2.0
+    trust = ssl.create_default_context(cafile=str(cert))
+    with running(vocoder, token=token, tls=(cert, key)) as (base, _):
+        assert base.startswith("https://")
+        assert httpx.get(base + "/healthz", verify=trust).status_code == 200  # a load balancer's probe
+        response = httpx.get(base + "/v1/model", verify=trust)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert httpx.get(base + "/metrics", verify=trust, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        with pytest.raises(ServerError, match="401"):
+            Client(base, verify=trust).vocode(mel.numpy())
+        client = Client(base, token=token, verify=trust)
+        assert np.array_equal(client.vocode(mel.numpy(), seed=2), vocoder(mel, seed=2).numpy())
+        assert np.array_equal(np.concatenate(list(client.stream([mel], seed=2))), vocoder(mel, seed=2).numpy())
+        with pytest.raises(Exception, match="401"):
+            list(Client(base, verify=trust).stream([mel]))
+        assert httpx.get(base + "/docs", verify=trust, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    with running(vocoder, docs=True) as (base, _):
+        assert httpx.get(base + "/openapi.json").status_code == 200
+
+
+def test_startup_warns_when_listening_beyond_loopback_without_auth(vocoder):
+    service = create_app(vocoder, ServeSettings(capacity=4)).state.service
+    assert not any("NO AUTHENTICATION" in line for line in startup_lines(service, "127.0.0.1", "ckpt", False))
+    assert not any("NO AUTHENTICATION" in line for line in startup_lines(service, "::1", "ckpt", False))
+    assert any("NO AUTHENTICATION: listening on 0.0.0.0" in line
+               for line in startup_lines(service, "0.0.0.0", "ckpt", False))
+    service.token = "x" * 16
+    assert not any("NO AUTHENTICATION" in line for line in startup_lines(service, "0.0.0.0", "ckpt", True))
 
 
 # -- shutdown --------------------------------------------------------------------------------------
