@@ -220,6 +220,8 @@ class _Metrics:
         Gauge("nvwavenet_queued_audio_chunks", "Audio chunks generated and not yet sent, all streams",
               registry=registry).set_function(lambda: scheduler.queue_depths()[1])
         Gauge("nvwavenet_max_streams", "Stream slots (--max-streams)", registry=registry).set(scheduler.max_streams)
+        Gauge("nvwavenet_torch_threads", "PyTorch's threads in this process (the conditioning's)",
+              registry=registry).set_function(torch.get_num_threads)
         Gauge("nvwavenet_capacity_streams", "Streams the model serves in real time at once on this device",
               registry=registry).set(capacity.streams)
         Gauge("nvwavenet_capacity_samples_per_second", "The engine's samples/s at the capacity's batch",
@@ -272,6 +274,10 @@ class _Service:
             self.capacity = measure_capacity(vocoder, settings.chunk_frames, settings.max_streams)
         self.metrics = _Metrics(self.scheduler, self.capacity)
         self.n_mels = vocoder.audio_config.mel.n_mels
+
+    async def exposition(self) -> bytes:
+        """The body of ``/metrics`` (a Ray Serve replica puts every replica's series in it)."""
+        return generate_latest(self.metrics.registry)
 
     @property
     def admit_limit(self) -> int:
@@ -369,7 +375,11 @@ def _waker(loop: asyncio.AbstractEventLoop, *events: asyncio.Event):
 
 async def _stream_session(service: _Service, websocket: WebSocket) -> None:
     settings, metrics = service.settings, service.metrics
-    await websocket.accept()
+    try:
+        await websocket.accept()
+    except (RuntimeError, WebSocketDisconnect, OSError):  # the client left during the handshake
+        metrics.outcomes.labels("disconnected").inc()
+        return
     try:
         seed, sample_format = _stream_options(websocket.query_params)
         # Frames carry no width of their own: a client sending 64 bands to an 80-band model would
@@ -717,7 +727,7 @@ def create_app(vocoder: Vocoder, settings: ServeSettings | None = None, *, token
 
     @app.get("/metrics")
     async def metrics_endpoint():
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await service.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
