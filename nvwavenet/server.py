@@ -23,10 +23,34 @@ Endpoints
 ``POST /v1/vocode?seed=S&format=F``
     Body: a ``.npy`` float array ``(n_mels, frames)``. Response: a WAV (``pcm16`` or ``float32``).
 
-``GET /v1/model``: the model's sizes, sample rate, hop, mel bands and the server's limits.
+``GET /v1/model``: the model's sizes, sample rate, hop, mel bands, audio config (its mel front
+end, so that a client can compute mels from audio as ``Vocoder`` does), the server's limits, and
+its real-time capacity (streams, samples/s, how it was found, the admission policy, utilisation).
 ``GET /healthz``: 200 ``{"status": "ok"}``, 503 ``{"status": "shutting down"}`` while draining.
 ``GET /metrics``: Prometheus text: active streams, samples generated and samples/s, queued mel
-frames and audio chunks, streams per engine call, first-audio latency, streams by outcome.
+frames and audio chunks, streams per engine call, first-audio latency, streams by outcome
+(``finished``, ``bad_input``, ``timeout``, ``disconnected``, ``error``, ``shutdown``,
+``refused_full``, ``refused_shutdown``, ``refused_origin``, ``refused_auth``), connections refused
+over ``--max-connections``, the capacity and utilisation (active / capacity streams).
+
+Admission
+---------
+Under ``--admit realtime`` (the default) a stream is admitted only while fewer than the server's
+real-time capacity are active (measured at startup for the model on its device, or
+``--capacity``; at least one); under ``--admit all`` up to ``--max-streams``, each stream slower
+as more join. A stream beyond either is refused at once: 1013, or 503 with ``Retry-After``.
+
+Before any work
+---------------
+At most ``--max-connections`` connections are open (more are answered 503 and closed); a
+request's line and headers must arrive within ``--header-timeout`` seconds and hold at most
+``--max-header-bytes`` (uvicorn's h11 parser, pinned: httptools bounds no request line). A
+``POST`` takes its stream slot before its body is read (so that no more bodies than slots are ever
+held, each at most the largest allowed request), and the body must arrive within
+``--body-timeout``. A ``POST`` whose client goes away is cancelled and frees its slot at the next
+engine turn. Cross-site requests (an ``Origin`` not given with ``--allow-origin``) get 403, and
+with ``--token-file`` every route but ``/healthz`` needs ``Authorization: Bearer TOKEN`` (401
+otherwise); a WebSocket refused so gets that HTTP status at its handshake.
 
 WebSocket close codes
 ---------------------
@@ -35,16 +59,20 @@ WebSocket close codes
 1001 the server is shutting down: refused at connection, or cut after the shutdown grace period
 1009 a message larger than ``max_pending_frames`` frames
 1011 the engine failed on this stream's batch
-1013 all ``--max-streams`` slots are in use: try again later
+1013 all ``--max-streams`` slots are in use, or the real-time capacity is reached: try again later
 4400 a bad request: a bad query value (``n_mels`` other than the model's among them), a binary
      message that is not whole float32 frames, NaN or infinity, a text message other than ``end``
 4408 the client read no audio for ``send_timeout`` seconds, or sent nothing for ``idle_timeout``
 ==== ======================================================================================
 
-HTTP statuses of ``POST /v1/vocode``: 200 WAV; 400 not a float ``(n_mels, frames)`` ``.npy``,
-NaN/inf or a bad query value; 413 more than ``max_request_frames`` frames (or a body that large);
-503 all slots in use or shutting down (with ``Retry-After``). Every error body is
-``{"detail": message}``. Each close reason and error message says what was wrong.
+HTTP statuses of ``POST /v1/vocode``: 200 WAV; 400 not a float ``(n_mels, frames)`` ``.npy`` (a
+header declaring more data than the body holds among them), NaN/inf or a bad query value; 401
+no or a wrong bearer token; 403 a cross-site request; 408 the body did not arrive within
+``--body-timeout``; 413 more than ``max_request_frames`` frames (or a body that large); 500 the
+engine failed; 503 all slots in use, at real-time capacity, shutting down (with ``Retry-After``),
+or ``--max-connections`` open. Every error body is ``{"detail": message}``. Each close reason and
+error message says what was wrong. One log line per stream records its id, frames, samples,
+outcome, close code or status, and duration; logged URLs and reasons are cut to 200 characters.
 """
 from __future__ import annotations
 
