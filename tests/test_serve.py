@@ -488,7 +488,9 @@ def test_startup_warns_when_listening_beyond_loopback_without_auth(vocoder):
 
 @contextlib.contextmanager
 def serve_process(checkpoint, *args):
-    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0", *args],
+    # --admit all: the capacity measured at startup on a loaded machine must not refuse these tests' streams.
+    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
+                                "--admit", "all", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
