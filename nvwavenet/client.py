@@ -123,14 +123,18 @@ class Client:
 
     def stream(self, mel_chunks: Iterable, *, seed: int = 0, sample_format: str = "float32") -> Iterator[np.ndarray]:
         """Send ``mel_chunks`` (each ``(n_mels, k)``) from a thread while yielding the audio as it comes."""
-        from websockets.exceptions import ConnectionClosed
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
         from websockets.sync.client import connect
 
         chunks = iter(mel_chunks)
         first = next(chunks, None)  # its bands go in the URL, for the server to check
         url = self.stream_url(seed, sample_format, None if first is None else len(first))
-        with connect(url, max_size=None, open_timeout=self.timeout, additional_headers=self._headers,
-                     ssl=self._ssl()) as websocket:
+        try:
+            websocket = connect(url, max_size=None, open_timeout=self.timeout, additional_headers=self._headers,
+                                ssl=self._ssl())
+        except InvalidStatus as refused:
+            raise _refused(refused) from None
+        with websocket:
             failure: list[BaseException] = []
 
             def send_all() -> None:
@@ -166,7 +170,7 @@ class Client:
         import asyncio
 
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
 
         if isinstance(mel_chunks, AsyncIterable):
             chunks = aiter(mel_chunks)
@@ -175,8 +179,12 @@ class Client:
             chunks = iter(mel_chunks)
             first = next(chunks, None)
         url = self.stream_url(seed, sample_format, None if first is None else len(first))
-        async with connect(url, max_size=None, open_timeout=self.timeout, additional_headers=self._headers,
-                           ssl=self._ssl()) as websocket:
+        try:
+            websocket = await connect(url, max_size=None, open_timeout=self.timeout,
+                                      additional_headers=self._headers, ssl=self._ssl())
+        except InvalidStatus as refused:
+            raise _refused(refused) from None
+        async with websocket:
             async def send_all() -> None:
                 try:
                     if first is not None:
@@ -225,6 +233,16 @@ def _frame_bytes(chunk) -> bytes:
     if array.ndim != 2:
         raise ValueError(f"mel chunk: expected (n_mels, frames), got shape {array.shape}")
     return np.ascontiguousarray(array.T).astype("<f4").tobytes()
+
+
+def _refused(refused) -> ServerError:
+    """A WebSocket handshake the server answered with an HTTP status (401, 403, 503, ...)."""
+    response = refused.response
+    try:
+        reason = json.loads(response.body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        reason = bytes(response.body or b"")[:200].decode("utf-8", "replace") or response.reason_phrase
+    return ServerError(response.status_code, reason)
 
 
 def _closed_error(closed) -> ServerError:

@@ -467,7 +467,7 @@ def test_token_auth_tls_and_docs(vocoder, tmp_path):
         client = Client(base, token=token, verify=trust)
         assert np.array_equal(client.vocode(mel.numpy(), seed=2), vocoder(mel, seed=2).numpy())
         assert np.array_equal(np.concatenate(list(client.stream([mel], seed=2))), vocoder(mel, seed=2).numpy())
-        with pytest.raises(Exception, match="401"):
+        with pytest.raises(ServerError, match="401: missing or wrong bearer token"):
             list(Client(base, verify=trust).stream([mel]))
         assert httpx.get(base + "/docs", verify=trust, headers={"Authorization": f"Bearer {token}"}).status_code == 404
     with running(vocoder, docs=True) as (base, _):
