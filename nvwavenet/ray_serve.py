@@ -233,10 +233,11 @@ def build_app(args: dict):
     try:
         replicas, cpus = int(args.pop("replicas", 1)), float(args.pop("cpus_per_replica", 1))
         settings = {name: _setting(name, args.pop(name)) for name in list(args) if name in _SETTINGS}
-        if torch_threads:
-            [int(t) for t in torch_threads.split(",")]
     except ValueError as error:
         raise ValueError(f"build_app: {error}") from None
+    if torch_threads and not all(t.isdigit() and int(t) > 0 for t in torch_threads.split(",")):
+        raise ValueError(f"build_app: torch_threads: expected a positive integer or a comma list of them, "
+                         f"got {torch_threads!r}")
     if args:
         raise ValueError(f"build_app: unknown arguments {sorted(args)}; expected checkpoint, device, dtype, replicas, "
                          f"cpus_per_replica, torch_threads, token_file or {', '.join(_SETTINGS)}")

@@ -219,6 +219,8 @@ def measure_capacity(vocoder: Vocoder, chunk_frames: int, max_streams: int, budg
         next(chunks)  # the first call warms caches and plans up
         times, begin = [], time.perf_counter()
         for _ in chunks:  # a few turns (enough to span TURN_SECONDS), their median: a loaded machine has spikes
+            if vocoder.device.type == "cuda":
+                torch.cuda.synchronize(vocoder.device)
             times.append(time.perf_counter() - begin)
             begin += times[-1]
             if sum(times) > TURN_SECONDS and len(times) >= 3:

@@ -586,6 +586,8 @@ def test_ray_serve_refuses_never_hangs_sums_metrics_drains_and_is_bit_exact(mode
         build_app({"checkpoint": str(checkpoint), "colour": "red"})
     with pytest.raises(ValueError, match="admit: expected realtime or all"):
         build_app({"checkpoint": str(checkpoint), "admit": "some"})
+    with pytest.raises(ValueError, match="torch_threads: expected a positive integer or a comma list"):
+        build_app({"checkpoint": str(checkpoint), "torch_threads": "1,x"})
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
