@@ -320,9 +320,10 @@ class _Service:
     def open_stream(self, seed: int, wake):
         """A scheduler stream, or SchedulerFull (at capacity under ``admit="realtime"``, or every
         slot taken) or SchedulerClosed."""
-        if not self.scheduler.closing and self.scheduler.active >= self.admit_limit < self.settings.max_streams:
-            raise SchedulerFull(f"at real-time capacity: {self.admit_limit} streams are served in real time at once "
-                                f"on this device (--admit realtime); try again later")
+        at_capacity = self.admit_limit < self.settings.max_streams and self.scheduler.active >= self.admit_limit
+        if at_capacity and not self.scheduler.closing:  # while closing, open() refuses with that reason
+            raise SchedulerFull(f"at real-time capacity: {self.admit_limit} streams at once (the model serves "
+                                f"{self.capacity.streams} in real time on this device; --admit realtime); try again later")
         return self.scheduler.open(seed, wake)
 
     @property
