@@ -86,6 +86,7 @@ import json
 import logging
 import math
 import numbers
+import re
 import resource
 import signal
 import statistics
@@ -180,7 +181,12 @@ class ServeSettings:
         if isinstance(self.allow_origins, str) or not all(isinstance(o, str) for o in self.allow_origins):
             raise TypeError(f"allow_origins: expected a tuple of origins such as 'https://app.example', "
                             f"got {self.allow_origins!r}")
-        object.__setattr__(self, "allow_origins", tuple(o.rstrip("/") for o in self.allow_origins))
+        origins = tuple(o.rstrip("/") for o in self.allow_origins)
+        for origin in origins:  # what a browser sends: scheme://host[:port], or "null" (file://, sandboxes)
+            if origin != "null" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(f"allow_origins (--allow-origin): expected origins such as https://app.example or "
+                                 f"http://localhost:3000, got {origin!r}")
+        object.__setattr__(self, "allow_origins", origins)
 
 
 class _Close(Exception):
