@@ -179,6 +179,8 @@ def cmd_vocode(args) -> int:
         return vocode_files(client, inputs, targets, mels, seed=args.seed, log=None if args.quiet else print)
     if not args.checkpoint:
         raise ValueError("--checkpoint: required unless --server is given")
+    if args.token_file:
+        raise ValueError("--token-file: a server's token, for --server only")
     vocoder = _load_vocoder(args)
     mels = [_input_mel(path, vocoder.audio_config.mel.n_mels, vocoder.sample_rate, vocoder.mel_spectrogram)
             for path in inputs]

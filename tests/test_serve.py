@@ -552,9 +552,11 @@ def test_sigint_with_nothing_open_exits_0(checkpoint):
     (["serve", "CKPT", "--allow-origin", "app.example"], r"allow_origins \(--allow-origin\): expected origins such as https://app"),
     (["serve", "CKPT", "--token-file", "/no/such/token"], r"--token-file: cannot read /no/such/token"),
     (["vocode", "x.npy"], r"--checkpoint: required unless --server is given"),
+    (["vocode", "x.npy", "--checkpoint", "CKPT", "--token-file", "t"], r"--token-file: a server's token, for --server"),
     (["vocode", "IN", "--server", "http://127.0.0.1:9"], r"http://127\.0\.0\.1:9: "),
     (["vocode", "IN", "--server", "ftp://x"], r"url: expected the server's http://host:port"),
-], ids=["checkpoint", "max-streams", "chunk-frames", "grace", "header-timeout", "origin", "token file", "no checkpoint", "no server", "bad url"])
+], ids=["checkpoint", "max-streams", "chunk-frames", "grace", "header-timeout", "origin", "token file", "no checkpoint", "token without server", "no server",
+    "bad url"])
 def test_cli_errors(checkpoint, tmp_path, capsys, args, message):
     np.save(tmp_path / "in.npy", np.zeros((MELS, 3), dtype=np.float32))
     args = [str(checkpoint) if a == "CKPT" else str(tmp_path / "in.npy") if a == "IN" else a for a in args]
