@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
 import re
 import shlex
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import nvwavenet
 from nvwavenet import bench
 from nvwavenet.checkpoint import save_model
 from nvwavenet.client import Client
@@ -48,11 +51,17 @@ HERE = Path(__file__).resolve().parent
 CHUNK_FRAMES = 4
 
 
-def start_server(checkpoint: Path, args) -> tuple[subprocess.Popen, str]:
+# The server runs the nvwavenet this process imported, whatever the current directory: `python -m`
+# puts the current directory first on sys.path, where a source tree without a build could shadow it.
+PACKAGE_ROOT = Path(nvwavenet.__file__).resolve().parent.parent
+
+
+def start_server(checkpoint: Path, args, *extra: str) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
                                 "--max-streams", str(max(*args.clients, args.soak_clients)), "--chunk-frames", str(CHUNK_FRAMES),
-                                "--device", args.device, "--dtype", args.dtype],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                "--device", args.device, "--dtype", args.dtype, *(extra or ("--admit", "all"))],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PACKAGE_ROOT, env=env)
     for line in process.stdout:
         if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
             # Its log is read on, so that a full pipe never blocks the server.
@@ -165,6 +174,123 @@ def run_model(name: str, model, audio_config, args, folder: Path) -> tuple[list[
     return rows, soak_result
 
 
+def short_call_seconds(vocoder: Vocoder, batch: int, n_mels: int) -> float:
+    """In-process: the median time of one engine call (conditioning included) of a 1-frame chunk at
+    ``batch`` streams, the least a joining stream's first audio can take."""
+    mel = utterance(n_mels, 12, 7).expand(batch, -1, -1).contiguous()
+    chunks = iter(vocoder.stream(torch.split(mel, 1, dim=2)))
+    next(chunks)
+    times, start = [], time.perf_counter()
+    for _ in chunks:
+        times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return statistics.median(times)
+
+
+async def paced_stream(url: str, n_mels: int, frame_seconds: float, stop: asyncio.Event, ready: asyncio.Event):
+    """A client sending 4-frame messages in real time until ``stop``, reading its audio."""
+    from websockets.asyncio.client import connect
+
+    async with connect(url, max_size=None) as websocket:
+        async def read():
+            async for message in websocket:
+                if not isinstance(message, bytes):
+                    return
+        reader = asyncio.create_task(read())
+        seed = 0
+        while not stop.is_set():
+            await websocket.send(np.ascontiguousarray(utterance(n_mels, CHUNK_FRAMES, seed).numpy().T).tobytes())
+            ready.set()
+            seed += 1
+            await asyncio.sleep(CHUNK_FRAMES * frame_seconds)
+        await websocket.send(json.dumps({"type": "end"}))
+        await reader
+
+
+async def join(url: str, n_mels: int) -> tuple[str, float]:
+    """A client joining with a 1-frame first message: ("audio", seconds to its first audio) or
+    ("refused CODE", seconds to the refusal)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    async with connect(url, max_size=None) as websocket:
+        start = time.perf_counter()
+        try:
+            await websocket.send(np.ascontiguousarray(utterance(n_mels, 1, 3).numpy().T).tobytes())
+            while not isinstance(await websocket.recv(), bytes):
+                pass
+        except ConnectionClosed as closed:
+            return f"refused {closed.rcvd.code if closed.rcvd else 1006}", time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        await websocket.send(json.dumps({"type": "end"}))
+        async for message in websocket:
+            if not isinstance(message, bytes):
+                break
+        return "audio", seconds
+
+
+def run_admission(name: str, model, audio_config, args, folder: Path) -> list[list[str]]:
+    """Under ``--admit realtime`` (capacity measured at the server's startup): a client joining
+    ``capacity - 1`` real-time streams gets its first audio within one engine call of a 1-frame
+    chunk + 50 ms; one joining ``capacity`` streams is refused (1013, and a POST 503 + Retry-After)."""
+    checkpoint = save_model(folder / f"{name}-admission", model, audio_config)
+    vocoder = Vocoder(model, audio_config, device=args.device, dtype=args.dtype)
+    n_mels, hop, rate = audio_config.mel.n_mels, audio_config.mel.hop_length, audio_config.sample_rate
+    process, url = start_server(checkpoint, args, "--admit", "realtime")
+    client = Client(url, timeout=600)
+    rows = []
+    try:
+        capacity = client.model_info()["capacity"]
+        streams = capacity["admit_limit"]
+        stream_url = client.stream_url(0, "pcm16", n_mels)
+
+        async def scenario(background: int) -> list[tuple[str, float]]:
+            stop, readies = asyncio.Event(), [asyncio.Event() for _ in range(background)]
+            tasks = [asyncio.create_task(paced_stream(stream_url, n_mels, hop / rate, stop, ready)) for ready in readies]
+            await asyncio.gather(*(ready.wait() for ready in readies))
+            await asyncio.sleep(1.0)  # the background streams in their stride
+            outcomes = []
+            for _ in range(args.joins):
+                outcomes.append(await join(stream_url, n_mels))
+                await asyncio.sleep(0.2)
+            if background == streams:
+                response = await asyncio.to_thread(
+                    lambda: __import__("httpx").post(url + "/v1/vocode", content=npy_body(utterance(n_mels, 4, 1))))
+                outcomes.append((f"POST {response.status_code} Retry-After {response.headers.get('retry-after')}", 0.0))
+            stop.set()
+            await asyncio.gather(*tasks)
+            return outcomes
+
+        for background in (streams - 1, streams):
+            bound = short_call_seconds(vocoder, background + 1, n_mels) + 0.05
+            outcomes = asyncio.run(scenario(background))
+            joined = [seconds for outcome, seconds in outcomes if outcome == "audio"]
+            others = sorted({outcome for outcome, _ in outcomes if outcome != "audio"})
+            expected = "first audio" if background < streams else "refused 1013"
+            met = (len(joined) == args.joins and max(joined) <= bound) if background < streams else \
+                (not joined and "refused 1013" in others)
+            rows.append([name, f"{capacity['streams']} ({capacity['samples_per_second']:,.0f} samples/s)",
+                         str(background), expected,
+                         f"{statistics.median(joined) * 1000:.0f} / {max(joined) * 1000:.0f} ms" if joined else "-",
+                         f"{bound * 1000:.0f} ms" if background < streams else "-",
+                         ", ".join(others) or "-", "yes" if met else "NO"])
+            print(bench.text_table(ADMISSION_HEADER, rows[-1:]), flush=True)
+    finally:
+        process.terminate()
+        process.wait(60)
+    return rows
+
+
+def npy_body(mel: torch.Tensor) -> bytes:
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, mel.numpy())
+    return buffer.getvalue()
+
+
+ADMISSION_HEADER = ["model", "capacity (measured at startup)", "streams already served", "expected",
+                    "first audio median / max", "bound: 1-frame call + 50 ms", "refusals", "met"]
+
 HEADER = ["model", "clients", "served samples/s", "vs 1 client", "in-process 1 by 1", "in-process batch N",
           "served / batch N", "first audio p50", "first audio p99"]
 
@@ -183,6 +309,9 @@ def main(argv=None) -> int:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="PyTorch threads of this process (its in-process vocoding): on a loaded 2-core machine "
                              "2 threads made the conditioning 50x slower than 1")
+    parser.add_argument("--joins", type=int, default=5, help="clients joining, one after another, per admission row")
+    parser.add_argument("--admission-only", action="store_true",
+                        help="only the admission rows (--admit realtime: joining below and at capacity)")
     parser.add_argument("--note", default="", help="a line about the machine's conditions, for the results")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to skip writing")
     args = parser.parse_args(argv)
@@ -191,12 +320,28 @@ def main(argv=None) -> int:
     env = bench.environment(torch.device(args.device))
     demo = DemoSettings()
     models = {"r64-l20": lambda: make_model(64, 256, 20, 512), "demo": lambda: (demo.model(0).eval(), demo.audio())}
-    rows, soak_result = [], {}
+    rows, soak_result, admission_rows = [], {}, []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
-            model_rows, model_soak = run_model(name, *models[name](), args, Path(folder))
-            rows += model_rows
-            soak_result = soak_result or model_soak
+            built = models[name]()
+            if not args.admission_only:
+                model_rows, model_soak = run_model(name, *built, args, Path(folder))
+                rows += model_rows
+                soak_result = soak_result or model_soak
+            admission_rows += run_admission(name, *built, args, Path(folder))
+    admission = (f"Admission (`nvwavenet serve --admit realtime`, capacity measured at the server's startup): "
+                 f"background clients send 4-frame messages in real time; a client joins {args.joins} times, one "
+                 f"after another, with a 1-frame first message (first audio: from sending it). The bound is the "
+                 f"in-process median engine call (conditioning included) of a 1-frame chunk at the joined batch, "
+                 f"measured with the server idle, + 50 ms. {args.device}, {args.dtype}."
+                 + (f" {args.note}" if args.note else "") + "\n" + bench.environment_line(env, command) + "\n\n"
+                 + bench.markdown_table(ADMISSION_HEADER, admission_rows))
+    if args.admission_only:
+        if str(args.results) != "-":
+            bench.update_results(args.results, f"serve-admission-{args.device}",
+                                 f"## Serving: admission at real-time capacity, {args.device.upper()}\n\n{admission}")
+            print(f"updated {args.results}")
+        return 0
     lines = [f"Models: r64-l20 = R64/S256/A256 L=20 max dilation 512, 24 kHz, hop 300, 80 mels; demo = the demo's "
              f"R{demo.n_residual}/S{demo.n_skip}/A{demo.n_classes} L={demo.n_layers}, {demo.sample_rate} Hz, hop "
              f"{demo.hop}. Random weights. Server: `nvwavenet serve --chunk-frames {CHUNK_FRAMES}` in its own process; "
@@ -217,6 +362,8 @@ def main(argv=None) -> int:
     if str(args.results) != "-":
         bench.update_results(args.results, f"serve-load-{args.device}",
                              f"## Serving under load, {args.device.upper()}\n\n{body}")
+        bench.update_results(args.results, f"serve-admission-{args.device}",
+                             f"## Serving: admission at real-time capacity, {args.device.upper()}\n\n{admission}")
         print(f"updated {args.results}")
     return 0
 

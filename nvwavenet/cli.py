@@ -123,8 +123,10 @@ def _load_vocoder(args):
                                    name="--checkpoint")
 
 
-def _input_mel(vocoder, path: Path) -> torch.Tensor:
-    """A mel ``(n_mels, frames)`` from a ``.npy`` of mel frames or a ``.wav`` through the front end."""
+def _input_mel(path: Path, n_mels: int, sample_rate: int, front_end) -> torch.Tensor:
+    """A mel ``(n_mels, frames)`` from a ``.npy`` of mel frames or a ``.wav`` through ``front_end``
+    (the model's mel spectrogram of float audio at ``sample_rate``), for a local vocoder and for
+    ``--server`` alike."""
     from .audio import read_wav
     from .mel import load_mel_npy
 
@@ -133,12 +135,12 @@ def _input_mel(vocoder, path: Path) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
-        return load_mel_npy(path, vocoder.audio_config.mel.n_mels, str(path))
+        return load_mel_npy(path, n_mels, str(path))
     if path.suffix.lower() == ".wav":
         # Resampled and mixed to mono as training reads its WAVs, so any WAV can be re-synthesised.
-        audio, _ = read_wav(path, vocoder.sample_rate)
+        audio, _ = read_wav(path, sample_rate)
         try:
-            return vocoder.mel_spectrogram(torch.from_numpy(audio)).cpu()
+            return front_end(torch.from_numpy(audio)).cpu()
         except ValueError as error:  # too short for the front end: the message names its audio, not the file
             raise ValueError(f"{path}: {error}") from error
     raise ValueError(f"{path}: expected a .npy mel spectrogram or a .wav file")
@@ -167,12 +169,21 @@ def cmd_vocode(args) -> int:
     elif not single_file:
         check_folder("--out", args.out, "a folder for the outputs (a path ending in .wav for a single input)")
     if args.server:
-        from .client import vocode_files
-        return vocode_files(args.server, inputs, targets, seed=args.seed, log=None if args.quiet else print)
+        from .client import Client, vocode_files
+        from .server import read_token
+
+        client = Client(args.server, token=read_token(args.token_file) if args.token_file else None)
+        model = client.model_info()
+        mels = [_input_mel(path, model["n_mels"], model["sample_rate"], client.mel_spectrogram) for path in inputs]
+        (args.out.parent if single_file else args.out).mkdir(parents=True, exist_ok=True)
+        return vocode_files(client, inputs, targets, mels, seed=args.seed, log=None if args.quiet else print)
     if not args.checkpoint:
         raise ValueError("--checkpoint: required unless --server is given")
+    if args.token_file:
+        raise ValueError("--token-file: a server's token, for --server only")
     vocoder = _load_vocoder(args)
-    mels = [_input_mel(vocoder, path) for path in inputs]
+    mels = [_input_mel(path, vocoder.audio_config.mel.n_mels, vocoder.sample_rate, vocoder.mel_spectrogram)
+            for path in inputs]
     # Created once every input has been read: a mistake in one leaves no empty folder behind.
     (args.out.parent if single_file else args.out).mkdir(parents=True, exist_ok=True)
     silence = float(np.log(vocoder.audio_config.mel.clamp_min))
@@ -311,13 +322,21 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .server import ServeSettings, serve
+    from .server import ServeSettings, read_token, serve
 
-    if args.shutdown_grace < 0:
-        raise ValueError(f"--shutdown-grace: expected a number of seconds >= 0, got {args.shutdown_grace}")
-    settings = ServeSettings(max_streams=args.max_streams, chunk_frames=args.chunk_frames,
-                             shutdown_grace=args.shutdown_grace)
-    return serve(_load_vocoder(args), settings, host=args.host, port=args.port)
+    for name in ("shutdown_grace", "header_timeout", "body_timeout", "send_timeout", "idle_timeout"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a number of seconds >= 0, got {getattr(args, name)}")
+    settings = ServeSettings(
+        max_streams=args.max_streams, chunk_frames=args.chunk_frames, max_pending_frames=args.max_pending_frames,
+        max_ready_chunks=args.max_ready_chunks, max_request_frames=args.max_request_frames, admit=args.admit,
+        capacity=args.capacity, max_connections=args.max_connections, max_header_bytes=args.max_header_bytes,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout, send_timeout=args.send_timeout,
+        idle_timeout=args.idle_timeout, shutdown_grace=args.shutdown_grace, allow_origins=tuple(args.allow_origin),
+        docs=args.docs)
+    token = read_token(args.token_file) if args.token_file else None
+    return serve(_load_vocoder(args), settings, host=args.host, port=args.port, token=token,
+                 ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile, checkpoint=args.checkpoint)
 
 
 def _integer(minimum: int):
@@ -415,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     vocode.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy mel spectrograms or .wav files")
     vocode.add_argument("--checkpoint",
                         help="an nvwavenet checkpoint folder, or with --nv-wavenet-config an NV-WaveNet state dict")
-    vocode.add_argument("--server", metavar="URL", help="vocode .npy mels on a running `nvwavenet serve` at URL instead")
+    vocode.add_argument("--server", metavar="URL",
+                        help="vocode on a running `nvwavenet serve` at URL instead (the same inputs: a WAV's mel is "
+                             "computed here with the server model's front end; input i is vocoded with seed + i, "
+                             "as locally with --batch-size 1)")
+    vocode.add_argument("--token-file", help="with --server: a file holding the server's bearer token")
     vocode.add_argument("--nv-wavenet-config", help="NV-WaveNet's config.json, to load --checkpoint as its state dict")
     vocode.add_argument("--out", type=Path, default=Path("vocoded"),
                         help="output folder, one WAV per input named after it; with a single input also a path "
@@ -451,10 +474,46 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("checkpoint", metavar="CHECKPOINT", help="an nvwavenet checkpoint folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=_integer(0), default=8000, help="port; 0 picks a free one")
-    serve.add_argument("--max-streams", type=_integer(1), default=64, help="streams served at once")
-    serve.add_argument("--chunk-frames", type=_integer(1), default=4, help="mel frames per engine call at most")
-    serve.add_argument("--shutdown-grace", type=_finite_float, default=10.0,
-                       help="seconds open streams get to finish after SIGTERM")
+    limits = serve.add_argument_group("streams and admission")
+    limits.add_argument("--max-streams", type=_integer(1), default=64, help="stream slots (streams served at once)")
+    limits.add_argument("--admit", choices=["realtime", "all"], default="realtime",
+                        help="realtime: take a new stream only while every admitted one is served in real time "
+                             "(the capacity); all: up to --max-streams, each slower as more join")
+    limits.add_argument("--capacity", type=_integer(1),
+                        help="streams served in real time at once (from a saved benchmark); default: measured at "
+                             "startup for the model on its device (a few seconds)")
+    limits.add_argument("--chunk-frames", type=_integer(1), default=4, help="mel frames per engine call at most")
+    limits.add_argument("--max-pending-frames", type=_integer(1), default=256,
+                        help="mel frames queued per stream (also the largest WebSocket message)")
+    limits.add_argument("--max-ready-chunks", type=_integer(1), default=4,
+                        help="audio chunks generated per stream and not yet sent")
+    limits.add_argument("--max-request-frames", type=_integer(1), default=20000,
+                        help="mel frames of one POST /v1/vocode (its body is at most 8 * n_mels * this + 4096 bytes)")
+    connections = serve.add_argument_group("connections and timeouts (seconds; 0: none)")
+    connections.add_argument("--max-connections", type=_integer(1), default=512,
+                             help="open connections at most; more are answered 503 and closed")
+    connections.add_argument("--max-header-bytes", type=_integer(1), default=16384,
+                             help="a request's line and headers at most (more: 400)")
+    connections.add_argument("--header-timeout", type=_finite_float, default=10.0,
+                             help="for a connection to send a request's line and headers")
+    connections.add_argument("--body-timeout", type=_finite_float, default=30.0,
+                             help="for a POST body to arrive, once its slot is granted")
+    connections.add_argument("--send-timeout", type=_finite_float, default=30.0,
+                             help="for a streaming client to read the audio sent")
+    connections.add_argument("--idle-timeout", type=_finite_float, default=60.0,
+                             help="for a streaming client to send its next message")
+    connections.add_argument("--shutdown-grace", type=_finite_float, default=10.0,
+                             help="for open streams to finish after SIGTERM")
+    security = serve.add_argument_group("security (threat model: README, Serving)")
+    security.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                          help="a browser origin (https://app.example) whose pages may use the server; repeatable. "
+                               "Requests from other origins get 403; requests without Origin (not from a browser) "
+                               "are served")
+    security.add_argument("--token-file", help="a file holding a bearer token (16+ characters) that every request "
+                                               "but /healthz must send (Authorization: Bearer TOKEN; else 401)")
+    security.add_argument("--ssl-certfile", help="TLS certificate (PEM): serve https:// and wss://")
+    security.add_argument("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile")
+    security.add_argument("--docs", action="store_true", help="serve /docs, /redoc and /openapi.json")
     _add_engine_options(serve)
     serve.set_defaults(run=cmd_serve, nv_wavenet_config=None)
 

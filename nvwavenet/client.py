@@ -38,15 +38,22 @@ class ServerError(RuntimeError):
 
 
 class Client:
-    """``url``: the server's base URL (``http://host:port``); ``timeout``: seconds for each HTTP
-    request and for each message awaited from a stream."""
+    """``url``: the server's base URL (``http://host:port``, or ``https://`` for a server with TLS);
+    ``timeout``: seconds for each HTTP request and for each message awaited from a stream;
+    ``token``: the server's bearer token (``nvwavenet serve --token-file``), if it asks for one;
+    ``verify``: for ``https``, True (the system's CAs), a CA bundle's path, an ``ssl.SSLContext``, or
+    False (no verification)."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0):
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, timeout: float = 60.0, token: str | None = None,
+                 verify=True):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"url: expected the server's http://host:port, got {url!r}")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.verify = verify
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._front_end = None
         self._ws_base = urlunsplit(("ws" if parts.scheme == "http" else "wss", parts.netloc,
                                     parts.path.rstrip("/"), "", ""))
         self._model: dict | None = None
@@ -57,6 +64,20 @@ class Client:
             response = self._request("GET", "/v1/model")
             self._model = response.json()
         return self._model
+
+    def mel_spectrogram(self, audio):
+        """The server model's own mel front end, computed here: float audio ``(samples,)`` at its
+        sample rate to the ``(n_mels, frames)`` mel its vocoder takes (what ``Vocoder.mel_spectrogram``
+        gives for the same model)."""
+        import torch
+
+        from .audio import AudioConfig
+        from .mel import MelSpectrogram
+
+        if self._front_end is None:
+            self._front_end = MelSpectrogram(AudioConfig.from_dict(self.model_info()["audio_config"]).mel)
+        with torch.no_grad():
+            return self._front_end(audio)
 
     def vocode(self, mel, *, seed: int = 0, sample_format: str = "float32") -> np.ndarray:
         """One ``POST /v1/vocode``: the audio of ``mel`` ``(n_mels, frames)`` (float32, or int16 for ``pcm16``)."""
@@ -70,7 +91,8 @@ class Client:
 
     def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
-            response = httpx.request(method, f"{self.url}{path}", timeout=self.timeout, **kwargs)
+            response = httpx.request(method, f"{self.url}{path}", timeout=self.timeout, headers=self._headers,
+                                     verify=self._ssl() or True, **kwargs)
         except httpx.TransportError as error:  # refused, unreachable, timed out: an OSError, like a socket's
             raise ConnectionError(f"{self.url}: {error or type(error).__name__}") from error
         if response.status_code != 200:
@@ -81,19 +103,38 @@ class Client:
             raise ServerError(response.status_code, reason)
         return response
 
+    def _ssl(self):
+        """The TLS context of an https:// server, as ``verify`` says; None for http://."""
+        if not self._ws_base.startswith("wss:"):
+            return None
+        import ssl
+
+        if isinstance(self.verify, ssl.SSLContext):
+            return self.verify
+        if self.verify is False:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=None if self.verify is True else str(self.verify))
+
     def stream_url(self, seed: int = 0, sample_format: str = "float32", n_mels: int | None = None) -> str:
         query = {"seed": seed, "format": sample_format, **({} if n_mels is None else {"n_mels": n_mels})}
         return f"{self._ws_base}/v1/stream?{urlencode(query)}"
 
     def stream(self, mel_chunks: Iterable, *, seed: int = 0, sample_format: str = "float32") -> Iterator[np.ndarray]:
         """Send ``mel_chunks`` (each ``(n_mels, k)``) from a thread while yielding the audio as it comes."""
-        from websockets.exceptions import ConnectionClosed
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
         from websockets.sync.client import connect
 
         chunks = iter(mel_chunks)
         first = next(chunks, None)  # its bands go in the URL, for the server to check
         url = self.stream_url(seed, sample_format, None if first is None else len(first))
-        with connect(url, max_size=None, open_timeout=self.timeout) as websocket:
+        try:
+            websocket = connect(url, max_size=None, open_timeout=self.timeout, additional_headers=self._headers,
+                                ssl=self._ssl())
+        except InvalidStatus as refused:
+            raise _refused(refused) from None
+        with websocket:
             failure: list[BaseException] = []
 
             def send_all() -> None:
@@ -129,7 +170,7 @@ class Client:
         import asyncio
 
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed
+        from websockets.exceptions import ConnectionClosed, InvalidStatus
 
         if isinstance(mel_chunks, AsyncIterable):
             chunks = aiter(mel_chunks)
@@ -138,7 +179,12 @@ class Client:
             chunks = iter(mel_chunks)
             first = next(chunks, None)
         url = self.stream_url(seed, sample_format, None if first is None else len(first))
-        async with connect(url, max_size=None, open_timeout=self.timeout) as websocket:
+        try:
+            websocket = await connect(url, max_size=None, open_timeout=self.timeout,
+                                      additional_headers=self._headers, ssl=self._ssl())
+        except InvalidStatus as refused:
+            raise _refused(refused) from None
+        async with websocket:
             async def send_all() -> None:
                 try:
                     if first is not None:
@@ -189,6 +235,16 @@ def _frame_bytes(chunk) -> bytes:
     return np.ascontiguousarray(array.T).astype("<f4").tobytes()
 
 
+def _refused(refused) -> ServerError:
+    """A WebSocket handshake the server answered with an HTTP status (401, 403, 503, ...)."""
+    response = refused.response
+    try:
+        reason = json.loads(response.body)["detail"]
+    except (ValueError, KeyError, TypeError):
+        reason = bytes(response.body or b"")[:200].decode("utf-8", "replace") or response.reason_phrase
+    return ServerError(response.status_code, reason)
+
+
 def _closed_error(closed) -> ServerError:
     received = closed.rcvd
     if received is None:
@@ -196,24 +252,17 @@ def _closed_error(closed) -> ServerError:
     return ServerError(received.code, received.reason)
 
 
-def vocode_files(url: str, inputs: list[Path], targets: list[Path], *, seed: int = 0, log=print) -> int:
-    """``nvwavenet vocode --server URL``: each ``.npy`` mel of ``inputs`` vocoded by the server with
-    ``seed`` (as ``Vocoder(mel, seed=seed)`` would) and written to its target WAV."""
+def vocode_files(client: Client, inputs: list[Path], targets: list[Path], mels: list, *, seed: int = 0,
+                 log=print) -> int:
+    """``nvwavenet vocode --server URL``: each mel of ``mels`` (read from ``inputs``) vocoded by the
+    server with ``seed + i`` for the i-th, as ``nvwavenet vocode --batch-size 1`` does locally, and
+    written to its target WAV."""
     from .audio import write_wav
-    from .mel import load_mel_npy
 
-    client = Client(url)
     model = client.model_info()
-    mels = []
-    for path in inputs:  # all read and checked before the first request
-        if path.suffix.lower() != ".npy" or not path.is_file():
-            raise ValueError(f"{path}: --server takes .npy mel spectrograms that exist")
-        mel = load_mel_npy(path, model["n_mels"], str(path)).numpy()
-        mels.append(mel)
-    targets[0].parent.mkdir(parents=True, exist_ok=True)
-    for path, target, mel in zip(inputs, targets, mels):
-        write_wav(target, client.vocode(mel, seed=seed), model["sample_rate"])
+    for index, (path, target, mel) in enumerate(zip(inputs, targets, mels)):
+        write_wav(target, client.vocode(np.asarray(mel), seed=seed + index), model["sample_rate"])
         if log:
             log(f"{path} -> {target} ({mel.shape[1] * model['hop_length'] / model['sample_rate']:.2f} s "
-                f"at {model['sample_rate']} Hz, from {url})")
+                f"at {model['sample_rate']} Hz, from {client.url})")
     return 0

@@ -15,6 +15,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -37,7 +38,8 @@ from nvwavenet.checkpoint import save_model  # noqa: E402
 from nvwavenet.client import Client, ServerError  # noqa: E402
 from nvwavenet.mel import MelConfig  # noqa: E402
 from nvwavenet.model import WaveNet  # noqa: E402
-from nvwavenet.server import ServeSettings, create_app, uvicorn_config  # noqa: E402
+from nvwavenet.server import (ServeSettings, create_app, measure_capacity, read_token,  # noqa: E402
+                              startup_lines, uvicorn_config)
 from nvwavenet.vocoder import Vocoder  # noqa: E402
 
 MELS = 10
@@ -65,16 +67,21 @@ def checkpoint(model, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running(vocoder, socket_buffer: int | None = None, **settings):
+def running(vocoder, socket_buffer: int | None = None, token: str | None = None, tls: tuple | None = None,
+            **settings):
     """A server in a thread of this process; yields (base URL, app). ``socket_buffer``: the kernel's
-    send and receive buffers of its connections, in bytes (else loopback lets them grow to MBs)."""
-    app = create_app(vocoder, ServeSettings(**settings))
+    send and receive buffers of its connections, in bytes (else loopback lets them grow to MBs);
+    ``token``: its bearer token; ``tls``: (certificate, key) files to serve https."""
+    # Admission by real-time capacity has its own tests: elsewhere it would make refusals depend on
+    # how loaded the machine is, and the startup measurement would be repeated for every server.
+    app = create_app(vocoder, ServeSettings(**{"admit": "all", "capacity": 64, **settings}), token=token)
     sock = socket.socket()
     if socket_buffer:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, socket_buffer)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning", **(
+        {} if tls is None else {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])})))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -82,7 +89,7 @@ def running(vocoder, socket_buffer: int | None = None, **settings):
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}", app
     finally:
         server.should_exit = True
         thread.join(15)
@@ -181,11 +188,30 @@ def test_one_shot_post_and_vocode_server_cli(vocoder, tmp_path):
     assert rate == 8000 and np.array_equal(written, to_pcm(vocoder(mel, seed=7).numpy(), "int16") / 32768.0)
 
 
+def test_vocode_server_takes_the_inputs_of_local_vocode_and_writes_the_same_bytes(vocoder, checkpoint, tmp_path):
+    """WAVs (mel computed on the client with the server model's front end) and .npy mels; several
+    inputs as local ``--batch-size 1`` vocodes them (input i with seed + i)."""
+    from nvwavenet.audio import write_wav
+    rng = np.random.default_rng(5)
+    write_wav(tmp_path / "speech.wav", (0.3 * rng.standard_normal(8000 // 4)).astype(np.float32), 8000)
+    write_wav(tmp_path / "resampled.wav", (0.3 * rng.standard_normal(11025 // 5)).astype(np.float32), 11025)
+    np.save(tmp_path / "mel.npy", (torch.randn(MELS, 13) - 2.0).numpy())
+    inputs = [str(tmp_path / name) for name in ("speech.wav", "resampled.wav", "mel.npy")]
+    with running(vocoder) as (base, _):
+        assert cli.main(["vocode", *inputs, "--server", base, "--seed", "3", "--out", str(tmp_path / "served"),
+                         "--quiet"]) == 0
+    assert cli.main(["vocode", *inputs, "--checkpoint", str(checkpoint), "--seed", "3", "--batch-size", "1",
+                     "--out", str(tmp_path / "local"), "--quiet"]) == 0
+    for name in ("speech", "resampled", "mel"):
+        served, local = (tmp_path / "served" / f"{name}.wav").read_bytes(), (tmp_path / "local" / f"{name}.wav").read_bytes()
+        assert len(served) > 800 and served == local, name
+
+
 def test_model_info_health_and_metrics(vocoder):
     with running(vocoder, max_streams=5) as (base, _):
         info = httpx.get(base + "/v1/model").json()
         assert (info["n_mels"], info["hop_length"], info["sample_rate"], info["limits"]["max_streams"]) == (MELS, 32, 8000, 5)
-        assert info["close_codes"]["1013"] == "all stream slots in use"
+        assert info["close_codes"]["1013"] == "all stream slots in use, or at real-time capacity"
         assert httpx.get(base + "/healthz").json() == {"status": "ok", "active_streams": 0}
         Client(base).vocode(torch.randn(MELS, 8).numpy())
         text = httpx.get(base + "/metrics").text
@@ -247,8 +273,19 @@ def npy_bytes(array) -> bytes:
     return buffer.getvalue()
 
 
+def npy_header(shape, descr="<f4", data=b"\0" * 64) -> bytes:
+    """A .npy file whose header declares ``shape``, followed by ``data`` whatever it declares."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + data
+
+
 @pytest.mark.parametrize("body, query, status, detail", [
-    (b"not an array", "", 400, r"body: not a readable \.npy array"),
+    (b"not an array", "", 400, r"body: expected a \.npy file .* starting with b'not an array'"),
+    (b"\x93NUMPY\x01\x00\xff\xff{", "", 400, r"body: not a readable \.npy array"),
+    (npy_header((MELS, 10**15)), "", 400, r"declares shape \(10, 1000000000000000\) of float32 \(4000+ bytes\), but "
+                                          r"64 bytes follow"),
+    (npy_header((MELS, 4), "|O"), "", 400, r"Python objects are never loaded"),
     (npy_bytes(np.zeros((MELS, 4), dtype=np.int32)), "", 400, r"expected float mel frames, got dtype int32"),
     (npy_bytes(np.zeros((MELS + 1, 4), dtype=np.float32)), "", 400, r"expected a mel of shape \(10 bands"),
     (npy_bytes(np.zeros((MELS, 0), dtype=np.float32)), "", 400, r"expected a mel of shape"),
@@ -257,12 +294,13 @@ def npy_bytes(array) -> bytes:
     (npy_bytes(np.zeros((MELS, 4), dtype=np.float32)), "?format=wav", 400, r"format: expected pcm16 or float32"),
     (npy_bytes(np.zeros((MELS, 101), dtype=np.float32)), "", 413, r"101 frames, at most 100"),
     (b"\0" * (8 * MELS * 100 + 5000), "", 413, r"at most 100 frames"),
-], ids=["not npy", "int", "width", "empty", "NaN", "seed", "format", "too many frames", "oversize body"])
+], ids=["not npy", "bad header", "huge shape", "pickle", "int", "width", "empty", "NaN", "seed", "format", "too many frames", "oversize body"])
 def test_bad_posts_get_their_status(vocoder, body, query, status, detail):
     with running(vocoder, max_request_frames=100) as (base, _):
         response = httpx.post(base + "/v1/vocode" + query, content=body)
         assert response.status_code == status and re.search(detail, response.json()["detail"]), response.text
         assert httpx.get(base + "/healthz").json()["active_streams"] == 0
+        assert metric(base, 'nvwavenet_streams_total{outcome="bad_input"}') == 1
 
 
 # -- limits ----------------------------------------------------------------------------------------
@@ -372,11 +410,87 @@ def test_an_engine_failure_closes_its_streams_with_1011_and_the_server_goes_on(v
         assert metric(base, 'nvwavenet_streams_total{outcome="error"}') == 2
 
 
+def test_at_real_time_capacity_a_new_stream_is_refused_with_retry_after(vocoder):
+    mel = torch.randn(MELS, 12) - 2.0
+    with running(vocoder, admit="realtime", capacity=2, max_streams=8) as (base, _):
+        assert httpx.get(base + "/v1/model").json()["capacity"] == {
+            "streams": 2, "samples_per_second": 16000.0, "source": "given (--capacity)", "admit": "realtime",
+            "admit_limit": 2, "utilisation": 0.0}
+
+        async def scenario():
+            holders = [await connect(ws_url(base)) for _ in range(2)]
+            for holder in holders:
+                await holder.send(frames_bytes(mel[:, :2]))
+            await asyncio.to_thread(wait_for, lambda: metric(base, "nvwavenet_active_streams") == 2)
+            assert metric(base, "nvwavenet_utilisation") == 1.0
+            async with connect(ws_url(base)) as websocket:
+                await expect_close(websocket, 1013, r"at real-time capacity: 2 streams")
+            response = await asyncio.to_thread(httpx.post, base + "/v1/vocode", content=npy_bytes(mel.numpy()))
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert "real-time capacity" in response.json()["detail"]
+            for holder in holders:
+                await holder.close()
+
+        asyncio.run(scenario())
+        wait_for(lambda: metric(base, "nvwavenet_active_streams") == 0)
+        Client(base).vocode(mel.numpy())  # below capacity again: served
+
+
+def test_capacity_is_measured_for_the_model_on_its_device(vocoder):
+    capacity = measure_capacity(vocoder, chunk_frames=4, max_streams=4)
+    assert 0 <= capacity.streams <= 4 and capacity.samples_per_second > 0
+    assert capacity.streams == 0 or capacity.samples_per_second >= capacity.streams * 8000
+    assert "measured at startup" in capacity.source
+
+
+def test_token_auth_tls_and_docs(vocoder, tmp_path):
+    token = "s3cret-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    assert read_token(tmp_path / "token") == token
+    (tmp_path / "short").write_text("abc")
+    with pytest.raises(ValueError, match="16 or more characters"):
+        read_token(tmp_path / "short")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    mel = torch.randn(MELS, 9) - 2.0
+    trust = ssl.create_default_context(cafile=str(cert))
+    with running(vocoder, token=token, tls=(cert, key)) as (base, _):
+        assert base.startswith("https://")
+        assert httpx.get(base + "/healthz", verify=trust).status_code == 200  # a load balancer's probe
+        response = httpx.get(base + "/v1/model", verify=trust)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert httpx.get(base + "/metrics", verify=trust, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        with pytest.raises(ServerError, match="401"):
+            Client(base, verify=trust).vocode(mel.numpy())
+        client = Client(base, token=token, verify=trust)
+        assert np.array_equal(client.vocode(mel.numpy(), seed=2), vocoder(mel, seed=2).numpy())
+        assert np.array_equal(np.concatenate(list(client.stream([mel], seed=2))), vocoder(mel, seed=2).numpy())
+        with pytest.raises(ServerError, match="401: missing or wrong bearer token"):
+            list(Client(base, verify=trust).stream([mel]))
+        assert httpx.get(base + "/docs", verify=trust, headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    with running(vocoder, docs=True) as (base, _):
+        assert httpx.get(base + "/openapi.json").status_code == 200
+
+
+def test_startup_warns_when_listening_beyond_loopback_without_auth(vocoder):
+    service = create_app(vocoder, ServeSettings(capacity=4)).state.service
+    assert not any("NO AUTHENTICATION" in line for line in startup_lines(service, "127.0.0.1", "ckpt", False))
+    assert not any("NO AUTHENTICATION" in line for line in startup_lines(service, "::1", "ckpt", False))
+    assert any("NO AUTHENTICATION: listening on 0.0.0.0" in line
+               for line in startup_lines(service, "0.0.0.0", "ckpt", False))
+    service.token = "x" * 16
+    assert not any("NO AUTHENTICATION" in line for line in startup_lines(service, "0.0.0.0", "ckpt", True))
+
+
 # -- shutdown --------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def serve_process(checkpoint, *args):
-    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0", *args],
+    # --admit all: the capacity measured at startup on a loaded machine must not refuse these tests' streams.
+    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
+                                "--admit", "all", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -434,10 +548,15 @@ def test_sigint_with_nothing_open_exits_0(checkpoint):
     (["serve", "CKPT", "--max-streams", "0"], r"--max-streams: expected an integer >= 1, got 0"),
     (["serve", "CKPT", "--chunk-frames", "-1"], r"--chunk-frames: expected an integer >= 1"),
     (["serve", "CKPT", "--shutdown-grace", "nan"], r"--shutdown-grace: expected a finite number"),
+    (["serve", "CKPT", "--header-timeout", "-1"], r"--header-timeout: expected a number of seconds >= 0"),
+    (["serve", "CKPT", "--allow-origin", "app.example"], r"allow_origins \(--allow-origin\): expected origins such as https://app"),
+    (["serve", "CKPT", "--token-file", "/no/such/token"], r"--token-file: cannot read /no/such/token"),
     (["vocode", "x.npy"], r"--checkpoint: required unless --server is given"),
+    (["vocode", "x.npy", "--checkpoint", "CKPT", "--token-file", "t"], r"--token-file: a server's token, for --server"),
     (["vocode", "IN", "--server", "http://127.0.0.1:9"], r"http://127\.0\.0\.1:9: "),
     (["vocode", "IN", "--server", "ftp://x"], r"url: expected the server's http://host:port"),
-], ids=["checkpoint", "max-streams", "chunk-frames", "grace", "no checkpoint", "no server", "bad url"])
+], ids=["checkpoint", "max-streams", "chunk-frames", "grace", "header-timeout", "origin", "token file", "no checkpoint", "token without server", "no server",
+    "bad url"])
 def test_cli_errors(checkpoint, tmp_path, capsys, args, message):
     np.save(tmp_path / "in.npy", np.zeros((MELS, 3), dtype=np.float32))
     args = [str(checkpoint) if a == "CKPT" else str(tmp_path / "in.npy") if a == "IN" else a for a in args]
@@ -448,10 +567,21 @@ def test_cli_errors(checkpoint, tmp_path, capsys, args, message):
 
 # -- Ray Serve -------------------------------------------------------------------------------------
 
+def series(text: str, name: str) -> list[tuple[dict, float]]:
+    """Every sample of ``name`` in a Prometheus text: (labels, value)."""
+    found = []
+    for labels, value in re.findall(rf"^{re.escape(name)}(?:{{(.*?)}})? (\S+)$", text, re.M):
+        found.append((dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)))
+    return found
+
+
 @pytest.mark.slow
-def test_ray_serve_deployment_serves_the_same_audio(model, vocoder, checkpoint):
-    """The same app as a Ray Serve deployment on a local Ray instance (about 30 s on 2 cores); skipped
-    without ``pip install "nvwavenet[ray]"``, which the test extra leaves out (ray is about 240 MB)."""
+def test_ray_serve_refuses_never_hangs_sums_metrics_drains_and_is_bit_exact(model, vocoder, checkpoint):
+    """The app as a Ray Serve deployment on a local Ray instance, 2 replicas of 4 slots at 1 and 2
+    PyTorch threads: 20 streams at once are each served bit for bit or refused (1013/503), none
+    hangs; /metrics sums over replicas; an oversize message is refused as standalone; deleting the
+    application drains an open stream with 1001. About a minute on 2 cores; skipped without
+    ``pip install "nvwavenet[ray]"``."""
     ray = pytest.importorskip("ray")
     from ray import serve
 
@@ -459,20 +589,68 @@ def test_ray_serve_deployment_serves_the_same_audio(model, vocoder, checkpoint):
 
     with pytest.raises(ValueError, match="unknown arguments \\['colour'\\]"):
         build_app({"checkpoint": str(checkpoint), "colour": "red"})
+    with pytest.raises(ValueError, match="admit: expected realtime or all"):
+        build_app({"checkpoint": str(checkpoint), "admit": "some"})
+    with pytest.raises(ValueError, match="torch_threads: expected a positive integer or a comma list"):
+        build_app({"checkpoint": str(checkpoint), "torch_threads": "1,x"})
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
+    base = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app({"checkpoint": str(checkpoint), "max_streams": "4", "chunk_frames": "3"}), route_prefix="/")
-        client = Client(f"http://127.0.0.1:{port}")
-        mel = torch.randn(MELS, 21) - 2.0
-        assert np.array_equal(client.vocode(mel.numpy(), seed=3), vocoder(mel, seed=3).numpy())
-        streamed = np.concatenate(list(client.stream([mel[:, :8], mel[:, 8:]], seed=4)))
-        assert np.array_equal(streamed, vocoder(mel, seed=4).numpy())
-        assert client.model_info()["limits"]["max_streams"] == 4
+        serve.run(build_app({"checkpoint": str(checkpoint), "replicas": "2", "torch_threads": "1,2",
+                             "max_streams": "4", "admit": "all", "capacity": "4", "chunk_frames": "3",
+                             "max_pending_frames": "16", "shutdown_grace": "2"}), name="voc", route_prefix="/")
+        client = Client(base, timeout=30)
+        mels = [torch.randn(MELS, 9 + i % 4) - 2.0 for i in range(20)]
+
+        async def one(seed):
+            async def slowly():
+                for start in range(0, mels[seed].shape[1], 4):
+                    yield mels[seed][:, start:start + 4]
+                    await asyncio.sleep(0.3)
+            try:
+                return np.concatenate([chunk async for chunk in client.astream(slowly(), seed=seed)])
+            except ServerError as refused:
+                return refused
+
+        async def everyone():
+            return await asyncio.gather(*(asyncio.wait_for(one(seed), 60) for seed in range(20)))
+
+        results = asyncio.run(everyone())  # a hang would end in TimeoutError here
+        served = {seed: audio for seed, audio in enumerate(results) if isinstance(audio, np.ndarray)}
+        refused = [result for result in results if isinstance(result, ServerError)]
+        assert len(served) + len(refused) == 20 and len(served) >= 2 and refused, results
+        assert all(error.code in (1013, 503) for error in refused), refused
+        text = httpx.get(base + "/metrics").text
+        threads = series(text, "nvwavenet_torch_threads")
+        assert sorted(value for _, value in threads) == [1.0, 2.0], threads  # two replicas, labelled apart
+        assert len({labels["replica"] for labels, _ in threads}) == 2
+        wait_for(lambda: sum(v for labels, v in series(httpx.get(base + "/metrics").text, "nvwavenet_streams_total")
+                             if labels["outcome"] == "finished") == len(served), 10, "every replica's count")
+        mismatched = [seed for seed, audio in served.items()
+                      if not np.array_equal(audio, vocoder(mels[seed], seed=seed).numpy())]
+        if mismatched and torch.get_num_threads() != 1:
+            # Conditioning on the CPU varies with PyTorch's thread count until issue 27's
+            # thread-invariant conditioning lands; at one thread every stream must already match.
+            pytest.xfail(f"issue 27: streams {mismatched} differ from Vocoder alone at another thread count")
+        assert not mismatched
+
+        async def limits_and_drain():
+            async with connect(ws_url(base), max_size=None) as websocket:  # Ray's proxy passes 16 MiB
+                await websocket.send(frames_bytes(np.zeros((MELS, 17))))
+                await expect_close(websocket, 1009, r"at most 16 frames a message")
+            async with connect(ws_url(base)) as websocket:
+                await websocket.send(frames_bytes(mels[0][:, :2]))
+                assert isinstance(await asyncio.wait_for(websocket.recv(), 10), bytes)
+                deleting = asyncio.create_task(asyncio.to_thread(serve.delete, "voc"))
+                await expect_close(websocket, 1001, r"did not end within the 2 s grace period", seconds=30)
+                await deleting
+
+        asyncio.run(limits_and_drain())
     finally:
         serve.shutdown()
         ray.shutdown()
