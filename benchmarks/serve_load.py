@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nvwavenet import bench
+from nvwavenet import bench, build_check
 from nvwavenet.checkpoint import save_model
 from nvwavenet.client import Client
 from nvwavenet.demo import DemoSettings
@@ -52,7 +52,8 @@ def start_server(checkpoint: Path, args) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
                                 "--max-streams", str(max(*args.clients, args.soak_clients)), "--chunk-frames", str(CHUNK_FRAMES),
                                 "--device", args.device, "--dtype", args.dtype],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=build_check.python_env())  # this nvwavenet, whatever the current directory
     for line in process.stdout:
         if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
             # Its log is read on, so that a full pipe never blocks the server.

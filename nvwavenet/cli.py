@@ -15,13 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engines import build_info
+from .engines import build_info, require_compiled
 from .validation import check_folder
 
 # OSError: a missing file or folder, a file where a folder is wanted, no permission, a full disk;
 # each names its path.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
 EXIT_USER_ERROR = 2
+# The commands that run the compiled engines (vocode --server excepted: the server runs them). Without
+# the compiled module they stop at once with its diagnosis (nvwavenet.build_check).
+ENGINE_COMMANDS = ("demo", "vocode", "serve", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,12 +81,15 @@ def _device(name: str) -> torch.device:
 def cmd_info(args) -> int:
     info = build_info()
     print(f"nvwavenet {info['version']}")
-    print(f"  compiled module: {'loaded' if info['extension'] else 'missing: ' + info.get('error', '')}")
+    if info["extension"]:
+        print("  compiled module: loaded")
+    else:
+        print(f"  compiled module: {'shadowed' if info['shadowed'] else 'missing'}: {info['error']}")
     print(f"  CUDA kernels:    {'compiled for sm_' + ', sm_'.join(map(str, info['cuda_archs'])) if info['cuda'] else 'not compiled'}")
     if info["cuda"]:
         print(f"  sizes (R, S, A): {', '.join(str(s) for s in info['sizes'])}")
         print(f"  precisions:      {', '.join(info['precisions'])}")
-    for key in sorted(set(info) - {"version", "extension", "cuda", "cuda_archs", "sizes", "precisions", "error"}):
+    for key in sorted(set(info) - {"version", "extension", "cuda", "cuda_archs", "sizes", "precisions", "error", "shadowed"}):
         print(f"  {key + ':':<16} {info[key]}")
     print(f"torch {torch.__version__}, CUDA runtime {torch.version.cuda or 'none'}")
     if torch.cuda.is_available():
@@ -497,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit:  # --help, or a mistake argparse has reported: a code, not an exception
         return exit.code
     try:
+        if args.command in ENGINE_COMMANDS and not getattr(args, "server", None):
+            require_compiled(f"nvwavenet {args.command}")  # before any work, not after a demo's training
         with _conversions_said_once(args.command):
             return args.run(args)
     except USER_ERRORS as error:

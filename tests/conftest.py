@@ -1,5 +1,17 @@
 import pytest
 
+from nvwavenet import build_check, engines
+
+
+def pytest_runtest_setup(item):
+    """A test marked ``extension`` fails with the diagnosis when nvwavenet._C did not load (a green
+    run of skips hid a shadowed build), and skips only where NVWAVENET_ALLOW_REFERENCE=1 says the
+    build is left out on purpose."""
+    if item.get_closest_marker("extension") and not engines.has_extension():
+        if build_check.reference_allowed():
+            pytest.skip("nvwavenet._C is not built (NVWAVENET_ALLOW_REFERENCE=1)")
+        pytest.fail(engines.MISSING_BUILD.message(), pytrace=False)
+
 
 @pytest.fixture
 def interrupt_training(monkeypatch):

@@ -46,7 +46,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import nvwavenet
-from nvwavenet import NVWaveNet, Impl
+from nvwavenet import NVWaveNet, Impl, build_check
 from nvwavenet.audio import AudioConfig, read_wav
 from nvwavenet.checkpoint import load_model, save_model
 from nvwavenet.cli import main as cli_main
@@ -1141,9 +1141,8 @@ def test_cli(data):
 def test_cli_subprocess(argv, tmp_path):
     """The exit code and stderr as the shell sees them, one hostile case per subcommand."""
     case("cli_subprocess", argv)
-    env = {**os.environ, "PYTHONPATH": str(Path(nvwavenet.__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-m", "nvwavenet", *argv], capture_output=True, text=True, cwd=tmp_path,
-                            env=env, timeout=120)
+                            env=build_check.python_env(), timeout=120)
     assert result.returncode == 2, result.stderr
     assert_cli_outcome(argv, result.returncode, result.stderr)
 
