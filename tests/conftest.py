@@ -13,6 +13,25 @@ def pytest_runtest_setup(item):
         pytest.fail(engines.MISSING_BUILD.message(), pytrace=False)
 
 
+_SUMMARY = pytest.StashKey[list]()
+
+
+def pytest_configure(config):
+    config.stash[_SUMMARY] = []
+
+
+@pytest.fixture(scope="session")
+def terminal_summary(request) -> list:
+    """Lines to print in pytest's terminal summary, after every test (the fuzz suite's count of
+    cases): written while tests run, they land inside the progress line."""
+    return request.config.stash[_SUMMARY]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for line in config.stash.get(_SUMMARY, []):
+        terminalreporter.write_line(line)
+
+
 @pytest.fixture
 def interrupt_training(monkeypatch):
     """``interrupt_training(n)``: Ctrl-C arrives during the n-th training step (from 1) of
