@@ -511,7 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nvwavenet {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as interrupt:  # from training, it says which step was saved
-        print(f"nvwavenet {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        from .training import TrainingInterrupted
+
+        resume = ("; run the same command with --resume to continue from it"
+                  if isinstance(interrupt, TrainingInterrupted) and interrupt.saved_step is not None else "")
+        print(f"nvwavenet {args.command}: {interrupt or 'interrupted'}{resume}", file=sys.stderr)
         return 130
 
 

@@ -288,9 +288,12 @@ def test_ctrl_c_during_training_says_which_step_was_saved(checkpoint, tmp_path, 
     out = tmp_path / "ckpt"
     argv = ["train", str(checkpoint.parent / "data"), "--out", str(out), *TINY_TRAIN, "--steps", "9",
             "--checkpoint-every", "2"]
+    argv.remove("--quiet")  # with the progress bar, which the message must not land on
     assert main(argv) == 130
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == [f"nvwavenet train: interrupted after 3 steps; {out} holds the checkpoint of step 2"]
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert lines[-1] == (f"nvwavenet train: interrupted after 3 steps; {out} holds the checkpoint of step 2; run "
+                         "the same command with --resume to continue from it")
+    assert lines[-2].startswith("training:"), lines[-2]  # the bar, closed: its line ends before the message
     assert json.loads((out / "training.json").read_text())["step"] == 2
 
 
