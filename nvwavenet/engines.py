@@ -25,12 +25,12 @@ try:
     MISSING_BUILD: build_check.MissingBuild | None = None
 except ImportError as error:
     _C = None
-    # Python words a module that was never built as a circular import; say what it is, and whether
-    # an installed build is shadowed by this source tree.
+    # Python words a module that was never built as a circular import; say what it is: never built,
+    # a source tree shadowing an installed build, or a build that fails to load.
     MISSING_BUILD = build_check.diagnose(error)
 
-__all__ = ["build_info", "extension", "has_extension", "require_compiled", "cpu_isa", "PackedWeights", "CpuWeights", "make_params",
-           "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
+__all__ = ["build_info", "extension", "has_extension", "require_compiled", "cpu_isa", "PackedWeights", "CpuWeights",
+           "make_params", "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -77,7 +77,9 @@ def build_info() -> dict:
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT and CLUSTER only
     have the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
-    and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on)."""
+    and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on). Without the
+    compiled module, ``error`` says why (:mod:`nvwavenet.build_check`) and ``shadowed`` whether this
+    source tree hides an installed build."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
                 "sizes": [], "variant_sizes": {}, "precisions": [], "cpu_isa": None, "cpu_threads": 0,
