@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import shlex
@@ -39,8 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import nvwavenet
-from nvwavenet import bench
+from nvwavenet import bench, build_check
 from nvwavenet.checkpoint import save_model
 from nvwavenet.client import Client
 from nvwavenet.demo import DemoSettings
@@ -51,17 +49,12 @@ HERE = Path(__file__).resolve().parent
 CHUNK_FRAMES = 4
 
 
-# The server runs the nvwavenet this process imported, whatever the current directory: `python -m`
-# puts the current directory first on sys.path, where a source tree without a build could shadow it.
-PACKAGE_ROOT = Path(nvwavenet.__file__).resolve().parent.parent
-
-
 def start_server(checkpoint: Path, args, *extra: str) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
                                 "--max-streams", str(max(*args.clients, args.soak_clients)), "--chunk-frames", str(CHUNK_FRAMES),
                                 "--device", args.device, "--dtype", args.dtype, *(extra or ("--admit", "all"))],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=PACKAGE_ROOT, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=build_check.python_env())  # this nvwavenet, whatever the current directory
     for line in process.stdout:
         if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
             # Its log is read on, so that a full pipe never blocks the server.

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from . import reference
+from . import engines, reference
 from ._version import __version__
 from .inference import Impl, NVWaveNet
 from .sampling import select_classes
@@ -241,7 +241,11 @@ def make_runner(engine: str, net: NVWaveNet, cond_chunk: torch.Tensor,
 
 
 def engines_for(device: torch.device) -> list[tuple[str, torch.dtype]]:
-    """The nvwavenet engines that exist for ``device``, with the network precision each runs."""
+    """The nvwavenet engines that exist for ``device``, with the network precision each runs;
+    without the compiled module a RuntimeError that says why, before any baseline is timed."""
+    engines.require_compiled("benchmarking the nvwavenet engines")
+    if not engines.has_extension():  # NVWAVENET_ALLOW_REFERENCE=1: the baselines alone, none mislabelled
+        return []
     variants = ("cpu",) if device.type == "cpu" else ("single_block", "dual_block", "persistent")
     return [(f"nvwavenet-{variant}-{str(dtype).replace('torch.', '')}", dtype)
             for variant in variants for dtype in (torch.float16, torch.float32)]

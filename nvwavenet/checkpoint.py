@@ -243,7 +243,8 @@ def read_config(path, *, name: str = "path") -> dict:
     config = read_json(config_path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{config_path}: not an nvwavenet checkpoint config (format {FORMAT!r} expected)")
-    if config.get("version") != VERSION:
+    # bool is an int in Python: true == 1 would read as version 1.
+    if type(config.get("version")) is not int or config["version"] != VERSION:
         raise ValueError(f"{config_path}: checkpoint version {config.get('version')!r}, this nvwavenet reads {VERSION}")
     # A JSON list or object is unhashable: `in` would raise a TypeError naming nothing.
     if not isinstance(config.get("model_type"), str) or config["model_type"] not in _MODEL_TYPES:

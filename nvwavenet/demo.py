@@ -1,4 +1,4 @@
-"""``nvwavenet demo``: the whole product in about a minute, with nothing to download.
+"""``nvwavenet demo``: the whole product in a few minutes on a CPU, with nothing to download.
 
 1. Synthesise a voiced-like signal: a harmonic tone whose pitch glides and whose loudness swells.
 2. Fit a small conditioned WaveNet to it on the CPU (log-mel conditioning, mu-law classes).
@@ -8,6 +8,8 @@
 4. Write the WAVs, a PNG of the original and generated waveforms and spectrograms, and a report
    with samples/s, the real-time factor and the log-mel distance to the original, next to the
    distance an untrained model of the same size gives.
+5. Keep the trained model as a checkpoint and the original's mel frames as a ``.npy``, so that
+   ``nvwavenet vocode`` (the report prints the command) and ``nvwavenet serve`` can use them.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import bench, reference
+from . import bench, engines, reference
 from .audio import AudioConfig, write_wav
+from .checkpoint import save_model
 from .conditioning import FrameConditioner
 from .data import Clip, TrainingWindows
 from .inference import Impl
@@ -119,6 +122,11 @@ class DemoReport:
                          f"{e.samples_per_second / self.settings.sample_rate:.2f}", agreement, mismatches])
         return bench.text_table(header, rows)
 
+    def vocode_command(self) -> str:
+        """The command that vocodes the saved mel with the saved checkpoint."""
+        return (f"nvwavenet vocode {self.files['mel']} --checkpoint {self.files['checkpoint']} "
+                f"--out {self.files['mel'].parent / 'vocoded'}")
+
     def __str__(self) -> str:
         s = self.settings
         return "\n".join([
@@ -133,6 +141,10 @@ class DemoReport:
             self.table(),
             "",
             *[f"{name}: {path}" for name, path in self.files.items()],
+            "",
+            "vocode the mel again with the trained checkpoint (or any (n_mels, frames) float32 .npy of its mel "
+            "settings; a .wav works too):",
+            f"  {self.vocode_command()}",
         ])
 
 
@@ -140,6 +152,11 @@ def _time(run) -> tuple[object, float]:
     start = time.perf_counter()
     value = run()
     return value, time.perf_counter() - start
+
+
+def cpu_label() -> str:
+    """What runs a CPU vocoder: the compiled engine, or the reference when it is missing."""
+    return "cpu engine" if engines.has_extension() else "cpu reference"
 
 
 def _engine_results(settings, model, mel, out_dir, log) -> list[EngineResult]:
@@ -157,12 +174,13 @@ def _engine_results(settings, model, mel, out_dir, log) -> list[EngineResult]:
     results.append(EngineResult("reference (float64, PyTorch)", excerpt_cond.shape[3] / seconds))
     log(f"  reference: {results[-1].samples_per_second:,.0f} samples/s on a {settings.reference_seconds:g} s excerpt")
 
-    engines = [("cpu engine (float32)", torch.device("cpu"), Impl.AUTO, torch.float32)]
+    # Without the compiled module (NVWAVENET_ALLOW_REFERENCE=1) the CPU path is the reference: said so.
+    candidates = [(f"{cpu_label()} (float32)", torch.device("cpu"), Impl.AUTO, torch.float32)]
     if torch.cuda.is_available():
         for name, dtype in bench.engines_for(torch.device("cuda")):
-            engines.append((f"cuda {name.split('-')[1]} ({str(dtype).replace('torch.', '')})",
+            candidates.append((f"cuda {name.split('-')[1]} ({str(dtype).replace('torch.', '')})",
                             torch.device("cuda"), Impl[name.split("-")[1].upper()], dtype))
-    for name, device, impl, dtype in engines:
+    for name, device, impl, dtype in candidates:
         vocoder = cpu if device.type == "cpu" else Vocoder(model, audio_config, device=device, dtype=dtype,
                                                            implementation=impl)
         cond = excerpt_cond.to(device, torch.float16 if dtype != torch.float32 else torch.float32)
@@ -208,6 +226,7 @@ def _plot(path: Path, sample_rate: int, signals: dict[str, np.ndarray], title: s
 
 def run(out_dir, settings: DemoSettings | None = None, log=print) -> DemoReport:
     """Run the demo, writing its files into ``out_dir``; returns the report."""
+    engines.require_compiled("the demo")  # before the training, not after it
     settings = settings or DemoSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,13 +244,16 @@ def run(out_dir, settings: DemoSettings | None = None, log=print) -> DemoReport:
         steps=settings.steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         seed=settings.seed)))
     model.eval()
+    files["checkpoint"] = save_model(out_dir / "checkpoint", model, settings.audio(), step=settings.steps)
 
     front_end = MelSpectrogram(mel_config)
     with torch.no_grad():
         original_mel = front_end(torch.from_numpy(audio))
+    files["mel"] = out_dir / "original-mel.npy"
+    np.save(files["mel"], original_mel.numpy())
     log("vocoding the original's mel frames with every engine")
-    engines = _engine_results(settings, model, original_mel, out_dir, log)
-    cpu_engine = next(e for e in engines if e.audio is not None)
+    results = _engine_results(settings, model, original_mel, out_dir, log)
+    cpu_engine = next(e for e in results if e.audio is not None)
     generated, files["generated"] = cpu_engine.audio, cpu_engine.wav
 
     untrained = Vocoder(settings.model(settings.seed), settings.audio())
@@ -244,10 +266,10 @@ def run(out_dir, settings: DemoSettings | None = None, log=print) -> DemoReport:
 
     environment = bench.environment(bench.default_device())
     files["plot"] = out_dir / "demo.png"
-    report = DemoReport(settings, train_seconds, result.losses[-1], distance_trained, distance_untrained, engines,
+    report = DemoReport(settings, train_seconds, result.losses[-1], distance_trained, distance_untrained, results,
                         files, environment)
     _plot(files["plot"], settings.sample_rate,
-          {"original": audio, "generated (trained, CPU engine)": generated.numpy(),
+          {"original": audio, f"generated (trained, {cpu_label()})": generated.numpy(),
            "untrained model": untrained_audio.numpy()},
           f"nvwavenet demo, {environment['date']}: log-mel distance to the original {distance_trained:.2f} "
           f"(trained) vs {distance_untrained:.2f} (untrained); training {train_seconds:.0f} s")

@@ -12,26 +12,25 @@ e.g. to test or time the portable fallback.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 
 import torch
 
-from . import autotune
+from . import autotune, build_check
 from ._version import __version__
 from .network import WaveNetWeights
 
 try:
     from . import _C
-    _IMPORT_ERROR: str | None = None
+    MISSING_BUILD: build_check.MissingBuild | None = None
 except ImportError as error:
     _C = None
-    # Python words a module that was never built as a circular import; say what it is.
-    _IMPORT_ERROR = ("it was never built" if importlib.util.find_spec(f"{__package__}._C") is None
-                     else f"it failed to load: {error}")
+    # Python words a module that was never built as a circular import; say what it is: never built,
+    # a source tree shadowing an installed build, or a build that fails to load.
+    MISSING_BUILD = build_check.diagnose(error)
 
-__all__ = ["build_info", "extension", "has_extension", "cpu_isa", "PackedWeights", "CpuWeights", "make_params",
-           "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
+__all__ = ["build_info", "extension", "has_extension", "require_compiled", "cpu_isa", "PackedWeights", "CpuWeights",
+           "make_params", "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -39,11 +38,15 @@ _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 def extension():
     """The compiled module, or a RuntimeError that says how to build it."""
     if _C is None:
-        raise RuntimeError(
-            "nvwavenet's compiled module nvwavenet._C is not available "
-            f"({_IMPORT_ERROR}). Install the package with `pip install .`, or build it in place "
-            "with `python setup.py build_ext --inplace`.")
+        raise RuntimeError(MISSING_BUILD.message())
     return _C
+
+
+def require_compiled(what: str) -> None:
+    """Before ``what`` (a fast-path entry point) does any work: returns when the compiled module
+    loaded or ``NVWAVENET_ALLOW_REFERENCE=1`` accepts the reference, else raises the diagnosis
+    (:func:`nvwavenet.build_check.require`)."""
+    build_check.require(MISSING_BUILD, what)
 
 
 _CPU_ISAS = ("auto", "avx512", "avx2+fma", "generic")
@@ -74,11 +77,13 @@ def build_info() -> dict:
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT and CLUSTER only
     have the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
-    and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on)."""
+    and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on). Without the
+    compiled module, ``error`` says why (:mod:`nvwavenet.build_check`) and ``shadowed`` whether this
+    source tree hides an installed build."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
                 "sizes": [], "variant_sizes": {}, "precisions": [], "cpu_isa": None, "cpu_threads": 0,
-                "error": _IMPORT_ERROR}
+                "shadowed": MISSING_BUILD.shadowed, "error": MISSING_BUILD.message()}
     return {**_C.build_info(), "cpu_isa": cpu_isa(), "extension": True}
 
 

@@ -20,6 +20,11 @@ __all__ = ["Impl", "NVWaveNet"]
 
 _NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# NVWaveNet.last_auto_rule after a CPU call: the implementation argument names CUDA variants only.
+CPU_ENGINE_RULE = "cpu: a CPU cond_input runs the compiled CPU engine, whatever implementation names"
+CPU_REFERENCE_RULE = ("cpu: the float32 PyTorch reference, without the compiled module "
+                      "(NVWAVENET_ALLOW_REFERENCE=1)")
+
 
 class Impl(enum.IntEnum):
     """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
@@ -65,7 +70,8 @@ class NVWaveNet:
 
     ``last_implementation`` is the CUDA variant the last CUDA call ran (what AUTO resolved to);
     ``last_auto_rule`` says how AUTO chose it (the measured table or the provisional rule, see
-    :mod:`nvwavenet.autotune`), None when the call named a variant.
+    :mod:`nvwavenet.autotune`), None when the call named a variant; after a CPU call it says which CPU
+    path ran (:data:`CPU_ENGINE_RULE`, or :data:`CPU_REFERENCE_RULE` without the compiled module).
     """
 
     def __init__(self, embedding_prev, embedding_curr, conv_out_weight, conv_end_weight,
@@ -200,9 +206,12 @@ class NVWaveNet:
         return out, logits
 
     def _infer_cpu(self, cond_input, u, teacher, return_logits, state):
-        if not engines.has_extension():  # never built: the float32 reference, slowly
+        if not engines.has_extension():  # only where NVWAVENET_ALLOW_REFERENCE=1 asks for it
+            engines.require_compiled("NVWaveNet.infer on the CPU")
+            self.last_auto_rule = CPU_REFERENCE_RULE
             return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                          return_logits=return_logits, state=state, dtype=torch.float32)
+        self.last_auto_rule = CPU_ENGINE_RULE
         if self._cpu_weights is None:
             self._cpu_weights = engines.CpuWeights.pack(self.weights, self.dtype)
         batch, samples = u.shape

@@ -22,6 +22,7 @@ windows so that their conditioning equals, sample for sample, that of the whole 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -184,18 +185,46 @@ class MelSpectrogram(nn.Module):
         return torch.log(torch.clamp(mel, min=float(c.clamp_min)))  # an int floor beyond int64 fails in clamp
 
 
-def load_mel_npy(source, n_mels: int, name: str) -> torch.Tensor:
-    """A mel ``(n_mels, frames >= 1)`` from a ``.npy`` file or file object: float32 in native byte
-    order, finite. Every refusal is a ValueError that starts with ``name`` (what the user gave)."""
-    try:
-        array = np.load(source, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:  # numpy's own messages do not name the source
-        raise ValueError(f"{name}: not a readable .npy array ({error})") from error
+def _check_npy_header(f, n_mels: int, name: str) -> None:
+    """Refuse, from the header alone, a ``.npy`` whose array is not float mel frames or is larger
+    than the file: numpy allocates the shape a header declares before reading (a 40-byte file that
+    declares (80, 10^15) raised MemoryError)."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):  # what np.save writes for numeric arrays
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                   else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read_header(f)
     # Integers, booleans and complex numbers would be cast to float frames without a word.
-    if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{name}: expected float mel frames, got dtype {getattr(array, 'dtype', type(array))}")
-    if array.ndim != 2 or array.shape[0] != n_mels or array.shape[1] == 0:
-        raise ValueError(f"{name}: expected a mel of shape ({n_mels} bands, frames >= 1), got {array.shape}")
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"{name}: expected float mel frames, got dtype {dtype}")
+    if len(shape) != 2 or shape[0] != n_mels or shape[1] == 0:
+        raise ValueError(f"{name}: expected a mel of shape ({n_mels} bands, frames >= 1), got {shape}")
+    declared = math.prod(shape) * dtype.itemsize
+    position = f.tell()
+    available = f.seek(0, 2) - position
+    if declared > available:
+        raise ValueError(f"{name}: its .npy header declares shape {shape} of {dtype} ({declared} bytes), "
+                         f"the file holds {available} bytes of data")
+
+
+def load_mel_npy(source, n_mels: int, name: str) -> torch.Tensor:
+    """A mel ``(n_mels, frames >= 1)`` from a ``.npy`` file or seekable file object: float32 in
+    native byte order, finite. Every refusal is a ValueError that starts with ``name`` (what the
+    user gave), and the header is checked against the file's size before anything is allocated."""
+    try:
+        with contextlib.ExitStack() as stack:
+            f = source if hasattr(source, "read") else stack.enter_context(open(source, "rb"))
+            start = f.tell()
+            _check_npy_header(f, n_mels, name)
+            f.seek(start)
+            array = np.load(f, allow_pickle=False)
+    except (OSError, EOFError) as error:  # numpy's own messages do not name the source
+        raise ValueError(f"{name}: not a readable .npy array ({error})") from error
+    except ValueError as error:
+        if str(error).startswith(f"{name}: "):
+            raise
+        raise ValueError(f"{name}: not a readable .npy array ({error})") from error
     mel = torch.from_numpy(array.astype(np.float32))  # native float32 whatever the source's byte order
     check_finite(name, mel)
     return mel

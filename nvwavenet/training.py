@@ -252,6 +252,7 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
     rank, world_size, owns_group = _join_process_group(device)
     after_first_step = contextlib.ExitStack()
     steps_done, saved_step, saving = 0, None, False  # for the message of an interruption
+    progress = None
     try:
         if config.batch_size % world_size:
             raise ValueError(f"batch_size: expected a multiple of the {world_size} processes, got {config.batch_size}")
@@ -325,6 +326,8 @@ def train(model, dataset: TrainingWindows, config: TrainConfig, *, resume: bool 
             save(config.steps)
         return TrainResult(losses=losses, steps=config.steps, checkpoint_dir=config.checkpoint_dir)
     except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()  # ends the bar's line: the message that follows gets its own
         raise TrainingInterrupted(steps_done, saved_step, config.checkpoint_dir, saving) from None
     finally:
         after_first_step.close()

@@ -42,13 +42,18 @@ def check_int(name: str, value, minimum: int = 1, *, types: tuple[type, ...] = (
 
 
 def as_tensor(value, name: str, expected: str = "a tensor or array") -> torch.Tensor:
-    """``value`` (a tensor, a numpy array of either byte order, nested lists) as a tensor, or a
+    """``value`` (a tensor, a numpy array of either byte order and any strides, nested lists) as a tensor, or a
     TypeError naming ``name`` instead of torch's "Could not infer dtype" or "byte order
     different from the native byte order" (big-endian ``.npy`` files load as such arrays)."""
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.ndarray) and not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
+    if isinstance(value, np.ndarray) and any(stride < 0 for stride in value.strides):
+        # A reversed view (np.flip, a[::-1]), which torch cannot wrap: copied, once the copy is
+        # known to fit (a flipped zero-stride view can stand for terabytes).
+        check_allocation(name, value.size * value.itemsize, "cpu", "a copy of its negative-stride view")
+        value = value.copy()
     try:
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError) as error:

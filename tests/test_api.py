@@ -107,3 +107,14 @@ def test_state_for_another_batch_is_refused(net):
     with pytest.raises(ValueError, match="batch_size"):
         net.init_state(0)
 
+
+
+@pytest.mark.extension
+def test_last_auto_rule_says_which_cpu_path_ran():
+    """On the CPU, where ``implementation`` chooses nothing, ``last_auto_rule`` still says what ran."""
+    from nvwavenet.inference import CPU_ENGINE_RULE
+
+    net = NVWaveNet(**random_nv_wavenet_args(8, 16, 32, 2, 2))
+    assert net.last_auto_rule is None
+    net.infer(random_cond_input(8, 1, 2, 4), Impl.SINGLE_BLOCK)
+    assert net.last_auto_rule == CPU_ENGINE_RULE and net.last_implementation is None

@@ -2,28 +2,28 @@
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io.wavfile
 
 import nvwavenet
+from nvwavenet.build_check import python_env
 from nvwavenet.cli import _finite_float, _positive_float, build_parser, main
 
-PACKAGE_ROOT = str(Path(nvwavenet.__file__).resolve().parents[1])
 TINY_TRAIN = ["--sample-rate", "8000", "--steps", "3", "--batch-size", "2", "--layers", "3", "--max-dilation", "2",
               "--residual", "8", "--skip", "16", "--classes", "64", "--n-mels", "10", "--n-fft", "128", "--hop", "32",
               "--window-hops", "4", "--quiet"]
 
 
-def run(*args, cwd=None, timeout=300):
-    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+def run(*args, cwd=None, timeout=300, env=None):
+    """``python -m nvwavenet ARGS`` with this nvwavenet, whatever ``cwd`` is."""
     return subprocess.run([sys.executable, "-m", "nvwavenet", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout)
+                          env=python_env(env), timeout=timeout)
 
 
 def assert_user_error(result, *fragments):
@@ -72,6 +72,13 @@ def test_demo_end_to_end_with_a_short_budget(tmp_path):
     report = (tmp_path / "report.txt").read_text()
     assert "log-mel distance to the original" in report and "cpu engine (float32)" in report
     assert "relative L2" in report
+    # The report's command vocodes with the checkpoint the demo trained, as written.
+    command = shlex.split(report.splitlines()[-1])
+    assert command[:2] == ["nvwavenet", "vocode"] and (tmp_path / "checkpoint" / "config.json").is_file()
+    assert main([*command[1:], "--quiet"]) == 0
+    vocoded = tmp_path / "vocoded" / "original-mel.wav"
+    rate, audio = scipy.io.wavfile.read(vocoded)
+    assert rate == 8000 and len(audio) == np.load(tmp_path / "original-mel.npy").shape[1] * 64
 
 
 def test_train_vocode_analyze_round_trip(checkpoint, tmp_path):
@@ -281,9 +288,12 @@ def test_ctrl_c_during_training_says_which_step_was_saved(checkpoint, tmp_path, 
     out = tmp_path / "ckpt"
     argv = ["train", str(checkpoint.parent / "data"), "--out", str(out), *TINY_TRAIN, "--steps", "9",
             "--checkpoint-every", "2"]
+    argv.remove("--quiet")  # with the progress bar, which the message must not land on
     assert main(argv) == 130
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert lines == [f"nvwavenet train: interrupted after 3 steps; {out} holds the checkpoint of step 2"]
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert lines[-1] == (f"nvwavenet train: interrupted after 3 steps; {out} holds the checkpoint of step 2; run "
+                         "the same command with --resume to continue from it")
+    assert lines[-2].startswith("training:"), lines[-2]  # the bar, closed: its line ends before the message
     assert json.loads((out / "training.json").read_text())["step"] == 2
 
 
@@ -332,7 +342,7 @@ def test_importing_nvwavenet_makes_pytorchs_openmp_threads_sleep_unless_told_oth
     def policy(code, **env):
         base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
         result = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
-                                capture_output=True, text=True, env={**base, "PYTHONPATH": PACKAGE_ROOT, **env})
+                                capture_output=True, text=True, env={**python_env(base), **env})
         assert result.returncode == 0, result.stderr
         return result.stdout.split()[-1]
 

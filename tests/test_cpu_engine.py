@@ -18,8 +18,7 @@ import nvwavenet
 from nvwavenet import NVWaveNet, engines
 from nvwavenet.testing import compare_with_reference, generate_in_chunks, random_cond_input, random_nv_wavenet_args
 
-pytestmark = pytest.mark.skipif(not nvwavenet.build_info()["extension"],
-                                reason="nvwavenet._C is not built")
+pytestmark = pytest.mark.extension
 
 # The sizes the CUDA kernels are built for, and odd ones: the CPU engine has no size list.
 LISTED_SIZES = [(32, 128, 256), (64, 128, 256), (64, 256, 256), (128, 256, 256), (256, 256, 256)]

@@ -46,11 +46,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import nvwavenet
-from nvwavenet import NVWaveNet, Impl
-from nvwavenet.audio import AudioConfig, read_wav
+from nvwavenet import NVWaveNet, Impl, build_check
+from nvwavenet.audio import AudioConfig, read_wav, write_wav
 from nvwavenet.checkpoint import load_model, save_model
 from nvwavenet.cli import main as cli_main
-from nvwavenet.mel import MelConfig, MelSpectrogram
+from nvwavenet.mel import MelConfig, MelSpectrogram, load_mel_npy
 from nvwavenet.model import WaveNet
 from nvwavenet.state import (concat_states, copy_state, load_state, move_to_position, reset_streams, save_state,
                              select_streams)
@@ -141,23 +141,18 @@ def refused(outcome) -> bool:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def report_and_limit_memory(request):
-    """Bound the address space while the fuzz cases run, and report how many were tried."""
+def report_and_limit_memory(terminal_summary):
+    """Bound the address space while the fuzz cases run, and report how many were tried (at the
+    end of the run: written here, the line broke pytest's progress line)."""
     start = time.monotonic()
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if not UNDER_ASAN:
         resource.setrlimit(resource.RLIMIT_AS, (min(hard, _mapped_bytes() + MEMORY_HEADROOM), hard))
     yield
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        per_property = ", ".join(f"{name} {count}" for name, count in sorted(TRIED.items()))
-        with capture.global_and_fixture_disabled():  # else it lands in the captured output
-            reporter.write_line("")
-            reporter.write_line(f"fuzz: {sum(TRIED.values())} cases in {time.monotonic() - start:.0f} s, "
-                                f"{OUTCOMES['accepted']} calls accepted and {OUTCOMES['refused']} refused "
-                                f"({per_property})")
+    per_property = ", ".join(f"{name} {count}" for name, count in sorted(TRIED.items()))
+    terminal_summary.append(f"fuzz: {sum(TRIED.values())} cases in {time.monotonic() - start:.0f} s, "
+                            f"{OUTCOMES['accepted']} calls accepted and {OUTCOMES['refused']} refused ({per_property})")
 
 
 def _mapped_bytes() -> int:
@@ -230,6 +225,9 @@ def tensor_variants(value: torch.Tensor):
         ("numpy", array, canonical),
         ("numpy big-endian", array.astype(array.dtype.newbyteorder(">")), canonical),
         ("numpy float16", array.astype(np.float16), torch.from_numpy(array.astype(np.float16)).double()),
+        # Accepted as every numpy array is; torch cannot wrap negative strides itself.
+        ("numpy negative strides", np.ascontiguousarray(array[::-1])[::-1], canonical),
+        ("numpy negative strides, 2^40 rows", np.broadcast_to(array.reshape(-1)[:2], (HUGE, 2))[:, ::-1], None),
         ("float64", value.double(), canonical),
         ("nested lists", value.tolist(), canonical),
         ("non-contiguous", value.double().t().contiguous().t() if value.dim() == 2 else value.double(), canonical),
@@ -516,6 +514,10 @@ def _with_header(header: dict, body: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + body
 
 
+# Damage that no reader may accept (a flipped byte in the data, or a scalar's "larger" shape, may still load).
+ALWAYS_REFUSED_DAMAGE = ("overlapping", "offsets past the end", "shape 2^40")
+
+
 def damage_safetensors(draw, blob: bytes) -> tuple[str, bytes]:
     """A damaged copy of safetensors ``blob``, with what was done to it."""
     header, body = _safetensors_header(blob)
@@ -536,12 +538,11 @@ def damage_safetensors(draw, blob: bytes) -> tuple[str, bytes]:
             entry["shape"] = [math.prod(entry["shape"]) // 2] if math.prod(entry["shape"]) % 2 == 0 else entry["shape"]
         if kind == "dtype BOOL":
             entry["shape"] = [math.prod(entry["shape"]) * 4]
-    elif kind == "overlapping":
-        other = header[draw(st.sampled_from(names))]
-        span = entry["data_offsets"][1] - entry["data_offsets"][0]
-        start = other["data_offsets"][0]
-        if start + span <= len(body):
-            entry["data_offsets"] = [start, start + span]
+    elif kind == "overlapping":  # shifted onto its neighbour's bytes, its own size kept
+        begin, end = entry["data_offsets"]
+        shift = draw(st.integers(1, max(1, end - begin)))
+        shift = shift if end + shift <= len(body) else -shift
+        entry["data_offsets"] = [begin + shift, end + shift]
     elif kind == "offsets past the end":
         entry["data_offsets"] = [entry["data_offsets"][0], len(body) + 4096]
     elif kind == "shape larger":
@@ -601,6 +602,8 @@ def test_state_files(data):
             path.write_bytes(damaged)
         case("state_files", label)
         outcome = attempt(f"load_state ({label})", lambda: load_state(path), str(path))
+        if label in ALWAYS_REFUSED_DAMAGE:
+            assert refused(outcome), f"load_state ({label}) loaded"
         if not refused(outcome) and outcome["queues"].shape[0] == batch:
             attempt(f"infer from a loaded state ({label})",
                     lambda: net.infer(random_cond_input(R, batch, L, 3), state=outcome), "state", str(path))
@@ -704,6 +707,55 @@ def test_read_wav_crafted_headers(tmp_path_factory, wav, sample_rate, mix_to_mon
     assert rate == (sample_rate or rate)
     # The file holds at most len(blob) samples; resampling changes that by the ratio of the rates.
     assert audio.size <= len(blob) * max(1, sample_rate or 1) + 64, (audio.size, len(blob))
+
+
+WAV_RATES = [1, 8000, 768000, 2**29, 2**30, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**64, 0, -1, True, 8000.0,
+             np.int64(8000), np.int64(2**40), "8000", None]
+
+
+@fuzz(120)
+@given(st.sampled_from(WAV_RATES), st.integers(1, 3), st.sampled_from(["int16", "int32", "float32"]))
+def test_write_wav_rates(tmp_path_factory, rate, channels, sample_format):
+    """write_wav refuses a rate its header cannot hold (the rate and the bytes per second are
+    32-bit fields) naming sample_rate, and what it writes reads back at that rate."""
+    case("write_wav", (rate, channels, sample_format))
+    path = tmp_path_factory.mktemp("write") / "x.wav"
+    audio = np.zeros((channels, 8), np.float32)
+    outcome = attempt(f"write_wav(rate={rate!r}, {channels} channels, {sample_format})",
+                      lambda: write_wav(path, audio, rate, sample_format=sample_format), "sample_rate")
+    fits = (isinstance(rate, (int, np.integer)) and not isinstance(rate, bool) and rate >= 1
+            and rate * channels * {"int16": 2, "int32": 4, "float32": 4}[sample_format] < 2**32)
+    assert refused(outcome) != fits, (rate, channels, sample_format, outcome)
+    if fits:
+        assert struct.unpack("<I", path.read_bytes()[24:28])[0] == rate
+
+
+def npy_bytes(shape, descr: str, data: bytes, *, version=(1, 0), fortran_order=False) -> bytes:
+    """A .npy file whose header says ``shape`` and ``descr``, followed by ``data`` as it is."""
+    out = io.BytesIO()
+    header = {"descr": descr, "fortran_order": fortran_order, "shape": shape}
+    (np.lib.format.write_array_header_1_0 if version == (1, 0) else np.lib.format.write_array_header_2_0)(out, header)
+    return out.getvalue() + data
+
+
+@fuzz(150)
+@given(st.sampled_from([(10, 4), (10, 10**15), (10, 2**62), (2**40, 2**40), (10, 0), (11, 4), (10,), (10, 4, 1), ()]),
+       st.sampled_from(["<f4", ">f4", "<f8", "<f2", "<i4", "|b1", "<c8", "|O", "<U3"]),
+       st.sampled_from(["exact", "short", "none", "extra"]), st.sampled_from([(1, 0), (2, 0)]), st.booleans())
+def test_mel_npy_headers(shape, descr, data_kind, version, fortran_order):
+    """Crafted .npy headers (absurd shapes, other dtypes, data cut short): load_mel_npy refuses them
+    naming the source before allocating what the header declares, or returns float32 mel frames."""
+    case("mel_npy", (shape, descr, data_kind, version, fortran_order))
+    declared = math.prod(shape) * np.dtype(descr).itemsize
+    size = {"exact": declared, "short": declared // 2, "none": 0, "extra": declared + 8}[data_kind]
+    blob = npy_bytes(shape, descr, b"\0" * min(size, 4096), version=version, fortran_order=fortran_order)
+    outcome = attempt(f"load_mel_npy({shape}, {descr}, {data_kind})",
+                      lambda: load_mel_npy(io.BytesIO(blob), 10, "crafted.npy"), "crafted.npy")
+    valid = (len(shape) == 2 and shape[0] == 10 and 0 < shape[1] and descr[1] == "f" and data_kind in ("exact", "extra")
+             and declared <= 4096)
+    assert refused(outcome) != valid, (shape, descr, data_kind, outcome)
+    if valid:
+        assert outcome.dtype == torch.float32 and tuple(outcome.shape) == shape
 
 
 # --- the mel front end -----------------------------------------------------------------------------
@@ -823,6 +875,9 @@ def test_checkpoints(data):
             description, names = label, ["model.safetensors"]
         case("checkpoints", description)
         vocoder = attempt(f"Vocoder.from_checkpoint ({description})", lambda: Vocoder.from_checkpoint(path), *names)
+        # Only version 1 (an int: JSON true is no version) is read; damaged offsets never load.
+        if (part == "config" and where == ("version",)) or (part == "weights" and label in ALWAYS_REFUSED_DAMAGE):
+            assert refused(vocoder), f"Vocoder.from_checkpoint ({description}) loaded"
         if refused(vocoder):
             return
         mel = torch.randn(vocoder.audio_config.mel.n_mels, 2)
@@ -993,6 +1048,58 @@ def test_stream_of_expanded_chunks():
         next(iter(vocoder.stream([chunk])))
 
 
+def test_negative_stride_numpy_weights_are_accepted():
+    case("escapes", "negative strides")
+    flipped = {name: np.ascontiguousarray(value.numpy()[::-1])[::-1] for name, value in BASE_ARGS.items()
+               if isinstance(value, torch.Tensor)}
+    assert all(any(stride < 0 for stride in array.strides) for array in flipped.values())
+    net, expected = NVWaveNet(**{**BASE_ARGS, **flipped}), NVWaveNet(**BASE_ARGS)
+    assert torch.equal(net.weights.embed_prev, expected.weights.embed_prev)
+    assert torch.equal(net.weights.end_w, expected.weights.end_w)
+
+
+def test_checkpoint_with_overlapping_offsets_is_refused(tmp_path):
+    case("escapes", "overlapping model checkpoint")
+    path = _tiny_checkpoint(tmp_path)
+    header, body = _safetensors_header((path / "model.safetensors").read_bytes())
+    first, second = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"])[:2]
+    size = header[second]["data_offsets"][1] - header[second]["data_offsets"][0]
+    header[second]["data_offsets"] = [header[first]["data_offsets"][0], header[first]["data_offsets"][0] + size]
+    (path / "model.safetensors").write_bytes(_with_header(header, body))
+    with pytest.raises(ValueError, match=f"model.safetensors: .*tensor '.*': data_offsets .* overlap"):
+        Vocoder.from_checkpoint(path)
+
+
+def test_checkpoint_version_true_is_refused(tmp_path):
+    case("escapes", "version true")
+    path = _tiny_checkpoint(tmp_path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "version": True}))
+    with pytest.raises(ValueError, match="config.json: checkpoint version True, this nvwavenet reads 1"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("rate", [2**32, 2**32 - 1, 2**40])
+def test_write_wav_sample_rate_beyond_a_wav_header(tmp_path, rate):
+    case("escapes", ("write_wav rate", rate))
+    with pytest.raises(ValueError, match="sample_rate"):
+        write_wav(tmp_path / "x.wav", np.zeros(4, np.float32), rate)
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_npy_header_declaring_a_huge_shape(tmp_path):
+    case("escapes", "npy huge shape")
+    path = tmp_path / "huge.npy"
+    path.write_bytes(npy_bytes((10, 10**15), "<f4", b"\0" * 160))
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=re.escape(f"{path}: its .npy header declares shape (10, {10**15}) of "
+                                                   "float32 (40000000000000000 bytes), the file holds 160 bytes")):
+        load_mel_npy(path, 10, str(path))
+    with pytest.raises(ValueError, match="body: its .npy header declares"):  # the server's POST body
+        load_mel_npy(io.BytesIO(path.read_bytes()), 10, "body")
+    assert time.perf_counter() - started < 1
+
+
 # --- the command line ------------------------------------------------------------------------------
 
 def cli(argv: list[str]) -> tuple[int, str]:
@@ -1141,9 +1248,8 @@ def test_cli(data):
 def test_cli_subprocess(argv, tmp_path):
     """The exit code and stderr as the shell sees them, one hostile case per subcommand."""
     case("cli_subprocess", argv)
-    env = {**os.environ, "PYTHONPATH": str(Path(nvwavenet.__file__).resolve().parents[1])}
     result = subprocess.run([sys.executable, "-m", "nvwavenet", *argv], capture_output=True, text=True, cwd=tmp_path,
-                            env=env, timeout=120)
+                            env=build_check.python_env(), timeout=120)
     assert result.returncode == 2, result.stderr
     assert_cli_outcome(argv, result.returncode, result.stderr)
 

@@ -32,7 +32,7 @@ import uvicorn  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from nvwavenet import cli  # noqa: E402
+from nvwavenet import build_check, cli  # noqa: E402
 from nvwavenet.audio import AudioConfig, to_pcm  # noqa: E402
 from nvwavenet.checkpoint import save_model  # noqa: E402
 from nvwavenet.client import Client, ServerError  # noqa: E402
@@ -491,7 +491,8 @@ def serve_process(checkpoint, *args):
     # --admit all: the capacity measured at startup on a loaded machine must not refuse these tests' streams.
     process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
                                 "--admit", "all", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=build_check.python_env())  # this nvwavenet, not a clone's root
     lines = []
     try:
         for line in process.stdout:

@@ -27,6 +27,7 @@ import httpx  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import InvalidStatus  # noqa: E402
 
+from nvwavenet import build_check  # noqa: E402
 from nvwavenet.audio import AudioConfig  # noqa: E402
 from nvwavenet.checkpoint import save_model  # noqa: E402
 from nvwavenet.client import Client  # noqa: E402
@@ -49,7 +50,8 @@ def server(tmp_path_factory):
          "--admit", "all", "--capacity", str(SLOTS), "--max-request-frames", str(REQUEST_FRAMES), "--max-connections", str(MAX_CONNECTIONS),
          "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
          "--idle-timeout", str(IDLE_TIMEOUT), "--allow-origin", ALLOWED, "--shutdown-grace", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=build_check.python_env())  # this nvwavenet, not a clone's root
     lines = []
     for line in process.stdout:
         lines.append(line)

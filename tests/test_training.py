@@ -21,7 +21,7 @@ from nvwavenet.audio import AudioConfig
 from nvwavenet.checkpoint import load_model, load_weights, read_config, save_model
 from nvwavenet.data import TrainingWindows, ar2_process, conditioning_frames, sine
 from nvwavenet.model import CausalConvRegressor, WaveNet
-from nvwavenet import training
+from nvwavenet import build_check, training
 from nvwavenet.training import TrainConfig, batch_indices, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,8 @@ def test_cpu_steps_after_the_first_reuse_the_memory_they_free():
         script = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
                   f"from test_training import _typical_step_faults; "
                   f"print(json.dumps(_typical_step_faults({keep_heap})))")
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                                env=build_check.python_env())
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout.splitlines()[-1])
 
