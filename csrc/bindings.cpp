@@ -10,6 +10,7 @@
 #include <tuple>
 #include <vector>
 
+#include "conditioning.h"
 #include "cpu/engine.h"
 #include "cpu/packing.h"
 #include "nvwavenet.h"
@@ -164,6 +165,38 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("streams_per_block", &Params::streams_per_block)
       .def_readwrite("spin_timeout_ns", &Params::spin_timeout_ns);
 
+#define COND_POINTER(field, type)                                                                            \
+  def_property(                                                                                              \
+      #field, [](const nvwavenet::CondParams& p) { return reinterpret_cast<std::uintptr_t>(p.field); },      \
+      [](nvwavenet::CondParams& p, std::uintptr_t address) { p.field = reinterpret_cast<type>(address); })
+  py::class_<nvwavenet::CondParams>(m, "CondParams", "The arguments of condition_cpu/condition_cuda (conditioning.h).")
+      .def(py::init<>())
+      .def_readwrite("batch", &nvwavenet::CondParams::batch)
+      .def_readwrite("max_frames", &nvwavenet::CondParams::max_frames)
+      .def_readwrite("channels", &nvwavenet::CondParams::channels)
+      .def_readwrite("context", &nvwavenet::CondParams::context)
+      .def_readwrite("hop", &nvwavenet::CondParams::hop)
+      .def_readwrite("rows", &nvwavenet::CondParams::rows)
+      .def_readwrite("frames_stride_batch", &nvwavenet::CondParams::frames_stride_batch)
+      .def_readwrite("frames_stride_channel", &nvwavenet::CondParams::frames_stride_channel)
+      .def_readwrite("frames_stride_time", &nvwavenet::CondParams::frames_stride_time)
+      .def_readwrite("out_stride_batch", &nvwavenet::CondParams::out_stride_batch)
+      .def_readwrite("out_stride_row", &nvwavenet::CondParams::out_stride_row)
+      .def_readwrite("num_threads", &nvwavenet::CondParams::num_threads)
+      .def_readwrite("workspace_bytes", &nvwavenet::CondParams::workspace_bytes)
+      .COND_POINTER(counts, const int32_t*)
+      .COND_POINTER(frames, const float*)
+      .COND_POINTER(up_w, const float*)
+      .COND_POINTER(up_b, const float*)
+      .COND_POINTER(proj_w, const float*)
+      .COND_POINTER(proj_b, const float*)
+      .COND_POINTER(out, float*)
+      .COND_POINTER(stream, void*)
+      .COND_POINTER(workspace, void*);
+#undef COND_POINTER
+  m.def("condition_cpu", &nvwavenet::cpu::condition_cpu, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
+        "Mel frames to conditioning in a fixed order of arithmetic (conditioning.h), on host memory.");
+
   m.def("build_info", &build_info,
         "What was compiled: CUDA kernels, architectures, sizes, precisions; the CPU engine's "
         "instruction set and default thread count.");
@@ -190,6 +223,9 @@ PYBIND11_MODULE(_C, m) {
         "(stream, step) of the earliest NaN in params.cond (host memory), or (-1, -1); reads the "
         "conditioning fields, R, L, batch and num_samples.");
 #ifdef NVWAVENET_WITH_CUDA
+  m.def("cuda_condition_workspace_bytes", &nvwavenet::gpu::cuda_condition_workspace_bytes, py::arg("params"));
+  m.def("condition_cuda", &nvwavenet::gpu::condition_cuda, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
+        "condition_cpu's sums on params.stream, without waiting for them.");
   m.def("cuda_plan", &cuda_plan, py::arg("params"), py::arg("variant"),
         "How a CUDA variant (an nvwavenet.Impl value other than AUTO) would run these Params on "
         "params.device, or why it cannot ('runnable', 'reason'), and the zero-filled workspace it needs.");
