@@ -1,20 +1,26 @@
 """Continuous batching of vocoder streams: one engine loop per device, streams joining and leaving
 a running batch at chunk boundaries.
 
-Each turn the loop takes every stream that has mel frames waiting and room for more audio, runs
-one batched engine call of ``n`` frames (the smallest number any of them has waiting, at most
-``chunk_frames``, so that no stream waits for another's frames), and hands each stream its audio.
+Each turn the loop takes every stream that has mel frames waiting and room for more audio, each
+with as many frames as it has waiting (at most ``chunk_frames``; one for a stream's first chunk, so
+that a stream joining a busy batch gets its first audio after one short call). Their conditioning
+is one batched call (:class:`~nvwavenet.conditioning.FrameConditioner` with per-stream counts);
+streams with equal counts then share an engine call, the joining ones first, and each stream gets
+its audio as soon as its call returns. A slow sender shrinks only its own call, not everyone's.
 
 Every stream's audio is bit for bit what :class:`~nvwavenet.vocoder.Vocoder` gives for its mel and
 seed alone, whatever else runs in the batch and however its frames arrive:
 
-- conditioning is computed per stream (``Vocoder.condition_chunk`` at batch 1), from that stream's
-  own frame history;
+- the conditioning of each stream depends on its own frames only, whichever streams share the
+  call, where it sits and how many threads run it (``tests/test_conditioning.py``);
 - each stream draws its selectors from its own generator seeded as ``Vocoder`` seeds one, in time
   order, so consecutive draws equal one draw for the whole utterance;
 - the CPU engine's result for a stream does not depend on the batch it runs in
-  (``tests/test_cpu_engine.py``), and a stream that sits out a turn keeps its own state, which
-  ``concat_states`` rotates to the batch's position when it returns.
+  (``tests/test_cpu_engine.py``), and a stream that sits out a turn, or runs in another group,
+  keeps its own state, which ``concat_states`` rotates to the batch's position when it returns.
+
+:attr:`Scheduler.seconds` sums the time of turns, of engine calls and of conditioning; the rest of
+a turn is the scheduler's own host overhead.
 
 The scheduler is thread-based and knows nothing of networking: a :class:`Stream`'s producer calls
 :meth:`Stream.put` and :meth:`Stream.end`, its consumer :meth:`Stream.take_audio`, and ``wake``
@@ -174,6 +180,10 @@ class Scheduler:
         self._batch_state: dict | None = None
         self.samples_generated = 0
         self.engine_calls = 0
+        self.turns = 0
+        # Seconds spent, summed over turns: in whole turns, in the engine's calls, in conditioning.
+        # A turn's host overhead is what it spends in neither (state, selectors, audio, bookkeeping).
+        self.seconds = {"turn": 0.0, "engine": 0.0, "conditioning": 0.0}
         self.on_turn: Callable[[int, int], None] | None = None  # (streams, samples), for metrics
 
     # -- admission -----------------------------------------------------------------------------
@@ -242,49 +252,109 @@ class Scheduler:
                     self._work.wait()
                 if self._thread is not threading.current_thread():
                     return
-                n = min(self.chunk_frames, *(s.pending_frames for s in ready))
-                frames = [s._take_frames(n) for s in ready]
+                started = time.perf_counter()
+                # Each stream takes what it has, up to chunk_frames (a slow sender shrinks only its
+                # own call); a stream's first chunk is one frame, so that a stream joining a busy
+                # batch hears its first audio after one short call, not a full chunk of everyone.
+                counts = [min(self.chunk_frames if s.samples_out else 1, s.pending_frames) for s in ready]
+                frames = [s._take_frames(n) for s, n in zip(ready, counts)]
                 for stream in ready:
                     stream._in_flight = True
                     stream._wake()  # room for more frames
-            try:
-                audio = self._generate(ready, frames)
-            except Exception as error:  # noqa: BLE001 - a failed call must not end the loop for every other stream
-                self._fail(ready, f"engine error: {type(error).__name__}: {error}")
-                continue
-            now = time.monotonic()
+            # Calls of equal frame counts share an engine call (the engine runs one step count per
+            # call); first chunks go first, then the rest, largest count first.
+            by_count: dict[int, list[int]] = {}
+            for index, n in enumerate(counts):
+                by_count.setdefault(n, []).append(index)
+            joining = [i for i in range(len(ready)) if not ready[i].samples_out]
+            rest = [i for n in sorted(by_count, reverse=True) for i in by_count[n] if ready[i].samples_out]
+            for part in (joining, rest):
+                if part:
+                    self._turn([ready[i] for i in part], [frames[i] for i in part], [counts[i] for i in part])
             with self._lock:
-                for stream, chunk in zip(ready, audio):
-                    stream._in_flight = False
-                    if stream.closed:
-                        continue
-                    stream._ready.append(chunk)
-                    stream.samples_out += chunk.shape[0]
-                    if stream.first_audio_at is None:
-                        stream.first_audio_at = now
-                    if stream.ended and not stream.pending_frames:
-                        self._finish(stream)
-                    stream._wake()
-                self.samples_generated += n * self.vocoder.hop_length * len(ready)
-                self.engine_calls += 1
-            if self.on_turn is not None:
-                self.on_turn(len(ready), n * self.vocoder.hop_length * len(ready))
+                self.turns += 1
+                self.seconds["turn"] += time.perf_counter() - started
 
-    def _generate(self, streams: list[Stream], frames: list[torch.Tensor]) -> list[torch.Tensor]:
-        vocoder = self.vocoder
-        cond, selectors = None, []
+    def _turn(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int]) -> None:
+        """Conditions ``streams`` in one call, then generates and delivers them by groups of equal count."""
+        try:
+            cond = self._condition(streams, frames, counts)
+        except Exception as error:  # noqa: BLE001 - a failed call must not end the loop for every other stream
+            self._fail(streams, f"engine error: {type(error).__name__}: {error}")
+            return
+        first = 0
+        while first < len(streams):
+            last = first
+            while last < len(streams) and counts[last] == counts[first]:
+                last += 1
+            group = streams[first:last]
+            samples = counts[first] * self.vocoder.hop_length
+            try:
+                audio = self._generate(group, cond[:, first:last, :, :samples])
+            except Exception as error:  # noqa: BLE001
+                self._fail(group, f"engine error: {type(error).__name__}: {error}")
+                first = last
+                continue
+            self._deliver(group, audio, samples)
+            first = last
+
+    def _condition(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+        """The conditioning of every stream's new frames, in one call: ``(2R, streams, L, max(counts) * hop)``,
+        stream ``i``'s first ``counts[i] * hop`` samples defined; each stream's history moves on."""
+        conditioner = self.vocoder.conditioner
+        context, widest = conditioner.context, max(counts)
+        window = frames[0].new_zeros(len(streams), conditioner.n_channels, context + widest)
         for index, (stream, chunk) in enumerate(zip(streams, frames)):
-            part, stream._history = vocoder.condition_chunk(stream._history, chunk)
-            # Written into one batch tensor as each is made, not joined at the end: the conditioning
-            # is the call's largest memory (2R * L * hop floats a frame, 3 MB at R64 L20 hop 300),
-            # and a join would hold it twice.
-            if cond is None:
-                cond = part.new_empty(part.shape[0], len(streams), *part.shape[2:])
-            cond[:, index] = part[:, 0]
-            selectors.append(draw_selectors(1, part.shape[3], stream._generator, vocoder.device))
-        state = self._batch_for(streams)
-        classes = vocoder.net.infer(cond, vocoder.implementation, selectors=torch.cat(selectors), state=state)
+            window[index, :, :context] = stream._history[0]
+            window[index, :, context:context + chunk.shape[2]] = chunk[0]
+        for index, (stream, n) in enumerate(zip(streams, counts)):
+            stream._history = window[index:index + 1, :, n:n + context].clone()
+        started = time.perf_counter()
+        with torch.no_grad():
+            cond = conditioner(window, counts)
+        if self.vocoder.net.dtype != torch.float32 and self.vocoder.device.type == "cuda":
+            cond = cond.to(torch.float16)
+        self.seconds["conditioning"] += time.perf_counter() - started
+        return cond
+
+    def _generate(self, streams: list[Stream], cond: torch.Tensor) -> list[torch.Tensor]:
+        vocoder = self.vocoder
+        selectors = torch.cat([draw_selectors(1, cond.shape[3], s._generator, vocoder.device) for s in streams])
+        members = {id(member) for member in self._members}
+        # A group of streams outside the running batch (streams joining, a slow sender) runs on
+        # their own states, so the running batch is not taken apart and rebuilt for them.
+        aside = not any(id(s) in members for s in streams)
+        if aside:
+            state = (streams[0]._state if len(streams) == 1
+                     else concat_states([s._state for s in streams], vocoder.net.weights.dilations))
+        else:
+            state = self._batch_for(streams)
+        started = time.perf_counter()
+        classes = vocoder.net.infer(cond, vocoder.implementation, selectors=selectors, state=state)
+        self.seconds["engine"] += time.perf_counter() - started
+        self.engine_calls += 1
+        if aside and len(streams) > 1:
+            for index, stream in enumerate(streams):
+                stream._state = select_streams(state, [index])
         return list(vocoder.decode(classes).cpu().unbind(0))
+
+    def _deliver(self, streams: list[Stream], audio: list[torch.Tensor], samples: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for stream, chunk in zip(streams, audio):
+                stream._in_flight = False
+                if stream.closed:
+                    continue
+                stream._ready.append(chunk)
+                stream.samples_out += chunk.shape[0]
+                if stream.first_audio_at is None:
+                    stream.first_audio_at = now
+                if stream.ended and not stream.pending_frames:
+                    self._finish(stream)
+                stream._wake()
+            self.samples_generated += samples * len(streams)
+        if self.on_turn is not None:
+            self.on_turn(len(streams), samples * len(streams))
 
     def _batch_for(self, streams: list[Stream]) -> dict:
         """The joint state of ``streams`` in that order: the running batch's as it is when they are
@@ -307,7 +377,12 @@ class Scheduler:
 
     def _fail(self, streams: list[Stream], reason: str) -> None:
         with self._lock:
-            self._members, self._batch_state = [], None
+            failing = {id(stream) for stream in streams}
+            if any(id(member) in failing for member in self._members):
+                for index, member in enumerate(self._members):  # those of other groups keep their state
+                    if id(member) not in failing and not (member.closed or member.finished):
+                        member._state = select_streams(self._batch_state, [index])
+                self._members, self._batch_state = [], None
             for stream in streams:
                 if not stream.closed:
                     stream.closed, stream.error = True, reason

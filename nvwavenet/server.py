@@ -129,6 +129,10 @@ class _Metrics:
         Gauge("nvwavenet_queued_audio_chunks", "Audio chunks generated and not yet sent, all streams",
               registry=registry).set_function(lambda: scheduler.queue_depths()[1])
         Gauge("nvwavenet_max_streams", "Stream slots (--max-streams)", registry=registry).set(scheduler.max_streams)
+        seconds = Gauge("nvwavenet_scheduler_seconds", "Seconds the engine loop spent, summed: in turns, in engine "
+                        "calls, in conditioning (the rest of a turn is host overhead)", ["part"], registry=registry)
+        for part in scheduler.seconds:
+            seconds.labels(part).set_function(lambda part=part: scheduler.seconds[part])
         self.samples = Counter("nvwavenet_samples", "Audio samples generated", registry=registry)
         Gauge("nvwavenet_samples_per_second", "Samples generated per second over the last 10 s",
               registry=registry).set_function(self._rate)

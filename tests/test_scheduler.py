@@ -1,0 +1,105 @@
+"""The scheduler without the network: every stream bit for bit ``Vocoder(mel, seed)`` alone, with
+streams joining at random turns, sending random chunk sizes, under 1, 2 and all threads; a slow
+sender not shrinking the others' calls; a joining stream's short first chunk; the time counters."""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+import torch
+
+from nvwavenet.audio import AudioConfig
+from nvwavenet.mel import MelConfig
+from nvwavenet.model import WaveNet
+from nvwavenet.scheduler import Scheduler
+from nvwavenet.vocoder import Vocoder
+
+MELS = 10
+MEL = MelConfig(sample_rate=8000, n_fft=128, hop_length=32, win_length=128, n_mels=MELS, fmin=0.0, fmax=4000.0)
+
+
+@pytest.fixture(scope="module")
+def vocoder():
+    torch.manual_seed(0)
+    # A receptive field of 31 samples and 3 frames of conditioning context: a stream whose state
+    # or history was mixed up differs within a frame.
+    model = WaveNet(n_in_channels=64, n_layers=4, max_dilation=8, n_residual_channels=8, n_skip_channels=16,
+                    n_out_channels=64, n_cond_channels=MELS, upsamp_window=128, upsamp_stride=32).eval()
+    return Vocoder(model, AudioConfig(8000, 64, MEL))
+
+
+def _mels(count, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(MELS, int(torch.randint(3, 14, (1,), generator=generator)), generator=generator) - 2.0
+            for _ in range(count)]
+
+
+def _serve(scheduler, mels, seeds, joins, rng):
+    """Feeds every mel from this thread: stream i opens once the loop has run joins[i] turns, sends
+    random chunk sizes as its room allows and ends; returns each stream's audio, joined."""
+    streams, sent, audio = {}, [0] * len(mels), [[] for _ in mels]
+    deadline = time.monotonic() + 60
+    while len(streams) < len(mels) or not all(s.done for s in streams.values()):
+        assert time.monotonic() < deadline, "the scheduler stalled"
+        for i in range(len(mels)):
+            if i not in streams and scheduler.turns >= joins[i]:
+                streams[i] = scheduler.open(seeds[i])
+        for i, stream in streams.items():
+            if sent[i] < mels[i].shape[1] and stream.room:
+                size = min(rng.randint(1, 5), stream.room, mels[i].shape[1] - sent[i])
+                stream.put(mels[i][:, sent[i]:sent[i] + size])
+                sent[i] += size
+                if sent[i] == mels[i].shape[1]:
+                    stream.end()
+            audio[i] += stream.take_audio()
+        time.sleep(0.001)
+    assert not any(s.closed for s in streams.values()), [s.error for s in streams.values()]
+    return [torch.cat(parts) for parts in audio]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 0])
+def test_streams_joining_at_random_turns_equal_the_vocoder_alone(vocoder, threads):
+    mels, seeds = _mels(6, seed=threads), [11, -3, 2**40, 0, 7, 123]
+    expected = [vocoder(mel, seed=seed) for mel, seed in zip(mels, seeds)]
+    rng = random.Random(threads)
+    before = torch.get_num_threads()
+    scheduler = Scheduler(vocoder, max_streams=8, chunk_frames=3, max_pending_frames=6)
+    try:
+        torch.set_num_threads(threads or os.cpu_count())
+        vocoder.conditioner.num_threads = threads
+        scheduler.start()
+        got = _serve(scheduler, mels, seeds, [rng.randint(0, 6) for _ in mels], rng)
+    finally:
+        scheduler.stop(timeout=10)
+        vocoder.conditioner.num_threads = 0
+        torch.set_num_threads(before)
+    for i, (audio, reference) in enumerate(zip(got, expected)):
+        assert torch.equal(audio, reference), i
+
+
+def test_a_slow_sender_shrinks_only_its_own_call_and_a_joiner_starts_short(vocoder):
+    scheduler = Scheduler(vocoder, max_streams=4, chunk_frames=4)
+    fast, slow = scheduler.open(1), scheduler.open(2)
+    fast.put(torch.zeros(MELS, 9))
+    slow.put(torch.zeros(MELS, 2))
+    calls = []
+    original = vocoder.net.infer
+    scheduler.vocoder.net.infer = lambda cond, *a, **k: calls.append(tuple(cond.shape[1::2])) or original(cond, *a, **k)
+    try:
+        scheduler.start()
+        deadline = time.monotonic() + 30
+        while (fast.samples_out, slow.samples_out) != (9 * 32, 2 * 32):
+            assert time.monotonic() < deadline
+            fast.take_audio(), slow.take_audio()
+            time.sleep(0.001)
+    finally:
+        scheduler.stop(timeout=10)
+        del scheduler.vocoder.net.infer
+    # (streams, samples) per engine call: both joiners' one-frame first chunks together; then the
+    # fast stream's 4 frames apart from the slow one's last frame; then its last 4.
+    assert calls == [(2, 32), (1, 128), (1, 32), (1, 128)]
+    seconds = scheduler.seconds
+    assert scheduler.engine_calls == 4 and scheduler.turns == 3
+    assert 0 < seconds["engine"] and 0 < seconds["conditioning"] and seconds["engine"] + seconds["conditioning"] < seconds["turn"]
