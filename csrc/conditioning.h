@@ -24,15 +24,15 @@ struct CondParams {
   const float* frames = nullptr;
   int64_t frames_stride_batch = 0, frames_stride_channel = 0, frames_stride_time = 0;
 
-  // Matrices packed in blocks of 8 rows (cpu/packing.h): element (row, k) at
-  // ((row / 8) * K + k) * 8 + row % 8, rows padded with zeros to a multiple of 8.
-  // Upsampling: rows r * C + d (hop sample r, channel d), K = C * (context + 1) inputs, input
-  // c * (context + 1) + j being channel c of the frame j before the one computed.
+  // The upsampling matrix, packed in blocks of 8 rows (cpu/packing.h): element (row, k) at
+  // ((row / 8) * K + k) * 8 + row % 8, rows padded with zeros to a multiple of 8. Rows d * H + r
+  // (channel d, hop sample r), K = C * (context + 1) inputs, input c * (context + 1) + j being
+  // channel c of the frame j before the one computed.
   const float* up_w = nullptr;
-  const float* up_b = nullptr;  // [rows of up_w]: the bias of channel d at row r * C + d
-  // The per-layer 1x1 projection: `rows` rows (padded), K = C.
+  const float* up_b = nullptr;  // [rows of up_w]: the bias of channel d at rows d * H + r
+  // The per-layer 1x1 projection, row-major [rows][C], and its bias [rows].
   const float* proj_w = nullptr;
-  const float* proj_b = nullptr;  // [rows, padded]
+  const float* proj_b = nullptr;
 
   // Stream b's conditioning of output channel o at sample s (s < counts[b] * hop) at
   // out[b * out_stride_batch + o * out_stride_row + s]; samples beyond its count are not written.

@@ -67,13 +67,13 @@ class FrameConditioner:
         self._compiled = dtype == torch.float32 and engines.has_extension() and (
             device.type == "cpu" or (device.type == "cuda" and hasattr(engines.extension(), "condition_cuda")))
         if self._compiled:
-            # The compiled layout (csrc/conditioning.h): upsampling rows r * C + d (hop sample r,
-            # channel d) over inputs c * (context + 1) + j (channel c of the frame j back).
-            upsampling = by_frame.permute(3, 1, 0, 2).reshape(self.hop * self.n_channels, -1)
+            # The compiled layout (csrc/conditioning.h): upsampling rows d * H + r (channel d, hop
+            # sample r) over inputs c * (context + 1) + j (channel c of the frame j back).
+            upsampling = by_frame.permute(1, 3, 0, 2).reshape(self.n_channels * self.hop, -1)
             self._up_w = _blocked(upsampling)
-            self._up_b = _padded(self.up_bias.repeat(self.hop))
-            self._proj_w = _blocked(self.cond_weight[:, :, 0])
-            self._proj_b = _padded(self.cond_bias)
+            self._up_b = _padded(self.up_bias.repeat_interleave(self.hop))
+            self._proj_w = self.cond_weight[:, :, 0].contiguous()
+            self._proj_b = self.cond_bias.contiguous()
 
     def start(self, batch: int) -> torch.Tensor:
         """The frames "before the start": zeros, as the one-shot transposed convolution implies."""
@@ -86,13 +86,19 @@ class FrameConditioner:
         check_finite(name, frames)
         return frames.to(device=self.device, dtype=self.dtype)
 
-    def __call__(self, frames: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
+    def __call__(self, frames: torch.Tensor, counts: list[int] | None = None, *,
+                 buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Conditioning for the last ``n`` of ``frames`` ``(batch, C, context + n)``: ``(2R, batch, L, n * H)``.
 
         The first ``context`` frames are the ones before (from :meth:`start` or the previous call).
         ``counts``: stream ``b``'s new frames are its first ``counts[b] <= n`` after the context;
         only its first ``counts[b] * H`` samples are defined (the compiled path computes only
         those, the PyTorch path all of them from whatever frames follow).
+
+        ``buffer``: a 1-D float32 tensor on this device that the compiled path writes the result
+        into when it is large enough (the result is then a view of it, valid until the buffer is
+        reused): an engine loop that keeps one saves allocating, and faulting in, the largest
+        tensor of each turn (3 MB a frame at R64 L20 hop 300).
         """
         batch, n = frames.shape[0], frames.shape[2] - self.context
         if n < 0:
@@ -100,15 +106,22 @@ class FrameConditioner:
                              f"got {frames.shape[2]}")
         if counts is not None and (len(counts) != batch or any(not 0 <= c <= n for c in counts)):
             raise ValueError(f"counts: expected {batch} frame counts in [0, {n}], got {counts}")
-        acts = self._compiled_call(frames, n, counts) if self._compiled else self._torch_call(frames, n)
+        acts = self._compiled_call(frames, n, counts, buffer) if self._compiled else self._torch_call(frames, n)
         # (batch, L * 2R, samples) is layer-major, as the training model lays it out.
         return acts.view(batch, self.n_layers, 2 * self.n_residual, -1).permute(2, 0, 1, 3)
 
-    def _compiled_call(self, frames: torch.Tensor, n: int, counts: list[int] | None) -> torch.Tensor:
+    def _compiled_call(self, frames: torch.Tensor, n: int, counts: list[int] | None,
+                       buffer: torch.Tensor | None) -> torch.Tensor:
         extension = engines.extension()
         batch = frames.shape[0]
         frames = frames.to(device=self.device, dtype=torch.float32)
-        acts = torch.empty(batch, self.cond_weight.shape[0], n * self.hop, device=self.device, dtype=torch.float32)
+        shape = (batch, self.cond_weight.shape[0], n * self.hop)
+        size = math.prod(shape)
+        if (buffer is not None and buffer.dim() == 1 and buffer.dtype == torch.float32
+                and buffer.device == self.device and buffer.numel() >= size):
+            acts = buffer[:size].view(shape)
+        else:
+            acts = torch.empty(shape, device=self.device, dtype=torch.float32)
         if acts.numel() == 0:
             return acts
         p = extension.CondParams()

@@ -184,6 +184,7 @@ class Scheduler:
         # Seconds spent, summed over turns: in whole turns, in the engine's calls, in conditioning.
         # A turn's host overhead is what it spends in neither (state, selectors, audio, bookkeeping).
         self.seconds = {"turn": 0.0, "engine": 0.0, "conditioning": 0.0}
+        self._cond_buffer = torch.empty(0)  # the turns' conditioning, reused (the engine is done with it by the next)
         self.on_turn: Callable[[int, int], None] | None = None  # (streams, samples), for metrics
 
     # -- admission -----------------------------------------------------------------------------
@@ -309,9 +310,12 @@ class Scheduler:
             window[index, :, context:context + chunk.shape[2]] = chunk[0]
         for index, (stream, n) in enumerate(zip(streams, counts)):
             stream._history = window[index:index + 1, :, n:n + context].clone()
+        size = len(streams) * conditioner.cond_weight.shape[0] * widest * conditioner.hop
+        if self._cond_buffer.numel() < size:
+            self._cond_buffer = torch.empty(size, device=self.vocoder.device)
         started = time.perf_counter()
         with torch.no_grad():
-            cond = conditioner(window, counts)
+            cond = conditioner(window, counts, buffer=self._cond_buffer)
         if self.vocoder.net.dtype != torch.float32 and self.vocoder.device.type == "cuda":
             cond = cond.to(torch.float16)
         self.seconds["conditioning"] += time.perf_counter() - started

@@ -148,6 +148,7 @@ class Vocoder:
         """
         generator = generator if generator is not None else _seed_generator(seed)
         state = history = None
+        buffer = torch.empty(0, device=self.device)  # each chunk's conditioning, reused once the engine is done
         for index, chunk in enumerate(mel_chunks):
             name = f"mel chunk {index}"
             chunk = as_tensor(chunk, name, "a float tensor or array")
@@ -160,7 +161,9 @@ class Vocoder:
             elif frames.shape[0] != history.shape[0]:
                 raise ValueError(f"mel chunk {index}: batch of {frames.shape[0]} streams, the first chunk had "
                                  f"{history.shape[0]}")
-            cond, history = self.condition_chunk(history, frames)
+            cond, history = self.condition_chunk(history, frames, buffer=buffer)
+            if buffer.numel() < cond.numel():  # for the next chunks, as large as this one
+                buffer = torch.empty(cond.numel(), device=self.device)
             classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
             audio = self.decode(classes)
             yield audio[0] if chunk.dim() == 2 else audio
@@ -175,14 +178,16 @@ class Vocoder:
         check_allocation(name, streams * per_stream, self.device,
                          f"the conditioning, audio and state of {streams} streams of {frames} frames")
 
-    def condition_chunk(self, history: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def condition_chunk(self, history: torch.Tensor, frames: torch.Tensor, *,
+                        buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The conditioning of ``frames`` ``(batch, n_mels, n)`` (checked by ``conditioner.as_frames``)
         after ``history``, the frames before them (``conditioner.start`` for a new stream), and the
-        history for the next chunk. The server calls it per stream, so its audio is this class's."""
+        history for the next chunk; ``buffer`` as :class:`~nvwavenet.conditioning.FrameConditioner`
+        takes it."""
         window = torch.cat([history, frames], dim=2)
         history = window[:, :, window.shape[2] - self.conditioner.context:]
         with torch.no_grad():
-            cond = self.conditioner(window)
+            cond = self.conditioner(window, buffer=buffer)
         if self.net.dtype != torch.float32 and self.device.type == "cuda":
             cond = cond.to(torch.float16)
         return cond, history

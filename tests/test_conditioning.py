@@ -121,5 +121,11 @@ def test_counts_condition_each_stream_as_its_own_call():
     for b, count in enumerate(counts):
         own = conditioner(window[b:b + 1, :, :conditioner.context + count])
         assert torch.equal(cond[:, b:b + 1, :, :count * conditioner.hop], own)
+    # Into a reused buffer (which held other values): the same numbers.
+    buffer = torch.full((cond.numel() + 7,), float("nan"))
+    again = conditioner(window, counts, buffer=buffer)
+    assert again.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()
+    for b, count in enumerate(counts):
+        assert torch.equal(again[:, b, :, :count * conditioner.hop], cond[:, b, :, :count * conditioner.hop])
     with pytest.raises(ValueError, match=r"counts: expected 4 frame counts in \[0, 5\]"):
         conditioner(window, [6, 0, 0, 0])

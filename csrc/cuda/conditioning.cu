@@ -1,7 +1,7 @@
 // The CUDA side of conditioning.h: the same sums as csrc/cpu/conditioning.cpp, each output one
 // thread's chain of fmaf over its inputs in input order, from the same packed matrices, so a
 // stream's conditioning does not depend on the batch, its place in it or the launch shape.
-// Two launches: the upsampling into the workspace ([item][r * C + d], items being (stream,
+// Two launches: the upsampling into the workspace ([item][d * H + r], items being (stream,
 // frame) pairs, stream-major), then the projection straight into the output.
 #include <cuda_runtime.h>
 
@@ -26,7 +26,7 @@ __device__ int64_t count_of(const CondParams& p, int64_t stream) {
   return p.counts != nullptr ? p.counts[stream] : p.max_frames;
 }
 
-// grid (ceil(C * H / 128), max_frames, batch); thread: one row r * C + d of one item.
+// grid (ceil(C * H / 128), max_frames, batch); thread: one row d * H + r of one item.
 __global__ void upsample_kernel(CondParams p, float* hops) {
   const int64_t b = blockIdx.z, q = blockIdx.y, row = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t C = p.channels, taps = p.context + 1, up_rows = padded(C * p.hop);
@@ -43,15 +43,15 @@ __global__ void upsample_kernel(CondParams p, float* hops) {
 }
 
 // grid (ceil(H / 32), ceil(rows / 8), batch * max_frames), block (32, 8): threads along the
-// samples of one output row, so each warp writes consecutive samples.
+// samples of one output row, so each warp reads and writes consecutive samples.
 __global__ void project_kernel(CondParams p, const float* hops) {
   const int64_t item = blockIdx.z, b = item / p.max_frames, q = item % p.max_frames;
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   const int64_t o = blockIdx.y * int64_t(blockDim.y) + threadIdx.y;
   if (r >= p.hop || o >= p.rows || q >= count_of(p, b)) return;
-  const float* x = hops + item * padded(p.channels * p.hop) + r * p.channels;
+  const float* x = hops + item * padded(p.channels * p.hop) + r;
   float acc = p.proj_b[o];
-  for (int64_t d = 0; d < p.channels; ++d) acc = fmaf(packed_at(p.proj_w, p.channels, o, d), x[d], acc);
+  for (int64_t d = 0; d < p.channels; ++d) acc = fmaf(p.proj_w[o * p.channels + d], x[d * p.hop], acc);
   p.out[b * p.out_stride_batch + o * p.out_stride_row + q * p.hop + r] = acc;
 }
 
