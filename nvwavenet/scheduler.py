@@ -154,14 +154,17 @@ class Scheduler:
     """The engine loop of one device for a :class:`~nvwavenet.vocoder.Vocoder`.
 
     ``max_streams`` streams at most at once (:meth:`open` raises :class:`SchedulerFull` beyond);
-    ``chunk_frames`` frames at most per engine call; ``max_pending_frames`` frames queued per
-    stream; ``max_ready_chunks`` audio chunks generated and not yet taken per stream. An engine
-    call holds the conditioning of ``max_streams * chunk_frames`` frames at most (2R * L * hop
-    floats each), the largest part of the server's memory.
+    ``chunk_frames`` frames at most per stream and turn; ``max_pending_frames`` frames queued per
+    stream; ``max_ready_chunks`` audio chunks generated and not yet taken per stream. A turn
+    holds the conditioning of ``max_streams * chunk_frames`` frames at most (2R * L * hop floats
+    each), the largest part of the server's memory. ``join_frames``: a turn's engine calls run
+    this many frames each, and streams that opened meanwhile get their first frame between two
+    of them (each call has a fixed cost in the engine's checks, so fewer, longer calls trade
+    a joiner's wait for throughput).
     """
 
     def __init__(self, vocoder: Vocoder, *, max_streams: int = 64, chunk_frames: int = 4,
-                 max_pending_frames: int = 256, max_ready_chunks: int = 4):
+                 max_pending_frames: int = 256, max_ready_chunks: int = 4, join_frames: int = 1):
         if not isinstance(vocoder, Vocoder):
             raise TypeError(f"vocoder: expected an nvwavenet.vocoder.Vocoder, got {type(vocoder).__name__}")
         self.vocoder = vocoder
@@ -169,6 +172,7 @@ class Scheduler:
         self.chunk_frames = check_int("chunk_frames", chunk_frames)
         self.max_pending_frames = check_int("max_pending_frames", max_pending_frames)
         self.max_ready_chunks = check_int("max_ready_chunks", max_ready_chunks)
+        self.join_frames = check_int("join_frames", join_frames)
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
         self._streams: dict[int, Stream] = {}
@@ -276,10 +280,12 @@ class Scheduler:
                 self.turns += 1
                 self.seconds["turn"] += time.perf_counter() - started
 
-    def _turn(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int]) -> None:
-        """Conditions ``streams`` in one call, then generates and delivers them by groups of equal count."""
+    def _turn(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int], reuse: bool = True) -> None:
+        """Conditions ``streams`` in one call, then generates and delivers them by groups of equal
+        count. ``reuse``: into the loop's conditioning buffer (not for joiners run in the middle of
+        a call that still reads it)."""
         try:
-            cond = self._condition(streams, frames, counts)
+            cond = self._condition(streams, frames, counts, reuse)
         except Exception as error:  # noqa: BLE001 - a failed call must not end the loop for every other stream
             self._fail(streams, f"engine error: {type(error).__name__}: {error}")
             return
@@ -299,7 +305,8 @@ class Scheduler:
             self._deliver(group, audio, samples)
             first = last
 
-    def _condition(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+    def _condition(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int],
+                   reuse: bool) -> torch.Tensor:
         """The conditioning of every stream's new frames, in one call: ``(2R, streams, L, max(counts) * hop)``,
         stream ``i``'s first ``counts[i] * hop`` samples defined; each stream's history moves on."""
         conditioner = self.vocoder.conditioner
@@ -311,11 +318,11 @@ class Scheduler:
         for index, (stream, n) in enumerate(zip(streams, counts)):
             stream._history = window[index:index + 1, :, n:n + context].clone()
         size = len(streams) * conditioner.cond_weight.shape[0] * widest * conditioner.hop
-        if self._cond_buffer.numel() < size:
+        if reuse and self._cond_buffer.numel() < size:
             self._cond_buffer = torch.empty(size, device=self.vocoder.device)
         started = time.perf_counter()
         with torch.no_grad():
-            cond = conditioner(window, counts, buffer=self._cond_buffer)
+            cond = conditioner(window, counts, buffer=self._cond_buffer if reuse else None)
         if self.vocoder.net.dtype != torch.float32 and self.vocoder.device.type == "cuda":
             cond = cond.to(torch.float16)
         self.seconds["conditioning"] += time.perf_counter() - started
@@ -333,14 +340,33 @@ class Scheduler:
                      else concat_states([s._state for s in streams], vocoder.net.weights.dilations))
         else:
             state = self._batch_for(streams)
-        started = time.perf_counter()
-        classes = vocoder.net.infer(cond, vocoder.implementation, selectors=selectors, state=state)
-        self.seconds["engine"] += time.perf_counter() - started
-        self.engine_calls += 1
+        # Called a frame at a time (join_frames), so that a stream that opens meanwhile gets its
+        # first frame's audio between two of them instead of after everyone's whole chunk.
+        parts, step = [], self.join_frames * vocoder.hop_length
+        for start in range(0, cond.shape[3], step):
+            if start:
+                self._admit_joiners()
+            started = time.perf_counter()
+            parts.append(vocoder.net.infer(cond[..., start:start + step], vocoder.implementation,
+                                           selectors=selectors[:, start:start + step], state=state))
+            self.seconds["engine"] += time.perf_counter() - started
+            self.engine_calls += 1
+        classes = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         if aside and len(streams) > 1:
             for index, stream in enumerate(streams):
                 stream._state = select_streams(state, [index])
         return list(vocoder.decode(classes).cpu().unbind(0))
+
+    def _admit_joiners(self) -> None:
+        """Runs, now, the first frame of every stream that has frames and no audio yet."""
+        with self._lock:
+            joining = [s for s in self._ready_streams() if not s.samples_out and not s._in_flight]
+            frames = [s._take_frames(1) for s in joining]
+            for stream in joining:
+                stream._in_flight = True
+                stream._wake()
+        if joining:
+            self._turn(joining, frames, [1] * len(joining), reuse=False)
 
     def _deliver(self, streams: list[Stream], audio: list[torch.Tensor], samples: int) -> None:
         now = time.monotonic()

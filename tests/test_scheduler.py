@@ -37,14 +37,15 @@ def _mels(count, seed):
 
 
 def _serve(scheduler, mels, seeds, joins, rng):
-    """Feeds every mel from this thread: stream i opens once the loop has run joins[i] turns, sends
-    random chunk sizes as its room allows and ends; returns each stream's audio, joined."""
+    """Feeds every mel from this thread: stream i opens once the loop has made joins[i] engine calls
+    (or when every stream before it is done), sends random chunk sizes as its room allows and ends;
+    returns each stream's audio, joined."""
     streams, sent, audio = {}, [0] * len(mels), [[] for _ in mels]
     deadline = time.monotonic() + 60
     while len(streams) < len(mels) or not all(s.done for s in streams.values()):
         assert time.monotonic() < deadline, "the scheduler stalled"
         for i in range(len(mels)):
-            if i not in streams and scheduler.turns >= joins[i]:
+            if i not in streams and (scheduler.engine_calls >= joins[i] or all(s.done for s in streams.values())):
                 streams[i] = scheduler.open(seeds[i])
         for i, stream in streams.items():
             if sent[i] < mels[i].shape[1] and stream.room:
@@ -70,7 +71,7 @@ def test_streams_joining_at_random_turns_equal_the_vocoder_alone(vocoder, thread
         torch.set_num_threads(threads or os.cpu_count())
         vocoder.conditioner.num_threads = threads
         scheduler.start()
-        got = _serve(scheduler, mels, seeds, [rng.randint(0, 6) for _ in mels], rng)
+        got = _serve(scheduler, mels, seeds, [rng.randint(0, 20) for _ in mels], rng)
     finally:
         scheduler.stop(timeout=10)
         vocoder.conditioner.num_threads = 0
@@ -80,7 +81,7 @@ def test_streams_joining_at_random_turns_equal_the_vocoder_alone(vocoder, thread
 
 
 def test_a_slow_sender_shrinks_only_its_own_call_and_a_joiner_starts_short(vocoder):
-    scheduler = Scheduler(vocoder, max_streams=4, chunk_frames=4)
+    scheduler = Scheduler(vocoder, max_streams=4, chunk_frames=4, join_frames=4)
     fast, slow = scheduler.open(1), scheduler.open(2)
     fast.put(torch.zeros(MELS, 9))
     slow.put(torch.zeros(MELS, 2))
@@ -103,3 +104,34 @@ def test_a_slow_sender_shrinks_only_its_own_call_and_a_joiner_starts_short(vocod
     seconds = scheduler.seconds
     assert scheduler.engine_calls == 4 and scheduler.turns == 3
     assert 0 < seconds["engine"] and 0 < seconds["conditioning"] and seconds["engine"] + seconds["conditioning"] < seconds["turn"]
+
+
+def test_a_stream_opening_mid_turn_gets_its_first_frame_at_the_next_frame_boundary(vocoder):
+    scheduler = Scheduler(vocoder, max_streams=4, chunk_frames=4)
+    busy = scheduler.open(1)
+    busy.put(torch.zeros(MELS, 8))
+    late, seen = [], []
+    original = vocoder.net.infer
+
+    def infer(cond, *args, **kwargs):
+        seen.append((busy.samples_out, late[0].samples_out if late else None))
+        if len(seen) == 3:  # inside the busy stream's 4-frame chunk, called a frame at a time
+            late.append(scheduler.open(2))
+            late[0].put(torch.zeros(MELS, 2))
+        return original(cond, *args, **kwargs)
+
+    scheduler.vocoder.net.infer = infer
+    try:
+        scheduler.start()
+        deadline = time.monotonic() + 30
+        while not (late and late[0].samples_out == 2 * 32 and busy.samples_out == 8 * 32):
+            assert time.monotonic() < deadline
+            busy.take_audio(), late and late[0].take_audio()
+            time.sleep(0.001)
+    finally:
+        scheduler.stop(timeout=10)
+        del scheduler.vocoder.net.infer
+    # Calls: busy's first frame; two frames of its 4-frame chunk (the late stream opens in the
+    # second); the late stream's first frame, delivered before busy's two remaining frames run.
+    assert seen[4] == (32, 32)
+    assert len(seen) == 1 + 4 + 1 + 3 + 1  # then busy's last 3 frames and the late stream's last one
