@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -157,6 +158,9 @@ PYBIND11_MODULE(_C, m) {
       .POINTER_FIELD(Params, queues, float*)
       .POINTER_FIELD(Params, history, int32_t*)
       .def_readwrite("position", &Params::position)
+      .def_readwrite("pool_rows", &Params::pool_rows)
+      .POINTER_FIELD(Params, slots, const int32_t*)
+      .POINTER_FIELD(Params, positions, const int64_t*)
       .POINTER_FIELD(Params, workspace, void*)
       .def_readwrite("workspace_bytes", &Params::workspace_bytes)
       .POINTER_FIELD(Params, stream, void*)
@@ -219,6 +223,37 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("params"), py::arg("isa") = "auto",
       "Runs the CPU engine on params (cpu_weights packed); isa: 'auto', 'avx512', 'avx2+fma' or 'generic'.");
+  m.def(
+      "session_step_cpu",
+      [](Params& p, std::uintptr_t cond, DType cond_dtype, const std::array<int64_t, 4>& cond_strides,
+         std::uintptr_t selectors, const std::array<int64_t, 2>& selector_strides, std::uintptr_t samples,
+         const std::array<int64_t, 2>& sample_strides, std::uintptr_t logits, const std::array<int64_t, 3>& logit_strides,
+         int32_t batch, int64_t num_samples, std::uintptr_t slots, std::uintptr_t pool_positions,
+         std::uintptr_t call_positions, const std::string& isa) {
+        p.cond = reinterpret_cast<const void*>(cond);
+        p.cond_dtype = cond_dtype;
+        p.cond_stride_channel = cond_strides[0], p.cond_stride_batch = cond_strides[1];
+        p.cond_stride_layer = cond_strides[2], p.cond_stride_time = cond_strides[3];
+        p.selectors = reinterpret_cast<const float*>(selectors);
+        p.selectors_stride_batch = selector_strides[0], p.selectors_stride_time = selector_strides[1];
+        p.samples = reinterpret_cast<int32_t*>(samples);
+        p.samples_stride_batch = sample_strides[0], p.samples_stride_time = sample_strides[1];
+        p.logits = reinterpret_cast<float*>(logits);
+        p.logits_stride_batch = logit_strides[0], p.logits_stride_class = logit_strides[1];
+        p.logits_stride_time = logit_strides[2];
+        p.batch = batch, p.num_samples = num_samples;
+        p.slots = reinterpret_cast<const int32_t*>(slots);
+        py::gil_scoped_release release;
+        nvwavenet::cpu::generate_pool_cpu(p, reinterpret_cast<int64_t*>(pool_positions),
+                                          reinterpret_cast<int64_t*>(call_positions), isa);
+      },
+      py::arg("params"), py::arg("cond"), py::arg("cond_dtype"), py::arg("cond_strides"), py::arg("selectors"),
+      py::arg("selector_strides"), py::arg("samples"), py::arg("sample_strides"), py::arg("logits"),
+      py::arg("logit_strides"), py::arg("batch"), py::arg("num_samples"), py::arg("slots"), py::arg("pool_positions"),
+      py::arg("call_positions"), py::arg("isa"),
+      "One step call of an nvwavenet.session.Session on the CPU engine, in one crossing: fills the per-call "
+      "fields of params (logits 0: none) and runs generate_pool_cpu (positions read from and advanced in "
+      "pool_positions, int64 per pool row, through the int64 [batch] scratch call_positions).");
   m.def("find_nan_cond", &nvwavenet::cpu::find_nan_cond, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
         "(stream, step) of the earliest NaN in params.cond (host memory), or (-1, -1); reads the "
         "conditioning fields, R, L, batch and num_samples.");
@@ -233,6 +268,11 @@ PYBIND11_MODULE(_C, m) {
         [](const Params& params, int variant) { nvwavenet::gpu::generate(params, as_variant(variant)); },
         py::arg("params"), py::arg("variant"), py::call_guard<py::gil_scoped_release>(),
         "Runs a CUDA variant on params.stream and waits for it; errors become exceptions.");
+  m.def("cuda_launch",
+        [](const Params& params, int variant) { nvwavenet::gpu::launch_async(params, as_variant(variant)); },
+        py::arg("params"), py::arg("variant"), py::call_guard<py::gil_scoped_release>(),
+        "Launches a CUDA variant on params.stream without waiting: the caller reads the kernel's status "
+        "block (the workspace's first bytes) after it, e.g. with nvwavenet.engines.cuda_status_error.");
   m.def(
       "cuda_status_message",
       [](int32_t code, int32_t site, int32_t block, int64_t step, uint64_t observed, uint64_t expected, int32_t variant,

@@ -80,12 +80,23 @@ struct Params {
   float* logits = nullptr;
   int64_t logits_stride_batch = 0, logits_stride_class = 0, logits_stride_time = 0;
 
-  // Generation state, read and updated in place (nvwavenet/state.py):
-  // queues float32 [batch][sum_l d_l][R], slot `position % d_l` of layer l holds x_l[t - d_l];
-  // history int32 [batch][2] = y_{t-2}, y_{t-1}; position = steps generated before this call.
+  // Generation state, read and updated in place (nvwavenet/state.py, nvwavenet/session.py): a pool
+  // of `pool_rows` streams' rows, queues float32 [pool_rows][sum_l d_l][R] and history int32
+  // [pool_rows][2] = y_{t-2}, y_{t-1}. Call stream b uses pool row slots[b] and has generated
+  // positions[b] steps before this call; queue slot `(positions[b] + t) % d_l` of layer l holds
+  // x_l[t - d_l] at step t. Rows that no call stream names are neither read nor written, so
+  // streams join and leave a pool at any step without touching each other.
+  // slots == nullptr: stream b uses row b (pool_rows >= batch); positions == nullptr: every stream
+  // is at `position` (the whole-batch layout of nvwavenet/state.py). pool_rows == 0 means batch.
+  // slots and positions are host memory for the CPU engine (checked there: rows in range and
+  // distinct, positions >= 0 with room for num_samples more), device memory for the CUDA kernels
+  // (checked by the caller: nvwavenet.session.Session keeps them valid by construction).
   float* queues = nullptr;
   int32_t* history = nullptr;
   int64_t position = 0;
+  int64_t pool_rows = 0;
+  const int32_t* slots = nullptr;     // [batch]
+  const int64_t* positions = nullptr; // [batch]
 
   // Engine resources: device scratch owned by Python, the CUDA stream, CPU threads (0: default).
   void* workspace = nullptr;
@@ -102,5 +113,17 @@ struct Params {
   int64_t spin_timeout_ns = 2000000000;     // a wait on another block longer than this stops the
                                             // kernel, which then reports a RuntimeError
 };
+
+// The pool row and the position of call stream b (see Params::slots). Host and device code.
+#ifdef __CUDACC__
+#define NVWAVENET_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define NVWAVENET_HOST_DEVICE inline
+#endif
+NVWAVENET_HOST_DEVICE int64_t stream_row(const Params& p, int64_t b) { return p.slots != nullptr ? p.slots[b] : b; }
+NVWAVENET_HOST_DEVICE int64_t stream_position(const Params& p, int64_t b) {
+  return p.positions != nullptr ? p.positions[b] : p.position;
+}
+#undef NVWAVENET_HOST_DEVICE
 
 }  // namespace nvwavenet

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import struct
 
 import torch
 
@@ -30,8 +31,9 @@ except ImportError as error:
     _IMPORT_ERROR = ("it was never built" if importlib.util.find_spec(f"{__package__}._C") is None
                      else f"it failed to load: {error}")
 
-__all__ = ["build_info", "extension", "has_extension", "cpu_isa", "PackedWeights", "CpuWeights", "make_params",
-           "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
+__all__ = ["build_info", "extension", "has_extension", "cpu_isa", "PackedWeights", "CpuWeights", "weight_params",
+           "set_cond", "make_params", "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build",
+           "spin_timeout_ns", "cuda_plan", "run_cuda", "STATUS_BYTES", "cuda_status_error"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -54,7 +56,7 @@ def has_extension() -> bool:
     return _C is not None
 
 
-def _requested_cpu_isa() -> str:
+def requested_cpu_isa() -> str:
     """``NVWAVENET_CPU_ISA``, checked: ``auto`` (the default), ``avx512``, ``avx2+fma`` or ``generic``."""
     requested = os.environ.get("NVWAVENET_CPU_ISA", "auto").strip() or "auto"
     if requested not in _CPU_ISAS:
@@ -65,7 +67,7 @@ def _requested_cpu_isa() -> str:
 def cpu_isa() -> str:
     """The instruction set the CPU engine runs with: ``NVWAVENET_CPU_ISA`` if set (and not
     ``auto``), else the best this CPU supports."""
-    requested = _requested_cpu_isa()
+    requested = requested_cpu_isa()
     return extension().build_info()["cpu_isa"] if requested == "auto" else requested
 
 
@@ -113,8 +115,8 @@ class PackedWeights:
         return cls(**{name: tensor.contiguous() for name, tensor in tensors.items()})
 
 
-def _weight_params(weights: WaveNetWeights, packed: PackedWeights):
-    """A ``_C.Params`` with the sizes and the weight pointers filled."""
+def weight_params(weights: WaveNetWeights, packed: PackedWeights):
+    """A ``_C.Params`` with the sizes and the weight pointers filled (the caller keeps ``packed`` alive)."""
     p = extension().Params()
     p.R, p.S, p.A, p.L = weights.n_residual, weights.n_skip, weights.n_classes, weights.n_layers
     p.max_dilation, p.use_embed_tanh = weights.max_dilation, weights.use_embed_tanh
@@ -137,13 +139,13 @@ class CpuWeights:
     @classmethod
     def pack(cls, weights: WaveNetWeights, dtype: torch.dtype = torch.float32) -> CpuWeights:
         packed = PackedWeights.pack(weights, torch.device("cpu"), dtype)
-        p = _weight_params(weights, packed)
+        p = weight_params(weights, packed)
         blocked = torch.empty(extension().cpu_packed_bytes(p), dtype=torch.uint8)
         extension().pack_cpu_weights(p, blocked.data_ptr(), blocked.numel())
         return cls(packed, blocked)
 
 
-def _set_cond(p, cond_input: torch.Tensor) -> None:
+def set_cond(p, cond_input: torch.Tensor) -> None:
     """The conditioning fields of ``_C.Params`` ``p``: pointer, dtype and strides."""
     p.cond, p.cond_dtype = cond_input.data_ptr(), dtype_code(cond_input.dtype)
     (p.cond_stride_channel, p.cond_stride_batch,
@@ -167,12 +169,12 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
                             f"tensor (as init_state() makes), got {tensor.dtype}"
                             f"{'' if tensor.is_contiguous() else ', non-contiguous'}"
                             f"{'' if aligned else f' at an unaligned address (pass a copy: state[{key!r}].clone())'}")
-    p = _weight_params(weights, packed)
+    p = weight_params(weights, packed)
     p.batch, p.num_samples = samples.shape
     if cpu_blocked is not None:
         p.cpu_weights, p.cpu_weights_bytes = cpu_blocked.data_ptr(), cpu_blocked.numel()
 
-    _set_cond(p, cond_input)
+    set_cond(p, cond_input)
     p.selectors = selectors.data_ptr()
     p.selectors_stride_batch, p.selectors_stride_time = selectors.stride()
     if teacher is not None:
@@ -196,7 +198,7 @@ def find_nan_cpu(cond_input: torch.Tensor, num_threads: int | None = None) -> tu
     p = extension().Params()
     channels, p.batch, p.L, p.num_samples = cond_input.shape
     p.R = channels // 2
-    _set_cond(p, cond_input)
+    set_cond(p, cond_input)
     p.num_threads = num_threads or 0
     stream, sample = extension().find_nan_cond(p)
     return None if stream < 0 else (stream, sample)
@@ -206,7 +208,7 @@ def generate_cpu(params) -> None:
     """Runs the CPU engine on filled ``params`` (without the GIL), with the instruction set of
     :func:`cpu_isa`. ``auto`` is passed on as it is: the engine resolves it with the same rule that
     reports ``build_info()["cpu_isa"]``, so a call does not build that dict."""
-    extension().generate_cpu(params, _requested_cpu_isa())
+    extension().generate_cpu(params, requested_cpu_isa())
 
 
 # The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
@@ -260,11 +262,15 @@ def check_cuda_build(weights: WaveNetWeights, dtype: torch.dtype) -> dict:
 _PLANS: dict = {}
 
 
-def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, dict, str | None, int]:
+def cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, str | None, int, dict]:
+    """``(variant name, AUTO's rule or None, tile, plan)`` for ``params`` on ``device`` (``implementation``
+    an ``Impl`` name), the tile also left in ``params.streams_per_block``; an explicit variant
+    that cannot run raises a ValueError that says why."""
     key = (params.device, params.R, params.S, params.A, int(params.weight_dtype), params.L, params.batch,
            implementation)
     known = _PLANS.get(key)
     if known is not None:
+        params.streams_per_block = known[2]
         return known
     C = extension()
     multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
@@ -291,7 +297,7 @@ def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, 
                              f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
     if len(_PLANS) >= 4096:
         _PLANS.clear()
-    _PLANS[key] = entry = (name, plan, rule, params.streams_per_block)
+    _PLANS[key] = entry = (name, rule, params.streams_per_block, plan)
     return entry
 
 
@@ -309,9 +315,25 @@ def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str
     params.device = device.index
     params.stream = torch.cuda.current_stream(device).cuda_stream
     params.spin_timeout_ns = spin_timeout_ns()
-    name, plan, rule, params.streams_per_block = _cuda_plan(params, implementation, device)
+    name, rule, _, plan = cuda_plan(params, implementation, device)
     # Zero-filled by cuda_generate itself (one cudaMemsetAsync): torch.zeros would add a fill.
     workspace = torch.empty(plan["workspace_bytes"], dtype=torch.uint8, device=device)
     params.workspace, params.workspace_bytes = workspace.data_ptr(), workspace.numel()
     C.cuda_generate(params, CUDA_VARIANTS[name])
     return name, rule
+
+
+# csrc/cuda/status.h's DeviceStatus, the first bytes of a CUDA call's workspace:
+# int32 code, abort, site, block; int64 step; uint64 observed, expected.
+_STATUS_FORMAT = "<iiiiqQQ"
+STATUS_BYTES = struct.calcsize(_STATUS_FORMAT)
+
+
+def cuda_status_error(status: torch.Tensor, variant: str) -> str | None:
+    """The RuntimeError text for a kernel's status block (``STATUS_BYTES`` uint8 on the CPU, copied
+    from the workspace after the kernel), or None when the kernel finished normally."""
+    code, _, site, block, step, observed, expected = struct.unpack(_STATUS_FORMAT, status.numpy().tobytes())
+    if code == 0:
+        return None
+    return extension().cuda_status_message(code, site, block, step, observed, expected, CUDA_VARIANTS[variant],
+                                            spin_timeout_ns())

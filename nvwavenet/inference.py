@@ -84,7 +84,7 @@ class NVWaveNet:
             use_embed_tanh, conv_out_bias=conv_out_bias, conv_end_bias=conv_end_bias)
         self.dtype = dtype
         self.num_threads = num_threads
-        self._cpu_weights: engines.CpuWeights | None = None  # packed on the first CPU call
+        self._cpu_weights: dict[torch.dtype, engines.CpuWeights] = {}  # packed on the first CPU call
         self._cuda_weights: dict[tuple[torch.device, torch.dtype], engines.PackedWeights] = {}
         self.last_implementation: Impl | None = None
         self.last_auto_rule: str | None = None
@@ -203,26 +203,31 @@ class NVWaveNet:
         if not engines.has_extension():  # never built: the float32 reference, slowly
             return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                          return_logits=return_logits, state=state, dtype=torch.float32)
-        if self._cpu_weights is None:
-            self._cpu_weights = engines.CpuWeights.pack(self.weights, self.dtype)
+        cpu_weights = self._cpu_engine_weights(self.dtype)
         batch, samples = u.shape
         out, logits = self._outputs(batch, samples, cond_input.device, return_logits)
-        params = engines.make_params(self.weights, self._cpu_weights.packed, cond_input, u, out, state,
-                                     teacher=teacher, logits=logits,
-                                     cpu_blocked=self._cpu_weights.blocked)
+        params = engines.make_params(self.weights, cpu_weights.packed, cond_input, u, out, state,
+                                     teacher=teacher, logits=logits, cpu_blocked=cpu_weights.blocked)
         params.num_threads = self.num_threads or 0
         engines.generate_cpu(params)
         state["position"].fill_(int(state["position"]) + samples)
         return (out, logits) if return_logits else out
 
-    def _packed_for(self, device: torch.device) -> engines.PackedWeights:
-        """The weights in the kernels' layout on ``device``, packed once per (device, dtype), after
-        checking that CUDA kernels were built for this network and dtype (which no later call can
-        change, so the check runs once with the packing, not on every call)."""
-        key = (device, self.dtype)
+    def _cpu_engine_weights(self, dtype: torch.dtype) -> engines.CpuWeights:
+        """The CPU engine's weights in ``dtype``, packed once (shared with this network's sessions)."""
+        if dtype not in self._cpu_weights:
+            self._cpu_weights[dtype] = engines.CpuWeights.pack(self.weights, dtype)
+        return self._cpu_weights[dtype]
+
+    def _packed_for(self, device: torch.device, dtype: torch.dtype | None = None) -> engines.PackedWeights:
+        """The weights in the kernels' layout on ``device`` in ``dtype`` (default: this network's),
+        packed once per (device, dtype), after checking that CUDA kernels were built for this
+        network and dtype (which no later call can change, so the check runs once with the
+        packing, not on every call)."""
+        key = (device, dtype or self.dtype)
         if key not in self._cuda_weights:
-            engines.check_cuda_build(self.weights, self.dtype)
-            self._cuda_weights[key] = engines.PackedWeights.pack(self.weights, device, self.dtype)
+            engines.check_cuda_build(self.weights, key[1])
+            self._cuda_weights[key] = engines.PackedWeights.pack(self.weights, device, key[1])
         return self._cuda_weights[key]
 
     def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):

@@ -324,10 +324,11 @@ __device__ __forceinline__ int64_t queue_rows(int layers, int max_dilation) {
   return rows;
 }
 
-// The queue row of layer l (first row `offset`, dilation d) at step t of this call: it holds
-// x_l[t - d] on entry and receives x_l[t].
-__device__ __forceinline__ int64_t queue_slot(const Params& p, int64_t offset, int dilation, int64_t t) {
-  return offset + ((p.position + t) & (dilation - 1));
+// The queue row, in the pool (rows per stream: `rows`), of call stream `stream`'s layer l (first
+// row `offset`, dilation d) at step t of this call: it holds x_l[t - d] on entry and receives x_l[t].
+__device__ __forceinline__ int64_t queue_slot(const Params& p, int64_t stream, int64_t rows, int64_t offset,
+                                              int dilation, int64_t t) {
+  return stream_row(p, stream) * rows + offset + ((stream_position(p, stream) + t) & (dilation - 1));
 }
 
 // Queue offset and dilation of layer `layer`, walking the layers from the first.
@@ -382,7 +383,7 @@ __device__ __forceinline__ void precompute_layers(const Params& p, const W* dila
   layer_position(first, p.max_dilation, offset, dilation);
   for (int i = 0; i < count; ++i) {
     const int l = first + i;
-    const float* past = p.queues + (stream * rows + queue_slot(p, offset, dilation, t)) * R;
+    const float* past = p.queues + queue_slot(p, stream, rows, offset, dilation, t) * R;
     const W* bias = dilate_b + int64_t(i) * 2 * R;
     float* out = pre + int64_t(i) * 2 * R;
     matvec<W, R, 1, 2, NT, WSource, InputFromThisBlock>(

@@ -272,9 +272,11 @@ Plan plan(const Params& p, Variant variant) {
   return cached_plan(p, variant, device_facts(p.device));
 }
 
-void generate(const Params& p, Variant variant) {
+// Validates, plans, zero-fills the workspace and launches on p.stream (nothing for 0 samples);
+// waits for nothing.
+static Plan launch_checked(const Params& p, Variant variant) {
   validate(p, variant, true);
-  if (p.num_samples == 0) return;
+  if (p.num_samples == 0) return Plan{};
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
   const DeviceFacts device = device_facts(p.device);
   const Plan chosen = cached_plan(p, variant, device);
@@ -288,6 +290,15 @@ void generate(const Params& p, Variant variant) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
   NVWAVENET_CUDA_CHECK(cudaMemsetAsync(p.workspace, 0, static_cast<size_t>(chosen.workspace_bytes), stream));
   launch(p, chosen);
+  return chosen;
+}
+
+void launch_async(const Params& p, Variant variant) { launch_checked(p, variant); }
+
+void generate(const Params& p, Variant variant) {
+  const Plan chosen = launch_checked(p, variant);
+  if (p.num_samples == 0) return;
+  const auto stream = static_cast<cudaStream_t>(p.stream);
   // The kernel reports waits that gave up in the workspace's status block; reading it back means
   // waiting for the kernel, which also surfaces any fault it hit.
   DeviceStatus status{};
