@@ -15,9 +15,11 @@ seed alone, whatever else runs in the batch and however its frames arrive:
   call, where it sits and how many threads run it (``tests/test_conditioning.py``);
 - each stream draws its selectors from its own generator seeded as ``Vocoder`` seeds one, in time
   order, so consecutive draws equal one draw for the whole utterance;
-- the CPU engine's result for a stream does not depend on the batch it runs in
-  (``tests/test_cpu_engine.py``), and a stream that sits out a turn, or runs in another group,
-  keeps its own state, which ``concat_states`` rotates to the batch's position when it returns.
+- each stream's generation state is its own row (slot) of one :class:`~nvwavenet.session.Session`,
+  at its own position: a call names the slots it runs, and no row moves or is touched by a call
+  that does not name it, so streams join, sit a turn out, run in another group and leave without
+  anyone's state being cut out, copied or re-joined; and the engine's result for a stream does
+  not depend on the batch it runs in (``tests/test_session.py``).
 
 :attr:`Scheduler.seconds` sums the time of turns, of engine calls and of conditioning; the rest of
 a turn is the scheduler's own host overhead.
@@ -40,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from .sampling import draw_selectors
-from .state import concat_states, select_streams
+from .session import Session
 from .validation import check_int
 from .vocoder import Vocoder, _seed_generator
 
@@ -67,7 +69,7 @@ class Stream:
         self._generator = _seed_generator(seed)
         vocoder = scheduler.vocoder
         self._history = vocoder.conditioner.start(1)
-        self._state = vocoder.net.init_state(1, vocoder.device)  # while outside the running batch
+        self._slot: int | None = None  # its row of the scheduler's Session, from its first turn on
         self._pending: deque[torch.Tensor] = deque()  # (1, n_mels, k) chunks as put
         self.pending_frames = 0
         self._in_flight = False  # frames taken by the engine loop, audio not yet delivered
@@ -179,9 +181,11 @@ class Scheduler:
         self._ids = itertools.count()
         self._closing = False
         self._thread: threading.Thread | None = None
-        # The running batch: its streams in order and their joint generation state.
-        self._members: list[Stream] = []
-        self._batch_state: dict | None = None
+        # Every stream's generation state, a row each. Rows are admitted and released on the engine
+        # thread only (between calls), so that no row is reset while a call runs.
+        self._session = Session(vocoder.net, self.max_streams, device=vocoder.device, dtype=vocoder.net.dtype,
+                                implementation=vocoder.implementation)
+        self._to_release: list[int] = []  # rows of streams that left, freed at the next turn
         self.samples_generated = 0
         self.engine_calls = 0
         self.turns = 0
@@ -266,6 +270,7 @@ class Scheduler:
                 for stream in ready:
                     stream._in_flight = True
                     stream._wake()  # room for more frames
+            self._release_rows()
             # Calls of equal frame counts share an engine call (the engine runs one step count per
             # call); first chunks go first, then the rest, largest count first.
             by_count: dict[int, list[int]] = {}
@@ -331,15 +336,12 @@ class Scheduler:
     def _generate(self, streams: list[Stream], cond: torch.Tensor) -> list[torch.Tensor]:
         vocoder = self.vocoder
         selectors = torch.cat([draw_selectors(1, cond.shape[3], s._generator, vocoder.device) for s in streams])
-        members = {id(member) for member in self._members}
-        # A group of streams outside the running batch (streams joining, a slow sender) runs on
-        # their own states, so the running batch is not taken apart and rebuilt for them.
-        aside = not any(id(s) in members for s in streams)
-        if aside:
-            state = (streams[0]._state if len(streams) == 1
-                     else concat_states([s._state for s in streams], vocoder.net.weights.dilations))
-        else:
-            state = self._batch_for(streams)
+        session = self._session
+        slots = []
+        for stream in streams:
+            if stream._slot is None:
+                stream._slot = session.admit()
+            slots.append(stream._slot)
         # Called a frame at a time (join_frames), so that a stream that opens meanwhile gets its
         # first frame's audio between two of them instead of after everyone's whole chunk.
         parts, step = [], self.join_frames * vocoder.hop_length
@@ -347,20 +349,19 @@ class Scheduler:
             if start:
                 self._admit_joiners()
             started = time.perf_counter()
-            parts.append(vocoder.net.infer(cond[..., start:start + step], vocoder.implementation,
-                                           selectors=selectors[:, start:start + step], state=state))
+            _, audio = session.step(slots, cond[..., start:start + step], selectors[:, start:start + step], audio=True)
             self.seconds["engine"] += time.perf_counter() - started
             self.engine_calls += 1
-        classes = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        if aside and len(streams) > 1:
-            for index, stream in enumerate(streams):
-                stream._state = select_streams(state, [index])
-        return list(vocoder.decode(classes).cpu().unbind(0))
+            parts.append(audio.clone())  # the session's buffer, reused by its next step
+        return list((torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).cpu().unbind(0))
 
     def _admit_joiners(self) -> None:
         """Runs, now, the first frame of every stream that has frames and no audio yet."""
         with self._lock:
-            joining = [s for s in self._ready_streams() if not s.samples_out and not s._in_flight]
+            # Only into free rows: those of streams that left this turn are freed after it (the
+            # turn's calls may still name them).
+            joining = [s for s in self._ready_streams()
+                       if not s.samples_out and not s._in_flight][:self._session.free]
             frames = [s._take_frames(1) for s in joining]
             for stream in joining:
                 stream._in_flight = True
@@ -386,33 +387,8 @@ class Scheduler:
         if self.on_turn is not None:
             self.on_turn(len(streams), samples * len(streams))
 
-    def _batch_for(self, streams: list[Stream]) -> dict:
-        """The joint state of ``streams`` in that order: the running batch's as it is when they are
-        its members; else members that sit this turn out take their own state with them, and the
-        batch is rebuilt from those staying and those joining (``concat_states`` rotates each to
-        the batch's position)."""
-        if streams == self._members:
-            return self._batch_state
-        index = {id(member): i for i, member in enumerate(self._members)}
-        for i, member in enumerate(self._members):
-            if member not in streams and not (member.closed or member.finished):
-                member._state = select_streams(self._batch_state, [i])
-        parts = [select_streams(self._batch_state, [index[id(s)]]) if id(s) in index else s._state
-                 for s in streams]
-        for stream in streams:
-            stream._state = None  # it lives in the batch now
-        self._batch_state = concat_states(parts, self.vocoder.net.weights.dilations)
-        self._members = list(streams)
-        return self._batch_state
-
     def _fail(self, streams: list[Stream], reason: str) -> None:
         with self._lock:
-            failing = {id(stream) for stream in streams}
-            if any(id(member) in failing for member in self._members):
-                for index, member in enumerate(self._members):  # those of other groups keep their state
-                    if id(member) not in failing and not (member.closed or member.finished):
-                        member._state = select_streams(self._batch_state, [index])
-                self._members, self._batch_state = [], None
             for stream in streams:
                 if not stream.closed:
                     stream.closed, stream.error = True, reason
@@ -425,5 +401,13 @@ class Scheduler:
         stream._wake()
 
     def _remove(self, stream: Stream) -> None:
-        self._streams.pop(stream.id, None)
+        if self._streams.pop(stream.id, None) is not None and stream._slot is not None:
+            self._to_release.append(stream._slot)
         self._work.notify()
+
+    def _release_rows(self) -> None:
+        """Frees the rows of streams that left (engine thread, between calls)."""
+        with self._lock:
+            rows, self._to_release = self._to_release, []
+        for row in rows:
+            self._session.release(row)

@@ -86,8 +86,9 @@ def test_a_slow_sender_shrinks_only_its_own_call_and_a_joiner_starts_short(vocod
     fast.put(torch.zeros(MELS, 9))
     slow.put(torch.zeros(MELS, 2))
     calls = []
-    original = vocoder.net.infer
-    scheduler.vocoder.net.infer = lambda cond, *a, **k: calls.append(tuple(cond.shape[1::2])) or original(cond, *a, **k)
+    session = scheduler._session
+    original = session.step
+    session.step = lambda slots, cond, *a, **k: calls.append(tuple(cond.shape[1::2])) or original(slots, cond, *a, **k)
     try:
         scheduler.start()
         deadline = time.monotonic() + 30
@@ -97,7 +98,6 @@ def test_a_slow_sender_shrinks_only_its_own_call_and_a_joiner_starts_short(vocod
             time.sleep(0.001)
     finally:
         scheduler.stop(timeout=10)
-        del scheduler.vocoder.net.infer
     # (streams, samples) per engine call: both joiners' one-frame first chunks together; then the
     # fast stream's 4 frames apart from the slow one's last frame; then its last 4.
     assert calls == [(2, 32), (1, 128), (1, 32), (1, 128)]
@@ -111,16 +111,16 @@ def test_a_stream_opening_mid_turn_gets_its_first_frame_at_the_next_frame_bounda
     busy = scheduler.open(1)
     busy.put(torch.zeros(MELS, 8))
     late, seen = [], []
-    original = vocoder.net.infer
+    original = scheduler._session.step
 
-    def infer(cond, *args, **kwargs):
+    def step(*args, **kwargs):
         seen.append((busy.samples_out, late[0].samples_out if late else None))
         if len(seen) == 3:  # inside the busy stream's 4-frame chunk, called a frame at a time
             late.append(scheduler.open(2))
             late[0].put(torch.zeros(MELS, 2))
-        return original(cond, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    scheduler.vocoder.net.infer = infer
+    scheduler._session.step = step
     try:
         scheduler.start()
         deadline = time.monotonic() + 30
@@ -130,7 +130,6 @@ def test_a_stream_opening_mid_turn_gets_its_first_frame_at_the_next_frame_bounda
             time.sleep(0.001)
     finally:
         scheduler.stop(timeout=10)
-        del scheduler.vocoder.net.infer
     # Calls: busy's first frame; two frames of its 4-frame chunk (the late stream opens in the
     # second); the late stream's first frame, delivered before busy's two remaining frames run.
     assert seen[4] == (32, 32)

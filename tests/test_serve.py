@@ -38,6 +38,7 @@ from nvwavenet.client import Client, ServerError  # noqa: E402
 from nvwavenet.mel import MelConfig  # noqa: E402
 from nvwavenet.model import WaveNet  # noqa: E402
 from nvwavenet.server import ServeSettings, create_app, uvicorn_config  # noqa: E402
+from nvwavenet.session import Session  # noqa: E402
 from nvwavenet.vocoder import Vocoder  # noqa: E402
 
 MELS = 10
@@ -363,7 +364,7 @@ def test_an_engine_failure_closes_its_streams_with_1011_and_the_server_goes_on(v
         with monkeypatch.context() as patch:
             def fail(*args, **kwargs):
                 raise RuntimeError("out of memory")
-            patch.setattr(vocoder.net, "infer", fail)
+            patch.setattr(Session, "step", fail)  # the scheduler's engine calls
             with pytest.raises(ServerError, match="1011: engine error: RuntimeError: out of memory"):
                 list(client.stream([mel]))
             with pytest.raises(ServerError, match="500: engine error: RuntimeError: out of memory"):
