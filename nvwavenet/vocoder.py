@@ -7,7 +7,8 @@
 
 Each mel frame yields one hop of samples (:mod:`nvwavenet.conditioning`). One-shot and streamed
 vocoding share the per-chunk path: conditioning computed frame by frame, generation resumed
-through the network's state, selectors drawn time-major from one generator. With the same
+from the streams' rows of a :class:`~nvwavenet.session.Session`, selectors drawn time-major from
+one generator. With the same
 generator seed they give identical audio, however the frames are chunked (a CPU generator, as
 the default one made from ``seed`` is).
 """
@@ -27,6 +28,8 @@ from .inference import Impl, NVWaveNet
 from .mel import MelSpectrogram
 from .model import WaveNet
 from .nv_wavenet_files import load_nv_wavenet_state, read_nv_wavenet_config
+from .sampling import draw_selectors
+from .session import Session
 from .validation import as_tensor, check_allocation
 
 __all__ = ["Vocoder"]
@@ -147,7 +150,7 @@ class Vocoder:
         Memory holds one chunk, the network's state and a few frames of context, whatever the length.
         """
         generator = generator if generator is not None else _seed_generator(seed)
-        state = history = None
+        session = slots = history = None
         buffer = torch.empty(0, device=self.device)  # each chunk's conditioning, reused once the engine is done
         for index, chunk in enumerate(mel_chunks):
             name = f"mel chunk {index}"
@@ -155,8 +158,12 @@ class Vocoder:
             if chunk.dim() in (2, 3):  # before any work over an expanded (zero-stride) chunk
                 self._check_chunk_allocation(chunk, name)
             frames = self._frames(chunk, name)
-            if state is None:
-                state = self.net.init_state(frames.shape[0], self.device)
+            if session is None:
+                # The streams' generation state: rows of a Session, whose step checks only shapes
+                # (the frames' values were checked above, the conditioning and selectors are made here).
+                session = Session(self.net, frames.shape[0], device=self.device, dtype=self.net.dtype,
+                                  implementation=self.implementation)
+                slots = [session.admit() for _ in range(frames.shape[0])]
                 history = self.conditioner.start(frames.shape[0])
             elif frames.shape[0] != history.shape[0]:
                 raise ValueError(f"mel chunk {index}: batch of {frames.shape[0]} streams, the first chunk had "
@@ -164,8 +171,9 @@ class Vocoder:
             cond, history = self.condition_chunk(history, frames, buffer=buffer)
             if buffer.numel() < cond.numel():  # for the next chunks, as large as this one
                 buffer = torch.empty(cond.numel(), device=self.device)
-            classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
-            audio = self.decode(classes)
+            selectors = draw_selectors(frames.shape[0], cond.shape[3], generator, self.device)
+            _, audio = session.step(slots, cond, selectors, audio=True)
+            audio = audio.clone()  # the session's buffer, reused by its next step
             yield audio[0] if chunk.dim() == 2 else audio
 
     def _check_chunk_allocation(self, chunk: torch.Tensor, name: str) -> None:
