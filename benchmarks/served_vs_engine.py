@@ -9,13 +9,15 @@ weights), saved as a checkpoint with ``nvwavenet.checkpoint.save_model``, served
   them; aggregate samples/s from the first connection to the last audio;
 - raw engine: ``NVWaveNet.infer`` at batch N on the same utterances' conditioning, in 4-frame
   calls carrying the state (the server's call size), only the calls timed: what the engine alone
-  does with the same work, the best the server could do;
+  does with the same work; and the same with the conditioning of each chunk (batched, in this
+  process) timed too, which the server has to do as well;
 - inside the server, from its ``nvwavenet_scheduler_seconds`` metric over the served round: engine
   time, conditioning time, and the rest of each turn (the scheduler's host overhead: state,
   selectors, audio, bookkeeping), each as a share of the engine's time.
 
 The server's conditioning is work the raw engine is given for free, so "served / raw" counts it
-against the server. The clients share the machine with the server.
+against the server; "served / (raw + conditioning)" does not. The clients share the machine with
+the server.
 
     python benchmarks/served_vs_engine.py [--streams 8,32] [--frames 40] [--results benchmarks/RESULTS.md]
 """
@@ -85,25 +87,29 @@ async def served_round(client: Client, mels: list[torch.Tensor]) -> float:
     return total / (time.perf_counter() - start)
 
 
-def raw_engine_rate(vocoder: Vocoder, mels: list[torch.Tensor]) -> float:
-    """Samples/s of ``NVWaveNet.infer`` alone at batch len(mels), in 4-frame calls with state."""
+def raw_rates(vocoder: Vocoder, mels: list[torch.Tensor]) -> tuple[float, float]:
+    """Samples/s of ``NVWaveNet.infer`` alone at batch len(mels), in 4-frame calls with state; and
+    of the same calls with each chunk's conditioning (``Vocoder.condition_chunk``, batched) counted."""
     conditioner, net = vocoder.conditioner, vocoder.net
     batch = torch.stack(mels)
     history, state = conditioner.start(len(mels)), net.init_state(len(mels))
     generator = torch.Generator().manual_seed(0)
     net.infer(conditioner(torch.cat([history, batch[:, :, :1]], dim=2)), generator=generator,
               state=net.init_state(len(mels)))  # warm-up (plans, pool threads)
-    seconds = samples = 0
+    engine = conditioning = samples = 0
     for chunk in torch.split(batch, CHUNK_FRAMES, dim=2):
-        cond, history = vocoder.condition_chunk(history, chunk)  # not timed: the engine alone is
+        start = time.perf_counter()
+        cond, history = vocoder.condition_chunk(history, chunk)
+        conditioning += time.perf_counter() - start
         start = time.perf_counter()
         classes = net.infer(cond, vocoder.implementation, generator=generator, state=state)
-        seconds += time.perf_counter() - start
+        engine += time.perf_counter() - start
         samples += classes.numel()
-    return samples / seconds
+    return samples / engine, samples / (engine + conditioning)
 
 
-HEADER = ["streams", "served samples/s", "raw engine samples/s", "served / raw", "engine s (server)",
+HEADER = ["streams", "served samples/s", "raw engine samples/s", "served / raw", "raw engine + conditioning samples/s",
+          "served / (raw + conditioning)", "engine s (server)",
           "conditioning / engine", "host overhead / engine", "deliveries", "streams per delivery"]
 
 
@@ -135,9 +141,10 @@ def main(argv=None) -> int:
                 served = asyncio.run(served_round(client, mels))
                 after = server_counters(url)
                 spent = {name: after[name] - before[name] for name in after}
-                raw = raw_engine_rate(vocoder, mels)
+                raw, raw_conditioned = raw_rates(vocoder, mels)
                 host = spent["turn"] - spent["engine"] - spent["conditioning"]
                 rows.append([str(count), f"{served:,.0f}", f"{raw:,.0f}", f"{served / raw:.2f}x",
+                             f"{raw_conditioned:,.0f}", f"{served / raw_conditioned:.2f}x",
                              f"{spent['engine']:.1f}", f"{spent['conditioning'] / spent['engine']:.1%}",
                              f"{host / spent['engine']:.1%}", f"{spent['calls_count']:.0f}",
                              f"{spent['calls_sum'] / spent['calls_count']:.1f}"])
@@ -150,7 +157,7 @@ def main(argv=None) -> int:
              f"`python -m nvwavenet serve CKPT --chunk-frames {CHUNK_FRAMES}` in its own process; clients: asyncio "
              f"WebSockets in the benchmark's process, one {args.frames}-frame utterance each in 4-frame messages. "
              f"Raw engine: `NVWaveNet.infer` at batch N on the same conditioning, 4-frame calls with state, only "
-             f"the calls timed. Inside the server (its `nvwavenet_scheduler_seconds` over the served round): "
+             f"the calls timed (and with each chunk's conditioning timed too). Inside the server (its `nvwavenet_scheduler_seconds` over the served round): "
              f"conditioning and the rest of the turns (host overhead) as shares of the engine's time. "
              f"Load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load_before)} before, "
              f"{', '.join(f'{x:.2f}' for x in load_after)} after; {os.cpu_count()} CPUs."]
