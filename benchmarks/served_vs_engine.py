@@ -28,6 +28,7 @@ import asyncio
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,9 +98,10 @@ def raw_rates(vocoder: Vocoder, mels: list[torch.Tensor]) -> tuple[float, float]
     net.infer(conditioner(torch.cat([history, batch[:, :, :1]], dim=2)), generator=generator,
               state=net.init_state(len(mels)))  # warm-up (plans, pool threads)
     engine = conditioning = samples = 0
+    buffer = torch.empty(len(mels) * conditioner.cond_weight.shape[0] * CHUNK_FRAMES * conditioner.hop)  # as the server's
     for chunk in torch.split(batch, CHUNK_FRAMES, dim=2):
         start = time.perf_counter()
-        cond, history = vocoder.condition_chunk(history, chunk)
+        cond, history = vocoder.condition_chunk(history, chunk, buffer=buffer)
         conditioning += time.perf_counter() - start
         start = time.perf_counter()
         classes = net.infer(cond, vocoder.implementation, generator=generator, state=state)
@@ -109,14 +111,15 @@ def raw_rates(vocoder: Vocoder, mels: list[torch.Tensor]) -> tuple[float, float]
 
 
 HEADER = ["streams", "served samples/s", "raw engine samples/s", "served / raw", "raw engine + conditioning samples/s",
-          "served / (raw + conditioning)", "engine s (server)",
-          "conditioning / engine", "host overhead / engine", "deliveries", "streams per delivery"]
+          "served / (raw + conditioning)", "server engine s",
+          "conditioning / engine", "host overhead / engine", "server deliveries", "streams per delivery"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", default="8,32", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--frames", type=int, default=40, help="frames per utterance (40: 0.5 s at 24 kHz)")
+    parser.add_argument("--rounds", type=int, default=3, help="served and raw rounds per stream count (medians)")
     parser.add_argument("--note", default="", help="a line about the machine's conditions, for the results")
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to skip writing")
     args = parser.parse_args(argv)
@@ -137,11 +140,17 @@ def main(argv=None) -> int:
             asyncio.run(served_round(client, [utterance(CHUNK_FRAMES, 999)]))  # warm-up
             for count in args.streams:
                 mels = [utterance(args.frames, seed) for seed in range(count)]
+                # Rounds alternate served and raw, so that a change in the machine's load falls on
+                # both; medians over the rounds.
                 before = server_counters(url)
-                served = asyncio.run(served_round(client, mels))
+                served, raw, raw_conditioned = [], [], []
+                for _ in range(args.rounds):
+                    served.append(asyncio.run(served_round(client, mels)))
+                    for rates, rate in zip((raw, raw_conditioned), raw_rates(vocoder, mels)):
+                        rates.append(rate)
                 after = server_counters(url)
                 spent = {name: after[name] - before[name] for name in after}
-                raw, raw_conditioned = raw_rates(vocoder, mels)
+                served, raw, raw_conditioned = map(statistics.median, (served, raw, raw_conditioned))
                 host = spent["turn"] - spent["engine"] - spent["conditioning"]
                 rows.append([str(count), f"{served:,.0f}", f"{raw:,.0f}", f"{served / raw:.2f}x",
                              f"{raw_conditioned:,.0f}", f"{served / raw_conditioned:.2f}x",
@@ -155,9 +164,10 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()
     lines = [f"R64/S256/A256 L=20 max dilation 512, 24 kHz, hop 300, 80 mels, float32, random weights. Server: "
              f"`python -m nvwavenet serve CKPT --chunk-frames {CHUNK_FRAMES}` in its own process; clients: asyncio "
-             f"WebSockets in the benchmark's process, one {args.frames}-frame utterance each in 4-frame messages. "
+             f"WebSockets in the benchmark's process, one {args.frames}-frame utterance each in 4-frame messages; "
+             f"medians of {args.rounds} rounds, served and raw alternating; the server's shares over all rounds. "
              f"Raw engine: `NVWaveNet.infer` at batch N on the same conditioning, 4-frame calls with state, only "
-             f"the calls timed (and with each chunk's conditioning timed too). Inside the server (its `nvwavenet_scheduler_seconds` over the served round): "
+             f"the calls timed (and with each chunk's conditioning timed too). Inside the server (its `nvwavenet_scheduler_seconds` over the served rounds): "
              f"conditioning and the rest of the turns (host overhead) as shares of the engine's time. "
              f"Load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load_before)} before, "
              f"{', '.join(f'{x:.2f}' for x in load_after)} after; {os.cpu_count()} CPUs."]
