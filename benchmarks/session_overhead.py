@@ -33,9 +33,10 @@ HERE = Path(__file__).resolve().parent
 R, S, A, L, MAX_DILATION = 64, 256, 256, 20, 512
 
 
-def time_calls(calls: dict, count: int) -> dict:
-    """Median seconds per call of each callable in ``calls``, run in rotation ``count`` times each
-    (after a warm-up of a tenth as many)."""
+def time_calls(calls: dict, count: int) -> tuple[dict, dict]:
+    """Each callable in ``calls``, run in rotation ``count`` times (after a warm-up of a tenth as
+    many): the median seconds per call of each, and the median over rotations of each one's time
+    over the first's in the same rotation (a ratio that load changing during the run moves less)."""
     times = {name: [] for name in calls}
     for i in range(count + count // 10):
         for name, call in calls.items():
@@ -43,7 +44,9 @@ def time_calls(calls: dict, count: int) -> dict:
             call()
             if i >= count // 10:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    first = next(iter(calls))
+    ratios = {name: statistics.median(t / t0 for t, t0 in zip(values, times[first])) for name, values in times.items()}
+    return {name: statistics.median(values) for name, values in times.items()}, ratios
 
 
 def measure(net: NVWaveNet, batch: int, count: int) -> dict:
@@ -68,22 +71,23 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to leave it alone")
     args = parser.parse_args(argv)
-    command = "python benchmarks/session_overhead.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python benchmarks/session_overhead.py", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
     env = bench.environment(torch.device("cpu"))
     net = NVWaveNet(**random_nv_wavenet_args(R, S, A, L, MAX_DILATION, seed=0))
     load_before = os.getloadavg()
     rows = []
     for batch in args.batches:
-        t = measure(net, batch, args.calls)
+        t, ratio = measure(net, batch, args.calls)
         rows.append([str(batch), f"{t['engine'] * 1e6:,.1f}", f"{t['session'] * 1e6:,.1f}",
-                     f"{t['session'] / t['engine']:.2f}x", f"{t['infer'] * 1e6:,.1f}", f"{t['infer'] / t['engine']:.2f}x"])
+                     f"{ratio['session']:.2f}x", f"{t['infer'] * 1e6:,.1f}", f"{ratio['infer']:.2f}x"])
         print(rows[-1], flush=True)
     load_after = os.getloadavg()
     header = ["batch", "engine step, µs", "Session.step, µs", "Session / engine", "infer(state=), µs", "infer / engine"]
     description = (f"R{R}/S{S}/A{A} L={L} max dilation {MAX_DILATION}, float32, CPU engine ({engines.cpu_isa()}, "
                    f"default threads), one sample per call; median of {args.calls} calls of each kind, timed in "
-                   "rotation. engine: the compiled call alone on Params filled once; Session.step: the whole "
-                   "call; infer: `NVWaveNet.infer(cond, selectors=u, state=state)`. Load average "
+                   "rotation; the ratios are medians over rotations of a call's time over the engine's in the "
+                   "same rotation. engine: the compiled call alone on Params filled once; Session.step: the "
+                   "whole call; infer: `NVWaveNet.infer(cond, selectors=u, state=state)`. Load average "
                    f"{' '.join(f'{x:.2f}' for x in load_before)} before, "
                    f"{' '.join(f'{x:.2f}' for x in load_after)} after (other jobs share the machine).")
     print(description)

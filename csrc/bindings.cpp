@@ -40,6 +40,11 @@ std::vector<int> parse_archs(const std::string& text) {
 py::dict build_info() {
   py::dict info;
   info["version"] = NVWAVENET_VERSION;
+  py::dict variants;
+#define NVWAVENET_VARIANT_CODE(enumerator, value, name) variants[name] = value;
+  NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_CODE)
+#undef NVWAVENET_VARIANT_CODE
+  info["variants"] = variants;
 #ifdef NVWAVENET_WITH_CUDA
   std::vector<std::tuple<int, int, int>> sizes;
 #define NVWAVENET_LIST_SIZE(R, S, A) sizes.emplace_back(R, S, A);
@@ -48,11 +53,14 @@ py::dict build_info() {
   std::vector<std::tuple<int, int, int>> persistent;
   for (const auto& size : nvwavenet::gpu::persistent_sizes()) persistent.emplace_back(size[0], size[1], size[2]);
   py::dict variant_sizes;
-  variant_sizes["SINGLE_BLOCK"] = sizes;
-  variant_sizes["DUAL_BLOCK"] = sizes;
-  variant_sizes["PERSISTENT"] = persistent;
-  variant_sizes["CLUSTER"] = persistent;  // the same kernel with other hand-offs
-  variant_sizes["TENSOR_CORE"] = sizes;  // its plan refuses R=256 float32 (shared memory) with the reason
+  // PERSISTENT and CLUSTER (the same kernel with other hand-offs) only where a layer fits one block;
+  // TENSOR_CORE's plan refuses R=256 float32 (shared memory) with the reason.
+#define NVWAVENET_VARIANT_SIZES(enumerator, value, name)                                         \
+  variant_sizes[name] = Variant::enumerator == Variant::Persistent || Variant::enumerator == Variant::Cluster \
+                            ? persistent                                                          \
+                            : sizes;
+  NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_SIZES)
+#undef NVWAVENET_VARIANT_SIZES
   info["cuda"] = true;
   info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
   info["sizes"] = sizes;
@@ -72,8 +80,8 @@ py::dict build_info() {
 
 #ifdef NVWAVENET_WITH_CUDA
 Variant as_variant(int variant) {
-  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::TensorCore))
-    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 5), got " + std::to_string(variant));
+  if (nvwavenet::variant_name(variant) == nullptr)
+    throw std::invalid_argument("variant: expected an nvwavenet.Impl value, got " + std::to_string(variant));
   return static_cast<Variant>(variant);
 }
 

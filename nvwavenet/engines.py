@@ -12,6 +12,7 @@ e.g. to test or time the portable fallback.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import os
 import struct
@@ -31,7 +32,7 @@ except ImportError as error:
     _IMPORT_ERROR = ("it was never built" if importlib.util.find_spec(f"{__package__}._C") is None
                      else f"it failed to load: {error}")
 
-__all__ = ["build_info", "extension", "has_extension", "cpu_isa", "PackedWeights", "CpuWeights", "weight_params",
+__all__ = ["Impl", "build_info", "extension", "has_extension", "cpu_isa", "PackedWeights", "CpuWeights", "weight_params",
            "set_cond", "make_params", "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build",
            "spin_timeout_ns", "cuda_plan", "run_cuda", "STATUS_BYTES", "cuda_status_error"]
 
@@ -74,12 +75,13 @@ def cpu_isa() -> str:
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT and CLUSTER only
-    have the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
+    have the sizes whose layers fit one block's shared memory), ``variants`` (the compiled module's
+    variant names and codes, as :class:`Impl` has them), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on)."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
-                "sizes": [], "variant_sizes": {}, "precisions": [], "cpu_isa": None, "cpu_threads": 0,
+                "sizes": [], "variant_sizes": {}, "variants": {}, "precisions": [], "cpu_isa": None, "cpu_threads": 0,
                 "error": _IMPORT_ERROR}
     return {**_C.build_info(), "cpu_isa": cpu_isa(), "extension": True}
 
@@ -191,7 +193,7 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
 
 
 def find_nan_cpu(cond_input: torch.Tensor, num_threads: int | None = None) -> tuple[int, int] | None:
-    """:func:`nvwavenet.validation.find_nan_torch` for CPU ``cond_input`` (float32 or float16), on the
+    """:func:`nvwavenet.inputs.find_nan_torch` for CPU ``cond_input`` (float32 or float16), on the
     CPU engine's own threads (``csrc/cpu/nan_scan.cpp``): PyTorch's OpenMP threads, woken by a
     reduction just before the engine runs, spin and take its cores (with PyTorch's ``max``,
     streaming in chunks of 50 samples at batch 64 lost 25-40%; with this scan, about 12%)."""
@@ -211,8 +213,38 @@ def generate_cpu(params) -> None:
     extension().generate_cpu(params, requested_cpu_isa())
 
 
-# The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
-CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3, "CLUSTER": 4, "TENSOR_CORE": 5}
+class Impl(enum.IntEnum):
+    """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
+
+    - ``SINGLE_BLOCK``: one block per stream or per tile of 2, 4 or 8 streams; any size; the many-stream
+      variant.
+    - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
+    - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
+      (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
+    - ``CLUSTER``: PERSISTENT's kernel with fence-free hand-offs (``st.async`` into the consumer's
+      shared memory, completed on its ``mbarrier``). Opt-in only: it has not run on a GPU yet,
+      and ``AUTO`` never picks it.
+    - ``TENSOR_CORE``: one block per tile of 8-64 streams, every product on the tensor cores
+      (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
+      R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
+      it passed and is fastest.
+
+    ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
+    call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
+    each other give up after ``NVWAVENET_SPIN_TIMEOUT_MS`` (default 2000) with a RuntimeError.
+    """
+
+    AUTO = 0
+    SINGLE_BLOCK = 1
+    DUAL_BLOCK = 2
+    PERSISTENT = 3
+    CLUSTER = 4
+    TENSOR_CORE = 5
+
+
+# The concrete CUDA variants and their codes: Impl without AUTO (C++'s table, NVWAVENET_FOR_EACH_VARIANT
+# in csrc/nvwavenet.h, is checked against Impl by the tests and reported as build_info()["variants"]).
+CUDA_VARIANTS = {variant.name: variant.value for variant in Impl if variant != Impl.AUTO}
 
 SPIN_TIMEOUT_ENV = "NVWAVENET_SPIN_TIMEOUT_MS"
 DEFAULT_SPIN_TIMEOUT_MS = 2000.0
@@ -256,23 +288,24 @@ def check_cuda_build(weights: WaveNetWeights, dtype: torch.dtype) -> dict:
     return info
 
 
-# (device, sizes, dtype, L, batch, implementation) -> (variant name, plan, AUTO's rule, tile): a
-# plan costs device queries and, for AUTO, a table look-up and one pybind call per candidate; short
-# streaming calls repeat the same key. Refusals of an explicit implementation are not kept (they raise).
-_PLANS: dict = {}
+# (device, sizes, dtype, L, batch, implementation) -> (variant name, AUTO's rule, tile): AUTO's
+# choice costs a table look-up and a plan per candidate, and short streaming calls repeat the same
+# key. Plans themselves are cached once, by the compiled module (launch.cu, cached_plan), under a
+# key that adds the variant and the tile. Refusals of an explicit implementation are not kept (they raise).
+_DECISIONS: dict = {}
 
 
 def cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, str | None, int, dict]:
     """``(variant name, AUTO's rule or None, tile, plan)`` for ``params`` on ``device`` (``implementation``
     an ``Impl`` name), the tile also left in ``params.streams_per_block``; an explicit variant
     that cannot run raises a ValueError that says why."""
+    C = extension()
     key = (params.device, params.R, params.S, params.A, int(params.weight_dtype), params.L, params.batch,
            implementation)
-    known = _PLANS.get(key)
+    known = _DECISIONS.get(key)
     if known is not None:
-        params.streams_per_block = known[2]
-        return known
-    C = extension()
+        name, rule, params.streams_per_block = known
+        return name, rule, params.streams_per_block, C.cuda_plan(params, CUDA_VARIANTS[name])
     multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
 
     def plan_for(name):
@@ -295,10 +328,10 @@ def cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, s
         if not plan["runnable"]:
             raise ValueError(f"implementation: Impl.{name} cannot run this configuration on "
                              f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
-    if len(_PLANS) >= 4096:
-        _PLANS.clear()
-    _PLANS[key] = entry = (name, rule, params.streams_per_block, plan)
-    return entry
+    if len(_DECISIONS) >= 4096:
+        _DECISIONS.clear()
+    _DECISIONS[key] = (name, rule, params.streams_per_block)
+    return name, rule, params.streams_per_block, plan
 
 
 def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str, cond_input: torch.Tensor,

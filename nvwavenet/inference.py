@@ -6,48 +6,18 @@ path; a CUDA one runs the kernel variant that ``implementation`` names.
 """
 from __future__ import annotations
 
-import enum
-
 import torch
 
 from . import engines, reference
+from .engines import Impl
 from .network import WaveNetWeights
 from .sampling import draw_selectors
 from .state import check_state, new_state, reset_streams
-from .validation import check_cond_input, check_selectors, check_teacher_forcing
+from .inputs import check_cond_input, check_selectors, check_teacher_forcing
 
 __all__ = ["Impl", "NVWaveNet"]
 
 _NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-class Impl(enum.IntEnum):
-    """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
-
-    - ``SINGLE_BLOCK``: one block per stream or per tile of 2, 4 or 8 streams; any size; the many-stream
-      variant.
-    - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
-    - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
-      (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
-    - ``CLUSTER``: PERSISTENT's kernel with fence-free hand-offs (``st.async`` into the consumer's
-      shared memory, completed on its ``mbarrier``). Opt-in only: it has not run on a GPU yet,
-      and ``AUTO`` never picks it.
-    - ``TENSOR_CORE``: one block per tile of 8-64 streams, every product on the tensor cores
-      (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
-      R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
-      it passed and is fastest.
-
-    ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
-    call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
-    each other give up after ``NVWAVENET_SPIN_TIMEOUT_MS`` (default 2000) with a RuntimeError.
-    """
-
-    AUTO = 0
-    SINGLE_BLOCK = 1
-    DUAL_BLOCK = 2
-    PERSISTENT = 3
-    CLUSTER = 4
-    TENSOR_CORE = 5
 
 
 class NVWaveNet:

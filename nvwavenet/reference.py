@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .network import WaveNetWeights
 from .sampling import select_classes
 from .state import check_state, layer_offsets, new_state
-from .validation import check_cond_input, check_selectors, check_teacher_forcing
+from .inputs import check_cond_input, check_selectors, check_teacher_forcing
 
 __all__ = ["naive", "incremental", "incremental_pool", "init_state", "prepare", "slot_table", "step"]
 
@@ -120,6 +120,31 @@ def step(net, queues: torch.Tensor, history: torch.Tensor, cond_t: torch.Tensor,
     return _head(net, skip)
 
 
+def _generate(weights: WaveNetWeights, queues: torch.Tensor, history: torch.Tensor, start, cond_input: torch.Tensor,
+              u: torch.Tensor, teacher: torch.Tensor | None, return_logits: bool, dtype: torch.dtype):
+    """The step loop of queue-based generation from ``queues`` ``(batch, sum(d_l), R)`` (updated in
+    place) and int32 ``history`` ``(batch, 2)``, the streams having generated ``start`` steps before
+    (an int for all, or a ``(batch, 1)`` long tensor, one each): ``(samples, logits or None, history)``."""
+    batch, samples = u.shape
+    device = cond_input.device
+    net = prepare(weights, dtype, device)
+    offsets, dilations = slot_table(weights, device)
+    # (samples, L, batch, 2R): one contiguous slice per step.
+    cond_steps = cond_input.permute(3, 2, 1, 0).to(dtype).contiguous()
+    history = history.long()
+    out = torch.empty(batch, samples, dtype=torch.int32, device=device)
+    logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
+    for t in range(samples):
+        logits = step(net, queues, history, cond_steps[t], offsets + (start + t) % dilations)
+        drawn = select_classes(logits, u[:, t])
+        out[:, t] = drawn.to(torch.int32)
+        if logits_out is not None:
+            logits_out[:, :, t] = logits
+        fed_back = drawn if teacher is None else teacher[:, t].long()
+        history = torch.stack([history[:, 1], fed_back], dim=1)
+    return out, logits_out, history.to(torch.int32)
+
+
 def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: torch.Tensor, *,
                 teacher_forcing: torch.Tensor | None = None, return_logits: bool = False,
                 state: dict | None = None, dtype: torch.dtype = torch.float64):
@@ -130,25 +155,10 @@ def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: to
         state = init_state(weights, batch, dtype=dtype, device=device)  # valid by construction
     else:
         check_state(state, weights, batch, device, samples=samples)
-    net = prepare(weights, dtype, device)
-    offsets, dilations = slot_table(weights, device)
-    # (samples, L, batch, 2R): one contiguous slice per step.
-    cond_steps = cond_input.permute(3, 2, 1, 0).to(dtype).contiguous()
-    history = state["history"].long()
     position = int(state["position"])
-    out = torch.empty(batch, samples, dtype=torch.int32, device=device)
-    logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
-
-    for t in range(samples):
-        logits = step(net, state["queues"], history, cond_steps[t], offsets + (position + t) % dilations)
-        drawn = select_classes(logits, u[:, t])
-        out[:, t] = drawn.to(torch.int32)
-        if logits_out is not None:
-            logits_out[:, :, t] = logits
-        fed_back = drawn if teacher is None else teacher[:, t].long()
-        history = torch.stack([history[:, 1], fed_back], dim=1)
-
-    state["history"].copy_(history.to(torch.int32))
+    out, logits_out, history = _generate(weights, state["queues"], state["history"], position, cond_input, u, teacher,
+                                         return_logits, dtype)
+    state["history"].copy_(history)
     state["position"].fill_(position + samples)
     return (out, logits_out) if return_logits else out
 
@@ -166,21 +176,9 @@ def incremental_pool(weights: WaveNetWeights, pool: dict, slots, positions, cond
     start = torch.as_tensor(positions, dtype=torch.long, device=device)
     if rows.shape != (batch,) or start.shape != (batch,) or len(set(rows.tolist())) != batch:
         raise ValueError(f"slots, positions: expected {batch} distinct rows and {batch} positions")
-    net = prepare(weights, dtype, device)
-    offsets, dilations = slot_table(weights, device)
-    cond_steps = cond_input.permute(3, 2, 1, 0).to(dtype).contiguous()
     queues = pool["queues"][rows]
-    history = pool["history"][rows].long()
-    out = torch.empty(batch, samples, dtype=torch.int32, device=device)
-    logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
-    for t in range(samples):
-        logits = step(net, queues, history, cond_steps[t], offsets + (start[:, None] + t) % dilations)
-        drawn = select_classes(logits, u[:, t])
-        out[:, t] = drawn.to(torch.int32)
-        if logits_out is not None:
-            logits_out[:, :, t] = logits
-        fed_back = drawn if teacher is None else teacher[:, t].long()
-        history = torch.stack([history[:, 1], fed_back], dim=1)
+    out, logits_out, history = _generate(weights, queues, pool["history"][rows], start[:, None], cond_input, u,
+                                         teacher, return_logits, dtype)
     pool["queues"][rows] = queues
     pool["history"][rows] = history.to(pool["history"].dtype)
     return (out, logits_out) if return_logits else out

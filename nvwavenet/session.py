@@ -17,10 +17,13 @@ number of threads (the CPU engine computes every number in one order, see
 On CUDA a step synchronises nothing with the host: the kernel is launched (``cuda_launch``), its
 status block is copied to pinned memory behind it, and that copy is looked at by a later call (or
 :meth:`Session.synchronize`), which raises the kernel's error then. The slot and position arrays a
-call reads are device tensors at fixed addresses for a fixed slot set and are advanced on the
-device, so a step of an unchanged slot set with cond, selectors and outputs at fixed addresses
-issues only stream-ordered work: it is written to be capturable in a CUDA graph. (No GPU has run
-this module yet: the CUDA path is untested.)
+call reads are device tensors at fixed addresses for a slot set and are advanced on the device, so
+a step of a slot set that has already run once (warm-up: plan, workspace, outputs, positions on
+the device), with cond and selectors at fixed addresses, issues only stream-ordered work and is
+written to be captured in a CUDA graph (``torch.cuda.graph``); under capture it skips the status
+read-back. A replay advances the device positions but not :meth:`Session.position`, which counts
+the captured step once. (No GPU has run this module yet: the CUDA path, capture included, is
+untested.)
 """
 from __future__ import annotations
 
@@ -30,12 +33,13 @@ import numpy as np
 import torch
 
 from . import engines
+from .inference import Impl, NVWaveNet
+from .inputs import COND_DTYPES
 from .state import MAX_POSITION, layer_offsets
 from .validation import check_allocation, check_int
 
 __all__ = ["Session"]
 
-_COND_DTYPES = {"cpu": (torch.float32, torch.float16, torch.bfloat16), "cuda": (torch.float32, torch.float16)}
 
 
 class _SlotSet:
@@ -78,7 +82,7 @@ class Session:
     - ``release(slot)``: the row is free again; the other rows are not touched.
     - ``step(slots, cond, selectors, *, logits=False, audio=False)``: ``num_samples`` more steps of
       the streams in ``slots`` (a sequence of admitted slots, distinct, any order): ``cond``
-      ``(2R, len(slots), L, num_samples)`` (float32 or float16; also bfloat16 on the CPU), any
+      ``(2R, len(slots), L, num_samples)`` (float32 or float16, as ``NVWaveNet.infer`` takes), any
       strides; ``selectors`` float32 ``(len(slots), num_samples)`` in [0, 1), any strides. Returns
       int32 classes ``(len(slots), num_samples)``, with ``logits=True`` also float32 logits
       ``(len(slots), A, num_samples)``, with ``audio=True`` also the classes mu-law decoded to float32
@@ -88,13 +92,12 @@ class Session:
       slots, ascending; ``free``: how many rows are free.
 
     ``dtype``: the weights' precision (default ``net.dtype``). ``implementation`` picks the CUDA
-    variant (an ``nvwavenet.Impl``, default AUTO), as in ``NVWaveNet.infer``.
+    variant (an ``nvwavenet.Impl``, default AUTO), as in ``NVWaveNet.infer``. On the CPU, threads
+    are ``net.num_threads``'s. One caller at a time: a session is not safe to share between threads.
     """
 
     def __init__(self, net, max_streams: int, *, device="cpu", dtype: torch.dtype | None = None,
                  implementation=None):
-        from .inference import Impl, NVWaveNet  # inference runs through sessions' engine calls too
-
         if not isinstance(net, NVWaveNet):
             raise TypeError(f"net: expected an nvwavenet.NVWaveNet, got {type(net).__name__}")
         self.net = net
@@ -128,7 +131,7 @@ class Session:
         self._sets: dict[tuple[int, ...], _SlotSet] = {}
         self._last: _SlotSet | None = None
         self._decode_table: torch.Tensor | None = None
-        self._cond_codes = {dtype: engines.dtype_code(dtype) for dtype in _COND_DTYPES[self.device.type]}
+        self._cond_codes = {dtype: engines.dtype_code(dtype) for dtype in COND_DTYPES}
         self._params = self._base_params(weights)
 
     def _base_params(self, weights):
@@ -146,7 +149,6 @@ class Session:
             params.device = self.device.index
             params.spin_timeout_ns = engines.spin_timeout_ns()
             self._workspace = torch.empty(0, dtype=torch.uint8, device=self.device)
-            self._status = torch.zeros(engines.STATUS_BYTES, dtype=torch.uint8).pin_memory()
             self._status_pending: list[tuple[torch.cuda.Event, torch.Tensor, str]] = []
         self._packed = packed  # kept alive: params points into it
         params.queues, params.history = self._queues.data_ptr(), self._history.data_ptr()
@@ -259,9 +261,8 @@ class Session:
         """Raises the error that names what is wrong with a step's tensors."""
         if not isinstance(cond, torch.Tensor):
             raise TypeError(f"cond: expected a torch.Tensor, got {type(cond).__name__}")
-        if cond.dtype not in _COND_DTYPES[self.device.type]:
-            raise TypeError(f"cond: expected dtype {' or '.join(map(str, _COND_DTYPES[self.device.type]))} "
-                            f"on {self.device.type}, got {cond.dtype}")
+        if cond.dtype not in COND_DTYPES:
+            raise TypeError(f"cond: expected dtype {' or '.join(map(str, COND_DTYPES))}, got {cond.dtype}")
         shape = cond.shape
         if len(shape) != 4 or shape[0] != 2 * self._R or shape[1] != batch or shape[2] != self._L:
             raise ValueError(f"cond: expected shape (2R={2 * self._R}, len(slots)={batch}, L={self._L}, samples), "
@@ -279,7 +280,11 @@ class Session:
                              f"got one on {selectors.device}")
 
     def _launch(self, entry: _SlotSet, cond, code, selectors, out: _Outputs, samples: int) -> None:
-        self._check_status(block=False)
+        # Under stream capture (torch.cuda.graph) only stream work may be issued: no event queries,
+        # no status read-back (a replayed graph's status is the caller's to check).
+        capturing = torch.cuda.is_current_stream_capturing()
+        if not capturing:
+            self._check_status(block=False)
         positions = self._positions[entry.index]
         # Checked here: the kernels index with positions + t and cannot read them back cheaply.
         if int(positions.max()) > MAX_POSITION - samples:
@@ -309,12 +314,12 @@ class Session:
                 self._workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=self.device)
             p.workspace, p.workspace_bytes = self._workspace.data_ptr(), self._workspace.numel()
             engines.extension().cuda_launch(p, engines.CUDA_VARIANTS[name])
-            # The status block, read by a later call: nothing here waits for the kernel.
-            status = torch.empty(engines.STATUS_BYTES, dtype=torch.uint8, pin_memory=True)
-            status.copy_(self._workspace[:engines.STATUS_BYTES], non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(stream)
-            self._status_pending.append((event, status, name))
+            if not capturing:  # the status block, read by a later call: nothing here waits for the kernel
+                status = torch.empty(engines.STATUS_BYTES, dtype=torch.uint8, pin_memory=True)
+                status.copy_(self._workspace[:engines.STATUS_BYTES], non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(stream)
+                self._status_pending.append((event, status, name))
             entry.positions.add_(samples)
         self._positions[entry.index] += samples
         self._last = entry

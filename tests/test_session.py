@@ -213,3 +213,10 @@ def test_state_values_are_checked_where_they_enter_not_per_call(net, monkeypatch
     with pytest.raises(ValueError, match=r"state\['queues'\]"):
         net.infer(cond[..., 12:16], selectors=u[:, 12:16], state=state)
     assert scans == [1]
+
+
+def test_the_compiled_variant_table_is_impls():
+    from nvwavenet.engines import CUDA_VARIANTS, Impl
+
+    assert extension().build_info()["variants"] == CUDA_VARIANTS
+    assert CUDA_VARIANTS == {v.name: v.value for v in Impl if v != Impl.AUTO}

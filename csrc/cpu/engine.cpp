@@ -175,9 +175,8 @@ class Member {
     return stage_ + (((t - begin_) % stage_steps_) * lay_.L + l) * n_ * own_rows_;
   }
   float* queue_row(int64_t stream, int64_t t, int64_t l) const {
-    const int64_t b = team_.streams.begin + stream;
-    const int64_t slot = (stream_position(net_.p, b) + t) & (net_.dilations[l] - 1);
-    return net_.p.queues + (stream_row(net_.p, b) * net_.queue_rows + net_.queue_offsets[l] + slot) * lay_.R;
+    return net_.p.queues + queue_slot(net_.p, team_.streams.begin + stream, net_.queue_rows, net_.queue_offsets[l],
+                                      int(net_.dilations[l]), t) * lay_.R;
   }
 
   struct BlockSource {
@@ -659,7 +658,7 @@ void generate_cpu(const Params& p, const std::string& isa) {
     net.dilations.push_back(layer_dilation(l, p.max_dilation));
     net.queue_offsets.push_back(layer_queue_offset(l, p.max_dilation));
   }
-  net.queue_rows = net.queue_offsets.back() + net.dilations.back();
+  net.queue_rows = queue_rows(p.L, p.max_dilation);
 
   Plan plan(net, p.num_threads > 0 ? p.num_threads : default_threads());
   if (p.num_threads == 0 && p.batch == 1 && plan.threads() > 1) {

@@ -94,21 +94,17 @@ Plan resident_plan(Plan plan, const void* kernel, const DeviceFacts& device) {
 namespace {
 
 const char* variant_name(Variant variant) {
-  switch (variant) {
-    case Variant::Auto:
-      return "AUTO";
-    case Variant::SingleBlock:
-      return "SINGLE_BLOCK";
-    case Variant::DualBlock:
-      return "DUAL_BLOCK";
-    case Variant::Persistent:
-      return "PERSISTENT";
-    case Variant::Cluster:
-      return "CLUSTER";
-    case Variant::TensorCore:
-      return "TENSOR_CORE";
-  }
-  return "an unknown variant";
+  const char* name = nvwavenet::variant_name(static_cast<int32_t>(variant));
+  return name != nullptr ? name : "an unknown variant";
+}
+
+// "SINGLE_BLOCK, DUAL_BLOCK, ..." for messages.
+std::string variant_names() {
+  std::string text;
+#define NVWAVENET_LIST_VARIANT(enumerator, value, name) text += (text.empty() ? "" : ", ") + std::string(name);
+  NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_LIST_VARIANT)
+#undef NVWAVENET_LIST_VARIANT
+  return text;
 }
 
 void require_aligned(const void* pointer, const char* name) {
@@ -120,19 +116,11 @@ void require_aligned(const void* pointer, const char* name) {
 // unbuilt size is reported as such before anything about pointers. Planning happens before the
 // workspace exists (the plan says how large it must be), so only a launch requires it.
 void validate(const Params& p, Variant variant, bool launching) {
-  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent ||
-              variant == Variant::Cluster || variant == Variant::TensorCore,
-          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT, CLUSTER or TENSOR_CORE, got ") +
-              variant_name(variant) +
+  require(variant != Variant::Auto && nvwavenet::variant_name(static_cast<int32_t>(variant)) != nullptr,
+          "variant: expected one of " + variant_names() + ", got " + variant_name(variant) +
               (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
-  bool built = false;
-#define NVWAVENET_IS_BUILT(r, s, a) built = built || (p.R == r && p.S == s && p.A == a);
-  NVWAVENET_FOR_EACH_SIZE(NVWAVENET_IS_BUILT)
-#undef NVWAVENET_IS_BUILT
-  require(built, "(R, S, A) = (" + std::to_string(p.R) + ", " + std::to_string(p.S) + ", " + std::to_string(p.A) +
-                     ") has no CUDA kernels; built: " + built_sizes_list());
-  require(p.weight_dtype == DType::Float32 || p.weight_dtype == DType::Float16 || p.weight_dtype == DType::BFloat16,
-          "weight_dtype: expected float32, float16 or bfloat16");
+  // Whether (R, S, A) and the weight type were built: the dispatch's own check, which raises naming them.
+  dispatch_size_and_type(p, [](auto, auto) {});
   require(p.L >= 1 && p.L <= 64, "L: the CUDA kernels support 1 to 64 layers, got " + std::to_string(p.L));
   require(
       p.max_dilation >= 1 && p.max_dilation <= 1024 && (p.max_dilation & (p.max_dilation - 1)) == 0,
@@ -246,11 +234,8 @@ std::string status_message(const DeviceStatus& status, int32_t variant, int64_t 
   const std::string site = status.site >= 0 && status.site < kKnownSites
                                ? std::string(kSites[status.site])
                                : "an unknown wait (site " + std::to_string(status.site) + ")";
-  const bool known_variant = variant >= static_cast<int32_t>(Variant::Auto) &&
-                             variant <= static_cast<int32_t>(Variant::TensorCore);
-  std::string text = std::string("nvwavenet ") +
-                     (known_variant ? variant_name(static_cast<Variant>(variant))
-                                    : "variant " + std::to_string(variant)) +
+  const char* name = nvwavenet::variant_name(variant);
+  std::string text = std::string("nvwavenet ") + (name != nullptr ? name : "variant " + std::to_string(variant)) +
                      " kernel stopped: ";
   if (status.code == kStatusTimeout) {
     text += "block " + std::to_string(status.block) + ", " + site + " at step " + std::to_string(status.step) +
