@@ -160,9 +160,9 @@ class Scheduler:
     stream; ``max_ready_chunks`` audio chunks generated and not yet taken per stream. A turn
     holds the conditioning of ``max_streams * chunk_frames`` frames at most (2R * L * hop floats
     each), the largest part of the server's memory. ``join_frames``: a turn's engine calls run
-    this many frames each, and streams that opened meanwhile get their first frame between two
-    of them (each call has a fixed cost in the engine's checks, so fewer, longer calls trade
-    a joiner's wait for throughput).
+    this many frames each while a stream can still open, and streams that opened meanwhile get
+    their first frame between two of them (shorter calls cost the engine some speed, so longer
+    ones trade a joiner's wait for throughput).
     """
 
     def __init__(self, vocoder: Vocoder, *, max_streams: int = 64, chunk_frames: int = 4,
@@ -343,8 +343,11 @@ class Scheduler:
                 stream._slot = session.admit()
             slots.append(stream._slot)
         # Called a frame at a time (join_frames), so that a stream that opens meanwhile gets its
-        # first frame's audio between two of them instead of after everyone's whole chunk.
-        parts, step = [], self.join_frames * vocoder.hop_length
+        # first frame's audio between two of them instead of after everyone's whole chunk; in one
+        # call when no stream can open (every slot taken, or closing), shorter calls being slower.
+        with self._lock:
+            can_join = not self._closing and len(self._streams) < self.max_streams
+        parts, step = [], self.join_frames * vocoder.hop_length if can_join else cond.shape[3]
         for start in range(0, cond.shape[3], step):
             if start:
                 self._admit_joiners()

@@ -134,3 +134,23 @@ def test_a_stream_opening_mid_turn_gets_its_first_frame_at_the_next_frame_bounda
     # second); the late stream's first frame, delivered before busy's two remaining frames run.
     assert seen[4] == (32, 32)
     assert len(seen) == 1 + 4 + 1 + 3 + 1  # then busy's last 3 frames and the late stream's last one
+
+
+def test_a_full_scheduler_does_not_split_its_calls(vocoder):
+    scheduler = Scheduler(vocoder, max_streams=1, chunk_frames=4)  # join_frames=1, but nobody can join
+    only = scheduler.open(3)
+    only.put(torch.zeros(MELS, 8))
+    only.end()
+    calls = []
+    original = scheduler._session.step
+    scheduler._session.step = lambda slots, cond, *a, **k: calls.append(cond.shape[3]) or original(slots, cond, *a, **k)
+    try:
+        scheduler.start()
+        deadline = time.monotonic() + 30
+        while not only.finished:
+            assert time.monotonic() < deadline
+            only.take_audio()
+            time.sleep(0.001)
+    finally:
+        scheduler.stop(timeout=10)
+    assert calls == [32, 128, 96]
