@@ -185,7 +185,7 @@ class Scheduler:
         # thread only (between calls), so that no row is reset while a call runs.
         self._session = Session(vocoder.net, self.max_streams, device=vocoder.device, dtype=vocoder.net.dtype,
                                 implementation=vocoder.implementation)
-        self._to_release: list[int] = []  # rows of streams that left, freed at the next turn
+        self._owners: dict[int, Stream] = {}  # admitted row -> its stream; rows of streams that left are freed at the next turn
         self.samples_generated = 0
         self.engine_calls = 0
         self.turns = 0
@@ -341,6 +341,8 @@ class Scheduler:
         for stream in streams:
             if stream._slot is None:
                 stream._slot = session.admit()
+                with self._lock:
+                    self._owners[stream._slot] = stream
             slots.append(stream._slot)
         # Called a frame at a time (join_frames), so that a stream that opens meanwhile gets its
         # first frame's audio between two of them instead of after everyone's whole chunk; in one
@@ -404,13 +406,15 @@ class Scheduler:
         stream._wake()
 
     def _remove(self, stream: Stream) -> None:
-        if self._streams.pop(stream.id, None) is not None and stream._slot is not None:
-            self._to_release.append(stream._slot)
+        self._streams.pop(stream.id, None)
         self._work.notify()
 
     def _release_rows(self) -> None:
-        """Frees the rows of streams that left (engine thread, between calls)."""
+        """Frees the rows of streams that left (engine thread, between turns), also those that
+        left while their first turn was being prepared, before they had a row."""
         with self._lock:
-            rows, self._to_release = self._to_release, []
+            rows = [row for row, stream in self._owners.items() if stream.id not in self._streams]
+            for row in rows:
+                del self._owners[row]
         for row in rows:
             self._session.release(row)
