@@ -154,3 +154,29 @@ def test_a_full_scheduler_does_not_split_its_calls(vocoder):
     finally:
         scheduler.stop(timeout=10)
     assert calls == [32, 128, 96]
+
+
+def test_streams_cancelled_at_any_moment_give_their_row_back(vocoder):
+    scheduler = Scheduler(vocoder, max_streams=1, chunk_frames=2)
+    rng = random.Random(5)
+    scheduler.start()
+    try:
+        for seed in range(30):  # cancelled before, during or after their first turn
+            stream = scheduler.open(seed)
+            stream.put(torch.zeros(MELS, 3))
+            time.sleep(rng.choice([0, 0, 0.0005, 0.002, 0.01]))
+            stream.cancel()
+        mel = torch.randn(MELS, 5)
+        last = scheduler.open(99)
+        last.put(mel)
+        last.end()
+        audio, deadline = [], time.monotonic() + 30
+        while not last.done:
+            assert time.monotonic() < deadline
+            audio += last.take_audio()
+            time.sleep(0.001)
+        audio += last.take_audio()
+    finally:
+        scheduler.stop(timeout=10)
+    assert not last.closed, last.error
+    assert torch.equal(torch.cat(audio), vocoder(mel, seed=99))
