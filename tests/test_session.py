@@ -262,3 +262,17 @@ def test_outputs_past_a_streams_steps_are_untouched(net):
     with pytest.raises(ValueError, match="steps: expected 2 step counts"):
         session.step([a, b], both_cond, both_u, steps=[1])
     assert session.position(a) == 10 and session.position(b) == 7
+
+
+@pytest.mark.skipif(not extension().build_info()["cuda"], reason="nvwavenet was built without CUDA kernels")
+def test_a_status_block_read_back_after_the_kernel_becomes_the_kernels_error():
+    import struct
+
+    from nvwavenet.engines import STATUS_BYTES, cuda_status_error
+
+    ok = torch.zeros(STATUS_BYTES, dtype=torch.uint8)
+    assert cuda_status_error(ok, "DUAL_BLOCK") is None
+    timeout = torch.frombuffer(bytearray(struct.pack("<iiiiqQQ", 1, 1, 1, 3, 17, 4, 5)), dtype=torch.uint8)
+    message = cuda_status_error(timeout, "DUAL_BLOCK")
+    assert message.startswith("nvwavenet DUAL_BLOCK kernel stopped: block 3, the residual block waiting")
+    assert "at step 17" in message
