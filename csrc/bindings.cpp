@@ -169,6 +169,7 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("pool_rows", &Params::pool_rows)
       .POINTER_FIELD(Params, slots, const int32_t*)
       .POINTER_FIELD(Params, positions, const int64_t*)
+      .POINTER_FIELD(Params, steps, const int64_t*)
       .POINTER_FIELD(Params, workspace, void*)
       .def_readwrite("workspace_bytes", &Params::workspace_bytes)
       .POINTER_FIELD(Params, stream, void*)
@@ -236,7 +237,7 @@ PYBIND11_MODULE(_C, m) {
       [](Params& p, std::uintptr_t cond, DType cond_dtype, const std::array<int64_t, 4>& cond_strides,
          std::uintptr_t selectors, const std::array<int64_t, 2>& selector_strides, std::uintptr_t samples,
          const std::array<int64_t, 2>& sample_strides, std::uintptr_t logits, const std::array<int64_t, 3>& logit_strides,
-         int32_t batch, int64_t num_samples, std::uintptr_t slots, std::uintptr_t pool_positions,
+         int32_t batch, int64_t num_samples, std::uintptr_t slots, std::uintptr_t steps, std::uintptr_t pool_positions,
          std::uintptr_t call_positions, const std::string& isa) {
         p.cond = reinterpret_cast<const void*>(cond);
         p.cond_dtype = cond_dtype;
@@ -251,16 +252,17 @@ PYBIND11_MODULE(_C, m) {
         p.logits_stride_time = logit_strides[2];
         p.batch = batch, p.num_samples = num_samples;
         p.slots = reinterpret_cast<const int32_t*>(slots);
+        p.steps = reinterpret_cast<const int64_t*>(steps);
         py::gil_scoped_release release;
         nvwavenet::cpu::generate_pool_cpu(p, reinterpret_cast<int64_t*>(pool_positions),
                                           reinterpret_cast<int64_t*>(call_positions), isa);
       },
       py::arg("params"), py::arg("cond"), py::arg("cond_dtype"), py::arg("cond_strides"), py::arg("selectors"),
       py::arg("selector_strides"), py::arg("samples"), py::arg("sample_strides"), py::arg("logits"),
-      py::arg("logit_strides"), py::arg("batch"), py::arg("num_samples"), py::arg("slots"), py::arg("pool_positions"),
+      py::arg("logit_strides"), py::arg("batch"), py::arg("num_samples"), py::arg("slots"), py::arg("steps"), py::arg("pool_positions"),
       py::arg("call_positions"), py::arg("isa"),
       "One step call of an nvwavenet.session.Session on the CPU engine, in one crossing: fills the per-call "
-      "fields of params (logits 0: none) and runs generate_pool_cpu (positions read from and advanced in "
+      "fields of params (logits, steps 0: none) and runs generate_pool_cpu (positions read from and advanced in "
       "pool_positions, int64 per pool row, through the int64 [batch] scratch call_positions).");
   m.def("find_nan_cond", &nvwavenet::cpu::find_nan_cond, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
         "(stream, step) of the earliest NaN in params.cond (host memory), or (-1, -1); reads the "

@@ -144,6 +144,11 @@ struct Params {
   int64_t pool_rows = 0;
   const int32_t* slots = nullptr;     // [batch]
   const int64_t* positions = nullptr; // [batch]
+  // Each stream's own number of steps, int64 [batch] in [0, num_samples], host memory (the CPU
+  // engine only; the CUDA kernels refuse it): stream b runs steps [0, steps[b]) of the call and
+  // its state, samples and logits at later steps are left untouched, so streams with fewer steps
+  // ready can share a call. nullptr: every stream runs num_samples steps.
+  const int64_t* steps = nullptr;
 
   // Engine resources: device scratch owned by Python, the CUDA stream, CPU threads (0: default).
   void* workspace = nullptr;
@@ -165,6 +170,11 @@ struct Params {
 NVWAVENET_HOST_DEVICE int64_t stream_row(const Params& p, int64_t b) { return p.slots != nullptr ? p.slots[b] : b; }
 NVWAVENET_HOST_DEVICE int64_t stream_position(const Params& p, int64_t b) {
   return p.positions != nullptr ? p.positions[b] : p.position;
+}
+
+// The steps call stream b runs (see Params::steps).
+NVWAVENET_HOST_DEVICE int64_t stream_steps(const Params& p, int64_t b) {
+  return p.steps != nullptr ? p.steps[b] : p.num_samples;
 }
 
 // The queue row, in the pool (`rows` per stream: queue_rows), of call stream b's layer l (first

@@ -77,6 +77,7 @@ inline void check_call(const Params& p, const char* memory) {
   require_aligned(p.history, sizeof(int32_t), "history");
   if (p.slots != nullptr) require_aligned(p.slots, sizeof(int32_t), "slots");
   if (p.positions != nullptr) require_aligned(p.positions, sizeof(int64_t), "positions");
+  if (p.steps != nullptr) require_aligned(p.steps, sizeof(int64_t), "steps");
   require(p.pool_rows >= 0, "pool_rows: expected >= 0 (0: batch), got " + std::to_string(p.pool_rows));
   const int64_t rows = pool_rows(p);
   if (p.slots == nullptr) {
@@ -95,6 +96,13 @@ inline void check_call(const Params& p, const char* memory) {
   }
   if (p.positions != nullptr && std::string(memory) == "host") {
     for (int64_t b = 0; b < p.batch; ++b) check_position(p.positions[b], p.num_samples, "positions");
+  }
+  if (p.steps != nullptr && std::string(memory) == "host") {
+    for (int64_t b = 0; b < p.batch; ++b) {
+      require(p.steps[b] >= 0 && p.steps[b] <= p.num_samples, "steps: expected values in [0, num_samples = " +
+                                                                   std::to_string(p.num_samples) + "], got " +
+                                                                   std::to_string(p.steps[b]));
+    }
   }
   if (p.num_samples > 0) {
     require_pointer(p.cond, "cond", memory);

@@ -88,6 +88,9 @@ class Session:
       ``(len(slots), A, num_samples)``, with ``audio=True`` also the classes mu-law decoded to float32
       on the device (what :func:`nvwavenet.mu_law_decode` gives, bit for bit). The returned tensors
       are views of the session's own buffers: valid until its next ``step``, ``clone()`` to keep them.
+      On the CPU, ``steps`` (one count per slot, each in [0, num_samples]) lets streams with fewer
+      steps ready share the call: stream ``i`` runs ``steps[i]`` steps and its position advances by
+      that many; its outputs at later steps are left as they were (unspecified).
     - ``position(slot)``: the steps the stream in ``slot`` has generated; ``slots``: the admitted
       slots, ascending; ``free``: how many rows are free.
 
@@ -224,8 +227,9 @@ class Session:
     # ----------------------------------------------------------------------------------- step
 
     def step(self, slots: Sequence[int], cond: torch.Tensor, selectors: torch.Tensor, *,
-             logits: bool = False, audio: bool = False):
-        """``num_samples = cond.shape[3]`` more steps of the streams in ``slots`` (see the class)."""
+             logits: bool = False, audio: bool = False, steps: Sequence[int] | None = None):
+        """``num_samples = cond.shape[3]`` more steps of the streams in ``slots`` (see the class), or
+        on the CPU ``steps[i]`` (in [0, num_samples]) for the stream in ``slots[i]``."""
         # Everything here runs per call and per turn of a server: attribute reads and comparisons,
         # then one crossing into the compiled engine (about the cost of an empty pybind call per
         # argument). The thorough, slower checks run only to name what is wrong.
@@ -243,19 +247,42 @@ class Session:
             if len(entry.outputs) >= 8:
                 entry.outputs.clear()
             entry.outputs[samples, logits] = out = _Outputs(entry.batch, self._A, samples, logits, self.device)
+        steps_ptr = 0
+        if steps is not None:
+            steps_ptr, steps_array = self._steps(steps, entry.batch)  # steps_array: alive through the call
         if samples:
             if self.device.type == "cpu":
                 # The engine checks every value it indexes with (slots, positions, history) itself.
                 engines.extension().session_step_cpu(
                     self._params, cond.data_ptr(), code, cond.stride(), selectors.data_ptr(), selectors.stride(),
                     out.samples_ptr, out.samples_strides, out.logits_ptr, out.logits_strides, entry.batch, samples,
-                    entry.slots_ptr, self._positions_ptr, entry.positions_ptr, self._isa)
+                    entry.slots_ptr, steps_ptr, self._positions_ptr, entry.positions_ptr, self._isa)
             else:
                 self._launch(entry, cond, code, selectors, out, samples)
         if not (logits or audio):
             return out.samples
         results = (out.samples,) + ((out.logits,) if logits else ()) + ((self._decode(out.samples),) if audio else ())
         return results
+
+    def _steps(self, steps, batch: int) -> tuple[int, torch.Tensor]:
+        """The address of ``steps`` as the engine's int64 array, and the array (kept alive by the
+        caller for the call); the engine checks the values."""
+        if self.device.type != "cpu":
+            raise ValueError("steps: per-stream step counts run on the CPU engine only; "
+                             "the CUDA kernels run every stream for cond.shape[3] steps")
+        if isinstance(steps, torch.Tensor) and steps.device.type != "cpu":
+            raise ValueError(f"steps: expected step counts on the CPU, got a tensor on {steps.device}")
+        try:
+            array = torch.as_tensor(steps)
+        except (TypeError, ValueError, RuntimeError):
+            array = None
+        # as_tensor(..., dtype=int64) would take 1.5 as 1 and True as 1.
+        if array is None or array.is_floating_point() or array.is_complex() or array.dtype == torch.bool:
+            raise TypeError(f"steps: expected one step count (int) per slot, got {steps!r}")
+        array = array.to(torch.int64).contiguous()
+        if array.shape != (batch,):
+            raise ValueError(f"steps: expected {batch} step counts (one per slot), got shape {tuple(array.shape)}")
+        return array.data_ptr(), array
 
     def _check_step(self, cond, selectors, batch: int) -> None:
         """Raises the error that names what is wrong with a step's tensors."""

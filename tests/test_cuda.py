@@ -259,6 +259,7 @@ def fake_params(**fields):
     (dict(batch=4, pool_rows=3), r"pool_rows: expected at least batch = 4 rows without slots, got 3"),
     (dict(slots=(1 << 22) + 2), r"slots: expected an address aligned to 4 bytes"),
     (dict(positions=(1 << 22) + 4), r"positions: expected an address aligned to 8 bytes"),
+    (dict(steps=1 << 22), r"steps: the CUDA kernels run every stream for num_samples steps"),
 ])
 def test_cuda_entry_points_name_the_bad_argument(fields, message):
     from nvwavenet import _C

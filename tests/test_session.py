@@ -220,3 +220,59 @@ def test_the_compiled_variant_table_is_impls():
 
     assert extension().build_info()["variants"] == CUDA_VARIANTS
     assert CUDA_VARIANTS == {v.name: v.value for v in Impl if v != Impl.AUTO}
+
+
+def test_streams_with_fewer_steps_share_a_call(net):
+    """Per-stream steps: each stream equals itself alone and its position advances by its own steps."""
+    n = 6
+    streams = _streams(3, 12)
+    # Zero steps past each stream's end fill the window of a call; no stream runs them.
+    padded = [(torch.cat([c, torch.zeros_like(c[..., :n])], dim=3), torch.cat([v, torch.zeros_like(v[:, :n])], dim=1))
+              for c, v in streams]
+    session = Session(net, 3)
+    slots = [session.admit() for _ in streams]
+    done, out, rng = [0, 0, 0], [[], [], []], random.Random(3)
+    while min(done) < T:
+        steps = [min(rng.randint(0, n), T - d) for d in done]
+        cond = torch.cat([c[..., d:d + n] for (c, _), d in zip(padded, done)], dim=1)
+        u = torch.cat([v[:, d:d + n] for (_, v), d in zip(padded, done)])
+        classes = session.step(slots, cond, u, steps=steps)
+        for i, k in enumerate(steps):
+            out[i].append(classes[i, :k].clone())
+            done[i] += k
+            assert session.position(slots[i]) == done[i]
+    for i, (cond, u) in enumerate(streams):
+        assert torch.equal(torch.cat(out[i]), net.infer(cond, selectors=u)[0]), f"stream {i}"
+
+
+def test_outputs_past_a_streams_steps_are_untouched(net):
+    (cond, u), = _streams(1, 13)
+    session = Session(net, 2)
+    a, b = session.admit(), session.admit()
+    both_cond, both_u = torch.cat([cond[..., :5], cond[..., :5]], dim=1), torch.cat([u[:, :5], u[:, :5]])
+    classes = session.step([a, b], both_cond, both_u)
+    classes.fill_(-7)
+    session.step([a, b], both_cond, both_u, steps=[5, 2])
+    assert bool((classes[1, 2:] == -7).all()) and bool((classes[0] >= 0).all())
+    assert session.position(a) == 10 and session.position(b) == 7
+    with pytest.raises(ValueError, match=r"steps: expected values in \[0, num_samples = 5\], got 6"):
+        session.step([a, b], both_cond, both_u, steps=[6, 0])
+    with pytest.raises(TypeError, match="steps: expected one step count"):
+        session.step([a, b], both_cond, both_u, steps=[1.5, 0])
+    with pytest.raises(ValueError, match="steps: expected 2 step counts"):
+        session.step([a, b], both_cond, both_u, steps=[1])
+    assert session.position(a) == 10 and session.position(b) == 7
+
+
+@pytest.mark.skipif(not extension().build_info()["cuda"], reason="nvwavenet was built without CUDA kernels")
+def test_a_status_block_read_back_after_the_kernel_becomes_the_kernels_error():
+    import struct
+
+    from nvwavenet.engines import STATUS_BYTES, cuda_status_error
+
+    ok = torch.zeros(STATUS_BYTES, dtype=torch.uint8)
+    assert cuda_status_error(ok, "DUAL_BLOCK") is None
+    timeout = torch.frombuffer(bytearray(struct.pack("<iiiiqQQ", 1, 1, 1, 3, 17, 4, 5)), dtype=torch.uint8)
+    message = cuda_status_error(timeout, "DUAL_BLOCK")
+    assert message.startswith("nvwavenet DUAL_BLOCK kernel stopped: block 3, the residual block waiting")
+    assert "at step 17" in message

@@ -331,6 +331,7 @@ void Member::store_queues(int64_t t) {
   const int64_t first = kBlock * chunks_.begin, last = std::min(kBlock * chunks_.end, lay_.R);
   if (last <= first) return;
   for (int64_t n = 0; n < n_; ++n) {
+    if (t >= stream_steps(net_.p, team_.streams.begin + n)) continue;  // that stream's call has ended
     for (int64_t l = 0; l < lay_.L; ++l) {
       std::memcpy(queue_row(n, t, l) + first, x_ + (n * lay_.L + l) * lay_.Rp + first,
                   size_t(last - first) * sizeof(float));
@@ -357,6 +358,9 @@ void Member::sample(int64_t t) {
   const int64_t A = lay_.A, Ap = lay_.Ap;
   for (int64_t n = 0; n < n_; ++n) {
     const int64_t b = team_.streams.begin + n;
+    // A stream whose call has ended is computed on with its last state (in lockstep with the
+    // others), and nothing of it is kept.
+    if (t >= stream_steps(p, b)) continue;
     const float* logits = team_.logits.get() + n * Ap;
     // The smallest k with u < p_0 + ... + p_k, as u * sum(exp) < exp_0 + ... + exp_k.
     const float top = *std::max_element(logits, logits + A);
@@ -678,7 +682,7 @@ void generate_pool_cpu(Params& p, int64_t* pool_positions, int64_t* call_positio
   for (int64_t b = 0; b < p.batch; ++b) call_positions[b] = pool_positions[p.slots[b]];
   p.positions = call_positions;
   generate_cpu(p, isa);
-  for (int64_t b = 0; b < p.batch; ++b) pool_positions[p.slots[b]] += p.num_samples;
+  for (int64_t b = 0; b < p.batch; ++b) pool_positions[p.slots[b]] += stream_steps(p, b);
 }
 
 }  // namespace nvwavenet::cpu

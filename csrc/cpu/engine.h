@@ -25,7 +25,7 @@ void generate_cpu(const Params& p, const std::string& isa);
 
 // generate_cpu for the streams of a pool (nvwavenet/session.py): call stream b is pool row
 // p.slots[b] (required), at the position pool_positions[p.slots[b]] (int64 per pool row), which
-// is advanced by p.num_samples once the call has run. `call_positions` is scratch for p.batch
+// is advanced by the stream's steps (p.steps, or p.num_samples) once the call has run. `call_positions` is scratch for p.batch
 // int64 values; p.positions is set to it.
 void generate_pool_cpu(Params& p, int64_t* pool_positions, int64_t* call_positions, const std::string& isa);
 

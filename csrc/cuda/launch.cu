@@ -129,6 +129,7 @@ void validate(const Params& p, Variant variant, bool launching) {
           "cond_dtype: the CUDA kernels read float32 or float16 conditioning");
   require(p.spin_timeout_ns > 0, "spin_timeout_ns: expected > 0, got " + std::to_string(p.spin_timeout_ns));
   check_call(p, "device");
+  require(p.steps == nullptr, "steps: the CUDA kernels run every stream for num_samples steps (pass null)");
   for_each_weight(p, [](const void* pointer, const char* name) { require_aligned(pointer, name); });
   require_aligned(p.queues, "queues");
   if (launching) {
