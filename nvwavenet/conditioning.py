@@ -144,7 +144,9 @@ class FrameConditioner:
         workspace = torch.empty(extension.cuda_condition_workspace_bytes(p), dtype=torch.uint8, device=self.device)
         p.workspace, p.workspace_bytes = workspace.data_ptr(), workspace.numel()
         extension.condition_cuda(p)
-        return acts  # the allocator keeps frames, counts and workspace until the stream has used them
+        # frames, counts and workspace may be freed now: the caching allocator hands their memory
+        # only to work queued after these kernels on this stream.
+        return acts
 
     def _torch_call(self, frames: torch.Tensor, n: int) -> torch.Tensor:
         batch = frames.shape[0]
