@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -10,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "conditioning.h"
 #include "cpu/engine.h"
 #include "cpu/packing.h"
 #include "nvwavenet.h"
@@ -38,6 +40,11 @@ std::vector<int> parse_archs(const std::string& text) {
 py::dict build_info() {
   py::dict info;
   info["version"] = NVWAVENET_VERSION;
+  py::dict variants;
+#define NVWAVENET_VARIANT_CODE(enumerator, value, name) variants[name] = value;
+  NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_CODE)
+#undef NVWAVENET_VARIANT_CODE
+  info["variants"] = variants;
 #ifdef NVWAVENET_WITH_CUDA
   std::vector<std::tuple<int, int, int>> sizes;
 #define NVWAVENET_LIST_SIZE(R, S, A) sizes.emplace_back(R, S, A);
@@ -46,11 +53,14 @@ py::dict build_info() {
   std::vector<std::tuple<int, int, int>> persistent;
   for (const auto& size : nvwavenet::gpu::persistent_sizes()) persistent.emplace_back(size[0], size[1], size[2]);
   py::dict variant_sizes;
-  variant_sizes["SINGLE_BLOCK"] = sizes;
-  variant_sizes["DUAL_BLOCK"] = sizes;
-  variant_sizes["PERSISTENT"] = persistent;
-  variant_sizes["CLUSTER"] = persistent;  // the same kernel with other hand-offs
-  variant_sizes["TENSOR_CORE"] = sizes;  // its plan refuses R=256 float32 (shared memory) with the reason
+  // PERSISTENT and CLUSTER (the same kernel with other hand-offs) only where a layer fits one block;
+  // TENSOR_CORE's plan refuses R=256 float32 (shared memory) with the reason.
+#define NVWAVENET_VARIANT_SIZES(enumerator, value, name)                                         \
+  variant_sizes[name] = Variant::enumerator == Variant::Persistent || Variant::enumerator == Variant::Cluster \
+                            ? persistent                                                          \
+                            : sizes;
+  NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_SIZES)
+#undef NVWAVENET_VARIANT_SIZES
   info["cuda"] = true;
   info["cuda_archs"] = parse_archs(NVWAVENET_CUDA_ARCHS);
   info["sizes"] = sizes;
@@ -70,8 +80,8 @@ py::dict build_info() {
 
 #ifdef NVWAVENET_WITH_CUDA
 Variant as_variant(int variant) {
-  if (variant < static_cast<int>(Variant::Auto) || variant > static_cast<int>(Variant::TensorCore))
-    throw std::invalid_argument("variant: expected an nvwavenet.Impl value (0 to 5), got " + std::to_string(variant));
+  if (nvwavenet::variant_name(variant) == nullptr)
+    throw std::invalid_argument("variant: expected an nvwavenet.Impl value, got " + std::to_string(variant));
   return static_cast<Variant>(variant);
 }
 
@@ -156,6 +166,10 @@ PYBIND11_MODULE(_C, m) {
       .POINTER_FIELD(Params, queues, float*)
       .POINTER_FIELD(Params, history, int32_t*)
       .def_readwrite("position", &Params::position)
+      .def_readwrite("pool_rows", &Params::pool_rows)
+      .POINTER_FIELD(Params, slots, const int32_t*)
+      .POINTER_FIELD(Params, positions, const int64_t*)
+      .POINTER_FIELD(Params, steps, const int64_t*)
       .POINTER_FIELD(Params, workspace, void*)
       .def_readwrite("workspace_bytes", &Params::workspace_bytes)
       .POINTER_FIELD(Params, stream, void*)
@@ -163,6 +177,38 @@ PYBIND11_MODULE(_C, m) {
       .def_readwrite("device", &Params::device)
       .def_readwrite("streams_per_block", &Params::streams_per_block)
       .def_readwrite("spin_timeout_ns", &Params::spin_timeout_ns);
+
+#define COND_POINTER(field, type)                                                                            \
+  def_property(                                                                                              \
+      #field, [](const nvwavenet::CondParams& p) { return reinterpret_cast<std::uintptr_t>(p.field); },      \
+      [](nvwavenet::CondParams& p, std::uintptr_t address) { p.field = reinterpret_cast<type>(address); })
+  py::class_<nvwavenet::CondParams>(m, "CondParams", "The arguments of condition_cpu/condition_cuda (conditioning.h).")
+      .def(py::init<>())
+      .def_readwrite("batch", &nvwavenet::CondParams::batch)
+      .def_readwrite("max_frames", &nvwavenet::CondParams::max_frames)
+      .def_readwrite("channels", &nvwavenet::CondParams::channels)
+      .def_readwrite("context", &nvwavenet::CondParams::context)
+      .def_readwrite("hop", &nvwavenet::CondParams::hop)
+      .def_readwrite("rows", &nvwavenet::CondParams::rows)
+      .def_readwrite("frames_stride_batch", &nvwavenet::CondParams::frames_stride_batch)
+      .def_readwrite("frames_stride_channel", &nvwavenet::CondParams::frames_stride_channel)
+      .def_readwrite("frames_stride_time", &nvwavenet::CondParams::frames_stride_time)
+      .def_readwrite("out_stride_batch", &nvwavenet::CondParams::out_stride_batch)
+      .def_readwrite("out_stride_row", &nvwavenet::CondParams::out_stride_row)
+      .def_readwrite("num_threads", &nvwavenet::CondParams::num_threads)
+      .def_readwrite("workspace_bytes", &nvwavenet::CondParams::workspace_bytes)
+      .COND_POINTER(counts, const int32_t*)
+      .COND_POINTER(frames, const float*)
+      .COND_POINTER(up_w, const float*)
+      .COND_POINTER(up_b, const float*)
+      .COND_POINTER(proj_w, const float*)
+      .COND_POINTER(proj_b, const float*)
+      .COND_POINTER(out, float*)
+      .COND_POINTER(stream, void*)
+      .COND_POINTER(workspace, void*);
+#undef COND_POINTER
+  m.def("condition_cpu", &nvwavenet::cpu::condition_cpu, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
+        "Mel frames to conditioning in a fixed order of arithmetic (conditioning.h), on host memory.");
 
   m.def("build_info", &build_info,
         "What was compiled: CUDA kernels, architectures, sizes, precisions; the CPU engine's "
@@ -186,10 +232,45 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("params"), py::arg("isa") = "auto",
       "Runs the CPU engine on params (cpu_weights packed); isa: 'auto', 'avx512', 'avx2+fma' or 'generic'.");
+  m.def(
+      "session_step_cpu",
+      [](Params& p, std::uintptr_t cond, DType cond_dtype, const std::array<int64_t, 4>& cond_strides,
+         std::uintptr_t selectors, const std::array<int64_t, 2>& selector_strides, std::uintptr_t samples,
+         const std::array<int64_t, 2>& sample_strides, std::uintptr_t logits, const std::array<int64_t, 3>& logit_strides,
+         int32_t batch, int64_t num_samples, std::uintptr_t slots, std::uintptr_t steps, std::uintptr_t pool_positions,
+         std::uintptr_t call_positions, const std::string& isa) {
+        p.cond = reinterpret_cast<const void*>(cond);
+        p.cond_dtype = cond_dtype;
+        p.cond_stride_channel = cond_strides[0], p.cond_stride_batch = cond_strides[1];
+        p.cond_stride_layer = cond_strides[2], p.cond_stride_time = cond_strides[3];
+        p.selectors = reinterpret_cast<const float*>(selectors);
+        p.selectors_stride_batch = selector_strides[0], p.selectors_stride_time = selector_strides[1];
+        p.samples = reinterpret_cast<int32_t*>(samples);
+        p.samples_stride_batch = sample_strides[0], p.samples_stride_time = sample_strides[1];
+        p.logits = reinterpret_cast<float*>(logits);
+        p.logits_stride_batch = logit_strides[0], p.logits_stride_class = logit_strides[1];
+        p.logits_stride_time = logit_strides[2];
+        p.batch = batch, p.num_samples = num_samples;
+        p.slots = reinterpret_cast<const int32_t*>(slots);
+        p.steps = reinterpret_cast<const int64_t*>(steps);
+        py::gil_scoped_release release;
+        nvwavenet::cpu::generate_pool_cpu(p, reinterpret_cast<int64_t*>(pool_positions),
+                                          reinterpret_cast<int64_t*>(call_positions), isa);
+      },
+      py::arg("params"), py::arg("cond"), py::arg("cond_dtype"), py::arg("cond_strides"), py::arg("selectors"),
+      py::arg("selector_strides"), py::arg("samples"), py::arg("sample_strides"), py::arg("logits"),
+      py::arg("logit_strides"), py::arg("batch"), py::arg("num_samples"), py::arg("slots"), py::arg("steps"), py::arg("pool_positions"),
+      py::arg("call_positions"), py::arg("isa"),
+      "One step call of an nvwavenet.session.Session on the CPU engine, in one crossing: fills the per-call "
+      "fields of params (logits, steps 0: none) and runs generate_pool_cpu (positions read from and advanced in "
+      "pool_positions, int64 per pool row, through the int64 [batch] scratch call_positions).");
   m.def("find_nan_cond", &nvwavenet::cpu::find_nan_cond, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
         "(stream, step) of the earliest NaN in params.cond (host memory), or (-1, -1); reads the "
         "conditioning fields, R, L, batch and num_samples.");
 #ifdef NVWAVENET_WITH_CUDA
+  m.def("cuda_condition_workspace_bytes", &nvwavenet::gpu::cuda_condition_workspace_bytes, py::arg("params"));
+  m.def("condition_cuda", &nvwavenet::gpu::condition_cuda, py::arg("params"), py::call_guard<py::gil_scoped_release>(),
+        "condition_cpu's sums on params.stream, without waiting for them.");
   m.def("cuda_plan", &cuda_plan, py::arg("params"), py::arg("variant"),
         "How a CUDA variant (an nvwavenet.Impl value other than AUTO) would run these Params on "
         "params.device, or why it cannot ('runnable', 'reason'), and the zero-filled workspace it needs.");
@@ -197,6 +278,11 @@ PYBIND11_MODULE(_C, m) {
         [](const Params& params, int variant) { nvwavenet::gpu::generate(params, as_variant(variant)); },
         py::arg("params"), py::arg("variant"), py::call_guard<py::gil_scoped_release>(),
         "Runs a CUDA variant on params.stream and waits for it; errors become exceptions.");
+  m.def("cuda_launch",
+        [](const Params& params, int variant) { nvwavenet::gpu::launch_async(params, as_variant(variant)); },
+        py::arg("params"), py::arg("variant"), py::call_guard<py::gil_scoped_release>(),
+        "Launches a CUDA variant on params.stream without waiting: the caller reads the kernel's status "
+        "block (the workspace's first bytes) after it, e.g. with nvwavenet.engines.cuda_status_error.");
   m.def(
       "cuda_status_message",
       [](int32_t code, int32_t site, int32_t block, int64_t step, uint64_t observed, uint64_t expected, int32_t variant,

@@ -12,22 +12,69 @@ namespace nvwavenet {
 
 enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 
-// Values match nvwavenet.Impl.
-enum class Variant : int32_t { Auto = 0, SingleBlock = 1, DualBlock = 2, Persistent = 3, Cluster = 4, TensorCore = 5 };
+// Functions below that the CUDA kernels call too.
+#ifdef __CUDACC__
+#define NVWAVENET_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define NVWAVENET_HOST_DEVICE inline
+#endif
 
-// Layer l has dilation 1 << (l % (log2(max_dilation) + 1)); it owns rows
-// [layer_queue_offset(l), layer_queue_offset(l) + dilation) of a stream's queue block.
-inline int layer_dilation(int layer, int max_dilation) {
-  int cycle = 1;
-  while ((1 << (cycle - 1)) < max_dilation) ++cycle;
-  return 1 << (layer % cycle);
+// The CUDA kernel variants, the one table of their names in C++: enumerator, nvwavenet.Impl
+// value, nvwavenet.Impl name (tests/test_session.py checks it against nvwavenet.Impl).
+#define NVWAVENET_FOR_EACH_VARIANT(X)  \
+  X(SingleBlock, 1, "SINGLE_BLOCK")    \
+  X(DualBlock, 2, "DUAL_BLOCK")        \
+  X(Persistent, 3, "PERSISTENT")       \
+  X(Cluster, 4, "CLUSTER")             \
+  X(TensorCore, 5, "TENSOR_CORE")
+
+#define NVWAVENET_VARIANT_ENUMERATOR(enumerator, value, name) enumerator = value,
+enum class Variant : int32_t { Auto = 0, NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_ENUMERATOR) };
+#undef NVWAVENET_VARIANT_ENUMERATOR
+
+// "AUTO", a variant's name, or nullptr for a value that names none.
+inline const char* variant_name(int32_t variant) {
+  if (variant == 0) return "AUTO";
+#define NVWAVENET_VARIANT_NAME(enumerator, value, name) \
+  if (variant == value) return name;
+  NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_NAME)
+#undef NVWAVENET_VARIANT_NAME
+  return nullptr;
 }
 
-inline int64_t layer_queue_offset(int layer, int max_dilation) {
-  int64_t offset = 0;
-  for (int l = 0; l < layer; ++l) offset += layer_dilation(l, max_dilation);
+// The dilation pattern (SPEC section 1), walked in one place for every engine: layer dilations
+// double from 1 up to max_dilation, then start over. Layer l owns rows
+// [layer_queue_offset(l), layer_queue_offset(l) + layer_dilation(l)) of a stream's queue block.
+NVWAVENET_HOST_DEVICE int next_dilation(int dilation, int max_dilation) {
+  return dilation == max_dilation ? 1 : 2 * dilation;
+}
+
+// Queue offset and dilation of layer `layer`, walking the layers from the first.
+NVWAVENET_HOST_DEVICE void layer_position(int layer, int max_dilation, int64_t& offset, int& dilation) {
+  offset = 0;
+  dilation = 1;
+  for (int l = 0; l < layer; ++l) {
+    offset += dilation;
+    dilation = next_dilation(dilation, max_dilation);
+  }
+}
+
+NVWAVENET_HOST_DEVICE int layer_dilation(int layer, int max_dilation) {
+  int64_t offset;
+  int dilation;
+  layer_position(layer, max_dilation, offset, dilation);
+  return dilation;
+}
+
+NVWAVENET_HOST_DEVICE int64_t layer_queue_offset(int layer, int max_dilation) {
+  int64_t offset;
+  int dilation;
+  layer_position(layer, max_dilation, offset, dilation);
   return offset;
 }
+
+// Rows of one stream's queue block: the sum of all layers' dilations.
+NVWAVENET_HOST_DEVICE int64_t queue_rows(int layers, int max_dilation) { return layer_queue_offset(layers, max_dilation); }
 
 struct Params {
   // Network sizes: A audio classes, R residual, S skip channels, L layers.
@@ -80,12 +127,28 @@ struct Params {
   float* logits = nullptr;
   int64_t logits_stride_batch = 0, logits_stride_class = 0, logits_stride_time = 0;
 
-  // Generation state, read and updated in place (nvwavenet/state.py):
-  // queues float32 [batch][sum_l d_l][R], slot `position % d_l` of layer l holds x_l[t - d_l];
-  // history int32 [batch][2] = y_{t-2}, y_{t-1}; position = steps generated before this call.
+  // Generation state, read and updated in place (nvwavenet/state.py, nvwavenet/session.py): a pool
+  // of `pool_rows` streams' rows, queues float32 [pool_rows][sum_l d_l][R] and history int32
+  // [pool_rows][2] = y_{t-2}, y_{t-1}. Call stream b uses pool row slots[b] and has generated
+  // positions[b] steps before this call; queue slot `(positions[b] + t) % d_l` of layer l holds
+  // x_l[t - d_l] at step t. Rows that no call stream names are neither read nor written, so
+  // streams join and leave a pool at any step without touching each other.
+  // slots == nullptr: stream b uses row b (pool_rows >= batch); positions == nullptr: every stream
+  // is at `position` (the whole-batch layout of nvwavenet/state.py). pool_rows == 0 means batch.
+  // slots and positions are host memory for the CPU engine (checked there: rows in range and
+  // distinct, positions >= 0 with room for num_samples more), device memory for the CUDA kernels
+  // (checked by the caller: nvwavenet.session.Session keeps them valid by construction).
   float* queues = nullptr;
   int32_t* history = nullptr;
   int64_t position = 0;
+  int64_t pool_rows = 0;
+  const int32_t* slots = nullptr;     // [batch]
+  const int64_t* positions = nullptr; // [batch]
+  // Each stream's own number of steps, int64 [batch] in [0, num_samples], host memory (the CPU
+  // engine only; the CUDA kernels refuse it): stream b runs steps [0, steps[b]) of the call and
+  // its state, samples and logits at later steps are left untouched, so streams with fewer steps
+  // ready can share a call. nullptr: every stream runs num_samples steps.
+  const int64_t* steps = nullptr;
 
   // Engine resources: device scratch owned by Python, the CUDA stream, CPU threads (0: default).
   void* workspace = nullptr;
@@ -102,5 +165,25 @@ struct Params {
   int64_t spin_timeout_ns = 2000000000;     // a wait on another block longer than this stops the
                                             // kernel, which then reports a RuntimeError
 };
+
+// The pool row and the position of call stream b (see Params::slots).
+NVWAVENET_HOST_DEVICE int64_t stream_row(const Params& p, int64_t b) { return p.slots != nullptr ? p.slots[b] : b; }
+NVWAVENET_HOST_DEVICE int64_t stream_position(const Params& p, int64_t b) {
+  return p.positions != nullptr ? p.positions[b] : p.position;
+}
+
+// The steps call stream b runs (see Params::steps).
+NVWAVENET_HOST_DEVICE int64_t stream_steps(const Params& p, int64_t b) {
+  return p.steps != nullptr ? p.steps[b] : p.num_samples;
+}
+
+// The queue row, in the pool (`rows` per stream: queue_rows), of call stream b's layer l (first
+// row `offset`, dilation d) at step t of this call: it holds x_l[t - d] on entry and receives
+// x_l[t]. Every engine's queue indexing.
+NVWAVENET_HOST_DEVICE int64_t queue_slot(const Params& p, int64_t b, int64_t rows, int64_t offset, int dilation,
+                                         int64_t t) {
+  return stream_row(p, b) * rows + offset + ((stream_position(p, b) + t) & (dilation - 1));
+}
+#undef NVWAVENET_HOST_DEVICE
 
 }  // namespace nvwavenet

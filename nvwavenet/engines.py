@@ -12,7 +12,9 @@ e.g. to test or time the portable fallback.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
+import struct
 
 import torch
 
@@ -29,8 +31,9 @@ except ImportError as error:
     # a source tree shadowing an installed build, or a build that fails to load.
     MISSING_BUILD = build_check.diagnose(error)
 
-__all__ = ["build_info", "extension", "has_extension", "require_compiled", "cpu_isa", "PackedWeights", "CpuWeights",
-           "make_params", "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "run_cuda"]
+__all__ = ["Impl", "build_info", "extension", "has_extension", "require_compiled", "cpu_isa", "PackedWeights",
+           "CpuWeights", "weight_params", "set_cond", "make_params", "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS",
+           "check_cuda_build", "spin_timeout_ns", "cuda_plan", "run_cuda", "STATUS_BYTES", "cuda_status_error"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -57,7 +60,7 @@ def has_extension() -> bool:
     return _C is not None
 
 
-def _requested_cpu_isa() -> str:
+def requested_cpu_isa() -> str:
     """``NVWAVENET_CPU_ISA``, checked: ``auto`` (the default), ``avx512``, ``avx2+fma`` or ``generic``."""
     requested = os.environ.get("NVWAVENET_CPU_ISA", "auto").strip() or "auto"
     if requested not in _CPU_ISAS:
@@ -68,21 +71,22 @@ def _requested_cpu_isa() -> str:
 def cpu_isa() -> str:
     """The instruction set the CPU engine runs with: ``NVWAVENET_CPU_ISA`` if set (and not
     ``auto``), else the best this CPU supports."""
-    requested = _requested_cpu_isa()
+    requested = requested_cpu_isa()
     return extension().build_info()["cpu_isa"] if requested == "auto" else requested
 
 
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT and CLUSTER only
-    have the sizes whose layers fit one block's shared memory), ``precisions``, ``version``,
+    have the sizes whose layers fit one block's shared memory), ``variants`` (the compiled module's
+    variant names and codes, as :class:`Impl` has them), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on). Without the
     compiled module, ``error`` says why (:mod:`nvwavenet.build_check`) and ``shadowed`` whether this
     source tree hides an installed build."""
     if _C is None:
         return {"version": __version__, "extension": False, "cuda": False, "cuda_archs": [],
-                "sizes": [], "variant_sizes": {}, "precisions": [], "cpu_isa": None, "cpu_threads": 0,
+                "sizes": [], "variant_sizes": {}, "variants": {}, "precisions": [], "cpu_isa": None, "cpu_threads": 0,
                 "shadowed": MISSING_BUILD.shadowed, "error": MISSING_BUILD.message()}
     return {**_C.build_info(), "cpu_isa": cpu_isa(), "extension": True}
 
@@ -118,8 +122,8 @@ class PackedWeights:
         return cls(**{name: tensor.contiguous() for name, tensor in tensors.items()})
 
 
-def _weight_params(weights: WaveNetWeights, packed: PackedWeights):
-    """A ``_C.Params`` with the sizes and the weight pointers filled."""
+def weight_params(weights: WaveNetWeights, packed: PackedWeights):
+    """A ``_C.Params`` with the sizes and the weight pointers filled (the caller keeps ``packed`` alive)."""
     p = extension().Params()
     p.R, p.S, p.A, p.L = weights.n_residual, weights.n_skip, weights.n_classes, weights.n_layers
     p.max_dilation, p.use_embed_tanh = weights.max_dilation, weights.use_embed_tanh
@@ -142,13 +146,13 @@ class CpuWeights:
     @classmethod
     def pack(cls, weights: WaveNetWeights, dtype: torch.dtype = torch.float32) -> CpuWeights:
         packed = PackedWeights.pack(weights, torch.device("cpu"), dtype)
-        p = _weight_params(weights, packed)
+        p = weight_params(weights, packed)
         blocked = torch.empty(extension().cpu_packed_bytes(p), dtype=torch.uint8)
         extension().pack_cpu_weights(p, blocked.data_ptr(), blocked.numel())
         return cls(packed, blocked)
 
 
-def _set_cond(p, cond_input: torch.Tensor) -> None:
+def set_cond(p, cond_input: torch.Tensor) -> None:
     """The conditioning fields of ``_C.Params`` ``p``: pointer, dtype and strides."""
     p.cond, p.cond_dtype = cond_input.data_ptr(), dtype_code(cond_input.dtype)
     (p.cond_stride_channel, p.cond_stride_batch,
@@ -172,12 +176,12 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
                             f"tensor (as init_state() makes), got {tensor.dtype}"
                             f"{'' if tensor.is_contiguous() else ', non-contiguous'}"
                             f"{'' if aligned else f' at an unaligned address (pass a copy: state[{key!r}].clone())'}")
-    p = _weight_params(weights, packed)
+    p = weight_params(weights, packed)
     p.batch, p.num_samples = samples.shape
     if cpu_blocked is not None:
         p.cpu_weights, p.cpu_weights_bytes = cpu_blocked.data_ptr(), cpu_blocked.numel()
 
-    _set_cond(p, cond_input)
+    set_cond(p, cond_input)
     p.selectors = selectors.data_ptr()
     p.selectors_stride_batch, p.selectors_stride_time = selectors.stride()
     if teacher is not None:
@@ -194,14 +198,14 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
 
 
 def find_nan_cpu(cond_input: torch.Tensor, num_threads: int | None = None) -> tuple[int, int] | None:
-    """:func:`nvwavenet.validation.find_nan_torch` for CPU ``cond_input`` (float32 or float16), on the
+    """:func:`nvwavenet.inputs.find_nan_torch` for CPU ``cond_input`` (float32 or float16), on the
     CPU engine's own threads (``csrc/cpu/nan_scan.cpp``): PyTorch's OpenMP threads, woken by a
     reduction just before the engine runs, spin and take its cores (with PyTorch's ``max``,
     streaming in chunks of 50 samples at batch 64 lost 25-40%; with this scan, about 12%)."""
     p = extension().Params()
     channels, p.batch, p.L, p.num_samples = cond_input.shape
     p.R = channels // 2
-    _set_cond(p, cond_input)
+    set_cond(p, cond_input)
     p.num_threads = num_threads or 0
     stream, sample = extension().find_nan_cond(p)
     return None if stream < 0 else (stream, sample)
@@ -211,11 +215,41 @@ def generate_cpu(params) -> None:
     """Runs the CPU engine on filled ``params`` (without the GIL), with the instruction set of
     :func:`cpu_isa`. ``auto`` is passed on as it is: the engine resolves it with the same rule that
     reports ``build_info()["cpu_isa"]``, so a call does not build that dict."""
-    extension().generate_cpu(params, _requested_cpu_isa())
+    extension().generate_cpu(params, requested_cpu_isa())
 
 
-# The concrete CUDA variants and their codes (nvwavenet.Impl values, nvwavenet::Variant in C++).
-CUDA_VARIANTS = {"SINGLE_BLOCK": 1, "DUAL_BLOCK": 2, "PERSISTENT": 3, "CLUSTER": 4, "TENSOR_CORE": 5}
+class Impl(enum.IntEnum):
+    """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
+
+    - ``SINGLE_BLOCK``: one block per stream or per tile of 2, 4 or 8 streams; any size; the many-stream
+      variant.
+    - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
+    - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
+      (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
+    - ``CLUSTER``: PERSISTENT's kernel with fence-free hand-offs (``st.async`` into the consumer's
+      shared memory, completed on its ``mbarrier``). Opt-in only: it has not run on a GPU yet,
+      and ``AUTO`` never picks it.
+    - ``TENSOR_CORE``: one block per tile of 8-64 streams, every product on the tensor cores
+      (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
+      R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
+      it passed and is fastest.
+
+    ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
+    call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
+    each other give up after ``NVWAVENET_SPIN_TIMEOUT_MS`` (default 2000) with a RuntimeError.
+    """
+
+    AUTO = 0
+    SINGLE_BLOCK = 1
+    DUAL_BLOCK = 2
+    PERSISTENT = 3
+    CLUSTER = 4
+    TENSOR_CORE = 5
+
+
+# The concrete CUDA variants and their codes: Impl without AUTO (C++'s table, NVWAVENET_FOR_EACH_VARIANT
+# in csrc/nvwavenet.h, is checked against Impl by the tests and reported as build_info()["variants"]).
+CUDA_VARIANTS = {variant.name: variant.value for variant in Impl if variant != Impl.AUTO}
 
 SPIN_TIMEOUT_ENV = "NVWAVENET_SPIN_TIMEOUT_MS"
 DEFAULT_SPIN_TIMEOUT_MS = 2000.0
@@ -259,19 +293,24 @@ def check_cuda_build(weights: WaveNetWeights, dtype: torch.dtype) -> dict:
     return info
 
 
-# (device, sizes, dtype, L, batch, implementation) -> (variant name, plan, AUTO's rule, tile): a
-# plan costs device queries and, for AUTO, a table look-up and one pybind call per candidate; short
-# streaming calls repeat the same key. Refusals of an explicit implementation are not kept (they raise).
-_PLANS: dict = {}
+# (device, sizes, dtype, L, batch, implementation) -> (variant name, AUTO's rule, tile): AUTO's
+# choice costs a table look-up and a plan per candidate, and short streaming calls repeat the same
+# key. Plans themselves are cached once, by the compiled module (launch.cu, cached_plan), under a
+# key that adds the variant and the tile. Refusals of an explicit implementation are not kept (they raise).
+_DECISIONS: dict = {}
 
 
-def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, dict, str | None, int]:
+def cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, str | None, int, dict]:
+    """``(variant name, AUTO's rule or None, tile, plan)`` for ``params`` on ``device`` (``implementation``
+    an ``Impl`` name), the tile also left in ``params.streams_per_block``; an explicit variant
+    that cannot run raises a ValueError that says why."""
+    C = extension()
     key = (params.device, params.R, params.S, params.A, int(params.weight_dtype), params.L, params.batch,
            implementation)
-    known = _PLANS.get(key)
+    known = _DECISIONS.get(key)
     if known is not None:
-        return known
-    C = extension()
+        name, rule, params.streams_per_block = known
+        return name, rule, params.streams_per_block, C.cuda_plan(params, CUDA_VARIANTS[name])
     multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
 
     def plan_for(name):
@@ -294,10 +333,10 @@ def _cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, 
         if not plan["runnable"]:
             raise ValueError(f"implementation: Impl.{name} cannot run this configuration on "
                              f"{torch.cuda.get_device_name(device)}: {plan['reason']}")
-    if len(_PLANS) >= 4096:
-        _PLANS.clear()
-    _PLANS[key] = entry = (name, plan, rule, params.streams_per_block)
-    return entry
+    if len(_DECISIONS) >= 4096:
+        _DECISIONS.clear()
+    _DECISIONS[key] = (name, rule, params.streams_per_block)
+    return name, rule, params.streams_per_block, plan
 
 
 def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str, cond_input: torch.Tensor,
@@ -314,9 +353,25 @@ def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str
     params.device = device.index
     params.stream = torch.cuda.current_stream(device).cuda_stream
     params.spin_timeout_ns = spin_timeout_ns()
-    name, plan, rule, params.streams_per_block = _cuda_plan(params, implementation, device)
+    name, rule, _, plan = cuda_plan(params, implementation, device)
     # Zero-filled by cuda_generate itself (one cudaMemsetAsync): torch.zeros would add a fill.
     workspace = torch.empty(plan["workspace_bytes"], dtype=torch.uint8, device=device)
     params.workspace, params.workspace_bytes = workspace.data_ptr(), workspace.numel()
     C.cuda_generate(params, CUDA_VARIANTS[name])
     return name, rule
+
+
+# csrc/cuda/status.h's DeviceStatus, the first bytes of a CUDA call's workspace:
+# int32 code, abort, site, block; int64 step; uint64 observed, expected.
+_STATUS_FORMAT = "<iiiiqQQ"
+STATUS_BYTES = struct.calcsize(_STATUS_FORMAT)
+
+
+def cuda_status_error(status: torch.Tensor, variant: str) -> str | None:
+    """The RuntimeError text for a kernel's status block (``STATUS_BYTES`` uint8 on the CPU, copied
+    from the workspace after the kernel), or None when the kernel finished normally."""
+    code, _, site, block, step, observed, expected = struct.unpack(_STATUS_FORMAT, status.numpy().tobytes())
+    if code == 0:
+        return None
+    return extension().cuda_status_message(code, site, block, step, observed, expected, CUDA_VARIANTS[variant],
+                                            spin_timeout_ns())

@@ -6,15 +6,14 @@ path; a CUDA one runs the kernel variant that ``implementation`` names.
 """
 from __future__ import annotations
 
-import enum
-
 import torch
 
 from . import engines, reference
+from .engines import Impl
 from .network import WaveNetWeights
 from .sampling import draw_selectors
 from .state import check_state, new_state, reset_streams
-from .validation import check_cond_input, check_selectors, check_teacher_forcing
+from .inputs import check_cond_input, check_selectors, check_teacher_forcing
 
 __all__ = ["Impl", "NVWaveNet"]
 
@@ -24,35 +23,6 @@ _NETWORK_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CPU_ENGINE_RULE = "cpu: a CPU cond_input runs the compiled CPU engine, whatever implementation names"
 CPU_REFERENCE_RULE = ("cpu: the float32 PyTorch reference, without the compiled module "
                       "(NVWAVENET_ALLOW_REFERENCE=1)")
-
-
-class Impl(enum.IntEnum):
-    """Which CUDA kernel variant runs; ``AUTO`` picks the fastest that fits.
-
-    - ``SINGLE_BLOCK``: one block per stream or per tile of 2, 4 or 8 streams; any size; the many-stream
-      variant.
-    - ``DUAL_BLOCK``: two cooperating blocks per stream (layer chain | skip sums, head, sampling).
-    - ``PERSISTENT``: one thread-block cluster per stream with the weights held in shared memory
-      (sm_90); only for networks whose weights fit one cluster, else a ValueError says why.
-    - ``CLUSTER``: PERSISTENT's kernel with fence-free hand-offs (``st.async`` into the consumer's
-      shared memory, completed on its ``mbarrier``). Opt-in only: it has not run on a GPU yet,
-      and ``AUTO`` never picks it.
-    - ``TENSOR_CORE``: one block per tile of 8-64 streams, every product on the tensor cores
-      (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
-      R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
-      it passed and is fastest.
-
-    ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
-    call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
-    each other give up after ``NVWAVENET_SPIN_TIMEOUT_MS`` (default 2000) with a RuntimeError.
-    """
-
-    AUTO = 0
-    SINGLE_BLOCK = 1
-    DUAL_BLOCK = 2
-    PERSISTENT = 3
-    CLUSTER = 4
-    TENSOR_CORE = 5
 
 
 class NVWaveNet:
@@ -90,7 +60,7 @@ class NVWaveNet:
             use_embed_tanh, conv_out_bias=conv_out_bias, conv_end_bias=conv_end_bias)
         self.dtype = dtype
         self.num_threads = num_threads
-        self._cpu_weights: engines.CpuWeights | None = None  # packed on the first CPU call
+        self._cpu_weights: dict[torch.dtype, engines.CpuWeights] = {}  # packed on the first CPU call
         self._cuda_weights: dict[tuple[torch.device, torch.dtype], engines.PackedWeights] = {}
         self.last_implementation: Impl | None = None
         self.last_auto_rule: str | None = None
@@ -212,26 +182,31 @@ class NVWaveNet:
             return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                          return_logits=return_logits, state=state, dtype=torch.float32)
         self.last_auto_rule = CPU_ENGINE_RULE
-        if self._cpu_weights is None:
-            self._cpu_weights = engines.CpuWeights.pack(self.weights, self.dtype)
+        cpu_weights = self._cpu_engine_weights(self.dtype)
         batch, samples = u.shape
         out, logits = self._outputs(batch, samples, cond_input.device, return_logits)
-        params = engines.make_params(self.weights, self._cpu_weights.packed, cond_input, u, out, state,
-                                     teacher=teacher, logits=logits,
-                                     cpu_blocked=self._cpu_weights.blocked)
+        params = engines.make_params(self.weights, cpu_weights.packed, cond_input, u, out, state,
+                                     teacher=teacher, logits=logits, cpu_blocked=cpu_weights.blocked)
         params.num_threads = self.num_threads or 0
         engines.generate_cpu(params)
         state["position"].fill_(int(state["position"]) + samples)
         return (out, logits) if return_logits else out
 
-    def _packed_for(self, device: torch.device) -> engines.PackedWeights:
-        """The weights in the kernels' layout on ``device``, packed once per (device, dtype), after
-        checking that CUDA kernels were built for this network and dtype (which no later call can
-        change, so the check runs once with the packing, not on every call)."""
-        key = (device, self.dtype)
+    def _cpu_engine_weights(self, dtype: torch.dtype) -> engines.CpuWeights:
+        """The CPU engine's weights in ``dtype``, packed once (shared with this network's sessions)."""
+        if dtype not in self._cpu_weights:
+            self._cpu_weights[dtype] = engines.CpuWeights.pack(self.weights, dtype)
+        return self._cpu_weights[dtype]
+
+    def _packed_for(self, device: torch.device, dtype: torch.dtype | None = None) -> engines.PackedWeights:
+        """The weights in the kernels' layout on ``device`` in ``dtype`` (default: this network's),
+        packed once per (device, dtype), after checking that CUDA kernels were built for this
+        network and dtype (which no later call can change, so the check runs once with the
+        packing, not on every call)."""
+        key = (device, dtype or self.dtype)
         if key not in self._cuda_weights:
-            engines.check_cuda_build(self.weights, self.dtype)
-            self._cuda_weights[key] = engines.PackedWeights.pack(self.weights, device, self.dtype)
+            engines.check_cuda_build(self.weights, key[1])
+            self._cuda_weights[key] = engines.PackedWeights.pack(self.weights, device, key[1])
         return self._cuda_weights[key]
 
     def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):

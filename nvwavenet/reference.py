@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from .network import WaveNetWeights
 from .sampling import select_classes
 from .state import check_state, layer_offsets, new_state
-from .validation import check_cond_input, check_selectors, check_teacher_forcing
+from .inputs import check_cond_input, check_selectors, check_teacher_forcing
 
-__all__ = ["naive", "incremental", "init_state", "prepare", "slot_table", "step"]
+__all__ = ["naive", "incremental", "incremental_pool", "init_state", "prepare", "slot_table", "step"]
 
 _ANY_FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -91,7 +91,8 @@ def step(net, queues: torch.Tensor, history: torch.Tensor, cond_t: torch.Tensor,
     """One step of SPEC section 1 for every stream: the logits ``(batch, A)``.
 
     ``net`` comes from :func:`prepare`, ``history`` is ``(batch, 2)`` long, ``cond_t`` is
-    ``(L, batch, 2R)`` and ``slots`` the ``(L,)`` queue rows of this step (see :func:`slot_table`).
+    ``(L, batch, 2R)`` and ``slots`` the ``(L,)`` queue rows of this step (see :func:`slot_table`),
+    or ``(batch, L)``: each stream's own, for streams at different positions.
     Nothing here reads a device value on the host, so the step can be captured in a CUDA graph.
     The queues are updated in place; the caller draws the sample and advances ``history``.
 
@@ -103,7 +104,8 @@ def step(net, queues: torch.Tensor, history: torch.Tensor, cond_t: torch.Tensor,
     """
     w, R = net.w, net.w.n_residual
     x = _embed(net, history[:, 0], history[:, 1])
-    pasts = queues[:, slots].to(x.dtype)  # (batch, L, R): x_l[t - d_l] of every layer
+    streams = slice(None) if slots.dim() == 1 else torch.arange(queues.shape[0], device=queues.device)[:, None]
+    pasts = queues[streams, slots].to(x.dtype)  # (batch, L, R): x_l[t - d_l] of every layer
     inputs = []
     skip = torch.zeros(x.shape[0], w.n_skip, dtype=x.dtype, device=x.device)
     for layer in range(w.n_layers):
@@ -114,8 +116,33 @@ def step(net, queues: torch.Tensor, history: torch.Tensor, cond_t: torch.Tensor,
         if layer < w.n_layers - 1:
             x = x + torch.addmm(w.res_b[layer], h, net.res_t[layer])
         skip = skip + torch.addmm(w.skip_b[layer], h, net.skip_t[layer])
-    queues[:, slots] = torch.stack(inputs, dim=1).to(queues.dtype)
+    queues[streams, slots] = torch.stack(inputs, dim=1).to(queues.dtype)
     return _head(net, skip)
+
+
+def _generate(weights: WaveNetWeights, queues: torch.Tensor, history: torch.Tensor, start, cond_input: torch.Tensor,
+              u: torch.Tensor, teacher: torch.Tensor | None, return_logits: bool, dtype: torch.dtype):
+    """The step loop of queue-based generation from ``queues`` ``(batch, sum(d_l), R)`` (updated in
+    place) and int32 ``history`` ``(batch, 2)``, the streams having generated ``start`` steps before
+    (an int for all, or a ``(batch, 1)`` long tensor, one each): ``(samples, logits or None, history)``."""
+    batch, samples = u.shape
+    device = cond_input.device
+    net = prepare(weights, dtype, device)
+    offsets, dilations = slot_table(weights, device)
+    # (samples, L, batch, 2R): one contiguous slice per step.
+    cond_steps = cond_input.permute(3, 2, 1, 0).to(dtype).contiguous()
+    history = history.long()
+    out = torch.empty(batch, samples, dtype=torch.int32, device=device)
+    logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
+    for t in range(samples):
+        logits = step(net, queues, history, cond_steps[t], offsets + (start + t) % dilations)
+        drawn = select_classes(logits, u[:, t])
+        out[:, t] = drawn.to(torch.int32)
+        if logits_out is not None:
+            logits_out[:, :, t] = logits
+        fed_back = drawn if teacher is None else teacher[:, t].long()
+        history = torch.stack([history[:, 1], fed_back], dim=1)
+    return out, logits_out, history.to(torch.int32)
 
 
 def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: torch.Tensor, *,
@@ -128,26 +155,32 @@ def incremental(weights: WaveNetWeights, cond_input: torch.Tensor, selectors: to
         state = init_state(weights, batch, dtype=dtype, device=device)  # valid by construction
     else:
         check_state(state, weights, batch, device, samples=samples)
-    net = prepare(weights, dtype, device)
-    offsets, dilations = slot_table(weights, device)
-    # (samples, L, batch, 2R): one contiguous slice per step.
-    cond_steps = cond_input.permute(3, 2, 1, 0).to(dtype).contiguous()
-    history = state["history"].long()
     position = int(state["position"])
-    out = torch.empty(batch, samples, dtype=torch.int32, device=device)
-    logits_out = torch.empty(batch, weights.n_classes, samples, dtype=dtype, device=device) if return_logits else None
-
-    for t in range(samples):
-        logits = step(net, state["queues"], history, cond_steps[t], offsets + (position + t) % dilations)
-        drawn = select_classes(logits, u[:, t])
-        out[:, t] = drawn.to(torch.int32)
-        if logits_out is not None:
-            logits_out[:, :, t] = logits
-        fed_back = drawn if teacher is None else teacher[:, t].long()
-        history = torch.stack([history[:, 1], fed_back], dim=1)
-
-    state["history"].copy_(history.to(torch.int32))
+    out, logits_out, history = _generate(weights, state["queues"], state["history"], position, cond_input, u, teacher,
+                                         return_logits, dtype)
+    state["history"].copy_(history)
     state["position"].fill_(position + samples)
+    return (out, logits_out) if return_logits else out
+
+
+def incremental_pool(weights: WaveNetWeights, pool: dict, slots, positions, cond_input: torch.Tensor,
+                     selectors: torch.Tensor, *, teacher_forcing: torch.Tensor | None = None,
+                     return_logits: bool = False, dtype: torch.dtype = torch.float64):
+    """:func:`incremental` for streams that live in rows ``slots`` of a pool of states
+    (``pool['queues']`` ``(rows, sum(d_l), R)``, ``pool['history']`` ``(rows, 2)``), stream ``b`` having
+    generated ``positions[b]`` steps before: what ``Params.slots`` and ``Params.positions`` ask of
+    every engine (``csrc/nvwavenet.h``). Updates those rows in place and no other."""
+    batch, samples, u, teacher = _inputs(weights, cond_input, selectors, teacher_forcing, dtype)
+    device = cond_input.device
+    rows = torch.as_tensor(slots, dtype=torch.long, device=device)
+    start = torch.as_tensor(positions, dtype=torch.long, device=device)
+    if rows.shape != (batch,) or start.shape != (batch,) or len(set(rows.tolist())) != batch:
+        raise ValueError(f"slots, positions: expected {batch} distinct rows and {batch} positions")
+    queues = pool["queues"][rows]
+    out, logits_out, history = _generate(weights, queues, pool["history"][rows], start[:, None], cond_input, u,
+                                         teacher, return_logits, dtype)
+    pool["queues"][rows] = queues
+    pool["history"][rows] = history.to(pool["history"].dtype)
     return (out, logits_out) if return_logits else out
 
 

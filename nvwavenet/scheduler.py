@@ -1,20 +1,28 @@
 """Continuous batching of vocoder streams: one engine loop per device, streams joining and leaving
 a running batch at chunk boundaries.
 
-Each turn the loop takes every stream that has mel frames waiting and room for more audio, runs
-one batched engine call of ``n`` frames (the smallest number any of them has waiting, at most
-``chunk_frames``, so that no stream waits for another's frames), and hands each stream its audio.
+Each turn the loop takes every stream that has mel frames waiting and room for more audio, each
+with as many frames as it has waiting (at most ``chunk_frames``; one for a stream's first chunk, so
+that a stream joining a busy batch gets its first audio after one short call). Their conditioning
+is one batched call (:class:`~nvwavenet.conditioning.FrameConditioner` with per-stream counts);
+streams with equal counts then share an engine call, the joining ones first, and each stream gets
+its audio as soon as its call returns. A slow sender shrinks only its own call, not everyone's.
 
 Every stream's audio is bit for bit what :class:`~nvwavenet.vocoder.Vocoder` gives for its mel and
 seed alone, whatever else runs in the batch and however its frames arrive:
 
-- conditioning is computed per stream (``Vocoder.condition_chunk`` at batch 1), from that stream's
-  own frame history;
+- the conditioning of each stream depends on its own frames only, whichever streams share the
+  call, where it sits and how many threads run it (``tests/test_conditioning.py``);
 - each stream draws its selectors from its own generator seeded as ``Vocoder`` seeds one, in time
   order, so consecutive draws equal one draw for the whole utterance;
-- the CPU engine's result for a stream does not depend on the batch it runs in
-  (``tests/test_cpu_engine.py``), and a stream that sits out a turn keeps its own state, which
-  ``concat_states`` rotates to the batch's position when it returns.
+- each stream's generation state is its own row (slot) of one :class:`~nvwavenet.session.Session`,
+  at its own position: a call names the slots it runs, and no row moves or is touched by a call
+  that does not name it, so streams join, sit a turn out, run in another group and leave without
+  anyone's state being cut out, copied or re-joined; and the engine's result for a stream does
+  not depend on the batch it runs in (``tests/test_session.py``).
+
+:attr:`Scheduler.seconds` sums the time of turns, of engine calls and of conditioning; the rest of
+a turn is the scheduler's own host overhead.
 
 The scheduler is thread-based and knows nothing of networking: a :class:`Stream`'s producer calls
 :meth:`Stream.put` and :meth:`Stream.end`, its consumer :meth:`Stream.take_audio`, and ``wake``
@@ -34,7 +42,7 @@ from collections.abc import Callable
 import torch
 
 from .sampling import draw_selectors
-from .state import concat_states, select_streams
+from .session import Session
 from .validation import check_int
 from .vocoder import Vocoder, _seed_generator
 
@@ -61,7 +69,7 @@ class Stream:
         self._generator = _seed_generator(seed)
         vocoder = scheduler.vocoder
         self._history = vocoder.conditioner.start(1)
-        self._state = vocoder.net.init_state(1, vocoder.device)  # while outside the running batch
+        self._slot: int | None = None  # its row of the scheduler's Session, from its first turn on
         self._pending: deque[torch.Tensor] = deque()  # (1, n_mels, k) chunks as put
         self.pending_frames = 0
         self._in_flight = False  # frames taken by the engine loop, audio not yet delivered
@@ -148,14 +156,17 @@ class Scheduler:
     """The engine loop of one device for a :class:`~nvwavenet.vocoder.Vocoder`.
 
     ``max_streams`` streams at most at once (:meth:`open` raises :class:`SchedulerFull` beyond);
-    ``chunk_frames`` frames at most per engine call; ``max_pending_frames`` frames queued per
-    stream; ``max_ready_chunks`` audio chunks generated and not yet taken per stream. An engine
-    call holds the conditioning of ``max_streams * chunk_frames`` frames at most (2R * L * hop
-    floats each), the largest part of the server's memory.
+    ``chunk_frames`` frames at most per stream and turn; ``max_pending_frames`` frames queued per
+    stream; ``max_ready_chunks`` audio chunks generated and not yet taken per stream. A turn
+    holds the conditioning of ``max_streams * chunk_frames`` frames at most (2R * L * hop floats
+    each), the largest part of the server's memory. ``join_frames``: a turn's engine calls run
+    this many frames each while a stream can still open, and streams that opened meanwhile get
+    their first frame between two of them (shorter calls cost the engine some speed, so longer
+    ones trade a joiner's wait for throughput).
     """
 
     def __init__(self, vocoder: Vocoder, *, max_streams: int = 64, chunk_frames: int = 4,
-                 max_pending_frames: int = 256, max_ready_chunks: int = 4):
+                 max_pending_frames: int = 256, max_ready_chunks: int = 4, join_frames: int = 1):
         if not isinstance(vocoder, Vocoder):
             raise TypeError(f"vocoder: expected an nvwavenet.vocoder.Vocoder, got {type(vocoder).__name__}")
         self.vocoder = vocoder
@@ -163,17 +174,25 @@ class Scheduler:
         self.chunk_frames = check_int("chunk_frames", chunk_frames)
         self.max_pending_frames = check_int("max_pending_frames", max_pending_frames)
         self.max_ready_chunks = check_int("max_ready_chunks", max_ready_chunks)
+        self.join_frames = check_int("join_frames", join_frames)
         self._lock = threading.RLock()
         self._work = threading.Condition(self._lock)
         self._streams: dict[int, Stream] = {}
         self._ids = itertools.count()
         self._closing = False
         self._thread: threading.Thread | None = None
-        # The running batch: its streams in order and their joint generation state.
-        self._members: list[Stream] = []
-        self._batch_state: dict | None = None
+        # Every stream's generation state, a row each. Rows are admitted and released on the engine
+        # thread only (between calls), so that no row is reset while a call runs.
+        self._session = Session(vocoder.net, self.max_streams, device=vocoder.device, dtype=vocoder.net.dtype,
+                                implementation=vocoder.implementation)
+        self._owners: dict[int, Stream] = {}  # admitted row -> its stream; rows of streams that left are freed at the next turn
         self.samples_generated = 0
         self.engine_calls = 0
+        self.turns = 0
+        # Seconds spent, summed over turns: in whole turns, in the engine's calls, in conditioning.
+        # A turn's host overhead is what it spends in neither (state, selectors, audio, bookkeeping).
+        self.seconds = {"turn": 0.0, "engine": 0.0, "conditioning": 0.0}
+        self._cond_buffer = torch.empty(0)  # the turns' conditioning, reused (the engine is done with it by the next)
         self.on_turn: Callable[[int, int], None] | None = None  # (streams, samples), for metrics
 
     # -- admission -----------------------------------------------------------------------------
@@ -242,72 +261,139 @@ class Scheduler:
                     self._work.wait()
                 if self._thread is not threading.current_thread():
                     return
-                n = min(self.chunk_frames, *(s.pending_frames for s in ready))
-                frames = [s._take_frames(n) for s in ready]
+                started = time.perf_counter()
+                # Each stream takes what it has, up to chunk_frames (a slow sender shrinks only its
+                # own call); a stream's first chunk is one frame, so that a stream joining a busy
+                # batch hears its first audio after one short call, not a full chunk of everyone.
+                counts = [min(self.chunk_frames if s.samples_out else 1, s.pending_frames) for s in ready]
+                frames = [s._take_frames(n) for s, n in zip(ready, counts)]
                 for stream in ready:
                     stream._in_flight = True
                     stream._wake()  # room for more frames
-            try:
-                audio = self._generate(ready, frames)
-            except Exception as error:  # noqa: BLE001 - a failed call must not end the loop for every other stream
-                self._fail(ready, f"engine error: {type(error).__name__}: {error}")
-                continue
-            now = time.monotonic()
+            self._release_rows()
+            # Calls of equal frame counts share an engine call (the engine runs one step count per
+            # call); first chunks go first, then the rest, largest count first.
+            by_count: dict[int, list[int]] = {}
+            for index, n in enumerate(counts):
+                by_count.setdefault(n, []).append(index)
+            joining = [i for i in range(len(ready)) if not ready[i].samples_out]
+            rest = [i for n in sorted(by_count, reverse=True) for i in by_count[n] if ready[i].samples_out]
+            for part in (joining, rest):
+                if part:
+                    self._turn([ready[i] for i in part], [frames[i] for i in part], [counts[i] for i in part])
             with self._lock:
-                for stream, chunk in zip(ready, audio):
-                    stream._in_flight = False
-                    if stream.closed:
-                        continue
-                    stream._ready.append(chunk)
-                    stream.samples_out += chunk.shape[0]
-                    if stream.first_audio_at is None:
-                        stream.first_audio_at = now
-                    if stream.ended and not stream.pending_frames:
-                        self._finish(stream)
-                    stream._wake()
-                self.samples_generated += n * self.vocoder.hop_length * len(ready)
-                self.engine_calls += 1
-            if self.on_turn is not None:
-                self.on_turn(len(ready), n * self.vocoder.hop_length * len(ready))
+                self.turns += 1
+                self.seconds["turn"] += time.perf_counter() - started
 
-    def _generate(self, streams: list[Stream], frames: list[torch.Tensor]) -> list[torch.Tensor]:
-        vocoder = self.vocoder
-        cond, selectors = None, []
+    def _turn(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int], reuse: bool = True) -> None:
+        """Conditions ``streams`` in one call, then generates and delivers them by groups of equal
+        count. ``reuse``: into the loop's conditioning buffer (not for joiners run in the middle of
+        a call that still reads it)."""
+        try:
+            cond = self._condition(streams, frames, counts, reuse)
+        except Exception as error:  # noqa: BLE001 - a failed call must not end the loop for every other stream
+            self._fail(streams, f"engine error: {type(error).__name__}: {error}")
+            return
+        first = 0
+        while first < len(streams):
+            last = first
+            while last < len(streams) and counts[last] == counts[first]:
+                last += 1
+            group = streams[first:last]
+            samples = counts[first] * self.vocoder.hop_length
+            try:
+                audio = self._generate(group, cond[:, first:last, :, :samples])
+            except Exception as error:  # noqa: BLE001
+                self._fail(group, f"engine error: {type(error).__name__}: {error}")
+                first = last
+                continue
+            self._deliver(group, audio, samples)
+            first = last
+
+    def _condition(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int],
+                   reuse: bool) -> torch.Tensor:
+        """The conditioning of every stream's new frames, in one call: ``(2R, streams, L, max(counts) * hop)``,
+        stream ``i``'s first ``counts[i] * hop`` samples defined; each stream's history moves on."""
+        conditioner = self.vocoder.conditioner
+        context, widest = conditioner.context, max(counts)
+        window = frames[0].new_zeros(len(streams), conditioner.n_channels, context + widest)
         for index, (stream, chunk) in enumerate(zip(streams, frames)):
-            part, stream._history = vocoder.condition_chunk(stream._history, chunk)
-            # Written into one batch tensor as each is made, not joined at the end: the conditioning
-            # is the call's largest memory (2R * L * hop floats a frame, 3 MB at R64 L20 hop 300),
-            # and a join would hold it twice.
-            if cond is None:
-                cond = part.new_empty(part.shape[0], len(streams), *part.shape[2:])
-            cond[:, index] = part[:, 0]
-            selectors.append(draw_selectors(1, part.shape[3], stream._generator, vocoder.device))
-        state = self._batch_for(streams)
-        classes = vocoder.net.infer(cond, vocoder.implementation, selectors=torch.cat(selectors), state=state)
-        return list(vocoder.decode(classes).cpu().unbind(0))
+            window[index, :, :context] = stream._history[0]
+            window[index, :, context:context + chunk.shape[2]] = chunk[0]
+        for index, (stream, n) in enumerate(zip(streams, counts)):
+            stream._history = window[index:index + 1, :, n:n + context].clone()
+        size = len(streams) * conditioner.cond_weight.shape[0] * widest * conditioner.hop
+        if reuse and self._cond_buffer.numel() < size:
+            self._cond_buffer = torch.empty(size, device=self.vocoder.device)
+        started = time.perf_counter()
+        with torch.no_grad():
+            cond = conditioner(window, counts, buffer=self._cond_buffer if reuse else None)
+        if self.vocoder.net.dtype != torch.float32 and self.vocoder.device.type == "cuda":
+            cond = cond.to(torch.float16)
+        self.seconds["conditioning"] += time.perf_counter() - started
+        return cond
 
-    def _batch_for(self, streams: list[Stream]) -> dict:
-        """The joint state of ``streams`` in that order: the running batch's as it is when they are
-        its members; else members that sit this turn out take their own state with them, and the
-        batch is rebuilt from those staying and those joining (``concat_states`` rotates each to
-        the batch's position)."""
-        if streams == self._members:
-            return self._batch_state
-        index = {id(member): i for i, member in enumerate(self._members)}
-        for i, member in enumerate(self._members):
-            if member not in streams and not (member.closed or member.finished):
-                member._state = select_streams(self._batch_state, [i])
-        parts = [select_streams(self._batch_state, [index[id(s)]]) if id(s) in index else s._state
-                 for s in streams]
+    def _generate(self, streams: list[Stream], cond: torch.Tensor) -> list[torch.Tensor]:
+        vocoder = self.vocoder
+        selectors = torch.cat([draw_selectors(1, cond.shape[3], s._generator, vocoder.device) for s in streams])
+        session = self._session
+        slots = []
         for stream in streams:
-            stream._state = None  # it lives in the batch now
-        self._batch_state = concat_states(parts, self.vocoder.net.weights.dilations)
-        self._members = list(streams)
-        return self._batch_state
+            if stream._slot is None:
+                stream._slot = session.admit()
+                with self._lock:
+                    self._owners[stream._slot] = stream
+            slots.append(stream._slot)
+        # Called a frame at a time (join_frames), so that a stream that opens meanwhile gets its
+        # first frame's audio between two of them instead of after everyone's whole chunk; in one
+        # call when no stream can open (every slot taken, or closing), shorter calls being slower.
+        with self._lock:
+            can_join = not self._closing and len(self._streams) < self.max_streams
+        parts, step = [], self.join_frames * vocoder.hop_length if can_join else cond.shape[3]
+        for start in range(0, cond.shape[3], step):
+            if start:
+                self._admit_joiners()
+            started = time.perf_counter()
+            _, audio = session.step(slots, cond[..., start:start + step], selectors[:, start:start + step], audio=True)
+            self.seconds["engine"] += time.perf_counter() - started
+            self.engine_calls += 1
+            parts.append(audio.clone())  # the session's buffer, reused by its next step
+        return list((torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).cpu().unbind(0))
+
+    def _admit_joiners(self) -> None:
+        """Runs, now, the first frame of every stream that has frames and no audio yet."""
+        with self._lock:
+            # Only into free rows: those of streams that left this turn are freed after it (the
+            # turn's calls may still name them).
+            joining = [s for s in self._ready_streams()
+                       if not s.samples_out and not s._in_flight][:self._session.free]
+            frames = [s._take_frames(1) for s in joining]
+            for stream in joining:
+                stream._in_flight = True
+                stream._wake()
+        if joining:
+            self._turn(joining, frames, [1] * len(joining), reuse=False)
+
+    def _deliver(self, streams: list[Stream], audio: list[torch.Tensor], samples: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for stream, chunk in zip(streams, audio):
+                stream._in_flight = False
+                if stream.closed:
+                    continue
+                stream._ready.append(chunk)
+                stream.samples_out += chunk.shape[0]
+                if stream.first_audio_at is None:
+                    stream.first_audio_at = now
+                if stream.ended and not stream.pending_frames:
+                    self._finish(stream)
+                stream._wake()
+            self.samples_generated += samples * len(streams)
+        if self.on_turn is not None:
+            self.on_turn(len(streams), samples * len(streams))
 
     def _fail(self, streams: list[Stream], reason: str) -> None:
         with self._lock:
-            self._members, self._batch_state = [], None
             for stream in streams:
                 if not stream.closed:
                     stream.closed, stream.error = True, reason
@@ -322,3 +408,13 @@ class Scheduler:
     def _remove(self, stream: Stream) -> None:
         self._streams.pop(stream.id, None)
         self._work.notify()
+
+    def _release_rows(self) -> None:
+        """Frees the rows of streams that left (engine thread, between turns), also those that
+        left while their first turn was being prepared, before they had a row."""
+        with self._lock:
+            rows = [row for row, stream in self._owners.items() if stream.id not in self._streams]
+            for row in rows:
+                del self._owners[row]
+        for row in rows:
+            self._session.release(row)

@@ -266,6 +266,10 @@ class _Metrics:
               registry=registry).set_function(lambda: scheduler.active / max(capacity.streams, 1))
         self.refused_connections = Counter("nvwavenet_refused_connections",
                                            "Connections closed at once: --max-connections were open", registry=registry)
+        seconds = Gauge("nvwavenet_scheduler_seconds", "Seconds the engine loop spent, summed: in turns, in engine "
+                        "calls, in conditioning (the rest of a turn is host overhead)", ["part"], registry=registry)
+        for part in scheduler.seconds:
+            seconds.labels(part).set_function(lambda part=part: scheduler.seconds[part])
         self.samples = Counter("nvwavenet_samples", "Audio samples generated", registry=registry)
         Gauge("nvwavenet_samples_per_second", "Samples generated per second over the last 10 s",
               registry=registry).set_function(self._rate)

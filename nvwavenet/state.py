@@ -48,11 +48,14 @@ def new_state(weights: WaveNetWeights, batch: int, *, dtype=torch.float32, devic
     rows = layer_offsets(weights.dilations)[-1]
     check_allocation("batch_size", batch * rows * weights.n_residual * torch.finfo(dtype).bits // 8, device,
                      f"a state for {batch} streams")
-    return {
+    state = {
         "queues": torch.zeros(batch, rows, weights.n_residual, dtype=dtype, device=device),
         "history": torch.full((batch, 2), weights.n_classes // 2, dtype=torch.int32, device=device),
         "position": torch.zeros((), dtype=torch.int64),
     }
+    _mark_verified(state["queues"])  # valid by construction
+    _mark_verified(state["history"], weights.n_classes)
+    return state
 
 
 def _check_keys(state, name: str = "state") -> dict:
@@ -88,9 +91,11 @@ def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device
     history = state["history"]
     # The CUDA kernels look the history up in the embeddings unchecked: a state of another network
     # (a larger A) would read outside them.
-    if history.numel() and not bool(((history >= 0) & (history < weights.n_classes)).all()):
-        raise ValueError(f"state['history']: expected classes in [0, {weights.n_classes}) for this network, "
-                         f"got values from {int(history.min())} to {int(history.max())}")
+    if not _verified(history, weights.n_classes):
+        if history.numel() and not bool(((history >= 0) & (history < weights.n_classes)).all()):
+            raise ValueError(f"state['history']: expected classes in [0, {weights.n_classes}) for this network, "
+                             f"got values from {int(history.min())} to {int(history.max())}")
+        _mark_verified(history, weights.n_classes)
     if state["position"].dtype != torch.int64 or state["position"].device.type != "cpu":
         raise TypeError("state['position']: expected a 0-d int64 tensor on the CPU")
     # The engines index slots with position + t: past the int64 range that is undefined behaviour
@@ -101,7 +106,27 @@ def check_state(state, weights: WaveNetWeights, batch: int, device: torch.device
                          f"more samples keep it an int64, got {position}")
     # Generation keeps every queue entry finite (tanh and sigmoid bound each update): a non-finite
     # one is a damaged state, and would turn that stream's output into garbage.
-    check_finite("state['queues']", state["queues"])
+    if not _verified(state["queues"]):
+        check_finite("state['queues']", state["queues"])
+        _mark_verified(state["queues"])
+
+
+# The values of a state are checked where it enters (a state made elsewhere, a loaded one), not on
+# every call: a tensor remembers the version counter it was checked at. Engines write the queues
+# and history through raw pointers, which leaves the counter as it was; any PyTorch write to them
+# (an edit by the user, copy_, index_fill_) moves it, and the next check_state scans again.
+def _verified(tensor: torch.Tensor, tag=None) -> bool:
+    try:
+        return getattr(tensor, "_nvwavenet_verified", None) == (tensor._version, tag)
+    except RuntimeError:  # inference-mode tensors have no version counter
+        return False
+
+
+def _mark_verified(tensor: torch.Tensor, tag=None) -> None:
+    try:
+        tensor._nvwavenet_verified = (tensor._version, tag)
+    except RuntimeError:
+        pass
 
 
 def copy_state(state: dict) -> dict:

@@ -7,7 +7,8 @@
 
 Each mel frame yields one hop of samples (:mod:`nvwavenet.conditioning`). One-shot and streamed
 vocoding share the per-chunk path: conditioning computed frame by frame, generation resumed
-through the network's state, selectors drawn time-major from one generator. With the same
+from the streams' rows of a :class:`~nvwavenet.session.Session`, selectors drawn time-major from
+one generator. With the same
 generator seed they give identical audio, however the frames are chunked (a CPU generator, as
 the default one made from ``seed`` is).
 """
@@ -27,6 +28,8 @@ from .inference import Impl, NVWaveNet
 from .mel import MelSpectrogram
 from .model import WaveNet
 from .nv_wavenet_files import load_nv_wavenet_state, read_nv_wavenet_config
+from .sampling import draw_selectors
+from .session import Session
 from .validation import as_tensor, check_allocation
 
 __all__ = ["Vocoder"]
@@ -147,22 +150,30 @@ class Vocoder:
         Memory holds one chunk, the network's state and a few frames of context, whatever the length.
         """
         generator = generator if generator is not None else _seed_generator(seed)
-        state = history = None
+        session = slots = history = None
+        buffer = torch.empty(0, device=self.device)  # each chunk's conditioning, reused once the engine is done
         for index, chunk in enumerate(mel_chunks):
             name = f"mel chunk {index}"
             chunk = as_tensor(chunk, name, "a float tensor or array")
             if chunk.dim() in (2, 3):  # before any work over an expanded (zero-stride) chunk
                 self._check_chunk_allocation(chunk, name)
             frames = self._frames(chunk, name)
-            if state is None:
-                state = self.net.init_state(frames.shape[0], self.device)
+            if session is None:
+                # The streams' generation state: rows of a Session, whose step checks only shapes
+                # (the frames' values were checked above, the conditioning and selectors are made here).
+                session = Session(self.net, frames.shape[0], device=self.device, dtype=self.net.dtype,
+                                  implementation=self.implementation)
+                slots = [session.admit() for _ in range(frames.shape[0])]
                 history = self.conditioner.start(frames.shape[0])
             elif frames.shape[0] != history.shape[0]:
                 raise ValueError(f"mel chunk {index}: batch of {frames.shape[0]} streams, the first chunk had "
                                  f"{history.shape[0]}")
-            cond, history = self.condition_chunk(history, frames)
-            classes = self.net.infer(cond, self.implementation, generator=generator, state=state)
-            audio = self.decode(classes)
+            cond, history = self.condition_chunk(history, frames, buffer=buffer)
+            if buffer.numel() < cond.numel():  # for the next chunks, as large as this one
+                buffer = torch.empty(cond.numel(), device=self.device)
+            selectors = draw_selectors(frames.shape[0], cond.shape[3], generator, self.device)
+            _, audio = session.step(slots, cond, selectors, audio=True)
+            audio = audio.clone()  # the session's buffer, reused by its next step
             yield audio[0] if chunk.dim() == 2 else audio
 
     def _check_chunk_allocation(self, chunk: torch.Tensor, name: str) -> None:
@@ -175,14 +186,16 @@ class Vocoder:
         check_allocation(name, streams * per_stream, self.device,
                          f"the conditioning, audio and state of {streams} streams of {frames} frames")
 
-    def condition_chunk(self, history: torch.Tensor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def condition_chunk(self, history: torch.Tensor, frames: torch.Tensor, *,
+                        buffer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The conditioning of ``frames`` ``(batch, n_mels, n)`` (checked by ``conditioner.as_frames``)
         after ``history``, the frames before them (``conditioner.start`` for a new stream), and the
-        history for the next chunk. The server calls it per stream, so its audio is this class's."""
+        history for the next chunk; ``buffer`` as :class:`~nvwavenet.conditioning.FrameConditioner`
+        takes it."""
         window = torch.cat([history, frames], dim=2)
         history = window[:, :, window.shape[2] - self.conditioner.context:]
         with torch.no_grad():
-            cond = self.conditioner(window)
+            cond = self.conditioner(window, buffer=buffer)
         if self.net.dtype != torch.float32 and self.device.type == "cuda":
             cond = cond.to(torch.float16)
         return cond, history

@@ -170,7 +170,7 @@ def test_groups_of_streams_run_one_after_another_unchanged():
 def test_nan_scan_finds_the_earliest_nan_like_torch(dtype):
     """The engine's threads look for NaN before a CPU call (engines.find_nan_cpu); it must name the
     same (stream, sample) as the PyTorch search, whatever the strides, block edges and threads."""
-    from nvwavenet.validation import find_nan_torch
+    from nvwavenet.inputs import find_nan_torch
 
     g = torch.Generator().manual_seed(9)
     layouts = {"contiguous": lambda c: c,

@@ -255,6 +255,11 @@ def fake_params(**fields):
     (dict(dilate_w=0), r"dilate_w: expected a device pointer, got null"),
     (dict(history=0), r"history: expected a device pointer, got null"),
     (dict(out_w=(1 << 20) + 8), r"out_w: .* must be 16-byte aligned"),
+    (dict(pool_rows=-1), r"pool_rows: expected >= 0 \(0: batch\), got -1"),
+    (dict(batch=4, pool_rows=3), r"pool_rows: expected at least batch = 4 rows without slots, got 3"),
+    (dict(slots=(1 << 22) + 2), r"slots: expected an address aligned to 4 bytes"),
+    (dict(positions=(1 << 22) + 4), r"positions: expected an address aligned to 8 bytes"),
+    (dict(steps=1 << 22), r"steps: the CUDA kernels run every stream for num_samples steps"),
 ])
 def test_cuda_entry_points_name_the_bad_argument(fields, message):
     from nvwavenet import _C
@@ -264,6 +269,8 @@ def test_cuda_entry_points_name_the_bad_argument(fields, message):
             _C.cuda_plan(fake_params(**fields), variant)
         with pytest.raises(ValueError, match=message):
             _C.cuda_generate(fake_params(**fields), variant)
+        with pytest.raises(ValueError, match=message):
+            _C.cuda_launch(fake_params(**fields), variant)
 
 
 @needs_kernels

@@ -40,6 +40,7 @@ from nvwavenet.mel import MelConfig  # noqa: E402
 from nvwavenet.model import WaveNet  # noqa: E402
 from nvwavenet.server import (ServeSettings, create_app, measure_capacity, read_token,  # noqa: E402
                               startup_lines, uvicorn_config)
+from nvwavenet.session import Session  # noqa: E402
 from nvwavenet.vocoder import Vocoder  # noqa: E402
 
 MELS = 10
@@ -401,7 +402,7 @@ def test_an_engine_failure_closes_its_streams_with_1011_and_the_server_goes_on(v
         with monkeypatch.context() as patch:
             def fail(*args, **kwargs):
                 raise RuntimeError("out of memory")
-            patch.setattr(vocoder.net, "infer", fail)
+            patch.setattr(Session, "step", fail)  # the scheduler's engine calls
             with pytest.raises(ServerError, match="1011: engine error: RuntimeError: out of memory"):
                 list(client.stream([mel]))
             with pytest.raises(ServerError, match="500: engine error: RuntimeError: out of memory"):

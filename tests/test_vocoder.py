@@ -1,5 +1,6 @@
 """Vocoder: mel in, audio out; streamed equals one-shot; checkpoints and NV-WaveNet weights load."""
 import json
+import os
 
 import pytest
 import torch
@@ -52,6 +53,30 @@ def test_streamed_equals_one_shot(vocoder, chunks):
     streamed = list(vocoder.stream(pieces, seed=5))
     assert [p.shape[1] for p in streamed] == [32 * size for size in chunks]
     assert torch.equal(torch.cat(streamed, dim=1), one_shot)
+
+
+def test_the_same_audio_whatever_the_threads_and_the_batch(model, vocoder):
+    """A stream's audio depends on its mel and seed only: not on PyTorch's thread count (which split
+    the conditioning's sums differently before it moved to compiled code), the conditioner's or the
+    engine's threads, or the streams beside it in a batch."""
+    mel = torch.randn(10, 15)
+    expected = vocoder(mel, seed=9)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2, os.cpu_count()):
+            torch.set_num_threads(threads)
+            other = Vocoder(model, AudioConfig(8000, 64, MEL))
+            other.conditioner.num_threads = threads
+            other.net.num_threads = threads
+            assert torch.equal(other(mel, seed=9), expected), threads
+    finally:
+        torch.set_num_threads(before)
+    # The batch: the stream's conditioning is the same third in a batch of four as alone (the
+    # engine's part is tests/test_cpu_engine.py's; selectors are drawn per stream by the scheduler).
+    batch = torch.stack([torch.randn(10, 15), torch.randn(10, 15), mel, torch.randn(10, 15)])
+    window = torch.cat([vocoder.conditioner.start(4), batch], dim=2)
+    alone = torch.cat([vocoder.conditioner.start(1), mel[None]], dim=2)
+    assert torch.equal(vocoder.conditioner(window)[:, 2:3], vocoder.conditioner(alone))
 
 
 def test_audio_round_trip_through_the_front_end(vocoder):

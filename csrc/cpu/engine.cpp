@@ -92,6 +92,9 @@ struct Net {
   Kernels::Gemm gemm;  // k.gemm for the matrices' precision
   std::vector<int64_t> dilations, queue_offsets;
   int64_t queue_rows;
+  // Whether stream b + 1's queues follow stream b's at one stride (consecutive pool rows, one
+  // position): then the past taps are read in place, else gathered first (Member::add_past).
+  bool strided;
 };
 
 // The threads that run one group of streams, and what they share.
@@ -155,6 +158,7 @@ class Member {
         stage_(scratch.stage.get()),
         x_(scratch.x.get()),
         exps_(lay_.Ap),
+        past_(net.strided ? 0 : n_ * lay_.R),
         history_(2 * n_) {}
 
   // Generates steps [begin, end) of the team's streams. With a budget (seconds per step, > 0),
@@ -171,8 +175,8 @@ class Member {
     return stage_ + (((t - begin_) % stage_steps_) * lay_.L + l) * n_ * own_rows_;
   }
   float* queue_row(int64_t stream, int64_t t, int64_t l) const {
-    const int64_t slot = (net_.p.position + t) & (net_.dilations[l] - 1);
-    return net_.p.queues + ((team_.streams.begin + stream) * net_.queue_rows + net_.queue_offsets[l] + slot) * lay_.R;
+    return net_.p.queues + queue_slot(net_.p, team_.streams.begin + stream, net_.queue_rows, net_.queue_offsets[l],
+                                      int(net_.dilations[l]), t) * lay_.R;
   }
 
   struct BlockSource {
@@ -203,6 +207,7 @@ class Member {
   float* const stage_;  // [stage_steps][L][N][own_rows], in the Scratch of this member's thread
   float* const x_;      // [N][L][Rp], likewise
   Buffer exps_;         // [Ap]
+  Buffer past_;         // [N][R]: the past taps of one layer, gathered when the queues are not strided
   std::vector<int32_t> history_;  // [N][2]: y_{t-2}, y_{t-1}
   int64_t begin_ = 0, end_ = 0;   // the current run's steps
 };
@@ -278,8 +283,14 @@ void Member::begin_step(int64_t t) {
 }
 
 void Member::add_past(int64_t t, int64_t l) {
-  net_.gemm(matrix(lay_.dilate_prev + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end,
-              queue_row(0, t, l), net_.queue_rows * lay_.R, n_, slice(t, l), own_rows_);
+  const float* past = queue_row(0, t, l);
+  int64_t ld = net_.queue_rows * lay_.R;
+  if (!net_.strided) {
+    for (int64_t n = 0; n < n_; ++n) std::memcpy(past_.get() + n * lay_.R, queue_row(n, t, l), size_t(lay_.R) * sizeof(float));
+    past = past_.get(), ld = lay_.R;
+  }
+  net_.gemm(matrix(lay_.dilate_prev + l * lay_.dilate_stride), lay_.R, 2 * chunks_.begin, 2 * chunks_.end, past, ld, n_,
+            slice(t, l), own_rows_);
 }
 
 void Member::embed() {
@@ -320,6 +331,7 @@ void Member::store_queues(int64_t t) {
   const int64_t first = kBlock * chunks_.begin, last = std::min(kBlock * chunks_.end, lay_.R);
   if (last <= first) return;
   for (int64_t n = 0; n < n_; ++n) {
+    if (t >= stream_steps(net_.p, team_.streams.begin + n)) continue;  // that stream's call has ended
     for (int64_t l = 0; l < lay_.L; ++l) {
       std::memcpy(queue_row(n, t, l) + first, x_ + (n * lay_.L + l) * lay_.Rp + first,
                   size_t(last - first) * sizeof(float));
@@ -346,6 +358,9 @@ void Member::sample(int64_t t) {
   const int64_t A = lay_.A, Ap = lay_.Ap;
   for (int64_t n = 0; n < n_; ++n) {
     const int64_t b = team_.streams.begin + n;
+    // A stream whose call has ended is computed on with its last state (in lockstep with the
+    // others), and nothing of it is kept.
+    if (t >= stream_steps(p, b)) continue;
     const float* logits = team_.logits.get() + n * Ap;
     // The smallest k with u < p_0 + ... + p_k, as u * sum(exp) < exp_0 + ... + exp_k.
     const float top = *std::max_element(logits, logits + A);
@@ -385,9 +400,9 @@ int64_t Member::run(int64_t begin, int64_t end, double budget) noexcept {
   barrier.wait(index_, barrier.arrive(index_));
   if (index_ == 0) team_.assembled = Clock::now();
   for (int64_t n = 0; n < n_; ++n) {
-    const int64_t b = team_.streams.begin + n;
-    history_[2 * n] = p.history[2 * b];
-    history_[2 * n + 1] = p.history[2 * b + 1];
+    const int32_t* history = p.history + 2 * stream_row(p, team_.streams.begin + n);
+    history_[2 * n] = history[0];
+    history_[2 * n + 1] = history[1];
   }
   begin_step(begin);
   int64_t t = begin;
@@ -425,9 +440,9 @@ int64_t Member::run(int64_t begin, int64_t end, double budget) noexcept {
   }
   if (index_ == 0) {
     for (int64_t n = 0; n < n_; ++n) {
-      const int64_t b = team_.streams.begin + n;
-      p.history[2 * b] = history_[2 * n];
-      p.history[2 * b + 1] = history_[2 * n + 1];
+      int32_t* history = p.history + 2 * stream_row(p, team_.streams.begin + n);
+      history[0] = history_[2 * n];
+      history[1] = history_[2 * n + 1];
     }
   }
   return t;
@@ -608,9 +623,11 @@ void validate(const Params& p) {
   require(p.num_threads >= 0, "num_threads: expected >= 0 (0: automatic), got " + std::to_string(p.num_threads));
   require(p.cond_dtype == DType::Float32 || p.cond_dtype == DType::Float16 || p.cond_dtype == DType::BFloat16,
           "cond_dtype: not a DType");
-  for (int64_t i = 0; i < 2 * int64_t(p.batch); ++i) {
-    require(p.history[i] >= 0 && p.history[i] < p.A,
-            "history: expected classes in [0, " + std::to_string(p.A) + "), got " + std::to_string(p.history[i]));
+  for (int64_t b = 0; b < p.batch; ++b) {
+    for (int64_t i = 2 * stream_row(p, b); i < 2 * stream_row(p, b) + 2; ++i) {
+      require(p.history[i] >= 0 && p.history[i] < p.A,
+              "history: expected classes in [0, " + std::to_string(p.A) + "), got " + std::to_string(p.history[i]));
+    }
   }
   if (p.num_samples == 0) return;
   if (p.teacher != nullptr) {
@@ -637,12 +654,15 @@ void generate_cpu(const Params& p, const std::string& isa) {
   validate(p);
   if (p.num_samples == 0) return;
 
-  Net net{p, layout, packed, kernels, kernels.gemm[int(p.weight_dtype)], {}, {}, 0};
+  Net net{p, layout, packed, kernels, kernels.gemm[int(p.weight_dtype)], {}, {}, 0, true};
+  for (int64_t b = 1; b < p.batch && net.strided; ++b) {
+    net.strided = stream_row(p, b) == stream_row(p, 0) + b && stream_position(p, b) == stream_position(p, 0);
+  }
   for (int l = 0; l < p.L; ++l) {
     net.dilations.push_back(layer_dilation(l, p.max_dilation));
     net.queue_offsets.push_back(layer_queue_offset(l, p.max_dilation));
   }
-  net.queue_rows = net.queue_offsets.back() + net.dilations.back();
+  net.queue_rows = queue_rows(p.L, p.max_dilation);
 
   Plan plan(net, p.num_threads > 0 ? p.num_threads : default_threads());
   if (p.num_threads == 0 && p.batch == 1 && plan.threads() > 1) {
@@ -651,6 +671,18 @@ void generate_cpu(const Params& p, const std::string& isa) {
   } else {
     plan.run(0, p.num_samples, 0.0);
   }
+}
+
+void generate_pool_cpu(Params& p, int64_t* pool_positions, int64_t* call_positions, const std::string& isa) {
+  require(p.slots != nullptr, "slots: expected the pool rows of the call's streams, got null");
+  require_pointer(pool_positions, "pool_positions", "host");
+  require_pointer(call_positions, "call_positions", "host");
+  p.positions = nullptr;
+  check_call(p, "host");  // the slots index pool_positions
+  for (int64_t b = 0; b < p.batch; ++b) call_positions[b] = pool_positions[p.slots[b]];
+  p.positions = call_positions;
+  generate_cpu(p, isa);
+  for (int64_t b = 0; b < p.batch; ++b) pool_positions[p.slots[b]] += stream_steps(p, b);
 }
 
 }  // namespace nvwavenet::cpu

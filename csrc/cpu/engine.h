@@ -23,6 +23,12 @@ int default_threads();
 // this CPU cannot run; it never aborts.
 void generate_cpu(const Params& p, const std::string& isa);
 
+// generate_cpu for the streams of a pool (nvwavenet/session.py): call stream b is pool row
+// p.slots[b] (required), at the position pool_positions[p.slots[b]] (int64 per pool row), which
+// is advanced by the stream's steps (p.steps, or p.num_samples) once the call has run. `call_positions` is scratch for p.batch
+// int64 values; p.positions is set to it.
+void generate_pool_cpu(Params& p, int64_t* pool_positions, int64_t* call_positions, const std::string& isa);
+
 // {stream, step} of the earliest NaN in the conditioning p.cond (the first stream at that step),
 // or {-1, -1}, scanned on the engine's threads (p.num_threads, 0: default_threads()). Reads only
 // the conditioning fields of p and its sizes R, L, batch and num_samples.

@@ -40,6 +40,12 @@ Plan plan(const Params& p, Variant variant);
 // waits for the kernel to finish so that its status can be checked.
 void generate(const Params& p, Variant variant);
 
+// Generate's launch without the wait: validates, plans, zero-fills the workspace and launches on
+// p.stream, then returns. The kernel's status block (the workspace's first bytes, status.h) is the
+// caller's to read after the kernel; nothing here synchronises with the host, so a launch with
+// fixed Params can be captured in a CUDA graph.
+void launch_async(const Params& p, Variant variant);
+
 // The RuntimeError text for a kernel's status block (`variant`: an nvwavenet.Impl value). Total:
 // any field values, however corrupt, give a message, never an out-of-range lookup.
 std::string status_message(const DeviceStatus& status, int32_t variant, int64_t timeout_ns);

@@ -306,39 +306,8 @@ __device__ __forceinline__ void matvec(const W* __restrict__ w, int ldw, int pai
 }
 
 // ------------------------------------------------------------------------------------------------
-// Network pieces.
-
-// Layer dilations restart at 1 after max_dilation (SPEC section 1); walking the layers in order:
-__device__ __forceinline__ int next_dilation(int dilation, int max_dilation) {
-  return dilation == max_dilation ? 1 : 2 * dilation;
-}
-
-// Rows of one stream's queue block: sum of all layers' dilations.
-__device__ __forceinline__ int64_t queue_rows(int layers, int max_dilation) {
-  int64_t rows = 0;
-  int dilation = 1;
-  for (int l = 0; l < layers; ++l) {
-    rows += dilation;
-    dilation = dilation == max_dilation ? 1 : 2 * dilation;
-  }
-  return rows;
-}
-
-// The queue row of layer l (first row `offset`, dilation d) at step t of this call: it holds
-// x_l[t - d] on entry and receives x_l[t].
-__device__ __forceinline__ int64_t queue_slot(const Params& p, int64_t offset, int dilation, int64_t t) {
-  return offset + ((p.position + t) & (dilation - 1));
-}
-
-// Queue offset and dilation of layer `layer`, walking the layers from the first.
-__device__ __forceinline__ void layer_position(int layer, int max_dilation, int64_t& offset, int& dilation) {
-  offset = 0;
-  dilation = 1;
-  for (int l = 0; l < layer; ++l) {
-    offset += dilation;
-    dilation = next_dilation(dilation, max_dilation);
-  }
-}
+// Network pieces. The dilation walk and the queue indexing (next_dilation, layer_position,
+// queue_rows, queue_slot) are nvwavenet.h's, shared with the CPU engine.
 
 // x_0[k] = E_prev[y_{t-2}][k] + E_curr[y_{t-1}][k], tanh'ed when the network says so.
 template <class W, int R>
@@ -382,7 +351,7 @@ __device__ __forceinline__ void precompute_layers(const Params& p, const W* dila
   layer_position(first, p.max_dilation, offset, dilation);
   for (int i = 0; i < count; ++i) {
     const int l = first + i;
-    const float* past = p.queues + (stream * rows + queue_slot(p, offset, dilation, t)) * R;
+    const float* past = p.queues + queue_slot(p, stream, rows, offset, dilation, t) * R;
     const W* bias = dilate_b + int64_t(i) * 2 * R;
     float* out = pre + int64_t(i) * 2 * R;
     matvec<W, R, 1, 2, NT, WSource, InputFromThisBlock>(

@@ -120,8 +120,8 @@ __device__ void dual_residual_block(const Params& p, float* smem, DualFlags* fla
   uint64_t step = 0;  // steps this pair has run, over all its streams
   bool ok = true;
   for (int64_t stream = pair; stream < p.batch && ok; stream += pairs) {
-    int y_prev2 = p.history[stream * 2];
-    int y_prev1 = p.history[stream * 2 + 1];
+    int y_prev2 = p.history[stream_row(p, stream) * 2];
+    int y_prev1 = p.history[stream_row(p, stream) * 2 + 1];
     precompute_layers<W, R, NT, WeightsInGlobal>(p, dilate_w, dilate_b, 0, L, stream, rows, 0, pre, tid);
     for (int64_t t = 0; t < T; ++t, ++step) {
       // The head block has finished the previous step: the mailbox is free again and, within a
@@ -148,8 +148,8 @@ __device__ void dual_residual_block(const Params& p, float* smem, DualFlags* fla
       int dilation = 1;
       for (int l = 0; l < L; ++l) {
         // x_l[t] into its queue slot (the precompute already read the old entry).
-        const int64_t slot = queue_slot(p, offset, dilation, t);
-        for (int k = tid; k < R; k += NT) p.queues[(stream * rows + slot) * R + k] = x[k];
+        const int64_t slot = queue_slot(p, stream, rows, offset, dilation, t);
+        for (int k = tid; k < R; k += NT) p.queues[slot * R + k] = x[k];
         const float* layer_pre = pre + int64_t(l) * 2 * R;
         float* layer_gated = gated + int64_t(l) * R;
         if (l + 1 < L) {  // the next layer's chain weights into L1 (dilate rows hold both taps)
@@ -211,8 +211,8 @@ __device__ void dual_head_block(const Params& p, float* smem, DualFlags* flags, 
   int handoff = 0;
   bool ok = true;
   for (int64_t stream = pair; stream < p.batch && ok; stream += pairs) {
-    int y_prev2 = p.history[stream * 2];  // tracked by warp 0, which writes the state back
-    int y_prev1 = p.history[stream * 2 + 1];
+    int y_prev2 = p.history[stream_row(p, stream) * 2];  // tracked by warp 0, which writes the state back
+    int y_prev1 = p.history[stream_row(p, stream) * 2 + 1];
     for (int64_t t = 0; t < T; ++t, ++step) {
       float u = 0.f;
       int teacher = 0;
@@ -272,7 +272,7 @@ __device__ void dual_head_block(const Params& p, float* smem, DualFlags* flags, 
       // No barrier here: the next step's first writes to shared memory (s, then z and logits)
       // come after barriers that warp 0 also has to reach.
     }
-    if (ok && warp == 0 && lane < 2) p.history[stream * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
+    if (ok && warp == 0 && lane < 2) p.history[stream_row(p, stream) * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
   }
 }
 

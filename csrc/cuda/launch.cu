@@ -94,21 +94,17 @@ Plan resident_plan(Plan plan, const void* kernel, const DeviceFacts& device) {
 namespace {
 
 const char* variant_name(Variant variant) {
-  switch (variant) {
-    case Variant::Auto:
-      return "AUTO";
-    case Variant::SingleBlock:
-      return "SINGLE_BLOCK";
-    case Variant::DualBlock:
-      return "DUAL_BLOCK";
-    case Variant::Persistent:
-      return "PERSISTENT";
-    case Variant::Cluster:
-      return "CLUSTER";
-    case Variant::TensorCore:
-      return "TENSOR_CORE";
-  }
-  return "an unknown variant";
+  const char* name = nvwavenet::variant_name(static_cast<int32_t>(variant));
+  return name != nullptr ? name : "an unknown variant";
+}
+
+// "SINGLE_BLOCK, DUAL_BLOCK, ..." for messages.
+std::string variant_names() {
+  std::string text;
+#define NVWAVENET_LIST_VARIANT(enumerator, value, name) text += (text.empty() ? "" : ", ") + std::string(name);
+  NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_LIST_VARIANT)
+#undef NVWAVENET_LIST_VARIANT
+  return text;
 }
 
 void require_aligned(const void* pointer, const char* name) {
@@ -120,19 +116,11 @@ void require_aligned(const void* pointer, const char* name) {
 // unbuilt size is reported as such before anything about pointers. Planning happens before the
 // workspace exists (the plan says how large it must be), so only a launch requires it.
 void validate(const Params& p, Variant variant, bool launching) {
-  require(variant == Variant::SingleBlock || variant == Variant::DualBlock || variant == Variant::Persistent ||
-              variant == Variant::Cluster || variant == Variant::TensorCore,
-          std::string("variant: expected SINGLE_BLOCK, DUAL_BLOCK, PERSISTENT, CLUSTER or TENSOR_CORE, got ") +
-              variant_name(variant) +
+  require(variant != Variant::Auto && nvwavenet::variant_name(static_cast<int32_t>(variant)) != nullptr,
+          "variant: expected one of " + variant_names() + ", got " + variant_name(variant) +
               (variant == Variant::Auto ? " (AUTO is resolved in Python, nvwavenet.autotune)" : ""));
-  bool built = false;
-#define NVWAVENET_IS_BUILT(r, s, a) built = built || (p.R == r && p.S == s && p.A == a);
-  NVWAVENET_FOR_EACH_SIZE(NVWAVENET_IS_BUILT)
-#undef NVWAVENET_IS_BUILT
-  require(built, "(R, S, A) = (" + std::to_string(p.R) + ", " + std::to_string(p.S) + ", " + std::to_string(p.A) +
-                     ") has no CUDA kernels; built: " + built_sizes_list());
-  require(p.weight_dtype == DType::Float32 || p.weight_dtype == DType::Float16 || p.weight_dtype == DType::BFloat16,
-          "weight_dtype: expected float32, float16 or bfloat16");
+  // Whether (R, S, A) and the weight type were built: the dispatch's own check, which raises naming them.
+  dispatch_size_and_type(p, [](auto, auto) {});
   require(p.L >= 1 && p.L <= 64, "L: the CUDA kernels support 1 to 64 layers, got " + std::to_string(p.L));
   require(
       p.max_dilation >= 1 && p.max_dilation <= 1024 && (p.max_dilation & (p.max_dilation - 1)) == 0,
@@ -141,6 +129,7 @@ void validate(const Params& p, Variant variant, bool launching) {
           "cond_dtype: the CUDA kernels read float32 or float16 conditioning");
   require(p.spin_timeout_ns > 0, "spin_timeout_ns: expected > 0, got " + std::to_string(p.spin_timeout_ns));
   check_call(p, "device");
+  require(p.steps == nullptr, "steps: the CUDA kernels run every stream for num_samples steps (pass null)");
   for_each_weight(p, [](const void* pointer, const char* name) { require_aligned(pointer, name); });
   require_aligned(p.queues, "queues");
   if (launching) {
@@ -246,11 +235,8 @@ std::string status_message(const DeviceStatus& status, int32_t variant, int64_t 
   const std::string site = status.site >= 0 && status.site < kKnownSites
                                ? std::string(kSites[status.site])
                                : "an unknown wait (site " + std::to_string(status.site) + ")";
-  const bool known_variant = variant >= static_cast<int32_t>(Variant::Auto) &&
-                             variant <= static_cast<int32_t>(Variant::TensorCore);
-  std::string text = std::string("nvwavenet ") +
-                     (known_variant ? variant_name(static_cast<Variant>(variant))
-                                    : "variant " + std::to_string(variant)) +
+  const char* name = nvwavenet::variant_name(variant);
+  std::string text = std::string("nvwavenet ") + (name != nullptr ? name : "variant " + std::to_string(variant)) +
                      " kernel stopped: ";
   if (status.code == kStatusTimeout) {
     text += "block " + std::to_string(status.block) + ", " + site + " at step " + std::to_string(status.step) +
@@ -272,9 +258,11 @@ Plan plan(const Params& p, Variant variant) {
   return cached_plan(p, variant, device_facts(p.device));
 }
 
-void generate(const Params& p, Variant variant) {
+// Validates, plans, zero-fills the workspace and launches on p.stream (nothing for 0 samples);
+// waits for nothing.
+static Plan launch_checked(const Params& p, Variant variant) {
   validate(p, variant, true);
-  if (p.num_samples == 0) return;
+  if (p.num_samples == 0) return Plan{};
   NVWAVENET_CUDA_CHECK(cudaSetDevice(p.device));
   const DeviceFacts device = device_facts(p.device);
   const Plan chosen = cached_plan(p, variant, device);
@@ -288,6 +276,15 @@ void generate(const Params& p, Variant variant) {
   const auto stream = static_cast<cudaStream_t>(p.stream);
   NVWAVENET_CUDA_CHECK(cudaMemsetAsync(p.workspace, 0, static_cast<size_t>(chosen.workspace_bytes), stream));
   launch(p, chosen);
+  return chosen;
+}
+
+void launch_async(const Params& p, Variant variant) { launch_checked(p, variant); }
+
+void generate(const Params& p, Variant variant) {
+  const Plan chosen = launch_checked(p, variant);
+  if (p.num_samples == 0) return;
+  const auto stream = static_cast<cudaStream_t>(p.stream);
   // The kernel reports waits that gave up in the workspace's status block; reading it back means
   // waiting for the kernel, which also surfaces any fault it hit.
   DeviceStatus status{};

@@ -141,8 +141,8 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
     int dilation = first_dilation;
     for (int i = 0; i < count; ++i) {
       const int l = first + i;
-      const int64_t slot = queue_slot(p, offset, dilation, t);
-      for (int k = tid; k < R; k += NT) p.queues[(stream * rows + slot) * R + k] = x[k];
+      const int64_t slot = queue_slot(p, stream, rows, offset, dilation, t);
+      for (int k = tid; k < R; k += NT) p.queues[slot * R + k] = x[k];
       const float* layer_pre = pre + i * 2 * R;
       float* layer_gated = gated + i * R;
       matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
@@ -227,8 +227,8 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
   float* const first_input = reinterpret_cast<float*>(smem + Layout::kInput);  // in rank 0
 
   // The sampler tracks the fed-back classes: x_0 needs the last two.
-  int y_prev2 = p.history[stream * 2];
-  int y_prev1 = p.history[stream * 2 + 1];
+  int y_prev2 = p.history[stream_row(p, stream) * 2];
+  int y_prev1 = p.history[stream_row(p, stream) * 2 + 1];
   if (sampler && warp == 0) {  // x_0[0]
     for (int k = lane; k < R; k += 32)
       H::put(cluster, first_input + k, 0, counters + Layout::kInputCounter, embed<W, R>(p, y_prev2, y_prev1, k));
@@ -309,7 +309,7 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
       }
     }
   }
-  if (sampler && warp == 0 && lane < 2) p.history[stream * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
+  if (sampler && warp == 0 && lane < 2) p.history[stream_row(p, stream) * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
   return StopPoint{T, kSiteNone};
 }
 

@@ -63,13 +63,13 @@ struct LayerPrefetch {
   template <class W>
   __device__ __forceinline__ void load(const Params& p, int64_t stream0, int valid, int64_t rows, int layer,
                                        int64_t offset, int dilation, int64_t t, int tid) {
-    const int64_t slot = queue_slot(p, offset, dilation, t);
     const W* bias = static_cast<const W*>(p.dilate_b) + int64_t(layer) * 2 * R;
 #pragma unroll
     for (int i = 0; i < kQueue; ++i) {
       const int e = tid + i * NT;
       const int b = e / R;
-      queue[i] = (e < BT * R && b < valid) ? p.queues[((stream0 + b) * rows + slot) * R + e % R] : 0.f;
+      queue[i] = (e < BT * R && b < valid) ? p.queues[queue_slot(p, stream0 + b, rows, offset, dilation, t) * R + e % R]
+                                           : 0.f;
     }
 #pragma unroll
     for (int i = 0; i < kPre; ++i) {
@@ -97,12 +97,12 @@ struct LayerPrefetch {
   // x_l[t] (the second half of each input row) into the layer's queue slot.
   __device__ __forceinline__ void write_back(const Params& p, int64_t stream0, int valid, int64_t rows, int64_t offset,
                                              int dilation, int64_t t, const float* input, int tid) const {
-    const int64_t slot = queue_slot(p, offset, dilation, t);
 #pragma unroll
     for (int i = 0; i < kQueue; ++i) {
       const int e = tid + i * NT;
       const int b = e / R;
-      if (e < BT * R && b < valid) p.queues[((stream0 + b) * rows + slot) * R + e % R] = input[b * 2 * R + R + e % R];
+      if (e < BT * R && b < valid)
+        p.queues[queue_slot(p, stream0 + b, rows, offset, dilation, t) * R + e % R] = input[b * 2 * R + R + e % R];
     }
   }
 };
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
 
   if (tid < 2 * BT) {
     const int b = tid >> 1;
-    history[b][tid & 1] = b < valid ? p.history[(stream0 + b) * 2 + (tid & 1)] : A / 2;
+    history[b][tid & 1] = b < valid ? p.history[stream_row(p, stream0 + b) * 2 + (tid & 1)] : A / 2;
   }
   for (int e = tid; e < BT * S; e += NT) skip[e] = 0.f;
   __syncthreads();
@@ -243,7 +243,7 @@ __global__ void __launch_bounds__(kSingleThreads, 1) single_block_kernel(const _
   }
 
   if (tid < 2 * BT && (tid >> 1) < valid)
-    p.history[(stream0 + (tid >> 1)) * 2 + (tid & 1)] = history[tid >> 1][tid & 1];
+    p.history[stream_row(p, stream0 + (tid >> 1)) * 2 + (tid & 1)] = history[tid >> 1][tid & 1];
 }
 
 // Calls f(std::integral_constant<int, BT>{}) for a built tile (1, 2, 4 or 8 streams per block).

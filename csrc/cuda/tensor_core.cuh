@@ -399,12 +399,12 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
   // program order). Held as operands (rounded now, as they would be when stored): half the registers.
   decltype(Type::four(float4{})) past[kPast];
   const auto load_past = [&](int64_t offset, int dilation, int64_t t) {
-    const int64_t slot = queue_slot(p, offset, dilation, t);
 #pragma unroll
     for (int i = 0; i < kPast; ++i) {
       const int e = 4 * (tid + i * kTcThreads);
       const int b = e / R;
-      const float4 v = b < valid ? *reinterpret_cast<const float4*>(p.queues + ((stream0 + b) * rows + slot) * R + e % R)
+      const float4 v = b < valid ? *reinterpret_cast<const float4*>(
+                                       p.queues + queue_slot(p, stream0 + b, rows, offset, dilation, t) * R + e % R)
                                  : make_float4(0.f, 0.f, 0.f, 0.f);
       past[i] = Type::four(v);
     }
@@ -417,13 +417,12 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
     }
   };
   const auto write_back = [&](int64_t offset, int dilation, int64_t t) {
-    const int64_t slot = queue_slot(p, offset, dilation, t);
 #pragma unroll
     for (int i = 0; i < kPast; ++i) {
       const int e = 4 * (tid + i * kTcThreads);
       const int b = e / R;
       if (b < valid)
-        *reinterpret_cast<float4*>(p.queues + ((stream0 + b) * rows + slot) * R + e % R) =
+        *reinterpret_cast<float4*>(p.queues + queue_slot(p, stream0 + b, rows, offset, dilation, t) * R + e % R) =
             *reinterpret_cast<const float4*>(x + b * R + e % R);
     }
   };
@@ -433,7 +432,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
   };
 
   for (int e = tid; e < 2 * nb; e += kTcThreads)
-    history[e] = e / 2 < valid ? p.history[(stream0 + e / 2) * 2 + (e & 1)] : A / 2;
+    history[e] = e / 2 < valid ? p.history[stream_row(p, stream0 + e / 2) * 2 + (e & 1)] : A / 2;
   // The slab copies form a ring: slab i of the call goes to buffer i % kTcStages. `ahead` is the
   // last slab whose copy was issued, kTcStages - 2 slabs after the one being multiplied.
   TcSlab ahead{0, kTcDilate, 0};
@@ -571,7 +570,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
   }
   cp_async_wait<0>();  // the next step's first slabs, copied for nothing
   __syncthreads();
-  for (int e = tid; e < 2 * valid; e += kTcThreads) p.history[(stream0 + e / 2) * 2 + (e & 1)] = history[e];
+  for (int e = tid; e < 2 * valid; e += kTcThreads) p.history[stream_row(p, stream0 + e / 2) * 2 + (e & 1)] = history[e];
 }
 
 template <int R, int S, int A, class W>
