@@ -130,14 +130,16 @@ class HostNet:
     NVWaveNet's interface for nvwavenet.testing's compare_with_reference and generate_in_chunks.
 
     ``seed``: 0 runs blocks and threads in order, any other value a random schedule from it.
-    ``streams_per_block``: the tile (0: the one autotune picks for the batch on 132 SMs)."""
+    ``streams_per_block``: the tile (0: the one autotune picks for the batch on 132 SMs).
+    ``starve_block``: a block (grid index) that runs only when every other block is stuck."""
 
     def __init__(self, net, module, variant, *, seed: int = 0, streams_per_block: int = 0,
-                 spin_timeout_ns: int | None = None):
+                 spin_timeout_ns: int | None = None, starve_block: int = -1):
         import torch
         from nvwavenet import engines
 
         self.net, self.module, self.variant, self.seed = net, module, variant, seed
+        self.starve_block = starve_block
         self.weights, self.dtype, self.A = net.weights, net.dtype, net.A
         self.streams_per_block = streams_per_block
         self.spin_timeout_ns = engines.spin_timeout_ns() if spin_timeout_ns is None else spin_timeout_ns
@@ -165,8 +167,11 @@ class HostNet:
         state = self.init_state(batch) if state is None else state
         out = torch.full((batch, samples), -1, dtype=torch.int32)
         logits = torch.full((batch, self.A, samples), float("nan")) if return_logits else None
+        # Params holds raw pointers: these tensors must outlive the call.
         teacher = None if teacher_forcing is None else teacher_forcing.to(torch.int32).contiguous()
-        p = self.params(cond_input.contiguous(), selectors.to(torch.float32).contiguous(), out, state, teacher, logits)
+        cond = cond_input.contiguous()
+        u = selectors.to(torch.float32).contiguous()
+        p = self.params(cond, u, out, state, teacher, logits)
         plan = self.module.plan(p, int(self.variant))
         if not plan["runnable"]:
             raise ValueError(f"implementation: Impl.{self.variant.name} cannot run this configuration on the "
@@ -175,7 +180,7 @@ class HostNet:
         if samples:
             workspace = torch.empty(plan["workspace_bytes"], dtype=torch.uint8)
             p.workspace, p.workspace_bytes = workspace.data_ptr(), workspace.numel()
-            self.module.generate(p, int(self.variant), self.seed)
+            self.module.generate(p, int(self.variant), self.seed, starve_block=self.starve_block)
         state["position"].fill_(int(state["position"]) + samples)
         return (out, logits) if return_logits else out
 

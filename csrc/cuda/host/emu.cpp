@@ -448,6 +448,7 @@ bool run_slice(Block& b) {
   const uint64_t start = launch.progress;
   const bool random = launch.options.seed != 0;
   const int n = int(b.fibers.size());
+  int idle_rounds = 0;
   for (int round = 0;; ++round) {
     const uint64_t before = launch.progress;
     if (random) std::shuffle(b.order.begin(), b.order.end(), launch.rng);
@@ -463,7 +464,11 @@ bool run_slice(Block& b) {
     }
     global_stats.switches += n;
     if (b.done == n) return true;
-    if (launch.progress == before) break;
+    if (launch.progress == before) {
+      if (++idle_rounds > launch.options.spin_rounds) break;
+      continue;
+    }
+    idle_rounds = 0;
     if (launch.live.size() > 1 && (round >= 256 || (random && launch.rng() % 8 == 0))) break;
   }
   return launch.progress != start;
@@ -508,10 +513,21 @@ Block* next_block(Launch& launch, Block* b, bool progressed) {
     }
   }
   if (launch.live.empty()) return nullptr;
-  if (launch.options.seed != 0) return launch.live[launch.rng() % launch.live.size()];
-  const auto at = std::find(launch.live.begin(), launch.live.end(), b);
-  if (at == launch.live.end()) return launch.live.front();
-  return *(at + 1 == launch.live.end() ? launch.live.begin() : at + 1);
+  std::vector<Block*> candidates;
+  Block* starved = nullptr;
+  for (Block* x : launch.live) {
+    if (x->linear == launch.options.starve_block && launch.live.size() > 1)
+      starved = x;
+    else
+      candidates.push_back(x);
+  }
+  if (starved && !launch.stalled.count(starved) &&
+      std::all_of(candidates.begin(), candidates.end(), [&](Block* x) { return launch.stalled.count(x) > 0; }))
+    return starved;
+  if (launch.options.seed != 0) return candidates[launch.rng() % candidates.size()];
+  const auto at = std::find(candidates.begin(), candidates.end(), b);
+  if (at == candidates.end()) return candidates.front();
+  return *(at + 1 == candidates.end() ? candidates.begin() : at + 1);
 }
 
 void block_thread(Block* b);

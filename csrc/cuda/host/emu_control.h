@@ -19,6 +19,12 @@ struct Options {
   int max_live_units = 2;          // independent blocks (or clusters) run interleaved at once
   uint64_t async_delay_ns = 2000;  // st.async lands up to this long (emulated time) after it is issued
   uint64_t livelock_ns = 100'000'000'000;  // polls seeing no change for this long: a livelock
+  // A GPU too busy to keep cooperating blocks running: block `starve_block` (grid index, -1:
+  // none) runs only when every other block is stuck, and a block whose threads only poll keeps
+  // polling for `spin_rounds` rounds before it gives up its turn, so that bounded waits on the
+  // starved block run out of time as they would on such a GPU.
+  int starve_block = -1;
+  int spin_rounds = 0;
 };
 void set_options(const Options& options);
 

@@ -36,17 +36,21 @@ PYBIND11_MODULE(nvwavenet_cuda_host, m) {
 
   m.def(
       "generate",
-      [](const Params& p, int variant, uint64_t seed, int max_live_units) {
+      [](const Params& p, int variant, uint64_t seed, int max_live_units, int starve_block) {
         nvw::emu::Options options;
         options.seed = seed;
         options.max_live_units = max_live_units;
+        options.starve_block = starve_block;
+        options.spin_rounds = starve_block >= 0 ? 300 : 0;
         nvw::emu::set_options(options);
         nvwavenet::gpu::generate(p, static_cast<Variant>(variant));
       },
       py::arg("params"), py::arg("variant"), py::arg("seed") = 0, py::arg("max_live_units") = 2,
+      py::arg("starve_block") = -1,
       py::call_guard<py::gil_scoped_release>(),
       "launch.cu's generate() with the kernels running on the CPU; seed 0 schedules blocks and threads "
-      "in order, any other seed a random schedule drawn from it.");
+      "in order, any other seed a random schedule drawn from it; starve_block: a block that runs only when "
+      "every other block is stuck (a GPU too busy to keep the cooperating blocks running).");
 
   m.def("stats", [] {
     const nvw::emu::Stats s = nvw::emu::stats();
