@@ -18,11 +18,10 @@ import concurrent.futures
 import hashlib
 import importlib.util
 import os
-import shutil
+import re
 import subprocess
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,83 +31,91 @@ KERNEL_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-exter
                 f"-DNVWAVENET_FOR_EACH_SIZE(X)={SIZES}", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function"]
 
 
-def _sources(root: Path) -> list[Path]:
-    cuda = root / "csrc" / "cuda"
-    return sorted(cuda.glob("*.cu"))
-
-
-def _inputs(root: Path) -> list[Path]:
-    """Every file the build reads."""
-    cuda = root / "csrc" / "cuda"
-    files = [*cuda.glob("*.cu"), *cuda.glob("*.cuh"), *cuda.glob("*.h"), *(cuda / "host").rglob("*.h"),
-             *(cuda / "host").glob("*.cpp"), root / "csrc" / "nvwavenet.h", root / "csrc" / "params_check.h",
-             root / "csrc" / "sizes.h"]
-    return sorted(files)
-
-
 def _compiler() -> str:
     return os.environ.get("CXX", "g++")
 
 
-def cache_key(root: Path) -> str:
-    import pybind11
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.MULTILINE)
 
+
+def _closure(path: Path) -> list[Path]:
+    """`path` and every project file it includes with quoted includes, transitively."""
+    seen, todo = [], [path]
+    while todo:
+        file = todo.pop()
+        if file in seen:
+            continue
+        seen.append(file)
+        todo += [(file.parent / name).resolve() for name in _INCLUDE.findall(file.read_text())
+                 if (file.parent / name).exists()]
+    return sorted(seen)
+
+
+def _digest(parts) -> str:
     digest = hashlib.sha256()
-    for path in _inputs(root):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, check=True).stdout
-    for part in (version, " ".join(KERNEL_FLAGS), sysconfig.get_config_var("EXT_SUFFIX"), pybind11.__version__,
-                 sys.version):
-        digest.update(part.encode())
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else str(part).encode())
     return digest.hexdigest()[:16]
 
 
 def build(source_root: Path | None = None, jobs: int | None = None, out_dir: Path | None = None,
           verbose: bool = False) -> Path:
-    """The path of the built module for the sources under ``source_root`` (default: this checkout),
-    building it when no cached copy exists. Raises subprocess.CalledProcessError with the
+    """The path of the built module for the sources under ``source_root`` (default: this checkout).
+    Each object is cached under a hash of its flags and of every file it includes, so a change to
+    one kernel recompiles only that kernel's files. Raises subprocess.CalledProcessError with the
     compiler's output on a compile error."""
     import pybind11
 
     root = (source_root or ROOT).resolve()
-    target_dir = (out_dir or ROOT / "build" / "cuda_host") / cache_key(root)
-    target = target_dir / (MODULE + sysconfig.get_config_var("EXT_SUFFIX"))
+    cache = (out_dir or ROOT / "build" / "cuda_host").resolve()
+    host = root / "csrc" / "cuda" / "host"
+    emu = host / "emu.h"
+    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, check=True).stdout
+    kernel = [_compiler(), *KERNEL_FLAGS, "-I", str(host / "include"), "-include", str(emu)]
+    python = [_compiler(), "-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-I", pybind11.get_include(),
+              "-I", sysconfig.get_paths()["include"]]
+    units = [(src, [*kernel, "-x", "c++"], True) for src in sorted((root / "csrc" / "cuda").glob("*.cu"))]
+    units += [(host / "emu.cpp", kernel, True), (host / "module.cpp", python, False)]
+    objects, commands = [], []
+    for src, flags, emulated in units:
+        # An emulated unit also reads the whole emulation layer (force-included, and the CUDA
+        # headers it stands in for).
+        files = _closure(src.resolve()) + (sorted(p.resolve() for p in host.rglob("*.h")) if emulated else [])
+        # Independent of where the sources are (the mutants script builds copies elsewhere).
+        key = _digest([version, emulated, " ".join(KERNEL_FLAGS), pybind11.__version__, sys.version,
+                       *(part for f in files for part in (f.relative_to(root), f.read_bytes()))])
+        obj = cache / "objects" / f"{src.stem}-{key}.o"
+        objects.append(obj)
+        if not obj.exists():
+            commands.append((obj, [*flags, "-c", str(src), "-o"]))
+    target = cache / _digest([o.name for o in objects]) / (MODULE + sysconfig.get_config_var("EXT_SUFFIX"))
     if target.exists():
         return target
-    host = root / "csrc" / "cuda" / "host"
+    (cache / "objects").mkdir(parents=True, exist_ok=True)
     jobs = jobs or int(os.environ.get("NVWAVENET_BUILD_JOBS", os.cpu_count() or 1))
-    work = Path(tempfile.mkdtemp(prefix="cuda_host_", dir=target_dir.parent if target_dir.parent.exists() else None))
-    try:
-        kernel = [_compiler(), *KERNEL_FLAGS, "-I", str(host / "include"), "-include", str(host / "emu.h")]
-        commands = [[*kernel, "-x", "c++", "-c", str(src), "-o", str(work / (src.stem + ".o"))]
-                    for src in _sources(root)]
-        commands.append([*kernel, "-c", str(host / "emu.cpp"), "-o", str(work / "emu.o")])
-        commands.append([_compiler(), "-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden",
-                         "-I", pybind11.get_include(), "-I", sysconfig.get_paths()["include"],
-                         "-c", str(host / "module.cpp"), "-o", str(work / "module.o")])
 
-        def run(command):
-            if verbose:
-                print(" ".join(command), flush=True)
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
-            return done.stderr
+    def run(command):
+        if verbose:
+            print(" ".join(command), flush=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
 
-        # The slowest compiles (TENSOR_CORE, then the cluster kernels) first.
-        commands.sort(key=lambda c: (0 if "tensor_core" in c[-3] else 1 if "cluster" in c[-3] or "persistent" in c[-3]
-                                     else 2))
-        with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-            for warnings in pool.map(run, commands):
-                if warnings and verbose:
-                    print(warnings, file=sys.stderr)
-        linked = work / target.name
-        run([_compiler(), "-shared", "-o", str(linked), *map(str, sorted(work.glob("*.o"))), "-lpthread"])
-        target_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(linked, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    def compile_one(item):
+        obj, command = item
+        partial = obj.with_suffix(f".{os.getpid()}.tmp")
+        run([*command, str(partial)])
+        os.replace(partial, obj)
+
+    # The slowest compiles (TENSOR_CORE, the cluster kernels) first.
+    commands.sort(key=lambda c: 0 if "tensor_core" in c[0].name else 1 if re.match("(cluster|persistent)", c[0].name)
+                  else 2)
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        list(pool.map(compile_one, commands))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.tmp")
+    run([_compiler(), "-shared", "-o", str(partial), *map(str, objects), "-lpthread"])
+    os.replace(partial, target)
     return target
 
 

@@ -461,6 +461,9 @@ bool run_slice(Block& b) {
       ++launch.clock;
       if (launch.stopping) return true;
       if (!launch.pending.empty()) deliver_due(launch, false);
+      // A random schedule also hands the baton over between two threads' steps, so that another
+      // block can see a producer's writes half done.
+      if (random && launch.live.size() > 1 && launch.rng() % 64 == 0) return launch.progress != start;
     }
     global_stats.switches += n;
     if (b.done == n) return true;
