@@ -3,7 +3,7 @@ at a time (a wrong expect_tx byte count, a missing cp.async wait, a wrong ldmatr
 wrong mbarrier parity, an off-by-one queue slot, a missing barrier, ...), builds the host build of
 the copy (scripts/cuda_host.py; only the objects that include the changed file recompile) and
 runs the variant's checks on it: SPEC section 4's comparison with the reference under the in-order
-schedule and two random ones. A mutant is caught when a check fails (wrong numbers, an emulation
+schedule and two random ones, and for the cooperating variants the timeout/abort path. A mutant is caught when a check fails (wrong numbers, an emulation
 error such as a deadlock or bytes landing in an unconsumed phase, a timeout report, a crash).
 The unmutated copy must pass the same checks first.
 
@@ -38,6 +38,13 @@ MUTANTS = [
      "// x_l[t] into its queue slot", "queue_slot(p, offset, dilation, t)", "queue_slot(p, offset, dilation, t + 1)"),
     ("dual_block: publisher releases before its warp copied the row", "DUAL_BLOCK", "dual_block.cuh",
      "__stcg(reinterpret_cast<float4*>(mailbox", "    __syncwarp();\n", ""),
+    ("dual_block: publisher meets the chain's barrier with the chain's thread count", "DUAL_BLOCK", "dual_block.cuh",
+     "for (uint64_t entry = 0;", "group_barrier(kDualPublishBarrier, kDualThreads)",
+     "group_barrier(kDualPublishBarrier, kDualChainThreads)"),
+    ("dual_block: a chain that gave up leaves the publisher at its barrier", "DUAL_BLOCK", "dual_block.cuh",
+     "if (!ok) {  // release the publisher", "    group_arrive(kDualPublishBarrier, kDualThreads);\n", ""),
+    ("cluster: one hand-off mbarrier never initialised", "CLUSTER", "persistent.cuh",
+     "using H = std::conditional_t", "if (tid < 4) H::init", "if (tid < 3) H::init"),
     ("persistent: signal before the block finished storing x", "PERSISTENT", "persistent.cuh",
      "// x entering the next block's first layer", "        __syncthreads();\n", ""),
     ("cluster: expect_tx of the skip shares 4 bytes short", "CLUSTER", "persistent.cuh",
@@ -82,6 +89,19 @@ for dtype in (torch.float16, torch.float32):
     cond = random_cond_input(32, batch, layers, 6, seed=2)
     for seed in (0, 1, 2):
         compare_with_reference(cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile), cond, variant)
+# The abort path: a 1 ns limit with the block the others wait on starved must stop the kernel with
+# its status report, not with an emulation error (tests/test_cuda_host.py does the same).
+starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0}}.get(variant.name)
+if starved is not None:
+    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=starved)
+    try:
+        runner.infer(cond, selectors=torch.rand(batch, 6))
+    except host.EmulationError:
+        raise
+    except RuntimeError as error:
+        assert "kernel stopped" in str(error), str(error)
+    else:
+        raise AssertionError("a 1 ns wait limit with a starved block did not stop the kernel")
 """
 
 
@@ -97,7 +117,8 @@ def check(module: Path, variant: str, timeout: int = 600) -> tuple[bool, str]:
     if done.returncode == 0:
         return True, ""
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    return False, (lines[-1] if lines else f"exit status {done.returncode}")[:300]
+    errors = [line for line in lines if "Error:" in line]  # the exception's first line, not its report
+    return False, ((errors or lines)[-1] if lines else f"exit status {done.returncode}")[:300]
 
 
 def main() -> int:

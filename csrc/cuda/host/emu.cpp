@@ -610,6 +610,11 @@ void block_thread(Block* b) {
   if (launch.stopping) launch.changed.notify_all();
   lock.unlock();
   munmap(b->stacks, kStackBytes * b->fibers.size());
+  // The thread, and with it the block's shared memory, stays until the launch ends: another
+  // block of a cluster may still store into it (a kernel bug that the exit checks may not see,
+  // but not one that may corrupt the emulator).
+  lock.lock();
+  launch.changed.wait(lock, [&] { return launch.stopping; });
 }
 
 int blocks_per_multiprocessor(int threads, int64_t shared) {
