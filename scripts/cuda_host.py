@@ -179,7 +179,11 @@ class HostNet:
         cond = cond_input.contiguous()
         u = selectors.to(torch.float32).contiguous()
         p = self.params(cond, u, out, state, teacher, logits)
-        plan = self.module.plan(p, int(self.variant))
+        try:
+            plan = self.module.plan(p, int(self.variant))
+        except TypeError as error:
+            raise RuntimeError("the host build does not accept nvwavenet._C's Params: both must be built with the "
+                               "same pybind11 (and from the same csrc/nvwavenet.h)") from error
         if not plan["runnable"]:
             raise ValueError(f"implementation: Impl.{self.variant.name} cannot run this configuration on the "
                              f"emulated sm_90: {plan['reason']}")
