@@ -105,6 +105,20 @@ def test_kernel_matches_the_reference(host, variant, dtype_name, R):
     print(f"{variant.name} {dtype_name} R{R} L{layers} batch {batch}: {figures}")
 
 
+@pytest.mark.parametrize("variant, tile", [(Impl.SINGLE_BLOCK, 1), (Impl.SINGLE_BLOCK, 4), (Impl.SINGLE_BLOCK, 8),
+                                           (Impl.TENSOR_CORE, 16), (Impl.TENSOR_CORE, 32), (Impl.TENSOR_CORE, 64)],
+                         ids=lambda v: getattr(v, "name", v))
+def test_every_tile_with_a_partial_last_block(host, variant, tile):
+    """The other tiles each variant is built for (the matrix above uses 2 and 8), with one stream
+    more than a tile: a second block with a single live stream."""
+    net = make_net(32, 2, 2, torch.float16, seed=tile)
+    cond = random_cond_input(32, tile + 1, 2, 3, seed=tile)
+    runner = cuda_host.HostNet(net, host, variant, streams_per_block=tile)
+    with case(variant):
+        compare_with_reference(runner, cond, variant, seed=tile)
+        assert runner.last_plan["grid_blocks"] == 2
+
+
 def test_plans_the_gpu_refuses_are_refused(host):
     net = make_net(64, 20, 512, torch.float32)
     cond = random_cond_input(64, 1, 20, 2)
