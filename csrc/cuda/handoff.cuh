@@ -53,7 +53,6 @@ struct FlagHandoff {
 struct MbarrierHandoff {
   static constexpr bool kProducerSignals = false;
 
-
   // One arrival per phase (the consumer's thread 0); the fence makes the initialised barrier
   // visible to the other blocks' st.async before the cluster barrier that follows.
   __device__ __forceinline__ static void init(uint64_t* slot) {
