@@ -3,7 +3,8 @@ at a time (a wrong expect_tx byte count, a missing cp.async wait, a wrong ldmatr
 wrong mbarrier parity, an off-by-one queue slot, a missing barrier, ...), builds the host build of
 the copy (scripts/cuda_host.py; only the objects that include the changed file recompile) and
 runs the variant's checks on it: SPEC section 4's comparison with the reference under the in-order
-schedule and two random ones, and for the cooperating variants the timeout/abort path. A mutant is caught when a check fails (wrong numbers, an emulation
+schedule and two random ones, and for the cooperating variants the timeout/abort path. A mutant
+is caught when a check fails (wrong numbers, an emulation
 error such as a deadlock or bytes landing in an unconsumed phase, a timeout report, a crash).
 The unmutated copy must pass the same checks first.
 

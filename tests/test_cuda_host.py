@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import platform
-import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -181,7 +180,8 @@ def test_a_wait_that_times_out_stops_the_kernel_cleanly(host, variant):
     cond = random_cond_input(32, BATCH[variant], 3, 6, seed=9)
     runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=STARVED[variant])
     with case(variant):
-        with pytest.raises(RuntimeError, match=r"kernel stopped: block \d+, .+ at step \d+, waited more than") as caught:
+        stopped = r"kernel stopped: block \d+, .+ at step \d+, waited more than"
+        with pytest.raises(RuntimeError, match=stopped) as caught:
             runner.infer(cond, selectors=torch.rand(BATCH[variant], 6))
         assert not isinstance(caught.value, host.EmulationError), str(caught.value)
         compare_with_reference(cuda_host.HostNet(net, host, variant), cond, variant)

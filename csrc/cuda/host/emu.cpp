@@ -568,7 +568,8 @@ void finish_block(Launch& launch, Block& b, std::unique_lock<std::mutex>& lock) 
   const auto& unit = launch.units[b.unit];
   if (std::all_of(unit.begin(), unit.end(), [](Block* x) { return x->finished; })) {
     --launch.live_units;
-    while (!launch.stopping && launch.live_units < launch.options.max_live_units && launch.next_unit < launch.units.size())
+    while (!launch.stopping && launch.live_units < launch.options.max_live_units &&
+           launch.next_unit < launch.units.size())
       start_unit(launch, lock);
   }
 }
@@ -889,7 +890,8 @@ uint32_t mapa(uint32_t shared_address, int rank) {
   if (offset < 0 || offset >= int64_t(my_launch().request.dynamic_shared))
     fail_here("mapa of shared offset " + std::to_string(offset) + ", outside the dynamic shared memory");
   if (rank < 0 || rank >= int(my_launch().request.cluster))
-    fail_here("mapa to rank " + std::to_string(rank) + " of a cluster of " + std::to_string(my_launch().request.cluster));
+    fail_here("mapa to rank " + std::to_string(rank) + " of a cluster of " +
+              std::to_string(my_launch().request.cluster));
   return (uint32_t(rank + 1) << 24) | shared_address;
 }
 
@@ -911,7 +913,8 @@ void mbarrier_arrive_expect_tx(uint32_t address, uint32_t bytes) {
   auto [block, offset] = decode(address, "mbarrier.arrive.expect_tx");
   Mbarrier* bar = find_mbarrier(*block, offset);
   if (!bar) fail_here("mbarrier.arrive.expect_tx on shared offset " + std::to_string(offset) + ", never initialised");
-  if (bytes > (1u << 20) - 1) fail_here("mbarrier.expect_tx of " + std::to_string(bytes) + " bytes (PTX's limit 2^20-1)");
+  if (bytes > (1u << 20) - 1)
+    fail_here("mbarrier.expect_tx of " + std::to_string(bytes) + " bytes (PTX's limit 2^20-1)");
   bar->tx += bytes;
   if (--bar->pending < 0) fail_here("mbarrier.arrive: more arrivals than the barrier's count in one phase");
   complete_phase_if_done(*bar);
@@ -1046,7 +1049,8 @@ void cp_async16(void* shared, const void* global) {
   if (offset < 0 || offset + 16 > int64_t(b.launch->request.dynamic_shared) || offset % 16 != 0)
     fail_here("cp.async to shared offset " + std::to_string(offset) +
               ": not 16 bytes aligned inside the dynamic shared memory");
-  if (reinterpret_cast<uintptr_t>(global) % 16 != 0) fail_here("cp.async from " + hex(global) + ", not 16-byte aligned");
+  if (reinterpret_cast<uintptr_t>(global) % 16 != 0)
+    fail_here("cp.async from " + hex(global) + ", not 16-byte aligned");
   const auto [at, fresh] = b.copies_in_flight.emplace(destination, f.linear);
   if (!fresh)
     fail_here("cp.async to shared offset " + std::to_string(offset) + ", where thread " + std::to_string(at->second) +
@@ -1250,10 +1254,7 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const voi
 }
 
 cudaError_t cudaOccupancyMaxActiveClusters(int* clusters, const void* kernel, const cudaLaunchConfig_t* config) {
-  unsigned cluster = 1;
-  for (unsigned i = 0; i < config->numAttrs; ++i)
-    if (config->attrs[i].id == cudaLaunchAttributeClusterDimension)
-      cluster = config->attrs[i].val.clusterDim.x * config->attrs[i].val.clusterDim.y * config->attrs[i].val.clusterDim.z;
+  const unsigned cluster = cluster_blocks_of(*config);
   const KernelAttributes a = attributes_of(kernel);
   if (cluster > unsigned(a.non_portable_clusters ? kMaxClusterBlocks : kPortableClusterBlocks))
     return record(cudaErrorInvalidClusterSize);

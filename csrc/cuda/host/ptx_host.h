@@ -54,7 +54,9 @@ inline uint32_t shared_address(const void* p) { return ::nvw::emu::cvta_shared(p
 inline uint32_t mapa(const void* local_address, int rank) {
   return ::nvw::emu::mapa(::nvw::emu::cvta_shared(local_address), rank);
 }
-inline void mbarrier_init(uint64_t* bar, uint32_t count) { ::nvw::emu::mbarrier_init(::nvw::emu::cvta_shared(bar), count); }
+inline void mbarrier_init(uint64_t* bar, uint32_t count) {
+  ::nvw::emu::mbarrier_init(::nvw::emu::cvta_shared(bar), count);
+}
 inline void fence_mbarrier_init_cluster() { ::nvw::emu::fence_mbarrier_init(); }
 inline void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
   ::nvw::emu::mbarrier_arrive_expect_tx(::nvw::emu::cvta_shared(bar), bytes);

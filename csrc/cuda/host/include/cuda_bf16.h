@@ -19,5 +19,7 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
   const uint32_t rounded = bits + 0x7fffu + ((bits >> 16) & 1u);
   return {uint16_t(rounded >> 16)};
 }
-inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)}; }
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) {
+  return {__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
+}
 inline float2 __bfloat1622float2(__nv_bfloat162 h) { return {__bfloat162float(h.x), __bfloat162float(h.y)}; }

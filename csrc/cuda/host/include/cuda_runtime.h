@@ -20,7 +20,13 @@ enum cudaError_t {
   cudaErrorCooperativeLaunchTooLarge = 720,
   cudaErrorInvalidClusterSize = 912,
 };
-enum cudaMemcpyKind { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice,
+  cudaMemcpyDeviceToHost,
+  cudaMemcpyDeviceToDevice,
+  cudaMemcpyDefault
+};
 enum cudaFuncAttribute {
   cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
   cudaFuncAttributeNonPortableClusterSizeAllowed = 12,
@@ -94,6 +100,17 @@ struct LaunchRequest {
 };
 cudaError_t launch(const LaunchRequest& request, std::function<void()> body);
 
+// Blocks per cluster that a launch configuration asks for (1 without the attribute).
+inline unsigned cluster_blocks_of(const cudaLaunchConfig_t& config) {
+  unsigned blocks = 1;
+  for (unsigned i = 0; i < config.numAttrs; ++i)
+    if (config.attrs[i].id == cudaLaunchAttributeClusterDimension) {
+      const auto& d = config.attrs[i].val.clusterDim;
+      blocks = d.x * d.y * d.z;
+    }
+  return blocks;
+}
+
 template <class... A, class Tuple>
 cudaError_t launch_with(void (*kernel)(A...), LaunchRequest request, Tuple arguments) {
   request.kernel = reinterpret_cast<const void*>(kernel);
@@ -121,10 +138,7 @@ cudaError_t cudaLaunchCooperativeKernel(void (*kernel)(A...), dim3 grid, dim3 bl
 }
 template <class... E, class... A>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(E...), A&&... args) {
-  unsigned cluster = 1;
-  for (unsigned i = 0; i < config->numAttrs; ++i)
-    if (config->attrs[i].id == cudaLaunchAttributeClusterDimension)
-      cluster = config->attrs[i].val.clusterDim.x * config->attrs[i].val.clusterDim.y * config->attrs[i].val.clusterDim.z;
-  return nvw::emu::launch_with(kernel, {nullptr, config->gridDim, config->blockDim, config->dynamicSmemBytes, cluster, false},
-                               std::tuple<std::decay_t<E>...>(std::forward<A>(args)...));
+  const nvw::emu::LaunchRequest request{nullptr, config->gridDim, config->blockDim, config->dynamicSmemBytes,
+                                        nvw::emu::cluster_blocks_of(*config), false};
+  return nvw::emu::launch_with(kernel, request, std::tuple<std::decay_t<E>...>(std::forward<A>(args)...));
 }
