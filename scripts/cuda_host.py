@@ -35,7 +35,7 @@ KERNEL_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-exter
                 "-Wno-unused-variable"]
 
 
-def _compiler() -> str:
+def compiler() -> str:
     return os.environ.get("CXX", "g++")
 
 
@@ -74,9 +74,9 @@ def build(source_root: Path | None = None, jobs: int | None = None, out_dir: Pat
     cache = (out_dir or ROOT / "build" / "cuda_host").resolve()
     host = root / "csrc" / "cuda" / "host"
     emu = host / "emu.h"
-    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, check=True).stdout
-    kernel = [_compiler(), *KERNEL_FLAGS, "-I", str(host / "include"), "-include", str(emu)]
-    python = [_compiler(), "-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-I", pybind11.get_include(),
+    version = subprocess.run([compiler(), "--version"], capture_output=True, text=True, check=True).stdout
+    kernel = [compiler(), *KERNEL_FLAGS, "-I", str(host / "include"), "-include", str(emu)]
+    python = [compiler(), "-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-I", pybind11.get_include(),
               "-I", sysconfig.get_paths()["include"]]
     units = [(src, [*kernel, "-x", "c++"], True) for src in sorted((root / "csrc" / "cuda").glob("*.cu"))]
     units += [(host / "emu.cpp", kernel, True), (host / "module.cpp", python, False)]
@@ -118,7 +118,7 @@ def build(source_root: Path | None = None, jobs: int | None = None, out_dir: Pat
         list(pool.map(compile_one, commands))
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.tmp")
-    run([_compiler(), "-shared", "-o", str(partial), *map(str, objects), "-lpthread"])
+    run([compiler(), "-shared", "-o", str(partial), *map(str, objects), "-lpthread"])
     os.replace(partial, target)
     return target
 

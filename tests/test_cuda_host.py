@@ -30,7 +30,7 @@ cuda_host = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cuda_host)
 
 pytestmark = pytest.mark.skipif(
-    shutil.which(cuda_host._compiler()) is None or platform.machine() != "x86_64" or not engines.has_extension(),
+    shutil.which(cuda_host.compiler()) is None or platform.machine() != "x86_64" or not engines.has_extension(),
     reason="the host build needs g++ on x86-64 and the compiled nvwavenet._C (for its Params type)")
 
 VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE]
