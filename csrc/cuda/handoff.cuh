@@ -55,57 +55,28 @@ struct FlagHandoff {
 struct MbarrierHandoff {
   static constexpr bool kProducerSignals = false;
 
-  __device__ __forceinline__ static uint32_t shared_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  }
-  // The same offset in another block's shared memory, as a shared::cluster address.
-  __device__ __forceinline__ static uint32_t remote(const void* local_address, int rank) {
-    uint32_t out;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(out) : "r"(shared_address(local_address)), "r"(rank));
-    return out;
-  }
-
   // One arrival per phase (the consumer's thread 0); the fence makes the initialised barrier
   // visible to the other blocks' st.async before the cluster barrier that follows.
   __device__ __forceinline__ static void init(uint64_t* slot) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(slot)) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    ptx::mbarrier_init(slot, 1);
+    ptx::fence_mbarrier_init_cluster();
   }
 
   __device__ __forceinline__ static void put(const cg::cluster_group&, float* local_address, int rank,
                                              uint64_t* local_slot, float value) {
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];" ::"r"(
-                     remote(local_address, rank)),
-                 "f"(value), "r"(remote(local_slot, rank))
-                 : "memory");
+    ptx::st_async_f32(ptx::mapa(local_address, rank), value, ptx::mapa(local_slot, rank));
   }
 
   __device__ __forceinline__ static void signal(const cg::cluster_group&, uint64_t*, int) {}
 
-  __device__ __forceinline__ static void arrive_expect_tx(uint32_t address, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes) : "memory");
-  }
-  // Whether the phase with this parity has completed.
-  __device__ __forceinline__ static bool try_wait_parity(uint32_t address, uint32_t parity) {
-    uint32_t done;
-    asm volatile(
-        "{\n\t.reg .pred complete;\n\t"
-        "mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n\t"
-        "selp.u32 %0, 1, 0, complete;\n\t}"
-        : "=r"(done)
-        : "r"(address), "r"(parity)
-        : "memory");
-    return done != 0;
-  }
-
   __device__ __forceinline__ static bool wait(uint64_t* slot, int64_t phase, uint64_t, uint32_t bytes,
                                               const WaitContext& ctx) {
-    const uint32_t address = shared_address(slot);
-    arrive_expect_tx(address, bytes);
+    ptx::mbarrier_arrive_expect_tx(slot, bytes);
     const uint32_t parity = static_cast<uint32_t>(phase & 1);
     uint64_t seen;  // phases completed, for the timeout report
-    return bounded_wait([&]() -> uint64_t { return uint64_t(phase) + try_wait_parity(address, parity); },
-                        uint64_t(phase) + 1, ctx, seen);
+    return bounded_wait(
+        [&]() -> uint64_t { return uint64_t(phase) + (ptx::mbarrier_try_wait_parity(slot, parity) ? 1 : 0); },
+        uint64_t(phase) + 1, ctx, seen);
   }
 
   // Thread 0, after the final cluster barrier (no block sends any more), before its block exits:
@@ -119,16 +90,14 @@ struct MbarrierHandoff {
   __device__ __forceinline__ static void drain(uint64_t* slot, int64_t phase, uint32_t announced, uint32_t in_flight,
                                                const WaitContext& ctx) {
     if (announced == 0 && in_flight == 0) return;
-    const uint32_t address = shared_address(slot);
     if (announced == 0) {
-      arrive_expect_tx(address, in_flight);
+      ptx::mbarrier_arrive_expect_tx(slot, in_flight);
     } else if (announced > in_flight) {
-      asm volatile("mbarrier.complete_tx.shared::cta.b64 [%0], %1;" ::"r"(address), "r"(announced - in_flight)
-                   : "memory");
+      ptx::mbarrier_complete_tx(slot, announced - in_flight);
     }
     const uint32_t parity = static_cast<uint32_t>(phase & 1);
     const uint64_t start = global_timer_ns();
-    for (uint32_t spin = 1; !try_wait_parity(address, parity); ++spin) {
+    for (uint32_t spin = 1; !ptx::mbarrier_try_wait_parity(slot, parity); ++spin) {
       if ((spin & 255u) == 0 && static_cast<int64_t>(global_timer_ns() - start) > ctx.timeout_ns) {
         report_timeout(ctx, uint64_t(phase), uint64_t(phase) + 1);
         return;
