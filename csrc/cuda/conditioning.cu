@@ -8,7 +8,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "conditioning.h"
+#include "../conditioning.h"
 
 namespace nvwavenet::gpu {
 namespace {
@@ -77,12 +77,16 @@ void condition_cuda(const CondParams& p) {
   auto stream = static_cast<cudaStream_t>(p.stream);
   auto* hops = static_cast<float*>(p.workspace);
   const dim3 up_grid(unsigned((p.channels * p.hop + 127) / 128), unsigned(p.max_frames), unsigned(p.batch));
-  upsample_kernel<<<up_grid, 128, 0, stream>>>(p, hops);
-  check(cudaGetLastError(), "upsampling launch");
+  // cudaLaunchKernel rather than <<<>>>, so that the host build (g++) compiles this file too.
+  CondParams arg = p;
+  float* up_out = hops;
+  void* up_args[] = {&arg, &up_out};
+  check(cudaLaunchKernel(upsample_kernel, up_grid, dim3(128), up_args, 0, stream), "upsampling launch");
   const dim3 block(32, 8);
   const dim3 grid(unsigned((p.hop + 31) / 32), unsigned((p.rows + 7) / 8), unsigned(p.batch * p.max_frames));
-  project_kernel<<<grid, block, 0, stream>>>(p, hops);
-  check(cudaGetLastError(), "projection launch");
+  const float* project_in = hops;
+  void* project_args[] = {&arg, &project_in};
+  check(cudaLaunchKernel(project_kernel, grid, block, project_args, 0, stream), "projection launch");
 }
 
 }  // namespace nvwavenet::gpu
