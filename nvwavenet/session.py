@@ -7,7 +7,7 @@ positions, and is released; no row ever moves, and no call touches a row it does
 what causal-conv1d's ``conv_state_indices`` and vLLM's persistent batch do: the engines read
 ``Params.slots`` and ``Params.positions`` (``csrc/nvwavenet.h``).
 
-``step`` is the hot path. It checks shapes, dtypes, devices and strides, never values: the
+``step`` is the hot path. It checks shapes, dtypes and devices (any strides), never values: the
 conditioning and the selectors are the caller's, checked where they entered (``NVWaveNet.infer``,
 ``Vocoder``'s mel input, the server's frame decoder). Its outputs and the engine's arguments are
 preallocated, and a stream's output is bit for bit what it would be alone, in any batch, on any
