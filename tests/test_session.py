@@ -304,3 +304,13 @@ def test_a_stream_moves_between_a_session_and_the_whole_batch_state_api(net, tmp
     with pytest.raises(ValueError, match=r"state\['history'\]"):
         other.admit(bad)
     assert other.free == 1
+
+
+def test_float16_conditioning_with_any_strides(net):
+    (cond, u), = _streams(1, 15)
+    half = cond.half()
+    strided = half.permute(3, 1, 2, 0).contiguous().permute(3, 1, 2, 0)  # time-major in memory
+    session = Session(net, 1)
+    slot = session.admit()
+    got = session.step([slot], strided, u.t().contiguous().t()).clone()
+    assert torch.equal(got, net.infer(half, selectors=u))
