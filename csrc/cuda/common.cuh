@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "../nvwavenet.h"
+#include "ptx.cuh"
 #include "status.h"
 
 namespace nvwavenet::gpu {
@@ -106,7 +107,7 @@ __device__ __forceinline__ void prefetch_l1(const void* base, int tid, int threa
   if constexpr (kBytes <= kL1PrefetchBytes) {
     const char* const start = static_cast<const char*>(base);
     for (int offset = tid * 128; offset < kBytes; offset += threads * 128)
-      asm volatile("prefetch.global.L1 [%0];" ::"l"(start + offset));
+      ptx::prefetch_global_l1(start + offset);
   }
 }
 
@@ -433,33 +434,13 @@ __device__ __forceinline__ void write_step_outputs(const Params& p, int64_t stre
 // semantics until it reaches the value it needs, then meets its own threads at a barrier before
 // they read the data.
 
-__device__ __forceinline__ uint64_t load_acquire_gpu(const uint64_t* p) {
-  uint64_t v;
-  asm volatile("ld.acquire.gpu.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void store_release_gpu(uint64_t* p, uint64_t v) {
-  asm volatile("st.release.gpu.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ uint64_t load_acquire_cluster(const uint64_t* p) {
-  uint64_t v;
-  asm volatile("ld.acquire.cluster.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
+__device__ __forceinline__ uint64_t load_acquire_gpu(const uint64_t* p) { return ptx::ld_acquire_gpu(p); }
+__device__ __forceinline__ void store_release_gpu(uint64_t* p, uint64_t v) { ptx::st_release_gpu(p, v); }
+__device__ __forceinline__ uint64_t load_acquire_cluster(const uint64_t* p) { return ptx::ld_acquire_cluster(p); }
 // Adds to a counter in (possibly another block's) shared memory of this cluster.
-__device__ __forceinline__ void add_release_cluster(uint64_t* p, uint64_t v) {
-  asm volatile("red.release.cluster.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ int32_t load_relaxed_gpu(const int32_t* p) {
-  int32_t v;
-  asm volatile("ld.relaxed.gpu.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ uint64_t global_timer_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+__device__ __forceinline__ void add_release_cluster(uint64_t* p, uint64_t v) { ptx::red_release_cluster_add(p, v); }
+__device__ __forceinline__ int32_t load_relaxed_gpu(const int32_t* p) { return ptx::ld_relaxed_gpu(p); }
+__device__ __forceinline__ uint64_t global_timer_ns() { return ptx::globaltimer(); }
 
 struct WaitContext {
   DeviceStatus* status;
@@ -509,26 +490,11 @@ __device__ __forceinline__ bool bounded_wait(Load load, uint64_t target, const W
 __device__ __forceinline__ bool block_all(bool ok) { return __syncthreads_and(ok ? 1 : 0) != 0; }
 
 // Named barrier over the first `threads` threads of the block (barrier 0 is __syncthreads).
-__device__ __forceinline__ void group_barrier(int id, int threads) {
-  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
+__device__ __forceinline__ void group_barrier(int id, int threads) { ptx::bar_sync(id, threads); }
 // Arrives at a named barrier without waiting: a producer's side of a producer/consumer barrier.
-__device__ __forceinline__ void group_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
+__device__ __forceinline__ void group_arrive(int id, int threads) { ptx::bar_arrive(id, threads); }
 // Named-barrier agreement: true when every participating thread passed true.
-__device__ __forceinline__ bool group_all(int id, int threads, bool ok) {
-  int result;
-  asm volatile(
-      "{\n\t.reg .pred in, out;\n\t"
-      "setp.ne.s32 in, %1, 0;\n\t"
-      "bar.red.and.pred out, %2, %3, in;\n\t"
-      "selp.s32 %0, 1, 0, out;\n\t}"
-      : "=r"(result)
-      : "r"(ok ? 1 : 0), "r"(id), "r"(threads)
-      : "memory");
-  return result != 0;
-}
+__device__ __forceinline__ bool group_all(int id, int threads, bool ok) { return ptx::bar_red_and(id, threads, ok); }
 
 // Copies `bytes` (a multiple of 16, 16-byte aligned both sides) with the threads of a block.
 __device__ __forceinline__ void copy16(void* dst, const void* src, int64_t bytes, int tid, int threads) {

@@ -331,7 +331,7 @@ void DualBlock<R, S, A, W>::launch(const Params& p, const Plan& plan) {
   Params arg = p;
   void* args[] = {&arg};
   NVWAVENET_CUDA_CHECK(cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(&dual_block_kernel<R, S, A, W>), dim3(static_cast<unsigned>(plan.grid_blocks)),
+      dual_block_kernel<R, S, A, W>, dim3(static_cast<unsigned>(plan.grid_blocks)),
       dim3(kDualThreads), args, static_cast<size_t>(plan.shared_bytes), static_cast<cudaStream_t>(p.stream)));
 }
 

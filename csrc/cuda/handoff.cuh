@@ -53,51 +53,27 @@ struct FlagHandoff {
 struct MbarrierHandoff {
   static constexpr bool kProducerSignals = false;
 
-  __device__ __forceinline__ static uint32_t shared_address(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  }
-  // The same offset in another block's shared memory, as a shared::cluster address.
-  __device__ __forceinline__ static uint32_t remote(const void* local_address, int rank) {
-    uint32_t out;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(out) : "r"(shared_address(local_address)), "r"(rank));
-    return out;
-  }
-
   // One arrival per phase (the consumer's thread 0); the fence makes the initialised barrier
   // visible to the other blocks' st.async before the cluster barrier that follows.
   __device__ __forceinline__ static void init(uint64_t* slot) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(shared_address(slot)) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    ptx::mbarrier_init(slot, 1);
+    ptx::fence_mbarrier_init_cluster();
   }
 
   __device__ __forceinline__ static void put(const cg::cluster_group&, float* local_address, int rank,
                                              uint64_t* local_slot, float value) {
-    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];" ::"r"(
-                     remote(local_address, rank)),
-                 "f"(value), "r"(remote(local_slot, rank))
-                 : "memory");
+    ptx::st_async_f32(ptx::mapa(local_address, rank), value, ptx::mapa(local_slot, rank));
   }
 
   __device__ __forceinline__ static void signal(const cg::cluster_group&, uint64_t*, int) {}
 
   __device__ __forceinline__ static bool wait(uint64_t* slot, int64_t phase, uint64_t, uint32_t bytes,
                                               const WaitContext& ctx) {
-    const uint32_t address = shared_address(slot);
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(address), "r"(bytes) : "memory");
+    ptx::mbarrier_arrive_expect_tx(slot, bytes);
     const uint32_t parity = static_cast<uint32_t>(phase & 1);
     uint64_t seen;  // phases completed, for the timeout report
     return bounded_wait(
-        [&]() -> uint64_t {
-          uint32_t done;
-          asm volatile(
-              "{\n\t.reg .pred complete;\n\t"
-              "mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n\t"
-              "selp.u32 %0, 1, 0, complete;\n\t}"
-              : "=r"(done)
-              : "r"(address), "r"(parity)
-              : "memory");
-          return uint64_t(phase) + done;
-        },
+        [&]() -> uint64_t { return uint64_t(phase) + (ptx::mbarrier_try_wait_parity(slot, parity) ? 1 : 0); },
         uint64_t(phase) + 1, ctx, seen);
   }
 };

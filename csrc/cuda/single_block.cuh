@@ -291,10 +291,12 @@ template <int R, int S, int A, class W>
 void SingleBlock<R, S, A, W>::launch(const Params& p, const Plan& plan) {
   const dim3 grid(static_cast<unsigned>(plan.grid_blocks));
   const auto stream = static_cast<cudaStream_t>(p.stream);
+  Params arg = p;
+  void* args[] = {&arg};
   with_single_block_tile(plan.streams_per_group, [&](auto bt) {
-    single_block_kernel<R, S, A, W, bt()><<<grid, kSingleThreads, plan.shared_bytes, stream>>>(p);
+    NVWAVENET_CUDA_CHECK(cudaLaunchKernel(single_block_kernel<R, S, A, W, bt()>, grid, dim3(kSingleThreads), args,
+                                          static_cast<size_t>(plan.shared_bytes), stream));
   });
-  NVWAVENET_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace nvwavenet::gpu

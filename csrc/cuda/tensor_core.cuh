@@ -62,9 +62,7 @@ struct TensorCoreType<__half> {
     return words;
   }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx::mma_m16n8k16_f16(d, a, b);
   }
 };
 
@@ -78,9 +76,7 @@ struct TensorCoreType<__nv_bfloat16> {
     return words;
   }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx::mma_m16n8k16_bf16(d, a, b);
   }
 };
 
@@ -92,13 +88,8 @@ struct TensorCoreType<float> {
   __device__ __forceinline__ static float from_float(float v) { return v; }
   __device__ __forceinline__ static float4 four(float4 v) { return v; }
   __device__ __forceinline__ static void split(uint32_t x, uint32_t& hi, uint32_t& lo) {
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(hi) : "f"(__uint_as_float(x)));
-    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(lo) : "f"(__uint_as_float(x) - __uint_as_float(hi)));
-  }
-  __device__ __forceinline__ static void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    hi = ptx::cvt_rna_tf32(__uint_as_float(x));
+    lo = ptx::cvt_rna_tf32(__uint_as_float(x) - __uint_as_float(hi));
   }
   __device__ __forceinline__ static void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     uint32_t a_hi[4], a_lo[4], b_hi[2], b_lo[2];
@@ -106,38 +97,11 @@ struct TensorCoreType<float> {
     for (int i = 0; i < 4; ++i) split(a[i], a_hi[i], a_lo[i]);
 #pragma unroll
     for (int i = 0; i < 2; ++i) split(b[i], b_hi[i], b_lo[i]);
-    mma_tf32(d, a_lo, b_hi);
-    mma_tf32(d, a_hi, b_lo);
-    mma_tf32(d, a_hi, b_hi);
+    ptx::mma_m16n8k8_tf32(d, a_lo, b_hi);
+    ptx::mma_m16n8k8_tf32(d, a_hi, b_lo);
+    ptx::mma_m16n8k8_tf32(d, a_hi, b_hi);
   }
 };
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// The memory clobbers keep these on their side of the block barriers around them.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(p))
-               : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(shared_address(p))
-               : "memory");
-}
-__device__ __forceinline__ void cp_async16(void* shared, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(shared_address(shared)), "l"(global) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most N of this thread's copy groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
 
 // Which element of a 16-row, 32-byte-wide A tile (weights, row-major) lane l points ldmatrix.x4
 // at, which element of an 8-row B tile (activations, [stream][k]) it points ldmatrix.x2 at, and
@@ -230,7 +194,7 @@ __device__ __forceinline__ void copy_slab(W* dst, int rows, RowOf row, int tid) 
   for (int c = tid; c < rows * kChunks; c += kTcThreads) {
     const int r = c / kChunks;
     const int j = c % kChunks;
-    cp_async16(dst + r * (K + kTcPad<W>) + j * kPer, row(r) + j * kPer);
+    ptx::cp_async_cg16(dst + r * (K + kTcPad<W>) + j * kPer, row(r) + j * kPer);
   }
 }
 
@@ -273,7 +237,7 @@ __device__ __noinline__ void issue_slab(const Params& p, TcSlab s, W* dst, int t
       break;
     }
   }
-  cp_async_commit();
+  ptx::cp_async_commit_group();
 }
 
 // One slab's product for the tile: out[m][n] = sum_k slab[m][k] act[n][k] for the slab's `rows`
@@ -303,11 +267,11 @@ __device__ __forceinline__ void slab_product(const W* slab, int rows, const W* a
 #pragma unroll 2
     for (int k0 = 0; k0 < K; k0 += kTcKStep<W>) {
       uint32_t b[2];
-      ldmatrix_x2(b, b_lane + k0);
+      ptx::ldmatrix_x2(b, b_lane + k0);
 #pragma unroll
       for (int q = 0; q < NP; ++q) {
         uint32_t a[4];
-        ldmatrix_x4(a, a_lane + (q * rows + m0) * kLd + k0);
+        ptx::ldmatrix_x4(a, a_lane + (q * rows + m0) * kLd + k0);
         TensorCoreType<W>::mma(acc[q], a, b);
       }
     }
@@ -450,7 +414,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
   // Waits for the current slab's copy (the oldest in flight), then reuses the buffer of the
   // previous slab, whose readers have all passed the barrier, for the copy kTcStages - 1 ahead.
   const auto next_slab = [&]() -> const W* {
-    cp_async_wait<kTcStages - 2>();
+    ptx::cp_async_wait_group<kTcStages - 2>();
     __syncthreads();
     ahead = following_slab<Slabs>(ahead, L);
     issue_slab<R, S, A, W>(p, ahead, weights + (current + kTcStages - 1) % kTcStages * kSlabElements, tid);
@@ -568,7 +532,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) tensor_core_kernel(const __grid
       }
     }
   }
-  cp_async_wait<0>();  // the next step's first slabs, copied for nothing
+  ptx::cp_async_wait_group<0>();  // the next step's first slabs, copied for nothing
   __syncthreads();
   for (int e = tid; e < 2 * valid; e += kTcThreads) p.history[stream_row(p, stream0 + e / 2) * 2 + (e & 1)] = history[e];
 }
@@ -630,9 +594,10 @@ void TensorCore<R, S, A, W>::launch(const Params& p, const Plan& plan) {
     // The kernel reads its tile from Params, so it must be the plan's.
     Params tiled = p;
     tiled.streams_per_block = plan.streams_per_group;
-    tensor_core_kernel<R, S, A, W><<<dim3(static_cast<unsigned>(plan.grid_blocks)), kTcThreads, plan.shared_bytes,
-                                     static_cast<cudaStream_t>(p.stream)>>>(tiled);
-    NVWAVENET_CUDA_CHECK(cudaGetLastError());
+    void* args[] = {&tiled};
+    NVWAVENET_CUDA_CHECK(cudaLaunchKernel(tensor_core_kernel<R, S, A, W>, dim3(static_cast<unsigned>(plan.grid_blocks)),
+                                          dim3(kTcThreads), args, static_cast<size_t>(plan.shared_bytes),
+                                          static_cast<cudaStream_t>(p.stream)));
   }
 }
 

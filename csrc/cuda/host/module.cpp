@@ -1,0 +1,64 @@
+// nvwavenet_cuda_host: the CUDA engine's host interface (api.h: plan, generate) built from the
+// kernels' own sources for the emulated device, for tests/test_cuda_host.py. Takes the Params of
+// nvwavenet._C (imported first, so that pybind11 knows the type).
+#include <pybind11/pybind11.h>
+
+#include "../api.h"
+#include "emu_control.h"
+
+namespace py = pybind11;
+using nvwavenet::Params;
+using nvwavenet::Variant;
+
+PYBIND11_MODULE(nvwavenet_cuda_host, m) {
+  py::module_::import("nvwavenet._C");
+  py::register_exception<nvw::emu::EmulationError>(m, "EmulationError", PyExc_RuntimeError);
+
+  m.def(
+      "plan",
+      [](const Params& p, int variant) {
+        const nvwavenet::gpu::Plan plan = nvwavenet::gpu::plan(p, static_cast<Variant>(variant));
+        py::dict out;
+        out["runnable"] = plan.runnable;
+        out["reason"] = plan.reason;
+        out["streams_per_group"] = plan.streams_per_group;
+        out["blocks_per_group"] = plan.blocks_per_group;
+        out["threads_per_block"] = plan.threads_per_block;
+        out["grid_blocks"] = plan.grid_blocks;
+        out["shared_bytes"] = plan.shared_bytes;
+        out["workspace_bytes"] = plan.workspace_bytes;
+        out["co_resident_groups"] = plan.co_resident_groups;
+        out["layer_blocks"] = plan.layer_blocks;
+        out["head_blocks"] = plan.head_blocks;
+        return out;
+      },
+      py::arg("params"), py::arg("variant"), "launch.cu's plan() on the emulated sm_90 device.");
+
+  m.def(
+      "generate",
+      [](const Params& p, int variant, uint64_t seed, int max_live_units, int starve_block) {
+        nvw::emu::Options options;
+        options.seed = seed;
+        options.max_live_units = max_live_units;
+        options.starve_block = starve_block;
+        options.spin_rounds = starve_block >= 0 ? 300 : 0;
+        nvw::emu::set_options(options);
+        nvwavenet::gpu::generate(p, static_cast<Variant>(variant));
+      },
+      py::arg("params"), py::arg("variant"), py::arg("seed") = 0, py::arg("max_live_units") = 2,
+      py::arg("starve_block") = -1,
+      py::call_guard<py::gil_scoped_release>(),
+      "launch.cu's generate() with the kernels running on the CPU; seed 0 schedules blocks and threads "
+      "in order, any other seed a random schedule drawn from it; starve_block: a block that runs only when "
+      "every other block is stuck (a GPU too busy to keep the cooperating blocks running).");
+
+  m.def("stats", [] {
+    const nvw::emu::Stats s = nvw::emu::stats();
+    py::dict out;
+    out["launches"] = s.launches;
+    out["blocks"] = s.blocks;
+    out["switches"] = s.switches;
+    out["stall_jumps"] = s.stall_jumps;
+    return out;
+  });
+}

@@ -1,0 +1,187 @@
+"""The CUDA kernels' own sources run on the CPU (the host build, csrc/cuda/host and
+scripts/cuda_host.py) and compared with the float64 reference as SPEC section 4 says: every
+variant x float32/float16/bfloat16 x R32 and R64, partial tiles, L=20 with max_dilation 512 on
+a few steps, chunked calls equal to one call bit for bit, the timeout/abort path, and random
+block and thread schedules giving the very same bits. The launcher and planner (launch.cu) run
+unchanged against an emulated sm_90 device, so a plan a GPU refuses is refused here too.
+
+The results are listed at the end of the run (cases per variant, passes). The larger matrix:
+``python scripts/cuda_host_matrix.py``; planted bugs: ``python scripts/cuda_host_mutants.py``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import platform
+import shutil
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from nvwavenet import Impl, NVWaveNet, engines
+from nvwavenet.testing import compare_with_reference, generate_in_chunks, random_cond_input, random_nv_wavenet_args
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cuda_host.py"
+_spec = importlib.util.spec_from_file_location("cuda_host", SCRIPT)
+cuda_host = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cuda_host)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(cuda_host.compiler()) is None or platform.machine() != "x86_64" or not engines.has_extension(),
+    reason="the host build needs g++ on x86-64 and the compiled nvwavenet._C (for its Params type)")
+
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Streams per block where the variant has a tile: chosen so that the batches below leave the last
+# block's tile partly empty.
+TILES = {Impl.SINGLE_BLOCK: 2, Impl.TENSOR_CORE: 8}
+BATCH = {Impl.SINGLE_BLOCK: 3, Impl.DUAL_BLOCK: 2, Impl.PERSISTENT: 1, Impl.CLUSTER: 1, Impl.TENSOR_CORE: 9}
+
+RESULTS: dict[str, dict[str, int]] = defaultdict(lambda: {"cases": 0, "passed": 0, "refused": 0})
+
+
+@contextlib.contextmanager
+def case(variant):
+    """Counts a case of `variant` for the summary, and a pass when the block completes."""
+    RESULTS[variant.name]["cases"] += 1
+    yield
+    RESULTS[variant.name]["passed"] += 1
+
+
+class _Summary:
+    """Lists the cases per variant at the end of the run (a plugin registered by the fixture)."""
+
+    @staticmethod
+    def pytest_terminal_summary(terminalreporter):
+        if not RESULTS:
+            return
+        terminalreporter.section("host build of csrc/cuda against the float64 reference")
+        for name, counts in RESULTS.items():
+            terminalreporter.write_line(f"{name:13s} {counts['cases']:3d} cases run, {counts['passed']:3d} passed; "
+                                        f"{counts['refused']} refused by the plan (by design)")
+
+
+@pytest.fixture(scope="module")
+def host(request):
+    if not request.config.pluginmanager.has_plugin("cuda_host_summary"):
+        request.config.pluginmanager.register(_Summary(), "cuda_host_summary")
+    try:
+        return cuda_host.load()
+    except subprocess.CalledProcessError as error:
+        pytest.fail(f"the host build does not compile:\n{error.stderr[-6000:]}")
+
+
+def make_net(R, layers, max_dilation, dtype, seed=0):
+    return NVWaveNet(**random_nv_wavenet_args(R, 128, 256, layers, max_dilation, seed=seed), dtype=dtype)
+
+
+def shape(variant, R, dtype):
+    """(layers, max_dilation, samples) of a matrix case: R64 at L=20, max_dilation 512 on three
+    steps (float32 PERSISTENT/CLUSTER at L=10: twenty float32 R64 layers need more than a 16-block
+    cluster, which the next test checks is refused); R32 at L=3 on six steps."""
+    if R == 32:
+        return 3, 2, 6
+    if variant in (Impl.PERSISTENT, Impl.CLUSTER) and dtype is torch.float32:
+        return 10, 512, 3
+    return 20, 512, 3
+
+
+@pytest.mark.parametrize("R", [32, 64])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_kernel_matches_the_reference(host, variant, dtype_name, R):
+    dtype = DTYPES[dtype_name]
+    layers, max_dilation, samples = shape(variant, R, dtype)
+    net = make_net(R, layers, max_dilation, dtype)
+    batch = BATCH[variant]
+    cond = random_cond_input(R, batch, layers, samples, seed=R + layers)
+    runner = cuda_host.HostNet(net, host, variant, streams_per_block=TILES.get(variant, 0))
+    with case(variant):
+        figures = compare_with_reference(runner, cond, variant, seed=7)
+    print(f"{variant.name} {dtype_name} R{R} L{layers} batch {batch}: {figures}")
+
+
+@pytest.mark.parametrize("variant, tile", [(Impl.SINGLE_BLOCK, 1), (Impl.SINGLE_BLOCK, 4), (Impl.SINGLE_BLOCK, 8),
+                                           (Impl.TENSOR_CORE, 16), (Impl.TENSOR_CORE, 32), (Impl.TENSOR_CORE, 64)],
+                         ids=lambda v: getattr(v, "name", v))
+def test_every_tile_with_a_partial_last_block(host, variant, tile):
+    """The other tiles each variant is built for (the matrix above uses 2 and 8), with one stream
+    more than a tile: a second block with a single live stream."""
+    net = make_net(32, 2, 2, torch.float16, seed=tile)
+    cond = random_cond_input(32, tile + 1, 2, 3, seed=tile)
+    runner = cuda_host.HostNet(net, host, variant, streams_per_block=tile)
+    with case(variant):
+        compare_with_reference(runner, cond, variant, seed=tile)
+        assert runner.last_plan["grid_blocks"] == 2
+
+
+def test_plans_the_gpu_refuses_are_refused(host):
+    net = make_net(64, 20, 512, torch.float32)
+    cond = random_cond_input(64, 1, 20, 2)
+    for variant in (Impl.PERSISTENT, Impl.CLUSTER):
+        with pytest.raises(ValueError, match=r"needs a cluster of \d+ blocks .*the largest cluster has 16"):
+            cuda_host.HostNet(net, host, variant).infer(cond, selectors=torch.rand(1, 2))
+        RESULTS[variant.name]["refused"] += 1
+    with pytest.raises(ValueError, match="streams_per_block must be 1, 2, 4 or 8"):
+        cuda_host.HostNet(net, host, Impl.SINGLE_BLOCK, streams_per_block=3).infer(cond, selectors=torch.rand(1, 2))
+    with pytest.raises(ValueError, match="streams_per_block must be 8, 16, 32 or 64"):
+        cuda_host.HostNet(net, host, Impl.TENSOR_CORE, streams_per_block=4).infer(cond, selectors=torch.rand(1, 2))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_chunked_calls_equal_one_call_bit_for_bit(host, variant):
+    net = make_net(32, 4, 4, torch.float16, seed=3)
+    batch, samples = BATCH[variant], 7
+    cond = random_cond_input(32, batch, 4, samples, seed=5)
+    u = torch.rand(batch, samples, generator=torch.Generator().manual_seed(11))
+    runner = cuda_host.HostNet(net, host, variant, streams_per_block=TILES.get(variant, 0))
+    with case(variant):
+        whole, whole_logits, whole_state = generate_in_chunks(runner, cond, u, [samples], variant)
+        parts, parts_logits, parts_state = generate_in_chunks(runner, cond, u, [3, 1, 3], variant)
+        assert torch.equal(whole, parts)
+        assert torch.equal(whole_logits, parts_logits)
+        for key in ("queues", "history", "position"):
+            assert torch.equal(whole_state[key], parts_state[key]), key
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_random_schedules_give_the_same_bits(host, variant):
+    """Blocks interleaved and threads resumed in random orders (each seed its own schedule, st.async
+    landing after random delays): every output bit is the in-order schedule's."""
+    net = make_net(32, 3, 2, torch.bfloat16, seed=4)
+    batch = BATCH[variant] + (1 if variant in (Impl.PERSISTENT, Impl.CLUSTER) else 0)  # two clusters
+    cond = random_cond_input(32, batch, 3, 5, seed=6)
+    u = torch.rand(batch, 5, generator=torch.Generator().manual_seed(12))
+    with case(variant):
+        runs = []
+        for seed in (0, 1, 2):
+            runner = cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=TILES.get(variant, 0))
+            runs.append(runner.infer(cond, selectors=u, return_logits=True))
+        for samples, logits in runs[1:]:
+            assert torch.equal(samples, runs[0][0])
+            assert torch.equal(logits, runs[0][1])
+
+
+# The block that the others wait on and that is starved: DUAL_BLOCK's head block (the residual
+# block waits for its sample), a cluster's layer block 0 (the head blocks wait for its skip share).
+STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0}
+
+
+@pytest.mark.parametrize("variant", list(STARVED), ids=lambda v: v.name)
+def test_a_wait_that_times_out_stops_the_kernel_cleanly(host, variant):
+    """A 1 ns limit on the waits between blocks, one block starved (it runs only when the others
+    are stuck; emulated time passes with every poll): a RuntimeError that says where the kernel
+    stopped, no emulation error (deadlock, st.async into a block that exited, ...), and the next
+    normal call is right."""
+    net = make_net(32, 3, 2, torch.float16, seed=8)
+    cond = random_cond_input(32, BATCH[variant], 3, 6, seed=9)
+    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=STARVED[variant])
+    with case(variant):
+        stopped = r"kernel stopped: block \d+, .+ at step \d+, waited more than"
+        with pytest.raises(RuntimeError, match=stopped) as caught:
+            runner.infer(cond, selectors=torch.rand(BATCH[variant], 6))
+        assert not isinstance(caught.value, host.EmulationError), str(caught.value)
+        compare_with_reference(cuda_host.HostNet(net, host, variant), cond, variant)
