@@ -23,7 +23,7 @@ if SCRIPT.exists():
     _spec.loader.exec_module(cuda_host)
 
 pytestmark = pytest.mark.skipif(
-    not SCRIPT.exists() or shutil.which("g++") is None or platform.machine() != "x86_64"
+    not SCRIPT.exists() or shutil.which(cuda_host.compiler()) is None or platform.machine() != "x86_64"
     or not engines.has_extension(),
     reason="the host build of csrc/cuda (scripts/cuda_host.py, g++ on x86-64) and nvwavenet._C are needed")
 
