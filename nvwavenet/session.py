@@ -7,7 +7,7 @@ positions, and is released; no row ever moves, and no call touches a row it does
 what causal-conv1d's ``conv_state_indices`` and vLLM's persistent batch do: the engines read
 ``Params.slots`` and ``Params.positions`` (``csrc/nvwavenet.h``).
 
-``step`` is the hot path. It checks shapes, dtypes, devices and strides, never values: the
+``step`` is the hot path. It checks shapes, dtypes and devices (any strides), never values: the
 conditioning and the selectors are the caller's, checked where they entered (``NVWaveNet.infer``,
 ``Vocoder``'s mel input, the server's frame decoder). Its outputs and the engine's arguments are
 preallocated, and a stream's output is bit for bit what it would be alone, in any batch, on any
@@ -35,7 +35,7 @@ import torch
 from . import engines
 from .inference import Impl, NVWaveNet
 from .inputs import COND_DTYPES
-from .state import MAX_POSITION, layer_offsets
+from .state import MAX_POSITION, check_state, layer_offsets
 from .validation import check_allocation, check_int
 
 __all__ = ["Session"]
@@ -77,8 +77,9 @@ class _Outputs:
 class Session:
     """A pool of ``max_streams`` generation states of ``net`` on ``device``.
 
-    - ``admit() -> slot``: a free row, reset to the start of a stream (empty queues, history ``A // 2``,
-      position 0). Raises RuntimeError when every row is in use.
+    - ``admit(state=None) -> slot``: a free row, reset to the start of a stream (empty queues, history
+      ``A // 2``, position 0) or holding a one-stream ``state``. Raises RuntimeError when every row is
+      in use. ``export(slot)``: the stream's state, as ``NVWaveNet.init_state(1)`` makes them.
     - ``release(slot)``: the row is free again; the other rows are not touched.
     - ``step(slots, cond, selectors, *, logits=False, audio=False)``: ``num_samples`` more steps of
       the streams in ``slots`` (a sequence of admitted slots, distinct, any order): ``cond``
@@ -160,16 +161,32 @@ class Session:
 
     # ---------------------------------------------------------------------------------- slots
 
-    def admit(self) -> int:
-        """A free slot, reset to the start of a stream."""
+    def admit(self, state: dict | None = None) -> int:
+        """A free slot, reset to the start of a stream, or holding ``state`` (a one-stream state of
+        this network, e.g. from :meth:`export`, ``NVWaveNet.init_state(1)`` or ``load_state``),
+        checked here, where it enters."""
+        if state is not None:
+            check_state(state, self.net.weights, 1, self.device)
         if not self._free:
             raise RuntimeError(f"admit: all max_streams={self.max_streams} slots are in use; release one first")
         slot = self._free.pop()
-        self._queues[slot].zero_()
-        self._history[slot].fill_(self._A // 2)
-        self._positions[slot] = 0
+        if state is None:
+            self._queues[slot].zero_()
+            self._history[slot].fill_(self._A // 2)
+            self._positions[slot] = 0
+        else:
+            self._queues[slot].copy_(state["queues"][0])
+            self._history[slot].copy_(state["history"][0])
+            self._positions[slot] = int(state["position"])
         self._admitted[slot] = True
         return slot
+
+    def export(self, slot: int) -> dict:
+        """A copy of the stream in ``slot`` as a one-stream state (``nvwavenet.state``): for
+        ``save_state``, ``NVWaveNet.infer(state=...)`` or :meth:`admit` into another session."""
+        self._check_admitted(slot, "slot")
+        return {"queues": self._queues[slot:slot + 1].clone(), "history": self._history[slot:slot + 1].clone(),
+                "position": torch.tensor(int(self._positions[slot]), dtype=torch.int64)}
 
     def release(self, slot: int) -> None:
         """Frees ``slot``; nobody else's state changes."""

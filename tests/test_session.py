@@ -276,3 +276,41 @@ def test_a_status_block_read_back_after_the_kernel_becomes_the_kernels_error():
     message = cuda_status_error(timeout, "DUAL_BLOCK")
     assert message.startswith("nvwavenet DUAL_BLOCK kernel stopped: block 3, the residual block waiting")
     assert "at step 17" in message
+
+
+def test_a_stream_moves_between_a_session_and_the_whole_batch_state_api(net, tmp_path):
+    from nvwavenet.state import load_state, save_state
+
+    (cond, u), = _streams(1, 14)
+    session = Session(net, 2)
+    slot = session.admit()
+    first = session.step([slot], cond[..., :9], u[:, :9]).clone()
+    save_state(session.export(slot), tmp_path / "stream.safetensors")
+    state = load_state(tmp_path / "stream.safetensors")
+    rest = net.infer(cond[..., 9:20], selectors=u[:, 9:20], state=state)
+    other = Session(net, 3)
+    other.admit()
+    moved = other.admit(session.export(slot))
+    assert other.position(moved) == 9
+    tail = other.step([moved], cond[..., 9:], u[:, 9:])
+    alone = net.infer(cond, selectors=u)[0]
+    assert torch.equal(torch.cat([first[0], rest[0]]), alone[:20])
+    assert torch.equal(torch.cat([first[0], tail[0]]), alone)
+    assert int(state["position"]) == 20
+    with pytest.raises(ValueError, match=r"state\['queues'\]: expected shape"):
+        other.admit(net.init_state(2))
+    bad = session.export(slot)
+    bad["history"][0, 0] = net.A
+    with pytest.raises(ValueError, match=r"state\['history'\]"):
+        other.admit(bad)
+    assert other.free == 1
+
+
+def test_float16_conditioning_with_any_strides(net):
+    (cond, u), = _streams(1, 15)
+    half = cond.half()
+    strided = half.permute(3, 1, 2, 0).contiguous().permute(3, 1, 2, 0)  # time-major in memory
+    session = Session(net, 1)
+    slot = session.admit()
+    got = session.step([slot], strided, u.t().contiguous().t()).clone()
+    assert torch.equal(got, net.infer(half, selectors=u))

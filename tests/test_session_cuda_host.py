@@ -23,7 +23,7 @@ if SCRIPT.exists():
     _spec.loader.exec_module(cuda_host)
 
 pytestmark = pytest.mark.skipif(
-    not SCRIPT.exists() or shutil.which("g++") is None or platform.machine() != "x86_64"
+    not SCRIPT.exists() or shutil.which(cuda_host.compiler()) is None or platform.machine() != "x86_64"
     or not engines.has_extension(),
     reason="the host build of csrc/cuda (scripts/cuda_host.py, g++ on x86-64) and nvwavenet._C are needed")
 
@@ -48,7 +48,7 @@ def host():
 
 
 @pytest.mark.parametrize("variant", [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER,
-                                     Impl.TENSOR_CORE])
+                                     Impl.TENSOR_CORE], ids=lambda variant: variant.name)
 def test_every_variant_reads_and_writes_each_streams_own_row_and_slot(host, variant):
     net = NVWaveNet(**random_nv_wavenet_args(R, 128, 256, L, 4, seed=5))
     alone_net = cuda_host.HostNet(net, host, variant)
