@@ -18,6 +18,7 @@
 #include "sizes.h"
 #ifdef NVWAVENET_WITH_CUDA
 #include "cuda/api.h"
+#include "cuda/plan_dict.h"
 #endif
 
 namespace py = pybind11;
@@ -86,21 +87,7 @@ Variant as_variant(int variant) {
 }
 
 py::dict cuda_plan(const Params& params, int variant) {
-  const nvwavenet::gpu::Plan plan = nvwavenet::gpu::plan(params, as_variant(variant));
-  py::dict out;
-  out["runnable"] = plan.runnable;
-  out["reason"] = plan.reason;
-  out["streams_per_group"] = plan.streams_per_group;
-  out["blocks_per_group"] = plan.blocks_per_group;
-  out["threads_per_block"] = plan.threads_per_block;
-  out["grid_blocks"] = plan.grid_blocks;
-  out["shared_bytes"] = plan.shared_bytes;
-  out["workspace_bytes"] = plan.workspace_bytes;
-  out["co_resident_groups"] = plan.co_resident_groups;
-  out["layer_blocks"] = plan.layer_blocks;
-  out["head_blocks"] = plan.head_blocks;
-  out["max_layers_per_block"] = plan.max_layers_per_block;
-  return out;
+  return nvwavenet::gpu::plan_dict(nvwavenet::gpu::plan(params, as_variant(variant)));
 }
 #endif
 

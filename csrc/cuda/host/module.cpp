@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "../api.h"
+#include "../plan_dict.h"
 #include "emu_control.h"
 
 namespace py = pybind11;
@@ -17,20 +18,7 @@ PYBIND11_MODULE(nvwavenet_cuda_host, m) {
   m.def(
       "plan",
       [](const Params& p, int variant) {
-        const nvwavenet::gpu::Plan plan = nvwavenet::gpu::plan(p, static_cast<Variant>(variant));
-        py::dict out;
-        out["runnable"] = plan.runnable;
-        out["reason"] = plan.reason;
-        out["streams_per_group"] = plan.streams_per_group;
-        out["blocks_per_group"] = plan.blocks_per_group;
-        out["threads_per_block"] = plan.threads_per_block;
-        out["grid_blocks"] = plan.grid_blocks;
-        out["shared_bytes"] = plan.shared_bytes;
-        out["workspace_bytes"] = plan.workspace_bytes;
-        out["co_resident_groups"] = plan.co_resident_groups;
-        out["layer_blocks"] = plan.layer_blocks;
-        out["head_blocks"] = plan.head_blocks;
-        return out;
+        return nvwavenet::gpu::plan_dict(nvwavenet::gpu::plan(p, static_cast<Variant>(variant)));
       },
       py::arg("params"), py::arg("variant"), "launch.cu's plan() on the emulated sm_90 device.");
 
