@@ -124,8 +124,24 @@ class FrameConditioner:
             acts = torch.empty(shape, device=self.device, dtype=torch.float32)
         if acts.numel() == 0:
             return acts
-        p = extension.CondParams()
-        p.batch, p.max_frames, p.channels, p.context, p.hop = batch, n, self.n_channels, self.context, self.hop
+        p, counts = self.compiled_params(frames, n, counts, acts)
+        if self.device.type == "cpu":
+            extension.condition_cpu(p)
+            return acts
+        p.stream = torch.cuda.current_stream(self.device).cuda_stream
+        workspace = torch.empty(extension.cuda_condition_workspace_bytes(p), dtype=torch.uint8, device=self.device)
+        p.workspace, p.workspace_bytes = workspace.data_ptr(), workspace.numel()
+        extension.condition_cuda(p)
+        # frames, counts and workspace may be freed now: the caching allocator hands their memory
+        # only to work queued after these kernels on this stream.
+        return acts
+
+    def compiled_params(self, frames: torch.Tensor, n: int, counts: list[int] | None, acts: torch.Tensor):
+        """The compiled call's ``CondParams`` for float32 ``frames`` into ``acts`` ``(batch, 2R * L,
+        n * H)``, and the counts tensor it points at (keep it alive until the call has run). The
+        host build's test runs conditioning.cu's kernels on the very same arguments."""
+        p = engines.extension().CondParams()
+        p.batch, p.max_frames, p.channels, p.context, p.hop = frames.shape[0], n, self.n_channels, self.context, self.hop
         p.rows = self.cond_weight.shape[0]
         p.frames = frames.data_ptr()
         p.frames_stride_batch, p.frames_stride_channel, p.frames_stride_time = frames.stride()
@@ -137,16 +153,7 @@ class FrameConditioner:
         if counts is not None:
             counts = torch.tensor(counts, dtype=torch.int32, device=self.device)
             p.counts = counts.data_ptr()
-        if self.device.type == "cpu":
-            extension.condition_cpu(p)
-            return acts
-        p.stream = torch.cuda.current_stream(self.device).cuda_stream
-        workspace = torch.empty(extension.cuda_condition_workspace_bytes(p), dtype=torch.uint8, device=self.device)
-        p.workspace, p.workspace_bytes = workspace.data_ptr(), workspace.numel()
-        extension.condition_cuda(p)
-        # frames, counts and workspace may be freed now: the caching allocator hands their memory
-        # only to work queued after these kernels on this stream.
-        return acts
+        return p, counts
 
     def _torch_call(self, frames: torch.Tensor, n: int) -> torch.Tensor:
         batch = frames.shape[0]

@@ -185,3 +185,31 @@ def test_a_wait_that_times_out_stops_the_kernel_cleanly(host, variant):
             runner.infer(cond, selectors=torch.rand(BATCH[variant], 6))
         assert not isinstance(caught.value, host.EmulationError), str(caught.value)
         compare_with_reference(cuda_host.HostNet(net, host, variant), cond, variant)
+
+
+@pytest.mark.parametrize("window, stride", [(16, 4), (7, 2)])
+def test_conditioning_kernels_equal_the_cpu_conditioning_bit_for_bit(host, window, stride):
+    """conditioning.cu, run on the CPU on the very arguments of the compiled CPU path
+    (FrameConditioner.compiled_params): the same fixed-order fmaf chains give the same bits, for
+    streams with different frame counts, under a random block and thread schedule."""
+    from nvwavenet.conditioning import FrameConditioner
+    from nvwavenet.model import WaveNet
+
+    torch.manual_seed(window)
+    model = WaveNet(n_in_channels=32, n_layers=3, max_dilation=2, n_residual_channels=8, n_skip_channels=8,
+                    n_out_channels=32, n_cond_channels=6, upsamp_window=window, upsamp_stride=stride)
+    conditioner = FrameConditioner(model)
+    assert conditioner._compiled
+    n, counts = 3, [3, 1, 0, 2]
+    frames = torch.randn(len(counts), 6, conditioner.context + n)
+    on_cpu = conditioner(frames, counts).permute(1, 2, 0, 3).reshape(len(counts), -1, n * stride)
+    emulated = torch.full_like(on_cpu, float("nan"))
+    p, counts_tensor = conditioner.compiled_params(frames, n, counts, emulated)
+    workspace = torch.empty(host.condition_workspace_bytes(p), dtype=torch.uint8)
+    p.workspace, p.workspace_bytes = workspace.data_ptr(), workspace.numel()
+    host.condition(p, seed=3)
+    for b, count in enumerate(counts):
+        written = slice(0, count * stride)
+        assert torch.equal(emulated[b, :, written], on_cpu[b, :, written]), f"stream {b}"
+        # Samples beyond a stream's count are not written (conditioning.h).
+        assert emulated[b, :, count * stride:].isnan().all(), f"stream {b} beyond its count"

@@ -3,6 +3,7 @@
 // nvwavenet._C (imported first, so that pybind11 knows the type).
 #include <pybind11/pybind11.h>
 
+#include "../../conditioning.h"
 #include "../api.h"
 #include "../plan_dict.h"
 #include "emu_control.h"
@@ -39,6 +40,19 @@ PYBIND11_MODULE(nvwavenet_cuda_host, m) {
       "launch.cu's generate() with the kernels running on the CPU; seed 0 schedules blocks and threads "
       "in order, any other seed a random schedule drawn from it; starve_block: a block that runs only when "
       "every other block is stuck (a GPU too busy to keep the cooperating blocks running).");
+
+  m.def(
+      "condition",
+      [](const nvwavenet::CondParams& p, uint64_t seed) {
+        nvw::emu::Options options;
+        options.seed = seed;
+        nvw::emu::set_options(options);
+        nvwavenet::gpu::condition_cuda(p);
+      },
+      py::arg("params"), py::arg("seed") = 0, py::call_guard<py::gil_scoped_release>(),
+      "conditioning.cu's condition_cuda() with its kernels running on the CPU (params.workspace: "
+      "condition_workspace_bytes(params) of host memory).");
+  m.def("condition_workspace_bytes", &nvwavenet::gpu::cuda_condition_workspace_bytes, py::arg("params"));
 
   m.def("stats", [] {
     const nvw::emu::Stats s = nvw::emu::stats();
