@@ -487,6 +487,28 @@ def test_startup_warns_when_listening_beyond_loopback_without_auth(vocoder):
 
 # -- shutdown --------------------------------------------------------------------------------------
 
+def _port_no_process_takes_meanwhile() -> int:
+    """A free loopback port outside the ranges other processes take ports from on their own: the
+    kernel's ephemeral range and Ray's worker ports (10002-19999). A port probed with bind(0) and
+    handed to serve.start was taken first by one of the processes Ray starts (CI, 2026-12-06:
+    "Failed to bind to address")."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            ephemeral = range(*(int(bound) + add for bound, add in zip(ports.read().split(), (0, 1))))
+    except OSError:
+        ephemeral = range(32768, 61000)
+    for port in random.Random().sample(range(20000, 32768), 500):
+        if port in ephemeral:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free loopback port in 20000-32767 outside the ephemeral range")
+
+
 @contextlib.contextmanager
 def serve_process(checkpoint, *args):
     # --admit all: the capacity measured at startup on a loaded machine must not refuse these tests' streams.
@@ -595,12 +617,9 @@ def test_ray_serve_refuses_never_hangs_sums_metrics_drains_and_is_bit_exact(mode
         build_app({"checkpoint": str(checkpoint), "admit": "some"})
     with pytest.raises(ValueError, match="torch_threads: expected a positive integer or a comma list"):
         build_app({"checkpoint": str(checkpoint), "torch_threads": "1,x"})
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    base = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = _port_no_process_takes_meanwhile()
+    base = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({"checkpoint": str(checkpoint), "replicas": "2", "torch_threads": "1,2",
