@@ -147,6 +147,9 @@ class VocoderServer:
                                            lifetime="detached").remote()
         self._stop = threading.Event()
         self._watcher: asyncio.Task | None = None
+        # On the board from the start, not PUBLISH_SECONDS later: a replica that had not published
+        # yet was missing from the other replicas' /metrics (the Ray test saw one of two).
+        self.publish()
         threading.Thread(target=self._publish_loop, name="nvwavenet-metrics", daemon=True).start()
         log.info("replica %s: torch threads %d, capacity %d streams (%s)", self.replica_id,
                  torch.get_num_threads(), service.capacity.streams, service.capacity.source[:LOG_CHARS])

@@ -600,7 +600,8 @@ def series(text: str, name: str) -> list[tuple[dict, float]]:
 
 
 @pytest.mark.slow
-def test_ray_serve_refuses_never_hangs_sums_metrics_drains_and_is_bit_exact(model, vocoder, checkpoint):
+def test_ray_serve_refuses_never_hangs_sums_metrics_drains_and_is_bit_exact(model, vocoder, checkpoint, tmp_path,
+                                                                         monkeypatch):
     """The app as a Ray Serve deployment on a local Ray instance, 2 replicas of 4 slots at 1 and 2
     PyTorch threads: 20 streams at once are each served bit for bit or refused (1013/503), none
     hangs; /metrics sums over replicas; an oversize message is refused as standalone; deleting the
@@ -617,6 +618,10 @@ def test_ray_serve_refuses_never_hangs_sums_metrics_drains_and_is_bit_exact(mode
         build_app({"checkpoint": str(checkpoint), "admit": "some"})
     with pytest.raises(ValueError, match="torch_threads: expected a positive integer or a comma list"):
         build_app({"checkpoint": str(checkpoint), "torch_threads": "1,x"})
+    # Ray's workers put the driver's current directory first on sys.path: from a clone's root (as CI
+    # runs pytest) the replicas would import the source tree, which has no build, instead of the
+    # installed nvwavenet, and refuse to start (build_check's message, in Ray's controller log).
+    monkeypatch.chdir(tmp_path)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _port_no_process_takes_meanwhile()
     base = f"http://127.0.0.1:{port}"
