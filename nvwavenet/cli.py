@@ -420,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "CPU, vocode its mel frames with every engine on this machine (float64 reference, CPU engine, "
                     "each CUDA variant), check that they agree, and write WAVs, a PNG and a report with samples/s, "
                     "real-time factor and the log-mel distance to the original (next to an untrained model's), and keep the "
-                    "trained checkpoint and the tone's mel .npy to vocode again. It took 5.6 minutes on a busy "
-                    "2-core machine, almost all of it training.")
+                    "trained checkpoint and the tone's mel .npy to vocode again. It took 1.4 minutes on an idle "
+                    "2-core machine and 5.6 on a busy one, almost all of it training.")
     demo.add_argument("--out", type=Path, default=Path("nvwavenet-demo"), help="output folder")
     from .demo import DemoSettings
     defaults = DemoSettings()
