@@ -41,7 +41,6 @@ from .validation import check_allocation, check_int
 __all__ = ["Session"]
 
 
-
 class _SlotSet:
     """What a call of one slot set needs beyond the pool: the slots as an index and as the int32
     array the engine reads, the engine's position array (call order), the outputs of each call
