@@ -33,7 +33,7 @@ from torch import nn
 
 from .validation import MAX_SAMPLE_RATE, check_fields, check_finite, check_int
 
-__all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz", "load_mel_npy"]
+__all__ = ["MelConfig", "MelSpectrogram", "mel_filterbank", "hz_to_mel", "mel_to_hz", "load_mel_npy", "read_npy_header"]
 
 # Slaney's mel scale: linear (200/3 Hz per mel) up to 1 kHz, then logarithmic, 27 mels per
 # factor 6.4 in frequency.
@@ -185,16 +185,23 @@ class MelSpectrogram(nn.Module):
         return torch.log(torch.clamp(mel, min=float(c.clamp_min)))  # an int floor beyond int64 fails in clamp
 
 
-def _check_npy_header(f, n_mels: int, name: str) -> None:
-    """Refuse, from the header alone, a ``.npy`` whose array is not float mel frames or is larger
-    than the file: numpy allocates the shape a header declares before reading (a 40-byte file that
-    declares (80, 10^15) raised MemoryError)."""
+def read_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a ``.npy`` header declares, ``f`` left at the start of the data; a
+    ValueError for a format version other than those ``np.save`` writes for numeric arrays."""
     version = np.lib.format.read_magic(f)
-    if version not in ((1, 0), (2, 0)):  # what np.save writes for numeric arrays
+    if version not in ((1, 0), (2, 0)):
         raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
     read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                    else np.lib.format.read_array_header_2_0)
     shape, _, dtype = read_header(f)
+    return shape, dtype
+
+
+def _check_npy_header(f, n_mels: int, name: str) -> None:
+    """Refuse, from the header alone, a ``.npy`` whose array is not float mel frames or is larger
+    than the file: numpy allocates the shape a header declares before reading (a 40-byte file that
+    declares (80, 10^15) raised MemoryError)."""
+    shape, dtype = read_npy_header(f)
     # Integers, booleans and complex numbers would be cast to float frames without a word.
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"{name}: expected float mel frames, got dtype {dtype}")

@@ -104,7 +104,7 @@ from starlette.requests import ClientDisconnect
 from starlette.websockets import WebSocketDisconnect
 
 from .audio import to_pcm, write_wav
-from .mel import load_mel_npy
+from .mel import load_mel_npy, read_npy_header
 from .scheduler import Scheduler, SchedulerClosed, SchedulerFull
 from .validation import check_int
 from .vocoder import Vocoder
@@ -560,12 +560,7 @@ def _mel_from_npy(body: bytes, n_mels: int) -> torch.Tensor:
                          f"with the bytes \\x93NUMPY), got {len(body)} bytes starting with {body[:16]!r}")
     source = io.BytesIO(body)
     try:
-        version = np.lib.format.read_magic(source)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f".npy format version {version[0]}.{version[1]}; this server reads 1.0 and 2.0")
-        shape, _, dtype = read_header(source)
+        shape, dtype = read_npy_header(source)
     except ValueError as error:
         raise ValueError(f"body: not a readable .npy array ({error})") from None
     if dtype.hasobject:
