@@ -327,9 +327,8 @@ class Scheduler:
             self._cond_buffer = torch.empty(size, device=self.vocoder.device)
         started = time.perf_counter()
         with torch.no_grad():
-            cond = conditioner(window, counts, buffer=self._cond_buffer if reuse else None)
-        if self.vocoder.net.dtype != torch.float32 and self.vocoder.device.type == "cuda":
-            cond = cond.to(torch.float16)
+            cond = self.vocoder.engine_conditioning(
+                conditioner(window, counts, buffer=self._cond_buffer if reuse else None))
         self.seconds["conditioning"] += time.perf_counter() - started
         return cond
 

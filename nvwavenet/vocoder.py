@@ -196,9 +196,14 @@ class Vocoder:
         history = window[:, :, window.shape[2] - self.conditioner.context:]
         with torch.no_grad():
             cond = self.conditioner(window, buffer=buffer)
+        return self.engine_conditioning(cond), history
+
+    def engine_conditioning(self, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` in the precision the engine reads: float16 for half-precision weights on CUDA
+        (half the bytes the kernels stream), float32 otherwise."""
         if self.net.dtype != torch.float32 and self.device.type == "cuda":
-            cond = cond.to(torch.float16)
-        return cond, history
+            return cond.to(torch.float16)
+        return cond
 
     def decode(self, classes: torch.Tensor) -> torch.Tensor:
         """Generated mu-law classes as float audio in [-1, 1]."""
