@@ -620,9 +620,12 @@ def test_ray_serve_refuses_never_hangs_sums_metrics_drains_and_is_bit_exact(mode
         build_app({"checkpoint": str(checkpoint), "torch_threads": "1,x"})
     # Ray's workers put the driver's current directory first on sys.path: from a clone's root (as CI
     # runs pytest) the replicas would import the source tree, which has no build, instead of the
-    # installed nvwavenet, and refuse to start (build_check's message, in Ray's controller log).
+    # installed nvwavenet, and refuse to start (build_check's message, in Ray's controller log). So
+    # the driver runs elsewhere, and the workers find the nvwavenet this test imported as a child
+    # process would (build_check.python_env), installed or built in place.
     monkeypatch.chdir(tmp_path)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": build_check.python_env()["PYTHONPATH"]}})
     port = _port_no_process_takes_meanwhile()
     base = f"http://127.0.0.1:{port}"
     try:
