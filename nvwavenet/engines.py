@@ -32,8 +32,8 @@ except ImportError as error:
     MISSING_BUILD = build_check.diagnose(error)
 
 __all__ = ["Impl", "build_info", "extension", "has_extension", "require_compiled", "cpu_isa", "PackedWeights",
-           "CpuWeights", "weight_params", "set_cond", "make_params", "find_nan_cpu", "generate_cpu", "CUDA_VARIANTS",
-           "check_cuda_build", "spin_timeout_ns", "cuda_plan", "run_cuda", "STATUS_BYTES", "cuda_status_error"]
+           "CpuWeights", "weight_params", "set_cond", "check_state_layout", "make_params", "find_nan_cpu",
+           "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "cuda_plan", "STATUS_BYTES", "cuda_status_error"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -159,13 +159,9 @@ def set_cond(p, cond_input: torch.Tensor) -> None:
      p.cond_stride_layer, p.cond_stride_time) = cond_input.stride()
 
 
-def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torch.Tensor,
-                selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
-                teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None,
-                cpu_blocked: torch.Tensor | None = None):
-    """A filled ``_C.Params``. The caller keeps every tensor alive until the engine returns.
-
-    ``cpu_blocked`` is :attr:`CpuWeights.blocked`, for the CPU engine."""
+def check_state_layout(state: dict) -> None:
+    """Raises unless ``state``'s queues and history (checked otherwise by ``state.check_state``)
+    are laid out as the engines read and write them through raw pointers."""
     for key, dtype in (("queues", torch.float32), ("history", torch.int32)):
         tensor = state[key]
         # A tensor over a byte buffer (safetensors with an unpadded header) can start at any address;
@@ -176,6 +172,18 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
                             f"tensor (as init_state() makes), got {tensor.dtype}"
                             f"{'' if tensor.is_contiguous() else ', non-contiguous'}"
                             f"{'' if aligned else f' at an unaligned address (pass a copy: state[{key!r}].clone())'}")
+
+
+def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torch.Tensor,
+                selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
+                teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None,
+                cpu_blocked: torch.Tensor | None = None):
+    """A filled ``_C.Params`` on the whole-batch ``state``, for calling an engine directly (tests,
+    the host build of the CUDA sources; the package itself calls the engines through
+    ``nvwavenet.session.Session``). The caller keeps every tensor alive until the engine returns.
+
+    ``cpu_blocked`` is :attr:`CpuWeights.blocked`, for the CPU engine."""
+    check_state_layout(state)
     p = weight_params(weights, packed)
     p.batch, p.num_samples = samples.shape
     if cpu_blocked is not None:
@@ -209,13 +217,6 @@ def find_nan_cpu(cond_input: torch.Tensor, num_threads: int | None = None) -> tu
     p.num_threads = num_threads or 0
     stream, sample = extension().find_nan_cond(p)
     return None if stream < 0 else (stream, sample)
-
-
-def generate_cpu(params) -> None:
-    """Runs the CPU engine on filled ``params`` (without the GIL), with the instruction set of
-    :func:`cpu_isa`. ``auto`` is passed on as it is: the engine resolves it with the same rule that
-    reports ``build_info()["cpu_isa"]``, so a call does not build that dict."""
-    extension().generate_cpu(params, requested_cpu_isa())
 
 
 class Impl(enum.IntEnum):
@@ -337,28 +338,6 @@ def cuda_plan(params, implementation: str, device: torch.device) -> tuple[str, s
         _DECISIONS.clear()
     _DECISIONS[key] = (name, rule, params.streams_per_block)
     return name, rule, params.streams_per_block, plan
-
-
-def run_cuda(weights: WaveNetWeights, packed: PackedWeights, implementation: str, cond_input: torch.Tensor,
-             selectors: torch.Tensor, samples: torch.Tensor, state: dict, *,
-             teacher: torch.Tensor | None = None, logits: torch.Tensor | None = None) -> tuple[str, str | None]:
-    """Runs a CUDA variant (``implementation``: an ``Impl`` name, AUTO resolved here) on the current
-    stream of ``cond_input``'s device, filling ``samples``/``logits`` and updating ``state``'s
-    queues and history in place (not its position). Returns the name of the variant that ran and,
-    for AUTO, the rule that chose it (``autotune.Decision.rule``), else None.
-    """
-    C = extension()
-    device = cond_input.device
-    params = make_params(weights, packed, cond_input, selectors, samples, state, teacher=teacher, logits=logits)
-    params.device = device.index
-    params.stream = torch.cuda.current_stream(device).cuda_stream
-    params.spin_timeout_ns = spin_timeout_ns()
-    name, rule, _, plan = cuda_plan(params, implementation, device)
-    # Zero-filled by cuda_generate itself (one cudaMemsetAsync): torch.zeros would add a fill.
-    workspace = torch.empty(plan["workspace_bytes"], dtype=torch.uint8, device=device)
-    params.workspace, params.workspace_bytes = workspace.data_ptr(), workspace.numel()
-    C.cuda_generate(params, CUDA_VARIANTS[name])
-    return name, rule
 
 
 # csrc/cuda/status.h's DeviceStatus, the first bytes of a CUDA call's workspace:

@@ -2,9 +2,13 @@
 
 ``NVWaveNet(**weights).infer(cond_input, Impl.AUTO)`` takes the wrapper's own argument names, so
 weights exported by existing training code drop straight in. A CPU ``cond_input`` runs the CPU
-path; a CUDA one runs the kernel variant that ``implementation`` names.
+path; a CUDA one runs the kernel variant that ``implementation`` names. Both run through a
+:class:`nvwavenet.session.Session` whose pool is the caller's state, after ``infer`` has checked
+every argument, values included.
 """
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -12,6 +16,7 @@ from . import engines, reference
 from .engines import Impl
 from .network import WaveNetWeights
 from .sampling import draw_selectors
+from .session import Session
 from .state import check_state, new_state, reset_streams
 from .inputs import check_cond_input, check_selectors, check_teacher_forcing
 
@@ -62,6 +67,8 @@ class NVWaveNet:
         self.num_threads = num_threads
         self._cpu_weights: dict[torch.dtype, engines.CpuWeights] = {}  # packed on the first CPU call
         self._cuda_weights: dict[tuple[torch.device, torch.dtype], engines.PackedWeights] = {}
+        self._sessions: dict[torch.device, Session] = {}  # what infer runs through, one per device
+        self._session_lock = threading.Lock()
         self.last_implementation: Impl | None = None
         self.last_auto_rule: str | None = None
 
@@ -164,33 +171,28 @@ class NVWaveNet:
         return torch.cat([prime, rest[0]], dim=1), torch.cat([first[1], rest[1]], dim=2)
 
     def _generate(self, cond_input, implementation, u, teacher, return_logits, state):
-        if cond_input.device.type == "cpu":
-            return self._infer_cpu(cond_input, u, teacher, return_logits, state)
-        return self._infer_cuda(cond_input, implementation, u, teacher, return_logits, state)
-
-    def _outputs(self, batch: int, samples: int, device: torch.device, return_logits: bool):
-        """Output buffers filled with poison (-1, NaN), so an unwritten element cannot pass as data."""
-        out = torch.full((batch, samples), -1, dtype=torch.int32, device=device)
-        logits = (torch.full((batch, self.A, samples), float("nan"), dtype=torch.float32, device=device)
-                  if return_logits else None)
-        return out, logits
-
-    def _infer_cpu(self, cond_input, u, teacher, return_logits, state):
-        if not engines.has_extension():  # only where NVWAVENET_ALLOW_REFERENCE=1 asks for it
-            engines.require_compiled("NVWaveNet.infer on the CPU")
+        if cond_input.device.type == "cpu" and not engines.has_extension():
+            engines.require_compiled("NVWaveNet.infer on the CPU")  # passes only under NVWAVENET_ALLOW_REFERENCE=1
             self.last_auto_rule = CPU_REFERENCE_RULE
             return reference.incremental(self.weights, cond_input, u, teacher_forcing=teacher,
                                          return_logits=return_logits, state=state, dtype=torch.float32)
-        self.last_auto_rule = CPU_ENGINE_RULE
-        cpu_weights = self._cpu_engine_weights(self.dtype)
-        batch, samples = u.shape
-        out, logits = self._outputs(batch, samples, cond_input.device, return_logits)
-        params = engines.make_params(self.weights, cpu_weights.packed, cond_input, u, out, state,
-                                     teacher=teacher, logits=logits, cpu_blocked=cpu_weights.blocked)
-        params.num_threads = self.num_threads or 0
-        engines.generate_cpu(params)
-        state["position"].fill_(int(state["position"]) + samples)
-        return (out, logits) if return_logits else out
+        device = cond_input.device
+        # A session is one caller's at a time: a call made while another thread's call holds this
+        # device's session runs on a session of its own.
+        if self._session_lock.acquire(blocking=False):
+            try:
+                session = self._sessions.get(device)
+                if session is None:
+                    session = self._sessions[device] = Session._whole_batch(self, device)
+                out = session._run_state(state, cond_input, u, teacher, return_logits, implementation)
+            finally:
+                self._session_lock.release()
+        else:
+            out = Session._whole_batch(self, device)._run_state(state, cond_input, u, teacher, return_logits,
+                                                                 implementation)
+        if device.type == "cpu":
+            self.last_auto_rule = CPU_ENGINE_RULE
+        return (out.samples, out.logits) if return_logits else out.samples
 
     def _cpu_engine_weights(self, dtype: torch.dtype) -> engines.CpuWeights:
         """The CPU engine's weights in ``dtype``, packed once (shared with this network's sessions)."""
@@ -208,17 +210,3 @@ class NVWaveNet:
             engines.check_cuda_build(self.weights, key[1])
             self._cuda_weights[key] = engines.PackedWeights.pack(self.weights, device, key[1])
         return self._cuda_weights[key]
-
-    def _infer_cuda(self, cond_input, implementation, u, teacher, return_logits, state):
-        device = cond_input.device
-        batch, samples = cond_input.shape[1], cond_input.shape[3]
-        with torch.cuda.device(device):
-            packed = self._packed_for(device)  # first, so that an unbuilt size fails even with 0 samples
-            out, logits = self._outputs(batch, samples, device, return_logits)
-            if samples:
-                name, self.last_auto_rule = engines.run_cuda(
-                    self.weights, packed, implementation.name, cond_input, u, out, state,
-                    teacher=teacher, logits=logits)
-                self.last_implementation = Impl[name]
-        state["position"].fill_(int(state["position"]) + samples)
-        return (out, logits) if return_logits else out

@@ -24,6 +24,11 @@ written to be captured in a CUDA graph (``torch.cuda.graph``); under capture it 
 read-back. A replay advances the device positions but not :meth:`Session.position`, which counts
 the captured step once. (No GPU has run this module yet: the CUDA path, capture included, is
 untested.)
+
+``NVWaveNet.infer`` runs through a session too (:meth:`Session._whole_batch`): one without a pool
+of its own, which each call points at the caller's whole-batch state (``nvwavenet.state``), slots
+``0 .. batch - 1`` at the state's position, so that every call of a generation engine goes through
+:meth:`Session._run`.
 """
 from __future__ import annotations
 
@@ -32,8 +37,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import engines
-from .inference import Impl, NVWaveNet
+from . import engines, inference
+from .engines import Impl
 from .inputs import COND_DTYPES
 from .state import MAX_POSITION, check_state, layer_offsets
 from .validation import check_allocation, check_int
@@ -63,11 +68,13 @@ class _SlotSet:
 
 
 class _Outputs:
-    """A call's preallocated outputs and the pointers and strides the engine gets for them."""
+    """A call's outputs and the pointers and strides the engine gets for them, filled with poison
+    (-1, NaN) so that an element the engine failed to write cannot pass as data."""
 
     def __init__(self, batch: int, classes: int, samples: int, logits: bool, device: torch.device):
-        self.samples = torch.empty(batch, samples, dtype=torch.int32, device=device)
-        self.logits = torch.empty(batch, classes, samples, dtype=torch.float32, device=device) if logits else None
+        self.samples = torch.full((batch, samples), -1, dtype=torch.int32, device=device)
+        self.logits = (torch.full((batch, classes, samples), float("nan"), dtype=torch.float32, device=device)
+                       if logits else None)
         self.samples_ptr, self.samples_strides = self.samples.data_ptr(), self.samples.stride()
         self.logits_ptr, self.logits_strides = ((self.logits.data_ptr(), self.logits.stride()) if logits
                                                 else (0, (0, 0, 0)))
@@ -101,10 +108,32 @@ class Session:
 
     def __init__(self, net, max_streams: int, *, device="cpu", dtype: torch.dtype | None = None,
                  implementation=None):
-        if not isinstance(net, NVWaveNet):
+        if not isinstance(net, inference.NVWaveNet):
             raise TypeError(f"net: expected an nvwavenet.NVWaveNet, got {type(net).__name__}")
-        self.net = net
         self.max_streams = check_int("max_streams", max_streams, 1, maximum=2**31 - 1)
+        self._setup(net, device, dtype, implementation)
+        rows = layer_offsets(net.weights.dilations)[-1]
+        check_allocation("max_streams", self.max_streams * (rows * self._R * 4 + 16), self.device,
+                         f"a session of {self.max_streams} streams")
+        self._queues = torch.zeros(self.max_streams, rows, self._R, dtype=torch.float32, device=self.device)
+        self._history = torch.full((self.max_streams, 2), self._A // 2, dtype=torch.int32, device=self.device)
+        self._admitted = np.zeros(self.max_streams, dtype=bool)
+        self._free = list(range(self.max_streams - 1, -1, -1))  # pop() takes the lowest row
+        self._params = self._base_params(net.weights)
+        self._bind_pool(self._queues, self._history, np.zeros(self.max_streams, dtype=np.int64))
+
+    @classmethod
+    def _whole_batch(cls, net, device: torch.device) -> Session:
+        """The session ``NVWaveNet.infer`` runs through on ``device``, in ``net.dtype``: it has no
+        pool of its own; :meth:`_run_state` points it at the caller's state on every call."""
+        session = cls.__new__(cls)
+        session._setup(net, device, None, None)
+        session._params = session._base_params(net.weights)
+        return session
+
+    def _setup(self, net, device, dtype, implementation) -> None:
+        """The checked arguments and the empty caches; no pool, no Params."""
+        self.net = net
         try:
             self.device = torch.device(device)
         except (TypeError, RuntimeError) as error:
@@ -122,23 +151,20 @@ class Session:
         self.implementation = implementation
         weights = net.weights
         self._A, self._R, self._L = weights.n_classes, weights.n_residual, weights.n_layers
-        rows = layer_offsets(weights.dilations)[-1]
-        check_allocation("max_streams", self.max_streams * (rows * self._R * 4 + 16), self.device,
-                         f"a session of {self.max_streams} streams")
-        self._queues = torch.zeros(self.max_streams, rows, self._R, dtype=torch.float32, device=self.device)
-        self._history = torch.full((self.max_streams, 2), self._A // 2, dtype=torch.int32, device=self.device)
-        self._positions = np.zeros(self.max_streams, dtype=np.int64)  # per row, on the host
-        self._admitted = np.zeros(self.max_streams, dtype=bool)
-        self._free = list(range(self.max_streams - 1, -1, -1))  # pop() takes the lowest row
-        self._positions_ptr = self._positions.ctypes.data
-        self._sets: dict[tuple[int, ...], _SlotSet] = {}
+        self._sets: dict = {}  # slots (a tuple) -> _SlotSet; in a whole-batch session, batch (an int) -> _SlotSet
         self._last: _SlotSet | None = None
         self._decode_table: torch.Tensor | None = None
         self._cond_codes = {dtype: engines.dtype_code(dtype) for dtype in COND_DTYPES}
-        self._params = self._base_params(weights)
+
+    def _bind_pool(self, queues: torch.Tensor, history: torch.Tensor, positions: np.ndarray) -> None:
+        """The pool the engines read and write: queues and history (contiguous, on the device) and
+        each row's position (int64 on the host)."""
+        self._positions, self._positions_ptr = positions, positions.ctypes.data
+        p = self._params
+        p.queues, p.history, p.pool_rows = queues.data_ptr(), history.data_ptr(), len(positions)
 
     def _base_params(self, weights):
-        """The Params fields no call changes: sizes, weights, the pool, threads, the CUDA stream's device."""
+        """The Params fields no call changes: sizes, weights, threads, the CUDA stream's device."""
         if self.device.type == "cpu":
             packed = self.net._cpu_engine_weights(self.dtype)
             params = engines.weight_params(weights, packed.packed)
@@ -154,8 +180,6 @@ class Session:
             self._workspace = torch.empty(0, dtype=torch.uint8, device=self.device)
             self._status_pending: list[tuple[torch.cuda.Event, torch.Tensor, str]] = []
         self._packed = packed  # kept alive: params points into it
-        params.queues, params.history = self._queues.data_ptr(), self._history.data_ptr()
-        params.pool_rows = self.max_streams
         return params
 
     # ---------------------------------------------------------------------------------- slots
@@ -267,18 +291,56 @@ class Session:
         if steps is not None:
             steps_ptr, steps_array = self._steps(steps, entry.batch)  # steps_array: alive through the call
         if samples:
-            if self.device.type == "cpu":
-                # The engine checks every value it indexes with (slots, positions, history) itself.
-                engines.extension().session_step_cpu(
-                    self._params, cond.data_ptr(), code, cond.stride(), selectors.data_ptr(), selectors.stride(),
-                    out.samples_ptr, out.samples_strides, out.logits_ptr, out.logits_strides, entry.batch, samples,
-                    entry.slots_ptr, steps_ptr, self._positions_ptr, entry.positions_ptr, self._isa)
-            else:
-                self._launch(entry, cond, code, selectors, out, samples)
+            self._run(entry, cond, code, selectors, out, samples, steps_ptr)
         if not (logits or audio):
             return out.samples
         results = (out.samples,) + ((out.logits,) if logits else ()) + ((self._decode(out.samples),) if audio else ())
         return results
+
+    def _run(self, entry: _SlotSet, cond, code, selectors, out: _Outputs, samples: int, steps_ptr: int) -> None:
+        """The engine call, for ``samples`` > 0 steps: every call of a generation engine in the
+        package is this one."""
+        if self.device.type == "cpu":
+            # The engine checks every value it indexes with (slots, positions, history) itself.
+            engines.extension().session_step_cpu(
+                self._params, cond.data_ptr(), code, cond.stride(), selectors.data_ptr(), selectors.stride(),
+                out.samples_ptr, out.samples_strides, out.logits_ptr, out.logits_strides, entry.batch, samples,
+                entry.slots_ptr, steps_ptr, self._positions_ptr, entry.positions_ptr, self._isa)
+        else:
+            self._launch(entry, cond, code, selectors, out, samples)
+
+    def _run_state(self, state: dict, cond, selectors, teacher, logits: bool, implementation) -> _Outputs:
+        """One ``NVWaveNet.infer`` call on a :meth:`_whole_batch` session: the pool is ``state``'s
+        queues and history, updated in place, slots ``0 .. batch - 1``, all at ``state``'s
+        position, which then advances. Everything was checked by ``infer``, values included
+        (``teacher``: int32 classes like ``selectors``, or None). On CUDA, waits for the kernel and
+        raises its error. Returns new outputs (the caller keeps them)."""
+        engines.check_state_layout(state)
+        batch, samples = selectors.shape
+        entry = self._sets.get(batch)
+        if entry is None:  # only the latest batch size is kept
+            self._sets = {batch: _SlotSet(tuple(range(batch)), (2 * self._R, batch, self._L), self.device)}
+            entry = self._sets[batch]
+        if implementation is not self.implementation:
+            self.implementation, entry.plan = implementation, None  # CUDA: the plan was another implementation's
+        position = int(state["position"])
+        self._bind_pool(state["queues"], state["history"], np.full(batch, position, dtype=np.int64))
+        self._last = None  # CUDA: the device positions are set from this state's
+        p = self._params
+        if self.device.type == "cpu":  # read per call, as the network and the environment say now
+            p.num_threads, self._isa = self.net.num_threads or 0, engines.requested_cpu_isa()
+        out = _Outputs(batch, self._A, samples, logits, self.device)
+        if samples:
+            if teacher is not None:
+                p.teacher = teacher.data_ptr()
+                p.teacher_stride_batch, p.teacher_stride_time = teacher.stride()
+            try:
+                self._run(entry, cond, self._cond_codes[cond.dtype], selectors, out, samples, 0)
+            finally:
+                p.teacher = 0
+            self.synchronize()
+        state["position"].fill_(position + samples)
+        return out
 
     def _steps(self, steps, batch: int) -> tuple[int, torch.Tensor]:
         """The address of ``steps`` as the engine's int64 array, and the array (kept alive by the

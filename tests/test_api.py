@@ -118,3 +118,74 @@ def test_last_auto_rule_says_which_cpu_path_ran():
     assert net.last_auto_rule is None
     net.infer(random_cond_input(8, 1, 2, 4), Impl.SINGLE_BLOCK)
     assert net.last_auto_rule == CPU_ENGINE_RULE and net.last_implementation is None
+
+
+def _engine_alone(net, cond, u, state, teacher=None, logits=False):
+    """The CPU engine called directly on the whole-batch state (engines.make_params), as infer did
+    before it ran through a session: what infer must still give, bit for bit."""
+    from nvwavenet import engines
+
+    batch, samples = u.shape
+    cpu = engines.CpuWeights.pack(net.weights, net.dtype)
+    out = torch.full((batch, samples), -1, dtype=torch.int32)
+    logit_out = torch.full((batch, net.A, samples), float("nan")) if logits else None
+    p = engines.make_params(net.weights, cpu.packed, cond, u, out, state, teacher=teacher, logits=logit_out,
+                            cpu_blocked=cpu.blocked)
+    engines.extension().generate_cpu(p, engines.requested_cpu_isa())
+    state["position"].fill_(int(state["position"]) + samples)
+    return (out, logit_out) if logits else out
+
+
+@pytest.mark.extension
+def test_infer_runs_through_a_session_on_the_callers_state(net, monkeypatch):
+    """infer's engine call is Session._run, on the caller's own state tensors (updated in place, not
+    copied), and gives what the engine gives on the whole-batch state, bit for bit: teacher
+    forcing, logits, prime, float16 conditioning with any strides, a state carried across calls."""
+    from nvwavenet.session import Session
+
+    runs = []
+    run = Session._run
+
+    def spy(session, *args):
+        runs.append((session._params.queues, session._params.history))
+        return run(session, *args)
+
+    monkeypatch.setattr(Session, "_run", spy)
+    g = torch.Generator().manual_seed(8)
+    cond = random_cond_input(8, 3, 5, 30, seed=8)
+    u = torch.rand(3, 30, generator=g)
+    teacher = torch.randint(0, 32, (3, 30), generator=g, dtype=torch.int32)
+    state, alone = net.init_state(3), net.init_state(3)
+    addresses = (state["queues"].data_ptr(), state["history"].data_ptr())
+    for first, last, forced in ((0, 7, False), (7, 7, False), (7, 19, True), (19, 30, False)):
+        kwargs = dict(teacher_forcing=teacher[:, first:last]) if forced else {}
+        got = net.infer(cond[..., first:last], selectors=u[:, first:last], state=state, return_logits=True, **kwargs)
+        expected = _engine_alone(net, cond[..., first:last], u[:, first:last], alone,
+                                 teacher[:, first:last] if forced else None, logits=True)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)) and not got[1].isnan().any()
+        assert all(torch.equal(state[key], alone[key]) for key in state)
+    assert runs == [addresses] * 3  # the empty call runs no engine
+    assert (state["queues"].data_ptr(), state["history"].data_ptr()) == addresses
+    half = cond.half().permute(3, 1, 2, 0).contiguous().permute(3, 1, 2, 0)
+    strided_u = u.t().contiguous().t()
+    assert torch.equal(net.infer(half, selectors=strided_u),
+                       _engine_alone(net, half, strided_u, net.init_state(3)))
+    primed = net.infer(cond, selectors=u, prime=teacher[:, :12])
+    alone = net.init_state(3)
+    _engine_alone(net, cond[..., :12], u[:, :12], alone, teacher[:, :12])
+    assert torch.equal(primed[:, :12], teacher[:, :12])
+    assert torch.equal(primed[:, 12:], _engine_alone(net, cond[..., 12:], u[:, 12:], alone))
+
+
+@pytest.mark.extension
+def test_infer_from_another_thread_meanwhile_runs_on_a_session_of_its_own(net):
+    """A session is one caller's at a time: while one call holds the network's session, another
+    (from another thread) gets its own, with the same results."""
+    cond = random_cond_input(8, 2, 5, 10, seed=9)
+    u = torch.rand(2, 10, generator=torch.Generator().manual_seed(9))
+    expected = net.infer(cond, selectors=u, return_logits=True)
+    session = net._sessions[torch.device("cpu")]
+    with net._session_lock:
+        got = net.infer(cond, selectors=u, return_logits=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert net._sessions[torch.device("cpu")] is session
