@@ -29,6 +29,10 @@ untested.)
 of its own, which each call points at the caller's whole-batch state (``nvwavenet.state``), slots
 ``0 .. batch - 1`` at the state's position, so that every call of a generation engine goes through
 :meth:`Session._run`.
+
+What a session keeps between calls is bounded: at most 256 slot sets (their slot and position
+arrays), and preallocated outputs for at most :data:`OUTPUTS_KEPT` call shapes and
+:data:`OUTPUT_BYTES_KEPT` bytes together (beyond the latest call's), the oldest dropped first.
 """
 from __future__ import annotations
 
@@ -43,13 +47,18 @@ from .inputs import COND_DTYPES
 from .state import MAX_POSITION, check_state, layer_offsets
 from .validation import check_allocation, check_int
 
-__all__ = ["Session"]
+__all__ = ["Session", "OUTPUTS_KEPT", "OUTPUT_BYTES_KEPT"]
+
+# Outputs a session keeps for later calls of the same shape. A server cycles through a few slot sets
+# and call lengths; a caller that tries many would otherwise keep a buffer for each, and logits
+# are large (batch x A x samples float32: 786 MB for 32 streams of 24000 samples at A=256).
+OUTPUTS_KEPT = 64
+OUTPUT_BYTES_KEPT = 64 << 20
 
 
 class _SlotSet:
     """What a call of one slot set needs beyond the pool: the slots as an index and as the int32
-    array the engine reads, the engine's position array (call order), the outputs of each call
-    length, and on CUDA its plan."""
+    array the engine reads, the engine's position array (call order), and on CUDA its plan."""
 
     def __init__(self, slots: tuple[int, ...], cond_prefix: tuple[int, int, int], device: torch.device):
         self.index = np.fromiter(slots, dtype=np.int64, count=len(slots))
@@ -57,7 +66,6 @@ class _SlotSet:
         self.cond_prefix = cond_prefix  # cond.shape[:3] of its calls
         host_slots = torch.tensor(slots, dtype=torch.int32)
         self.positions = torch.zeros(len(slots), dtype=torch.int64)
-        self.outputs: dict[tuple[int, bool], _Outputs] = {}
         if device.type == "cuda":
             self.slots = host_slots.pin_memory().to(device, non_blocking=True)
             self.positions = self.positions.to(device)
@@ -78,6 +86,10 @@ class _Outputs:
         self.samples_ptr, self.samples_strides = self.samples.data_ptr(), self.samples.stride()
         self.logits_ptr, self.logits_strides = ((self.logits.data_ptr(), self.logits.stride()) if logits
                                                 else (0, (0, 0, 0)))
+
+    @property
+    def nbytes(self) -> int:
+        return self.samples.nbytes + (0 if self.logits is None else self.logits.nbytes)
 
 
 class Session:
@@ -120,7 +132,8 @@ class Session:
         self._admitted = np.zeros(self.max_streams, dtype=bool)
         self._free = list(range(self.max_streams - 1, -1, -1))  # pop() takes the lowest row
         self._params = self._base_params(net.weights)
-        self._bind_pool(self._queues, self._history, np.zeros(self.max_streams, dtype=np.int64))
+        self._params.queues, self._params.history = self._queues.data_ptr(), self._history.data_ptr()
+        self._set_rows(np.zeros(self.max_streams, dtype=np.int64))
 
     @classmethod
     def _whole_batch(cls, net, device: torch.device) -> Session:
@@ -153,15 +166,17 @@ class Session:
         self._A, self._R, self._L = weights.n_classes, weights.n_residual, weights.n_layers
         self._sets: dict = {}  # slots (a tuple) -> _SlotSet; in a whole-batch session, batch (an int) -> _SlotSet
         self._last: _SlotSet | None = None
+        # (slot set, samples, logits) -> _Outputs, oldest first; bounded by _keep_outputs.
+        self._outputs: dict[tuple[_SlotSet, int, bool], _Outputs] = {}
+        self._output_bytes = 0
         self._decode_table: torch.Tensor | None = None
         self._cond_codes = {dtype: engines.dtype_code(dtype) for dtype in COND_DTYPES}
 
-    def _bind_pool(self, queues: torch.Tensor, history: torch.Tensor, positions: np.ndarray) -> None:
-        """The pool the engines read and write: queues and history (contiguous, on the device) and
-        each row's position (int64 on the host)."""
+    def _set_rows(self, positions: np.ndarray) -> None:
+        """The pool's rows: each one's position (int64 on the host), which the engine reads and
+        advances through a pointer."""
         self._positions, self._positions_ptr = positions, positions.ctypes.data
-        p = self._params
-        p.queues, p.history, p.pool_rows = queues.data_ptr(), history.data_ptr(), len(positions)
+        self._params.pool_rows = len(positions)
 
     def _base_params(self, weights):
         """The Params fields no call changes: sizes, weights, threads, the CUDA stream's device."""
@@ -219,6 +234,7 @@ class Session:
         self._free.sort(reverse=True)
         # Sets that name the row are stale: its next stream starts at position 0.
         self._sets = {key: entry for key, entry in self._sets.items() if slot not in key}
+        self._drop_outputs(lambda entry: slot in entry.index)
         if self._last is not None and slot in self._last.index.tolist():
             self._last = None
 
@@ -261,8 +277,26 @@ class Session:
             raise ValueError(f"slots: expected distinct slots, got {list(key)}")
         if len(self._sets) >= 256:
             self._sets.clear()
+            self._drop_outputs(lambda entry: True)
         self._sets[key] = entry = _SlotSet(key, (2 * self._R, len(key), self._L), self.device)
         return entry
+
+    def _keep_outputs(self, entry: _SlotSet, samples: int, logits: bool) -> _Outputs:
+        """New outputs for calls of ``entry`` with ``samples`` steps, kept for the next such call
+        after dropping the oldest kept ones beyond :data:`OUTPUTS_KEPT` / :data:`OUTPUT_BYTES_KEPT`
+        (a dropped buffer lives on only in the caller's hands, if the caller kept it)."""
+        out = _Outputs(entry.batch, self._A, samples, logits, self.device)
+        while self._outputs and (len(self._outputs) >= OUTPUTS_KEPT
+                                 or self._output_bytes + out.nbytes > OUTPUT_BYTES_KEPT):
+            self._output_bytes -= self._outputs.pop(next(iter(self._outputs))).nbytes
+        self._outputs[entry, samples, logits] = out
+        self._output_bytes += out.nbytes
+        return out
+
+    def _drop_outputs(self, stale) -> None:
+        """Forgets the kept outputs of the slot sets for which ``stale(entry)`` is true."""
+        self._outputs = {key: out for key, out in self._outputs.items() if not stale(key[0])}
+        self._output_bytes = sum(out.nbytes for out in self._outputs.values())
 
     # ----------------------------------------------------------------------------------- step
 
@@ -282,11 +316,9 @@ class Session:
                 or selectors.shape != (entry.batch, cond.shape[3]) or selectors.device != self.device):
             self._check_step(cond, selectors, entry.batch)  # raises: names what is wrong
         samples = cond.shape[3]
-        out = entry.outputs.get((samples, logits))
+        out = self._outputs.get((entry, samples, logits))
         if out is None:
-            if len(entry.outputs) >= 8:
-                entry.outputs.clear()
-            entry.outputs[samples, logits] = out = _Outputs(entry.batch, self._A, samples, logits, self.device)
+            out = self._keep_outputs(entry, samples, logits)
         steps_ptr = 0
         if steps is not None:
             steps_ptr, steps_array = self._steps(steps, entry.batch)  # steps_array: alive through the call
@@ -321,12 +353,14 @@ class Session:
         if entry is None:  # only the latest batch size is kept
             self._sets = {batch: _SlotSet(tuple(range(batch)), (2 * self._R, batch, self._L), self.device)}
             entry = self._sets[batch]
+            self._set_rows(np.empty(batch, dtype=np.int64))
         if implementation is not self.implementation:
             self.implementation, entry.plan = implementation, None  # CUDA: the plan was another implementation's
         position = int(state["position"])
-        self._bind_pool(state["queues"], state["history"], np.full(batch, position, dtype=np.int64))
+        self._positions.fill(position)
         self._last = None  # CUDA: the device positions are set from this state's
         p = self._params
+        p.queues, p.history = state["queues"].data_ptr(), state["history"].data_ptr()
         if self.device.type == "cpu":  # read per call, as the network and the environment say now
             p.num_threads, self._isa = self.net.num_threads or 0, engines.requested_cpu_isa()
         out = _Outputs(batch, self._A, samples, logits, self.device)

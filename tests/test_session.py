@@ -314,3 +314,40 @@ def test_float16_conditioning_with_any_strides(net):
     slot = session.admit()
     got = session.step([slot], strided, u.t().contiguous().t()).clone()
     assert torch.equal(got, net.infer(half, selectors=u))
+
+
+def test_kept_outputs_are_bounded_in_count_and_bytes(net):
+    """A session keeps outputs for later calls of the same shape, but not without bound: after calls
+    of many slot sets and lengths, with logits (batch x A x samples float32), the buffers still
+    alive are at most OUTPUTS_KEPT and OUTPUT_BYTES_KEPT bytes beyond the latest call's."""
+    import itertools
+    import weakref
+
+    from nvwavenet.session import OUTPUT_BYTES_KEPT, OUTPUTS_KEPT
+
+    session = Session(net, 4)
+    slots = [session.admit() for _ in range(4)]
+    alive = []  # weak references to every buffer a call returned; the caller keeps none
+
+    def call(members, samples):
+        cond = torch.zeros(2 * R, len(members), L, samples)
+        classes, logits = session.step(list(members), cond, torch.zeros(len(members), samples), logits=True)
+        alive.extend((weakref.ref(classes), weakref.ref(logits)))
+        return classes.nbytes + logits.nbytes
+
+    # Every ordered set of the 4 slots (64), two lengths each: 128 call shapes.
+    for size in range(1, 5):
+        for members in itertools.permutations(slots, size):
+            for samples in (1, 2):
+                call(members, samples)
+    live = [ref() for ref in alive if ref() is not None]
+    assert len(live) <= 2 * OUTPUTS_KEPT
+    # Large logits: (1 x 32 x 70000) float32 is 8.96 MB a call.
+    big = 70_000
+    for i in range(2 * OUTPUT_BYTES_KEPT // (net.A * big * 4) + 2):
+        last = call([slots[i % 4]], big + i)
+    live_bytes = sum(ref().nbytes for ref in alive if ref() is not None)
+    assert live_bytes <= OUTPUT_BYTES_KEPT + last
+    # The steady state keeps its buffers: the same call shape gets the same tensors back.
+    first = session.step([slots[0]], torch.zeros(2 * R, 1, L, 3), torch.zeros(1, 3))
+    assert session.step([slots[0]], torch.zeros(2 * R, 1, L, 3), torch.zeros(1, 3)) is first
