@@ -36,6 +36,7 @@ arrays), and preallocated outputs for at most :data:`OUTPUTS_KEPT` call shapes a
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -138,9 +139,11 @@ class Session:
     @classmethod
     def _whole_batch(cls, net, device: torch.device) -> Session:
         """The session ``NVWaveNet.infer`` runs through on ``device``, in ``net.dtype``: it has no
-        pool of its own; :meth:`_run_state` points it at the caller's state on every call."""
+        pool of its own; :meth:`_run_state` points it at the caller's state on every call. The
+        network keeps it, so it refers to the network weakly: a dropped network is freed at
+        once, with its packed weights (device memory on CUDA), not at the next cycle collection."""
         session = cls.__new__(cls)
-        session._setup(net, device, None, None)
+        session._setup(weakref.proxy(net), device, None, None)
         session._params = session._base_params(net.weights)
         return session
 

@@ -189,3 +189,16 @@ def test_infer_from_another_thread_meanwhile_runs_on_a_session_of_its_own(net):
         got = net.infer(cond, selectors=u, return_logits=True)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
     assert net._sessions[torch.device("cpu")] is session
+
+
+@pytest.mark.extension
+def test_a_network_is_freed_when_dropped_after_infer():
+    """The session infer keeps on the network does not keep the network (and its packed weights)
+    alive: without a cycle, dropping the last reference frees it at once."""
+    import weakref
+
+    net = NVWaveNet(**random_nv_wavenet_args(8, 16, 32, 2, 2))
+    net.infer(random_cond_input(8, 1, 2, 3))
+    ref = weakref.ref(net)
+    del net
+    assert ref() is None
