@@ -32,8 +32,9 @@ except ImportError as error:
     MISSING_BUILD = build_check.diagnose(error)
 
 __all__ = ["Impl", "build_info", "extension", "has_extension", "require_compiled", "cpu_isa", "PackedWeights",
-           "CpuWeights", "weight_params", "set_cond", "check_state_layout", "make_params", "find_nan_cpu",
-           "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "cuda_plan", "STATUS_BYTES", "cuda_status_error"]
+           "CpuWeights", "weight_params", "set_cond", "set_call", "set_teacher", "check_state_layout", "make_params",
+           "find_nan_cpu", "CUDA_VARIANTS", "check_cuda_build", "spin_timeout_ns", "cuda_plan", "STATUS_BYTES",
+           "cuda_status_error"]
 
 _DTYPE_CODES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
@@ -159,6 +160,25 @@ def set_cond(p, cond_input: torch.Tensor) -> None:
      p.cond_stride_layer, p.cond_stride_time) = cond_input.stride()
 
 
+def set_call(p, cond_input: torch.Tensor, selectors: torch.Tensor, samples_ptr: int, samples_strides: tuple,
+             logits_ptr: int, logits_strides: tuple) -> None:
+    """The per-call fields of ``_C.Params`` ``p``: the conditioning and the selectors, and the
+    outputs by address and strides (``logits_ptr`` 0: no logits)."""
+    set_cond(p, cond_input)
+    p.selectors = selectors.data_ptr()
+    p.selectors_stride_batch, p.selectors_stride_time = selectors.stride()
+    p.samples = samples_ptr
+    p.samples_stride_batch, p.samples_stride_time = samples_strides
+    p.logits = logits_ptr
+    p.logits_stride_batch, p.logits_stride_class, p.logits_stride_time = logits_strides
+
+
+def set_teacher(p, teacher: torch.Tensor | None) -> None:
+    """``_C.Params`` ``p``'s teacher forcing: int32 classes ``(batch, samples)``, or None for none."""
+    p.teacher = 0 if teacher is None else teacher.data_ptr()
+    p.teacher_stride_batch, p.teacher_stride_time = (0, 0) if teacher is None else teacher.stride()
+
+
 def check_state_layout(state: dict) -> None:
     """Raises unless ``state``'s queues and history (checked otherwise by ``state.check_state``)
     are laid out as the engines read and write them through raw pointers."""
@@ -189,17 +209,9 @@ def make_params(weights: WaveNetWeights, packed: PackedWeights, cond_input: torc
     if cpu_blocked is not None:
         p.cpu_weights, p.cpu_weights_bytes = cpu_blocked.data_ptr(), cpu_blocked.numel()
 
-    set_cond(p, cond_input)
-    p.selectors = selectors.data_ptr()
-    p.selectors_stride_batch, p.selectors_stride_time = selectors.stride()
-    if teacher is not None:
-        p.teacher = teacher.data_ptr()
-        p.teacher_stride_batch, p.teacher_stride_time = teacher.stride()
-    p.samples = samples.data_ptr()
-    p.samples_stride_batch, p.samples_stride_time = samples.stride()
-    if logits is not None:
-        p.logits = logits.data_ptr()
-        p.logits_stride_batch, p.logits_stride_class, p.logits_stride_time = logits.stride()
+    set_call(p, cond_input, selectors, samples.data_ptr(), samples.stride(),
+             *((0, (0, 0, 0)) if logits is None else (logits.data_ptr(), logits.stride())))
+    set_teacher(p, teacher)
     p.queues, p.history = state["queues"].data_ptr(), state["history"].data_ptr()
     p.position = int(state["position"])
     return p

@@ -368,13 +368,11 @@ class Session:
             p.num_threads, self._isa = self.net.num_threads or 0, engines.requested_cpu_isa()
         out = _Outputs(batch, self._A, samples, logits, self.device)
         if samples:
-            if teacher is not None:
-                p.teacher = teacher.data_ptr()
-                p.teacher_stride_batch, p.teacher_stride_time = teacher.stride()
+            engines.set_teacher(p, teacher)
             try:
                 self._run(entry, cond, self._cond_codes[cond.dtype], selectors, out, samples, 0)
             finally:
-                p.teacher = 0
+                engines.set_teacher(p, None)
             self.synchronize()
         state["position"].fill_(position + samples)
         return out
@@ -434,13 +432,7 @@ class Session:
                              "(the position would overflow int64)")
         p = self._params
         p.batch, p.num_samples = entry.batch, samples
-        engines.set_cond(p, cond)
-        p.selectors = selectors.data_ptr()
-        p.selectors_stride_batch, p.selectors_stride_time = selectors.stride()
-        p.samples = out.samples_ptr
-        p.samples_stride_batch, p.samples_stride_time = out.samples_strides
-        p.logits = out.logits_ptr
-        p.logits_stride_batch, p.logits_stride_class, p.logits_stride_time = out.logits_strides
+        engines.set_call(p, cond, selectors, out.samples_ptr, out.samples_strides, out.logits_ptr, out.logits_strides)
         p.slots, p.positions = entry.slots_ptr, entry.positions_ptr
         with torch.cuda.device(self.device):
             stream = torch.cuda.current_stream(self.device)
