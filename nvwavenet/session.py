@@ -31,8 +31,9 @@ of its own, which each call points at the caller's whole-batch state (``nvwavene
 :meth:`Session._run`.
 
 What a session keeps between calls is bounded: at most 256 slot sets (their slot and position
-arrays), and preallocated outputs for at most :data:`OUTPUTS_KEPT` call shapes and
-:data:`OUTPUT_BYTES_KEPT` bytes together (beyond the latest call's), the oldest dropped first.
+arrays), and preallocated outputs for at most :data:`OUTPUTS_KEPT` call shapes, of at most
+:data:`OUTPUT_BYTES_KEPT` bytes together (or the newest alone, when it is larger), the oldest
+dropped first.
 """
 from __future__ import annotations
 
