@@ -54,11 +54,12 @@ py::dict build_info() {
   std::vector<std::tuple<int, int, int>> persistent;
   for (const auto& size : nvwavenet::gpu::persistent_sizes()) persistent.emplace_back(size[0], size[1], size[2]);
   py::dict variant_sizes;
-  // PERSISTENT and CLUSTER (the same kernel with other hand-offs) only where a layer fits one block;
+  // PERSISTENT, CLUSTER and CLUSTER_ROLES (one kernel) only where a layer fits one block;
   // TENSOR_CORE's plan refuses R=256 float32 (shared memory) with the reason.
-#define NVWAVENET_VARIANT_SIZES(enumerator, value, name)                                         \
-  variant_sizes[name] = Variant::enumerator == Variant::Persistent || Variant::enumerator == Variant::Cluster \
-                            ? persistent                                                          \
+#define NVWAVENET_VARIANT_SIZES(enumerator, value, name)                                              \
+  variant_sizes[name] = Variant::enumerator == Variant::Persistent || Variant::enumerator == Variant::Cluster || \
+                                Variant::enumerator == Variant::ClusterRoles                                  \
+                            ? persistent                                                               \
                             : sizes;
   NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_SIZES)
 #undef NVWAVENET_VARIANT_SIZES

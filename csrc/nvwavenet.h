@@ -26,7 +26,8 @@ enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
   X(DualBlock, 2, "DUAL_BLOCK")        \
   X(Persistent, 3, "PERSISTENT")       \
   X(Cluster, 4, "CLUSTER")             \
-  X(TensorCore, 5, "TENSOR_CORE")
+  X(TensorCore, 5, "TENSOR_CORE")      \
+  X(ClusterRoles, 8, "CLUSTER_ROLES")
 
 #define NVWAVENET_VARIANT_ENUMERATOR(enumerator, value, name) enumerator = value,
 enum class Variant : int32_t { Auto = 0, NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_ENUMERATOR) };

@@ -78,8 +78,8 @@ def cpu_isa() -> str:
 
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
-    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT and CLUSTER only
-    have the sizes whose layers fit one block's shared memory), ``variants`` (the compiled module's
+    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT, CLUSTER and
+    CLUSTER_ROLES only have the sizes whose layers fit one block's shared memory), ``variants`` (the compiled module's
     variant names and codes, as :class:`Impl` has them), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on). Without the
@@ -246,6 +246,9 @@ class Impl(enum.IntEnum):
       (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
       R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
       it passed and is fastest.
+    - ``CLUSTER_ROLES``: CLUSTER with warp-specialised roles in its layer blocks (8 warps run the
+      layer chain, 8 the skip products as each layer's gated output is ready). Opt-in only: it has
+      not run on a GPU yet, and ``AUTO`` never picks it.
 
     ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
     call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
@@ -258,6 +261,7 @@ class Impl(enum.IntEnum):
     PERSISTENT = 3
     CLUSTER = 4
     TENSOR_CORE = 5
+    CLUSTER_ROLES = 8
 
 
 # The concrete CUDA variants and their codes: Impl without AUTO (C++'s table, NVWAVENET_FOR_EACH_VARIANT

@@ -58,6 +58,12 @@ MUTANTS = [
      "R * 4 + 4, kSitePersistentInput"),
     ("cluster: waits on the wrong mbarrier parity", "CLUSTER", "handoff.cuh",
      "const uint32_t parity", "static_cast<uint32_t>(phase & 1)", "static_cast<uint32_t>((phase + 1) & 1)"),
+    ("cluster_roles: skip warps read h_i without the chain's named barrier", "CLUSTER_ROLES", "persistent.cuh",
+     "void roles_skip_warps(", "      group_barrier(kRolesReadyBarrier + i, kPersistentThreads);\n", ""),
+    ("cluster_roles: skip share sent before the chain is done with x", "CLUSTER_ROLES", "persistent.cuh",
+     "void roles_skip_warps(", "    if (last_block)\n", "    if (true)\n"),
+    ("cluster_roles: a chain that gave up leaves the skip warps at ready(0)", "CLUSTER_ROLES", "persistent.cuh",
+     "if (roles_chain_stop() == t) {", "        group_arrive(kRolesReadyBarrier, kPersistentThreads);\n", ""),
     ("tensor_core: no cp.async wait before the slab is read", "TENSOR_CORE", "tensor_core.cuh",
      "const auto next_slab", "    ptx::cp_async_wait_group<kTcStages - 2>();\n", ""),
     ("tensor_core: ldmatrix B rows from the wrong k half", "TENSOR_CORE", "tensor_core.cuh",
@@ -86,7 +92,8 @@ from nvwavenet.testing import compare_with_reference, random_cond_input, random_
 variant = Impl[{variant!r}]
 batch = {{"SINGLE_BLOCK": 3, "DUAL_BLOCK": 2, "TENSOR_CORE": 9}}.get(variant.name, 1)
 tile = {{"SINGLE_BLOCK": 2, "TENSOR_CORE": 8}}.get(variant.name, 0)
-layers = 12 if variant in (Impl.PERSISTENT, Impl.CLUSTER) else 3  # several layer blocks: hand-offs between them
+# Several layer blocks: hand-offs between them.
+layers = 12 if variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES) else 3
 for dtype in (torch.float16, torch.float32):
     net = NVWaveNet(**random_nv_wavenet_args(32, 128, 256, layers, 2, seed=1), dtype=dtype)
     cond = random_cond_input(32, batch, layers, 6, seed=2)
@@ -94,7 +101,7 @@ for dtype in (torch.float16, torch.float32):
         compare_with_reference(cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile), cond, variant)
 # The abort path: a 1 ns limit with the block the others wait on starved must stop the kernel with
 # its status report, not with an emulation error (tests/test_cuda_host.py does the same).
-starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0}}.get(variant.name)
+starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0, "CLUSTER_ROLES": 0}}.get(variant.name)
 if starved is not None:
     runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=starved)
     try:

@@ -3,7 +3,7 @@
 #
 #     bash scripts/gpu_check.sh
 #
-# Builds nvwavenet in place, runs the CUDA tests (CLUSTER and TENSOR_CORE, never run on a GPU
+# Builds nvwavenet in place, runs the CUDA tests (CLUSTER, CLUSTER_ROLES and TENSOR_CORE, never run on a GPU
 # before, first: their failures are the news; then every variant), times nvwavenet (Impl.AUTO)
 # beside NV-WaveNet's own nv_wavenet_perf at the same sizes in this lease (R64/S256/A256 L20
 # max_dilation 512, batch 1/8/64/256, float16 and float32: scripts/nv_wavenet_compare.py; the ratio
@@ -127,7 +127,7 @@ for tool in memcheck racecheck; do
     FAILED=1
     continue
   fi
-  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER TENSOR_CORE; do
+  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER TENSOR_CORE CLUSTER_ROLES; do
     run_step "$tool-$variant" 25 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
       "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py "$variant"
   done
@@ -145,7 +145,7 @@ from nvwavenet import Impl, NVWaveNet
 from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
 net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, 20, 512), dtype=torch.float16)
 cond = random_cond_input(64, 1, 20, 256, device="cuda")
-for variant in (Impl.PERSISTENT, Impl.CLUSTER):
+for variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES):
     net.infer(cond, variant)
 print("trace: see the nvwavenet trace lines above")'
   run_step build-untraced 120 env NVWAVENET_TRACE=0 "$PYTHON" setup.py build_ext --inplace

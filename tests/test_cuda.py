@@ -35,8 +35,10 @@ def needs_gpu(test):
     return pytest.mark.cuda(_skip_without_gpu(test))
 
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE]
-CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER)  # one kernel, two hand-offs: the same plans
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES]
+# One kernel, two hand-offs and CLUSTER_ROLES's layer blocks: the same plans (CLUSTER_ROLES: at
+# most 11 layers per block).
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES)
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 
@@ -111,11 +113,12 @@ def test_auto_prefers_latency_variants_while_their_groups_run_at_once():
     assert autotune.choose_variant(100000, plans) == "SINGLE_BLOCK"
 
 
-def test_auto_never_plans_or_picks_cluster_before_it_has_run_on_a_gpu():
+@pytest.mark.parametrize("name", ["CLUSTER", "CLUSTER_ROLES"])
+def test_auto_never_plans_or_picks_cluster_before_it_has_run_on_a_gpu(name):
     # Without a measured table that lists it as passed, AUTO does not even plan it.
-    assert "CLUSTER" not in autotune.candidates(None, "NVIDIA H200", "float16", (64, 256, 256))
-    every = {name: fake_plan(groups=1000 if name == "CLUSTER" else 1) for name in CUDA_VARIANTS}
-    assert all(autotune.choose_variant(batch, every) != "CLUSTER" for batch in (1, 2, 16, 2048))
+    assert name not in autotune.candidates(None, "NVIDIA H200", "float16", (64, 256, 256))
+    every = {variant: fake_plan(groups=1000 if variant == name else 1) for variant in CUDA_VARIANTS}
+    assert all(autotune.choose_variant(batch, every) != name for batch in (1, 2, 16, 2048))
 
 
 def test_auto_never_picks_a_variant_that_cannot_run():
@@ -562,7 +565,7 @@ def test_zero_samples_return_empty_outputs(variant):
 
 
 @needs_gpu
-@pytest.mark.parametrize("variant", [Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER], ids=lambda v: v.name)
+@pytest.mark.parametrize("variant", [Impl.DUAL_BLOCK, *CLUSTER_KERNELS], ids=lambda v: v.name)
 def test_a_wait_that_times_out_stops_the_kernel_cleanly(variant, monkeypatch):
     """With a 1 ns wait limit the cooperating blocks usually give up: that must be a RuntimeError
     saying where, never a hang or a broken CUDA context (the next normal call must work)."""

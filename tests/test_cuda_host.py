@@ -33,12 +33,14 @@ pytestmark = pytest.mark.skipif(
     shutil.which(cuda_host.compiler()) is None or platform.machine() != "x86_64" or not engines.has_extension(),
     reason="the host build needs g++ on x86-64 and the compiled nvwavenet._C (for its Params type)")
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE]
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES]
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES)  # persistent.cuh's one kernel
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Streams per block where the variant has a tile: chosen so that the batches below leave the last
 # block's tile partly empty.
 TILES = {Impl.SINGLE_BLOCK: 2, Impl.TENSOR_CORE: 8}
-BATCH = {Impl.SINGLE_BLOCK: 3, Impl.DUAL_BLOCK: 2, Impl.PERSISTENT: 1, Impl.CLUSTER: 1, Impl.TENSOR_CORE: 9}
+BATCH = {Impl.SINGLE_BLOCK: 3, Impl.DUAL_BLOCK: 2, Impl.PERSISTENT: 1, Impl.CLUSTER: 1, Impl.TENSOR_CORE: 9,
+         Impl.CLUSTER_ROLES: 1}
 
 RESULTS: dict[str, dict[str, int]] = defaultdict(lambda: {"cases": 0, "passed": 0, "refused": 0})
 
@@ -80,11 +82,11 @@ def make_net(R, layers, max_dilation, dtype, seed=0):
 
 def shape(variant, R, dtype):
     """(layers, max_dilation, samples) of a matrix case: R64 at L=20, max_dilation 512 on three
-    steps (float32 PERSISTENT/CLUSTER at L=10: twenty float32 R64 layers need more than a 16-block
+    steps (float32 cluster kernels at L=10: twenty float32 R64 layers need more than a 16-block
     cluster, which the next test checks is refused); R32 at L=3 on six steps."""
     if R == 32:
         return 3, 2, 6
-    if variant in (Impl.PERSISTENT, Impl.CLUSTER) and dtype is torch.float32:
+    if variant in CLUSTER_KERNELS and dtype is torch.float32:
         return 10, 512, 3
     return 20, 512, 3
 
@@ -121,7 +123,7 @@ def test_every_tile_with_a_partial_last_block(host, variant, tile):
 def test_plans_the_gpu_refuses_are_refused(host):
     net = make_net(64, 20, 512, torch.float32)
     cond = random_cond_input(64, 1, 20, 2)
-    for variant in (Impl.PERSISTENT, Impl.CLUSTER):
+    for variant in CLUSTER_KERNELS:
         with pytest.raises(ValueError, match=r"needs a cluster of \d+ blocks .*the largest cluster has 16"):
             cuda_host.HostNet(net, host, variant).infer(cond, selectors=torch.rand(1, 2))
         RESULTS[variant.name]["refused"] += 1
@@ -152,7 +154,7 @@ def test_random_schedules_give_the_same_bits(host, variant):
     """Blocks interleaved and threads resumed in random orders (each seed its own schedule, st.async
     landing after random delays): every output bit is the in-order schedule's."""
     net = make_net(32, 3, 2, torch.bfloat16, seed=4)
-    batch = BATCH[variant] + (1 if variant in (Impl.PERSISTENT, Impl.CLUSTER) else 0)  # two clusters
+    batch = BATCH[variant] + (1 if variant in CLUSTER_KERNELS else 0)  # two clusters
     cond = random_cond_input(32, batch, 3, 5, seed=6)
     u = torch.rand(batch, 5, generator=torch.Generator().manual_seed(12))
     with case(variant):
@@ -167,7 +169,7 @@ def test_random_schedules_give_the_same_bits(host, variant):
 
 # The block that the others wait on and that is starved: DUAL_BLOCK's head block (the residual
 # block waits for its sample), a cluster's layer block 0 (the head blocks wait for its skip share).
-STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0}
+STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0, Impl.CLUSTER_ROLES: 0}
 
 
 @pytest.mark.parametrize("variant", list(STARVED), ids=lambda v: v.name)
@@ -185,6 +187,39 @@ def test_a_wait_that_times_out_stops_the_kernel_cleanly(host, variant):
             runner.infer(cond, selectors=torch.rand(BATCH[variant], 6))
         assert not isinstance(caught.value, host.EmulationError), str(caught.value)
         compare_with_reference(cuda_host.HostNet(net, host, variant), cond, variant)
+
+
+@pytest.mark.parametrize("R, layers, dtype_name", [(64, 20, "float16"), (64, 10, "float32"), (32, 20, "bfloat16")])
+def test_cluster_roles_equals_cluster_bit_for_bit(host, R, layers, dtype_name):
+    """CLUSTER_ROLES computes CLUSTER's products in CLUSTER's per-row order on the same split
+    (matvec's row sums do not depend on its thread count; each block's skip share adds its layers
+    in order), so samples and logits are CLUSTER's bits, under a random schedule of its own."""
+    net = make_net(R, layers, 512, DTYPES[dtype_name], seed=layers)
+    cond = random_cond_input(R, 1, layers, 3, seed=R)
+    u = torch.rand(1, 3, generator=torch.Generator().manual_seed(R + layers))
+    cluster = cuda_host.HostNet(net, host, Impl.CLUSTER)
+    roles = cuda_host.HostNet(net, host, Impl.CLUSTER_ROLES, seed=layers)
+    with case(Impl.CLUSTER_ROLES):
+        expected = cluster.infer(cond, selectors=u, return_logits=True)
+        got = roles.infer(cond, selectors=u, return_logits=True)
+        assert roles.last_plan["layer_blocks"] == cluster.last_plan["layer_blocks"]
+        assert torch.equal(got[0], expected[0])
+        assert torch.equal(got[1], expected[1])
+
+
+def test_cluster_roles_holds_at_most_one_layer_per_named_barrier(host):
+    """A layer block's skip warps wait at one named barrier per layer (ids 5-15), so CLUSTER_ROLES
+    splits layers that CLUSTER keeps in one block (R32 float16: 12 fit one block's shared memory)
+    over more blocks; the result is still the reference's."""
+    net = make_net(32, 12, 4, torch.float16, seed=12)
+    cond = random_cond_input(32, 1, 12, 4, seed=13)
+    cluster = cuda_host.HostNet(net, host, Impl.CLUSTER)
+    roles = cuda_host.HostNet(net, host, Impl.CLUSTER_ROLES, seed=3)
+    with case(Impl.CLUSTER_ROLES):
+        compare_with_reference(cluster, cond, Impl.CLUSTER)
+        compare_with_reference(roles, cond, Impl.CLUSTER_ROLES)
+        assert (cluster.last_plan["layer_blocks"], cluster.last_plan["max_layers_per_block"]) == (1, 12)
+        assert (roles.last_plan["layer_blocks"], roles.last_plan["max_layers_per_block"]) == (2, 6)
 
 
 @pytest.mark.parametrize("window, stride", [(16, 4), (7, 2)])

@@ -138,8 +138,8 @@ void validate(const Params& p, Variant variant, bool launching) {
   }
 }
 
-// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent, Cluster or
-// TensorCore) for p's size and weight type; AUTO names no class of its own and throws `auto_error`.
+// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent, Cluster,
+// TensorCore or ClusterRoles) for p's size and weight type; AUTO names no class of its own and throws `auto_error`.
 template <class F>
 decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
   return dispatch_size_and_type(p, [&](auto size, auto type) -> decltype(auto) {
@@ -156,6 +156,8 @@ decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* au
         return f(TypeTag<Cluster<Size::R, Size::S, Size::A, W>>{});
       case Variant::TensorCore:
         return f(TypeTag<TensorCore<Size::R, Size::S, Size::A, W>>{});
+      case Variant::ClusterRoles:
+        return f(TypeTag<ClusterRoles<Size::R, Size::S, Size::A, W>>{});
       case Variant::Auto:
         break;
     }
@@ -293,7 +295,8 @@ void generate(const Params& p, Variant variant) {
   if (status.code != kStatusOk)
     throw std::runtime_error(status_message(status, static_cast<int32_t>(variant), p.spin_timeout_ns));
 #ifdef NVWAVENET_TRACE
-  if (variant == Variant::Persistent || variant == Variant::Cluster) print_trace(p, chosen, variant);
+  if (variant == Variant::Persistent || variant == Variant::Cluster || variant == Variant::ClusterRoles)
+    print_trace(p, chosen, variant);
 #endif
 }
 

@@ -64,9 +64,10 @@ namespace cg = cooperative_groups;
 // hop, layer and the head is measured rather than estimated. Layer blocks: 0 input arrived,
 // 1 + i layer i done, 30 x sent on, 31 skip share sent. Head blocks: 0 skip shares arrived,
 // 1 z sent, 2 z complete, 3 logits sent, 4 logits complete (sampler), 5 sampled and x_0 sent.
-__device__ __forceinline__ void trace_event(const Params& p, int rank, int event, int64_t t) {
+// `thread`: the stamping thread (CLUSTER_ROLES: the skip warps' first stamps event 31).
+__device__ __forceinline__ void trace_event(const Params& p, int rank, int event, int64_t t, unsigned thread = 0) {
 #ifdef NVWAVENET_TRACE
-  if (threadIdx.x == 0 && blockIdx.x == unsigned(rank) && t == p.num_samples / 2)
+  if (threadIdx.x == thread && blockIdx.x == unsigned(rank) && t == p.num_samples / 2)
     reinterpret_cast<uint64_t*>(static_cast<char*>(p.workspace) + kWorkspaceHeaderBytes)[rank * kTraceEvents + event] =
         global_timer_ns();
 #endif
@@ -98,12 +99,108 @@ __device__ __forceinline__ bool block_wait(uint64_t* slot, int64_t phase, uint64
   return block_all(ready);
 }
 
+// CLUSTER_ROLES (issue 24, design item 4): in a layer block, warps 0-7 run the chain (the input
+// wait, W_cur + gate, W_res, x on to the next block, the next step's W_prev terms) and warps 8-15
+// the skip products, layer i's as soon as the chain has gated h_i, so that only the last layer's
+// skip product is left after x has gone on. The roles meet at named barriers, the chain arriving
+// (bar.arrive, it never waits for the skip warps within a step) and the skip warps waiting
+// (bar.sync), as DUAL_BLOCK's publisher does:
+//   ready(i)   chain -> skip: gated h_i of this step is written (one barrier id per layer of the
+//              block, so a chain that runs layers ahead never adds arrivals to a barrier the skip
+//              warps have not completed yet: hence at most kRolesMaxLayers layers per block);
+//   x sent     chain -> skip (blocks that send x on): the chain is done with x of this step. The
+//              skip share must not leave before: once the heads have it, the next step's x can
+//              arrive into this block's input buffer;
+//   consumed   skip -> chain: the skip warps read every gated h_i of the previous step, so the
+//              chain may overwrite them (also what makes the abort path safe: the chain never
+//              arrives at ready(0) again before the skip warps completed its last phase);
+//   chain, skip  each role among its own 256 threads (__syncthreads without roles).
+// Every product keeps its shape and per-row summation order (matvec's rows do not depend on the
+// thread count), so the results are CLUSTER's bit for bit.
+constexpr int kRoleThreads = kPersistentThreads / 2;
+constexpr int kRolesChainBarrier = 1;
+constexpr int kRolesSkipBarrier = 2;
+constexpr int kRolesConsumedBarrier = 3;
+constexpr int kRolesXSentBarrier = 4;
+constexpr int kRolesReadyBarrier = 5;  // + layer index within the block
+constexpr int kRolesMaxLayers = 16 - kRolesReadyBarrier;  // sm_90 has 16 named barriers per block
+
+// The step at whose input wait the chain gave up (T: none yet); the skip warps read it after
+// ready(0), which a chain that gave up arrives at once more. Only the step that gave up is ever
+// written, so a skip warp still reading it for an earlier step never mistakes it.
+__device__ __forceinline__ int64_t& roles_chain_stop() {
+  __shared__ int64_t step;
+  return step;
+}
+
+// The chain's barrier within a step: its own named barrier with roles, else the whole block's.
+template <bool kRoles>
+__device__ __forceinline__ void chain_sync() {
+  if constexpr (kRoles)
+    group_barrier(kRolesChainBarrier, kRoleThreads);
+  else
+    __syncthreads();
+}
+
+// Layer i's skip product into partial (the block's share of the skip sum). Each row has one
+// owner thread for all layers (one shape), so accumulating across layers needs no barrier.
+template <int R, int S, class W, int NT>
+__device__ __forceinline__ void skip_product(const W* skip_w, const W* skip_b, const float* gated, float* partial,
+                                             int i, int tid) {
+  matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+      skip_w + int64_t(i) * S * R, R, 0, S, gated + i * R, 0, tid, NoTransform{},
+      [&](int m, int, const float (&v)[1]) {
+        const float term = v[0] + WeightsInShared::value(skip_b + i * S + m);
+        partial[m] = i == 0 ? term : partial[m] + term;
+      });
+}
+
+// The block's share of the skip sum to every head block, by the NT threads that computed it
+// (after a barrier of theirs).
+template <int R, int S, int A, class W, class H, int NT>
+__device__ __forceinline__ void send_skip_share(const PersistentSplit& split, char* smem,
+                                                const cg::cluster_group& cluster, int rank, const float* partial,
+                                                int tid) {
+  using Layout = PersistentLayout<R, S, A, W>;
+  uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
+  float* const own_slot = reinterpret_cast<float*>(smem + Layout::kSlots) + int64_t(rank) * S;
+  for (int h = 0; h < split.head_blocks; ++h)
+    for (int k = tid; k < S; k += NT)
+      H::put(cluster, own_slot + k, split.layer_blocks + h, counters + Layout::kSkipCounter, partial[k]);
+  if constexpr (H::kProducerSignals) {
+    __syncthreads();
+    if (tid < split.head_blocks) H::signal(cluster, counters + Layout::kSkipCounter, split.layer_blocks + tid);
+  }
+}
+
+// CLUSTER_ROLES: the skip warps' step loop (threads kRoleThreads..511; tid counts from 0 there).
 template <int R, int S, int A, class W, class H>
+__device__ void roles_skip_warps(const Params& p, const PersistentSplit& split, char* smem,
+                                 const cg::cluster_group& cluster, int rank, const W* skip_w, const W* skip_b,
+                                 const float* gated, float* partial, int count, bool last_block, int tid) {
+  const int64_t T = p.num_samples;
+  for (int64_t t = 0; t < T; ++t) {
+    group_arrive(kRolesConsumedBarrier, kPersistentThreads);  // step t - 1's gated h are read
+    for (int i = 0; i < count; ++i) {
+      group_barrier(kRolesReadyBarrier + i, kPersistentThreads);
+      if (i == 0 && roles_chain_stop() == t) return;
+      skip_product<R, S, W, kRoleThreads>(skip_w, skip_b, gated, partial, i, tid);
+    }
+    if (last_block)
+      group_barrier(kRolesSkipBarrier, kRoleThreads);
+    else
+      group_barrier(kRolesXSentBarrier, kPersistentThreads);
+    send_skip_share<R, S, A, W, H, kRoleThreads>(split, smem, cluster, rank, partial, tid);
+    trace_event(p, rank, 31, t, kRoleThreads);
+  }
+}
+
+template <int R, int S, int A, class W, class H, bool kRoles>
 __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
                                        const cg::cluster_group& cluster, int rank, int64_t stream,
                                        DeviceStatus* status) {
   using Layout = PersistentLayout<R, S, A, W>;
-  constexpr int NT = kPersistentThreads;
+  constexpr int NT = kRoles ? kRoleThreads : kPersistentThreads;  // the chain's threads
   const Layout layout(split);
   const int tid = threadIdx.x;
   const int first = rank * split.layers_base + (rank < split.layers_extra ? rank : split.layers_extra);
@@ -130,11 +227,34 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
   layer_position(first, p.max_dilation, first_offset, first_dilation);
   WaitContext wait{status, p.spin_timeout_ns, kSitePersistentInput, 0};
 
+  if constexpr (kRoles) {
+    static_assert(!H::kProducerSignals, "the roles hand off with st.async (no producer barrier of the whole block)");
+    if (tid == 0) roles_chain_stop() = T;  // seen by the skip warps after ready(0), which comes later
+    if (tid >= kRoleThreads) {  // (the stop point that counts is thread 0's)
+      roles_skip_warps<R, S, A, W, H>(p, split, smem, cluster, rank, skip_w, skip_b, gated, partial, count,
+                                      last_block, tid - kRoleThreads);
+      return StopPoint{T, kSiteNone};
+    }
+  }
   precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, 0, pre, tid);
   for (int64_t t = 0; t < T; ++t) {
     wait.step = t;
-    if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, kSitePersistentInput, wait))
-      return StopPoint{t, kSitePersistentInput};
+    if constexpr (kRoles) {
+      // The chain meets where the skip warps say step t - 1's gated h are read; a chain that gave
+      // up releases the skip warps from ready(0).
+      if (tid == 0) {
+        wait.site = kSitePersistentInput;
+        if (!H::wait(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, wait)) roles_chain_stop() = t;
+      }
+      group_barrier(kRolesConsumedBarrier, kPersistentThreads);
+      if (roles_chain_stop() == t) {
+        group_arrive(kRolesReadyBarrier, kPersistentThreads);
+        return StopPoint{t, kSitePersistentInput};
+      }
+    } else {
+      if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, kSitePersistentInput, wait))
+        return StopPoint{t, kSitePersistentInput};
+    }
     trace_event(p, rank, 0, t);
 
     int64_t offset = first_offset;
@@ -150,12 +270,13 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
           [&](int m, int, const float (&v)[2]) {
             layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]);
           });
-      __syncthreads();
+      if constexpr (kRoles) group_arrive(kRolesReadyBarrier + i, kPersistentThreads);
+      chain_sync<kRoles>();
       if (l < L - 1) {
         matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
             res_w + int64_t(i) * R * R, R, 0, R, layer_gated, 0, tid, NoTransform{},
             [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
-        __syncthreads();
+        chain_sync<kRoles>();
       }
       trace_event(p, rank, 1 + i, t);
       offset += dilation;
@@ -168,31 +289,19 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
         __syncthreads();
         if (tid == 0) H::signal(cluster, counters + Layout::kInputCounter, rank + 1);
       }
+      if constexpr (kRoles) group_arrive(kRolesXSentBarrier, kPersistentThreads);
       trace_event(p, rank, 30, t);
     }
 
-    // This block's share of the skip sum, to every head block. Each (row) has one owner thread
-    // for all layers, so the accumulation across products needs no barrier.
-    for (int i = 0; i < count; ++i) {
-      matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
-          skip_w + int64_t(i) * S * R, R, 0, S, gated + i * R, 0, tid, NoTransform{},
-          [&](int m, int, const float (&v)[1]) {
-            const float term = v[0] + WeightsInShared::value(skip_b + i * S + m);
-            partial[m] = i == 0 ? term : partial[m] + term;
-          });
-    }
-    __syncthreads();
-    float* const own_slot = reinterpret_cast<float*>(smem + Layout::kSlots) + int64_t(rank) * S;
-    for (int h = 0; h < split.head_blocks; ++h)
-      for (int k = tid; k < S; k += NT)
-        H::put(cluster, own_slot + k, split.layer_blocks + h, counters + Layout::kSkipCounter, partial[k]);
-    if constexpr (H::kProducerSignals) {
+    if constexpr (!kRoles) {  // this block's share of the skip sum, to every head block
+      for (int i = 0; i < count; ++i) skip_product<R, S, W, NT>(skip_w, skip_b, gated, partial, i, tid);
       __syncthreads();
-      if (tid < split.head_blocks) H::signal(cluster, counters + Layout::kSkipCounter, split.layer_blocks + tid);
+      send_skip_share<R, S, A, W, H, NT>(split, smem, cluster, rank, partial, tid);
+      trace_event(p, rank, 31, t);
     }
-    trace_event(p, rank, 31, t);
 
-    // Next step's W_prev terms while the head works; the next input wait ends with a barrier.
+    // Next step's W_prev terms while the head works; the next input wait ends with a barrier
+    // (with roles, the chain's part of the consumed barrier).
     if (t + 1 < T)
       precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, t + 1, pre, tid);
   }
@@ -376,7 +485,8 @@ __device__ void drain_handoffs(const Params& p, const PersistentSplit& split, ch
 #endif
 
 // kMbarrier: the hand-offs of CLUSTER (MbarrierHandoff), else PERSISTENT's (FlagHandoff).
-template <int R, int S, int A, class W, bool kMbarrier>
+// kRoles: CLUSTER_ROLES's layer blocks (chain and skip warps; CLUSTER's hand-offs).
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     persistent_kernel(const __grid_constant__ Params p, const PersistentSplit split) {
   auto* const status = static_cast<DeviceStatus*>(p.workspace);
@@ -430,7 +540,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   // Counters are zero and weights in place in every block before anyone signals anyone.
   cluster.sync();
   const StopPoint stop = rank < split.layer_blocks
-                             ? persistent_layer_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status)
+                             ? persistent_layer_block<R, S, A, W, H, kRoles>(p, split, smem, cluster, rank, stream, status)
                              : persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
   // No block may exit while another can still write into its shared memory: after this barrier
   // no block sends, and CLUSTER's consumers drain the st.async already sent (drain_handoffs).
@@ -442,11 +552,13 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 #endif
 }
 
-// PERSISTENT's and CLUSTER's planner: the same split and shared-memory layout.
-template <int R, int S, int A, class W, bool kMbarrier>
+// PERSISTENT's, CLUSTER's and CLUSTER_ROLES's planner: the same split and shared-memory layout
+// (CLUSTER_ROLES: at most kRolesMaxLayers layers per block, one named barrier each).
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles>
 Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
-  constexpr Variant kVariant = kMbarrier ? Variant::Cluster : Variant::Persistent;
-  const char* const name = kMbarrier ? "CLUSTER" : "PERSISTENT";
+  static_assert(kMbarrier || !kRoles, "the roles use CLUSTER's hand-offs");
+  constexpr Variant kVariant = kRoles ? Variant::ClusterRoles : kMbarrier ? Variant::Cluster : Variant::Persistent;
+  const char* const name = kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT";
   const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
   if (device.major < 9)
     return refuse(kVariant, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
@@ -457,13 +569,14 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
                                            "size is not built for " + name);
   } else {
     using Layout = PersistentLayout<R, S, A, W>;
-    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, kMbarrier>);
+    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, kMbarrier, kRoles>);
     cudaFuncAttributes attributes{};
     NVWAVENET_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
     const int64_t budget = device.shared_per_block_optin - int64_t(attributes.sharedSizeBytes);
 
     int capacity = 0;  // the most layers one block can hold
-    while (capacity < p.L && Layout(capacity + 1, 1, A).layer_end <= budget) ++capacity;
+    while (capacity < p.L && (!kRoles || capacity < kRolesMaxLayers) && Layout(capacity + 1, 1, A).layer_end <= budget)
+      ++capacity;
     if (capacity == 0)
       return refuse(kVariant,
                     "one layer of " + size + " needs " + std::to_string(Layout(1, 1, A).layer_end) +
@@ -495,7 +608,10 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
     if (cluster_blocks > kMaxClusterBlocks)
       return refuse(kVariant, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
                                              std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
-                                             " per block, plus " + std::to_string(split.head_blocks) +
+                                             " per block" +
+                                             (kRoles ? std::string(" (shared memory, and one named barrier per layer)")
+                                                     : std::string()) +
+                                             ", plus " + std::to_string(split.head_blocks) +
                                              " head blocks); the largest cluster has " +
                                              std::to_string(kMaxClusterBlocks));
 
@@ -534,10 +650,11 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
   }
 }
 
-template <int R, int S, int A, class W, bool kMbarrier>
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles>
 void launch_cluster_kernel(const Params& p, const Plan& plan) {
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    throw std::invalid_argument(std::string(kMbarrier ? "CLUSTER" : "PERSISTENT") + " is not built for R=" +
+    throw std::invalid_argument(std::string(kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT") +
+                                " is not built for R=" +
                                 std::to_string(R) + ": " + plan.reason);
   } else {
     PersistentSplit split{};
@@ -559,25 +676,34 @@ void launch_cluster_kernel(const Params& p, const Plan& plan) {
     config.stream = static_cast<cudaStream_t>(p.stream);
     config.attrs = &attribute;
     config.numAttrs = 1;
-    NVWAVENET_CUDA_CHECK(cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier>, p, split));
+    NVWAVENET_CUDA_CHECK(cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles>, p, split));
   }
 }
 
 template <int R, int S, int A, class W>
 Plan Persistent<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
-  return plan_cluster_kernel<R, S, A, W, false>(p, device);
+  return plan_cluster_kernel<R, S, A, W, false, false>(p, device);
 }
 template <int R, int S, int A, class W>
 void Persistent<R, S, A, W>::launch(const Params& p, const Plan& plan) {
-  launch_cluster_kernel<R, S, A, W, false>(p, plan);
+  launch_cluster_kernel<R, S, A, W, false, false>(p, plan);
 }
 template <int R, int S, int A, class W>
 Plan Cluster<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
-  return plan_cluster_kernel<R, S, A, W, true>(p, device);
+  return plan_cluster_kernel<R, S, A, W, true, false>(p, device);
 }
 template <int R, int S, int A, class W>
 void Cluster<R, S, A, W>::launch(const Params& p, const Plan& plan) {
-  launch_cluster_kernel<R, S, A, W, true>(p, plan);
+  launch_cluster_kernel<R, S, A, W, true, false>(p, plan);
+}
+
+template <int R, int S, int A, class W>
+Plan ClusterRoles<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+  return plan_cluster_kernel<R, S, A, W, true, true>(p, device);
+}
+template <int R, int S, int A, class W>
+void ClusterRoles<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+  launch_cluster_kernel<R, S, A, W, true, true>(p, plan);
 }
 
 }  // namespace nvwavenet::gpu
