@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
-KERNEL = re.compile(r"(single_block|dual_block|persistent|tensor_core)_kernelILi(\d+)ELi(\d+)ELi(\d+)E(\w+?)(?:L([ib])(\d+)E)?EEv")
+KERNEL = re.compile(r"(single_block|dual_block|persistent|tensor_core)_kernelILi(\d+)ELi(\d+)ELi(\d+)E(\w+?)((?:L[ib]\d+E)*)EEv")
 TYPES = {"f": "float32", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
 
 
@@ -71,11 +71,15 @@ def report(source: Path, arch: str, sass_path: str | None) -> list[tuple]:
         elif (match := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
             frame = match.groups()
         elif kernel and (match := re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?$", line)):
-            variant, R, S, A, weight, kind, last = kernel.groups()
-            # The last template argument: SINGLE_BLOCK's tile (Li8E) or the cluster kernel's hand-off
-            # (Lb1E: CLUSTER); TENSOR_CORE chooses its tile at run time.
-            tile = last if kind == "i" else ("run time" if variant == "tensor_core" else "1")
-            if kind == "b" and last == "1":
+            variant, R, S, A, weight, trailing = kernel.groups()
+            # The template arguments after the weight type: SINGLE_BLOCK's tile (Li8E), or the
+            # cluster kernel's hand-off and roles (Lb1ELb0E: CLUSTER, Lb1ELb1E: CLUSTER_ROLES);
+            # TENSOR_CORE chooses its tile at run time.
+            rest = re.findall(r"L([ib])(\d+)E", trailing)
+            tile = rest[0][1] if rest and rest[0][0] == "i" else ("run time" if variant == "tensor_core" else "1")
+            if [value for kind, value in rest if kind == "b"] == ["1", "1"]:
+                variant = "cluster_roles"
+            elif [value for kind, value in rest if kind == "b"][:1] == ["1"]:
                 variant = "cluster"
             counts = sass.get(mangled)
             rows.append((variant, f"R{R}/S{S}/A{A}", TYPES.get(weight, weight), tile, match.group(1),

@@ -2,12 +2,12 @@
 
     python scripts/sass_check.py [--arch 90] [--size 64 256 256] [--weights __half]
 
-Compiles PERSISTENT and CLUSTER (csrc/cuda/persistent.cuh) for one size and weight type to a
+Compiles PERSISTENT, CLUSTER and CLUSTER_ROLES (csrc/cuda/persistent.cuh) for one size and weight type to a
 cubin, disassembles it with cuobjdump (the pip package nvidia-cuda-cuobjdump provides one), and
 prints, per kernel, the device-scope fences (MEMBAR.*.GPU), L1 invalidates (CCTL.IVALL), cluster
 barriers, st.async stores (STAS) and mbarrier operations (SYNCS.*), and ptxas' registers and spills.
 
-The claim checked for CLUSTER: its per-step code holds no device-scope fence and no L1
+The claim checked for CLUSTER and CLUSTER_ROLES: their per-step code holds no device-scope fence and no L1
 invalidate. Those instructions may only appear (a) next to the two cluster barriers of the whole
 call (cluster.sync() before the first step and before exit, UCGABAR_ARV/WAIT) and (b) in the
 out-of-line timeout report (report_timeout, common.cuh), which runs once a wait has given up.
@@ -47,17 +47,27 @@ def find_tool(name: str) -> str | None:
 
 
 def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights: str) -> tuple[Path, str]:
-    """The cubin of PERSISTENT and CLUSTER for one size, and ptxas -v's report."""
+    """The cubin of PERSISTENT, CLUSTER and CLUSTER_ROLES for one size, and ptxas -v's report."""
     source = out_dir / "cluster_kernels.cu"
     R, S, A = size
     source.write_text(f'#include "persistent.cuh"\nnamespace nvwavenet::gpu {{\n'
                       f"template struct Persistent<{R}, {S}, {A}, {weights}>;\n"
-                      f"template struct Cluster<{R}, {S}, {A}, {weights}>;\n}}\n")
+                      f"template struct Cluster<{R}, {S}, {A}, {weights}>;\n"
+                      f"template struct ClusterRoles<{R}, {S}, {A}, {weights}>;\n}}\n")
     cubin = out_dir / "cluster_kernels.cubin"
     result = subprocess.run(["nvcc", "-std=c++17", f"-arch=sm_{arch}", "--use_fast_math", f"-I{CUDA_DIR}", "-cubin",
                              "-o", str(cubin), str(source), "-Xptxas", "-v"],
                             capture_output=True, text=True, check=True)
     return cubin, result.stderr
+
+
+def kernel_name(mangled: str) -> str:
+    """The variant of a persistent_kernel instantiation, from its last two template arguments
+    (kMbarrier, kRoles)."""
+    match = re.search(r"Lb([01])ELb([01])EE", mangled)
+    if not match:
+        raise ValueError(f"not a persistent_kernel<..., kMbarrier, kRoles> name: {mangled}")
+    return "CLUSTER_ROLES" if match.group(2) == "1" else "CLUSTER" if match.group(1) == "1" else "PERSISTENT"
 
 
 def kernels(sass: str) -> dict[str, list[tuple[int, str]]]:
@@ -104,13 +114,13 @@ def subroutine_is_the_timeout_report(code: list[tuple[int, str]], address: int) 
 
 def summarise(name: str, code: list[tuple[int, str]]) -> dict:
     count = lambda pattern: sum(1 for _, text in code if re.search(pattern, text))  # noqa: E731
-    return {"kernel": "CLUSTER" if "Lb1E" in name else "PERSISTENT", "instructions": len(code),
+    return {"kernel": kernel_name(name), "instructions": len(code),
             "fences": fence_sites(code), "cluster barriers": count(r"UCGABAR_ARV"), "st.async": count(r"^STAS"),
             "mbarrier": count(r"^SYNCS"), "ld/red acquire-release": count(r"^(RED|ATOM)\S*\.STRONG\.GPU")}
 
 
 def check_cluster_kernel(code: list[tuple[int, str]]) -> list[str]:
-    """What is wrong with CLUSTER's SASS (empty: the claim holds)."""
+    """What is wrong with CLUSTER's (or CLUSTER_ROLES's) SASS (empty: the claim holds)."""
     problems = []
     sites = fence_sites(code)
     if sites["step code"]:
@@ -130,7 +140,7 @@ def ptxas_rows(report: str) -> list[str]:
     rows, kernel = [], None
     for line in report.splitlines():
         if match := re.search(r"Function properties for (\S*persistent_kernel\S*)", line):
-            kernel = "CLUSTER" if "Lb1E" in match.group(1) else "PERSISTENT"
+            kernel = kernel_name(match.group(1))
         elif kernel and (match := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill", line)):
             frame = match.groups()
         elif kernel and (match := re.search(r"Used (\d+) registers", line)):
@@ -162,9 +172,9 @@ def main() -> int:
             continue
         summary = summarise(name, code)
         print(f"  {summary['kernel']}: {summary}")
-        if summary["kernel"] == "CLUSTER":
+        if summary["kernel"] != "PERSISTENT":
             problems = check_cluster_kernel(code)
-            print("  CLUSTER step code fence-free:", "yes" if not problems else f"NO: {problems}")
+            print(f"  {summary['kernel']} step code fence-free:", "yes" if not problems else f"NO: {problems}")
             failed = failed or bool(problems)
     return 1 if failed else 0
 

@@ -117,12 +117,18 @@ def phases_done(stop, site, steps):
 EXITS = ("drain", "barrier", "drain without complete_tx", "drain counting x_0 after the last step")
 
 
-def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, abort_at=None, exit="drain"):
+# How a layer block is run: CLUSTER's (one role), CLUSTER_ROLES's chain and skip warps interleaved
+# at random, and a roles block whose skip warps do not wait for the chain (must be caught).
+ROLES = (None, "roles", "roles without ready")
+
+
+def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, abort_at=None, exit="drain",
+            roles=None):
     """Runs persistent.cuh's CLUSTER schedule and exit; returns statistics of the run.
     expect_bytes overrides what a consumer announces (to show that a wrong count is caught);
     abort_at: (round, site): from that scheduler round on, the next wait blocked at that site times
-    out (None: none does)."""
-    assert exit in EXITS
+    out (None: none does). roles: one of ROLES."""
+    assert exit in EXITS and roles in ROLES
     rows = A // head_blocks
     blocks_total = layer_blocks + head_blocks
     bars = [{INPUT: Mbarrier(f"input barrier of layer block {j}")} for j in range(layer_blocks)]
@@ -181,6 +187,64 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
                 put(layer_blocks + h, SKIP, slots[h][j], S * 4, t)
                 yield "sent skip share"
         return steps, NONE
+
+    def roles_layer_block(j):
+        """CLUSTER_ROLES's layer block j: the chain (input wait, the layers, x sent on) and the skip
+        warps (the share, once the chain has its last layer's h) as two threads of control that
+        meet only at the named barriers, advanced in a random order. The skip share may thus leave
+        before x is sent on (nothing orders them); the next x must still never overwrite this
+        block's x before the chain sent it on."""
+        mark = {"ready": -1, "consumed": -1, "gave_up": None}
+
+        def chain():
+            for t in range(steps):
+                ok = yield from wait(j, INPUT, announced.get("input", R * 4), t)
+                while mark["consumed"] < t - 1:  # the consumed barrier
+                    yield "blocked"
+                if not ok:
+                    mark["gave_up"] = t  # and arrives at ready(0) once more
+                    return t, INPUT
+                x[j].read(t)
+                yield "chain"
+                if j + 1 == layer_blocks:
+                    x[j].done(t)  # its last read of x: the last layer's W_cur product, before ready
+                mark["ready"] = t  # ready(i) of the block's layers
+                if j + 1 < layer_blocks:
+                    x[j].read(t)
+                    put(j + 1, INPUT, x[j + 1], R * 4, t)
+                    x[j].done(t)  # each st.async takes its x value as it issues: the last read
+                    yield "sent x"
+            return steps, NONE
+
+        def skip():
+            for t in range(steps):
+                while roles != "roles without ready" and mark["ready"] < t and mark["gave_up"] != t:
+                    yield "blocked"
+                if mark["gave_up"] == t:
+                    return
+                for h in range(head_blocks):
+                    put(layer_blocks + h, SKIP, slots[h][j], S * 4, t)
+                    yield "sent skip share"
+                mark["consumed"] = t
+
+        parts = [chain(), skip()]
+        chain_part, stop = parts[0], None
+        while parts:
+            order = rng.sample(parts, len(parts))
+            outcome = "blocked"
+            for part in order:
+                try:
+                    outcome = next(part)
+                except StopIteration as done:
+                    if part is chain_part:
+                        stop = done.value
+                    parts.remove(part)
+                    outcome = "progress"
+                    break
+                if outcome != "blocked":
+                    break
+            yield outcome
+        return stop
 
     def head_block(h):
         me = layer_blocks + h
@@ -251,7 +315,10 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
                 yield "blocked"
 
     def block(b):
-        stop = yield from (layer_block(b) if b < layer_blocks else head_block(b - layer_blocks))
+        if b >= layer_blocks:
+            stop = yield from head_block(b - layer_blocks)
+        else:
+            stop = yield from (roles_layer_block(b) if roles else layer_block(b))
         if stop[1] != NONE:
             stats["blocks that gave up"] += 1
         if exit != "barrier":
@@ -306,18 +373,20 @@ def handoffs_per_step(layer_blocks, head_blocks):
     return (layer_blocks - 1) + layer_blocks * head_blocks + head_blocks ** 2 + head_blocks + 1
 
 
+@pytest.mark.parametrize("roles", ROLES[:2], ids=["CLUSTER", "CLUSTER_ROLES"])
 @pytest.mark.parametrize("layer_blocks,head_blocks", CONFIGS)
-def test_cluster_handoffs_are_race_and_deadlock_free_in_random_orders(layer_blocks, head_blocks):
+def test_cluster_handoffs_are_race_and_deadlock_free_in_random_orders(layer_blocks, head_blocks, roles):
     rng = random.Random(1000 * layer_blocks + head_blocks)
     for _ in range(60):
         steps = rng.randint(1, 5)
-        stats = emulate(layer_blocks, head_blocks, 64, 256, 256, steps, rng)
+        stats = emulate(layer_blocks, head_blocks, 64, 256, 256, steps, rng, roles=roles)
         assert stats["handoffs"] == steps * handoffs_per_step(layer_blocks, head_blocks)
         assert stats["phases drained"] == 0 and stats["blocks that gave up"] == 0  # a full run leaves nothing open
 
 
+@pytest.mark.parametrize("roles", ROLES[:2], ids=["CLUSTER", "CLUSTER_ROLES"])
 @pytest.mark.parametrize("layer_blocks,head_blocks", CONFIGS)
-def test_an_abort_anywhere_leaves_no_st_async_in_flight_at_exit(layer_blocks, head_blocks):
+def test_an_abort_anywhere_leaves_no_st_async_in_flight_at_exit(layer_blocks, head_blocks, roles):
     """Random abort points and orders: every block drains what can still land before it exits.
     The totals show that the runs reach the hazard: timeouts at every kind of wait, bytes still in
     flight at the final cluster barrier, and phases the drain had to complete."""
@@ -327,7 +396,7 @@ def test_an_abort_anywhere_leaves_no_st_async_in_flight_at_exit(layer_blocks, he
         steps = rng.randint(1, 4)
         rounds = steps * handoffs_per_step(layer_blocks, head_blocks) * 12  # about a whole run's
         abort_at = (rng.randrange(rounds), rng.choice([INPUT, SKIP, HIDDEN, LOGITS]))
-        totals += emulate(layer_blocks, head_blocks, 64, 256, 256, steps, rng, abort_at=abort_at)
+        totals += emulate(layer_blocks, head_blocks, 64, 256, 256, steps, rng, abort_at=abort_at, roles=roles)
     assert {f"timed out at site {site}" for site in (INPUT, SKIP, HIDDEN, LOGITS)} <= set(totals), totals
     assert totals["bytes in flight at the final barrier"] > 0 and totals["phases drained"] > 0, totals
 
@@ -355,3 +424,12 @@ def test_a_wrong_byte_count_is_caught(wrong):
     with pytest.raises(ProtocolError):
         for _ in range(50):
             emulate(3, 2, 64, 256, 256, 4, rng, expect_bytes=wrong)
+
+
+def test_roles_whose_skip_warps_do_not_wait_for_the_chain_are_caught():
+    """The roles model can fail: skip warps that send a share without waiting for the chain's h
+    send the next step's share into a slot its head has not read yet."""
+    rng = random.Random(13)
+    with pytest.raises(ProtocolError, match="stored while"):
+        for _ in range(50):
+            emulate(3, 2, 64, 256, 256, 4, rng, roles="roles without ready")

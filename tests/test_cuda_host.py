@@ -207,21 +207,6 @@ def test_cluster_roles_equals_cluster_bit_for_bit(host, R, layers, dtype_name):
         assert torch.equal(got[1], expected[1])
 
 
-def test_cluster_roles_holds_at_most_one_layer_per_named_barrier(host):
-    """A layer block's skip warps wait at one named barrier per layer (ids 5-15), so CLUSTER_ROLES
-    splits layers that CLUSTER keeps in one block (R32 float16: 12 fit one block's shared memory)
-    over more blocks; the result is still the reference's."""
-    net = make_net(32, 12, 4, torch.float16, seed=12)
-    cond = random_cond_input(32, 1, 12, 4, seed=13)
-    cluster = cuda_host.HostNet(net, host, Impl.CLUSTER)
-    roles = cuda_host.HostNet(net, host, Impl.CLUSTER_ROLES, seed=3)
-    with case(Impl.CLUSTER_ROLES):
-        compare_with_reference(cluster, cond, Impl.CLUSTER)
-        compare_with_reference(roles, cond, Impl.CLUSTER_ROLES)
-        assert (cluster.last_plan["layer_blocks"], cluster.last_plan["max_layers_per_block"]) == (1, 12)
-        assert (roles.last_plan["layer_blocks"], roles.last_plan["max_layers_per_block"]) == (2, 6)
-
-
 @pytest.mark.parametrize("window, stride", [(16, 4), (7, 2)])
 def test_conditioning_kernels_equal_the_cpu_conditioning_bit_for_bit(host, window, stride):
     """conditioning.cu, run on the CPU on the very arguments of the compiled CPU path

@@ -108,21 +108,23 @@ __device__ __forceinline__ bool block_wait(uint64_t* slot, int64_t phase, uint64
 //   ready(i)   chain -> skip: gated h_i of this step is written (one barrier id per layer of the
 //              block, so a chain that runs layers ahead never adds arrivals to a barrier the skip
 //              warps have not completed yet: hence at most kRolesMaxLayers layers per block);
-//   x sent     chain -> skip (blocks that send x on): the chain is done with x of this step. The
-//              skip share must not leave before: once the heads have it, the next step's x can
-//              arrive into this block's input buffer;
 //   consumed   skip -> chain: the skip warps read every gated h_i of the previous step, so the
-//              chain may overwrite them (also what makes the abort path safe: the chain never
-//              arrives at ready(0) again before the skip warps completed its last phase);
+//              chain may overwrite them. The hand-offs already order this (the next input comes
+//              after the heads had this block's share); the barrier is what makes the abort path
+//              safe: a chain that gave up arrives at ready(0) once more, which must not count
+//              towards the skip warps' previous phase of it;
 //   chain, skip  each role among its own 256 threads (__syncthreads without roles).
+// The skip share may leave before the chain has sent x on: the next x into this block's input
+// buffer comes after the heads had the last layer block's share, which that block sends only
+// after its input, i.e. after every x read of this block (x sent on is its last); in the last
+// layer block, the last x read is its last layer's W_cur product, before that layer's ready.
 // Every product keeps its shape and per-row summation order (matvec's rows do not depend on the
 // thread count), so the results are CLUSTER's bit for bit.
 constexpr int kRoleThreads = kPersistentThreads / 2;
 constexpr int kRolesChainBarrier = 1;
 constexpr int kRolesSkipBarrier = 2;
 constexpr int kRolesConsumedBarrier = 3;
-constexpr int kRolesXSentBarrier = 4;
-constexpr int kRolesReadyBarrier = 5;  // + layer index within the block
+constexpr int kRolesReadyBarrier = 4;  // + layer index within the block
 constexpr int kRolesMaxLayers = 16 - kRolesReadyBarrier;  // sm_90 has 16 named barriers per block
 
 // The step at whose input wait the chain gave up (T: none yet); the skip warps read it after
@@ -177,7 +179,7 @@ __device__ __forceinline__ void send_skip_share(const PersistentSplit& split, ch
 template <int R, int S, int A, class W, class H>
 __device__ void roles_skip_warps(const Params& p, const PersistentSplit& split, char* smem,
                                  const cg::cluster_group& cluster, int rank, const W* skip_w, const W* skip_b,
-                                 const float* gated, float* partial, int count, bool last_block, int tid) {
+                                 const float* gated, float* partial, int count, int tid) {
   const int64_t T = p.num_samples;
   for (int64_t t = 0; t < T; ++t) {
     group_arrive(kRolesConsumedBarrier, kPersistentThreads);  // step t - 1's gated h are read
@@ -186,10 +188,7 @@ __device__ void roles_skip_warps(const Params& p, const PersistentSplit& split, 
       if (i == 0 && roles_chain_stop() == t) return;
       skip_product<R, S, W, kRoleThreads>(skip_w, skip_b, gated, partial, i, tid);
     }
-    if (last_block)
-      group_barrier(kRolesSkipBarrier, kRoleThreads);
-    else
-      group_barrier(kRolesXSentBarrier, kPersistentThreads);
+    group_barrier(kRolesSkipBarrier, kRoleThreads);
     send_skip_share<R, S, A, W, H, kRoleThreads>(split, smem, cluster, rank, partial, tid);
     trace_event(p, rank, 31, t, kRoleThreads);
   }
@@ -232,7 +231,7 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
     if (tid == 0) roles_chain_stop() = T;  // seen by the skip warps after ready(0), which comes later
     if (tid >= kRoleThreads) {  // (the stop point that counts is thread 0's)
       roles_skip_warps<R, S, A, W, H>(p, split, smem, cluster, rank, skip_w, skip_b, gated, partial, count,
-                                      last_block, tid - kRoleThreads);
+                                      tid - kRoleThreads);
       return StopPoint{T, kSiteNone};
     }
   }
@@ -289,7 +288,6 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
         __syncthreads();
         if (tid == 0) H::signal(cluster, counters + Layout::kInputCounter, rank + 1);
       }
-      if constexpr (kRoles) group_arrive(kRolesXSentBarrier, kPersistentThreads);
       trace_event(p, rank, 30, t);
     }
 
