@@ -391,6 +391,25 @@ def test_persistent_runs_the_target_configuration(variant):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_cluster_roles_equals_cluster_bit_for_bit(dtype):
+    """CLUSTER_ROLES computes CLUSTER's products in the same per-row order on the same split, so
+    its samples and logits are CLUSTER's bits (the host build shows it on the CPU; a difference
+    here is the compiler's, in one of the two instantiations)."""
+    major, _ = torch.cuda.get_device_capability()
+    if major < 9:
+        pytest.skip("the cluster kernels need thread-block clusters (sm_90)")
+    layers = 20 if dtype is torch.float16 else 10  # twenty float32 R64 layers do not fit a cluster
+    net = NVWaveNet(**random_nv_wavenet_args(**{**TARGET, "n_layers": layers}), dtype=dtype)
+    cond = random_cond_input(64, 2, layers, 64, device="cuda")
+    u = torch.rand(2, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    cluster = net.infer(cond, Impl.CLUSTER, selectors=u, return_logits=True)
+    roles = net.infer(cond, Impl.CLUSTER_ROLES, selectors=u, return_logits=True)
+    assert torch.equal(roles[0], cluster[0])
+    assert torch.equal(roles[1], cluster[1])
+
+
+@needs_gpu
 def test_persistent_declines_what_does_not_fit_with_the_reason():
     net = make_net((64, 256, 256), 30, 512, torch.float32)  # 30 float32 layers: one per block, > 16
     cond = random_cond_input(64, 1, 30, 4, device="cuda")
