@@ -73,6 +73,8 @@ def emulate(W, X, V, K, BT, NP, NT, pair_rows, rows):
 
 def product_shapes(R, S, A, NT, BT):
     """(K, NP, pair_rows, rows) of every matvec call in single_block/dual_block/persistent.cuh."""
+    if NT == 256:  # CLUSTER_ROLES's layer blocks: W_prev and W_cur, W_res (chain), W_skip (skip warps)
+        return [(R, 2, R, R), (R, 1, 0, R), (R, 1, 0, S)]
     shapes = [(2 * R, 2, R, R),  # SINGLE_BLOCK dilated convolution, both taps
               (R, 2, R, R),  # W_prev (precompute_layers) and W_cur (chains)
               (R, 1, 0, R), (R, 1, 0, S), (S, 1, 0, A), (A, 1, 0, A)]
@@ -87,8 +89,9 @@ def test_every_row_and_stream_reaches_the_epilogue_once_with_its_dot_product(siz
     R, S, A = size
     V = VEC[weights]
     rng = np.random.default_rng(R + V)
-    # 512 threads: SINGLE_BLOCK (tiles 1, 2, 4 and 8), DUAL_BLOCK head, PERSISTENT; 480: DUAL_BLOCK chain.
-    for NT, BT in ((512, 1), (512, 2), (512, 4), (512, 8), (480, 1)):
+    # 512 threads: SINGLE_BLOCK (tiles 1, 2, 4 and 8), DUAL_BLOCK head, PERSISTENT; 480: DUAL_BLOCK chain;
+    # 256: CLUSTER_ROLES's chain and skip warps.
+    for NT, BT in ((512, 1), (512, 2), (512, 4), (512, 8), (480, 1), (256, 1)):
         for K, NP, pair_rows, rows in product_shapes(R, S, A, NT, BT):
             LPR, CPL, RPW, warps, RPP = shape(V, K, NT)
             assert rows % RPW == 0, f"rows {rows} not a multiple of the {RPW} rows a warp takes at once"
