@@ -26,7 +26,8 @@
 // which completes bytes on the consumer's mbarrier: no producer barrier, no fence, no polling of
 // memory; the consumer's thread 0 waits on the phase (bounded) and meets its threads at a barrier. Buffers are single: every
 // producer writes step t+1's data only after a chain of hand-offs that starts from the consumer
-// having finished with step t's.
+// having finished with step t's. CLUSTER_ROLES is CLUSTER with each layer block's warps split into
+// a chain role and a skip-product role (kRoles; see roles_skip_warps).
 //
 // Co-residency: a cluster's blocks are scheduled together by the hardware, so waiting on each
 // other is safe; before launch the plan checks that one cluster of this size and shared memory
