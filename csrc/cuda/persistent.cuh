@@ -608,8 +608,9 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
       return refuse(kVariant, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
                                              std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
                                              " per block" +
-                                             (kRoles ? std::string(" (shared memory, and one named barrier per layer)")
-                                                     : std::string()) +
+                                             (kRoles && capacity == kRolesMaxLayers
+                                                  ? std::string(" (one named barrier per layer)")
+                                                  : std::string()) +
                                              ", plus " + std::to_string(split.head_blocks) +
                                              " head blocks); the largest cluster has " +
                                              std::to_string(kMaxClusterBlocks));
