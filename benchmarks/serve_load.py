@@ -25,23 +25,21 @@ import argparse
 import asyncio
 import json
 import random
-import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nvwavenet import bench, build_check
+from nvwavenet import bench
 from nvwavenet.checkpoint import save_model
 from nvwavenet.client import Client
 from nvwavenet.demo import DemoSettings
+from nvwavenet.testing import serve_process
 from nvwavenet.vocoder import Vocoder
 from streaming import make_model
 
@@ -49,18 +47,9 @@ HERE = Path(__file__).resolve().parent
 CHUNK_FRAMES = 4
 
 
-def start_server(checkpoint: Path, args, *extra: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
-                                "--max-streams", str(max(*args.clients, args.soak_clients)), "--chunk-frames", str(CHUNK_FRAMES),
-                                "--device", args.device, "--dtype", args.dtype, *(extra or ("--admit", "all"))],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=build_check.python_env())  # this nvwavenet, whatever the current directory
-    for line in process.stdout:
-        if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
-            # Its log is read on, so that a full pipe never blocks the server.
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return process, found.group(1)
-    raise RuntimeError(f"the server did not start (exit code {process.wait()})")
+def server_args(args, *extra: str) -> list[str]:
+    return ["--max-streams", str(max(*args.clients, args.soak_clients)), "--chunk-frames", str(CHUNK_FRAMES),
+            "--device", args.device, "--dtype", args.dtype, *(extra or ("--admit", "all"))]
 
 
 def rss_mb(pid: int) -> float:
@@ -134,10 +123,9 @@ def run_model(name: str, model, audio_config, args, folder: Path) -> tuple[list[
     vocoder = Vocoder(model, audio_config, device=args.device, dtype=args.dtype)
     n_mels, hop = audio_config.mel.n_mels, audio_config.mel.hop_length
     frames = int(args.utterance_seconds * audio_config.sample_rate / hop)
-    process, url = start_server(checkpoint, args)
-    client = Client(url, timeout=600)
     rows, soak_result = [], {}
-    try:
+    with serve_process(checkpoint, *server_args(args), stop_timeout=60) as server:
+        client = Client(server.url, timeout=600)
         asyncio.run(load_round(client, [utterance(n_mels, 8, 999)]))  # warm-up
         one_client_rate = None
         for count in args.clients:
@@ -156,14 +144,11 @@ def run_model(name: str, model, audio_config, args, folder: Path) -> tuple[list[
                          f"{p50:.0f} ms", f"{p99:.0f} ms"])
             print(bench.text_table(HEADER, rows[-1:]), flush=True)
         if args.soak_minutes > 0 and name == args.soak_model:
-            trace = asyncio.run(soak(client, process.pid, args, n_mels, audio_config.sample_rate / hop))
+            trace = asyncio.run(soak(client, server.process.pid, args, n_mels, audio_config.sample_rate / hop))
             mark = min(60.0, trace[-1][0] / 10)  # minute 1, or a tenth of a shorter soak
             early = next(rss for at, rss in trace if at >= mark)
             soak_result = {"minutes": args.soak_minutes, "mark_s": mark, "early": early, "end": trace[-1][1],
                            "max": max(rss for _, rss in trace), "samples": len(trace)}
-    finally:
-        process.terminate()
-        process.wait(60)
     return rows, soak_result
 
 
@@ -229,10 +214,10 @@ def run_admission(name: str, model, audio_config, args, folder: Path) -> list[li
     checkpoint = save_model(folder / f"{name}-admission", model, audio_config)
     vocoder = Vocoder(model, audio_config, device=args.device, dtype=args.dtype)
     n_mels, hop, rate = audio_config.mel.n_mels, audio_config.mel.hop_length, audio_config.sample_rate
-    process, url = start_server(checkpoint, args, "--admit", "realtime")
-    client = Client(url, timeout=600)
     rows = []
-    try:
+    with serve_process(checkpoint, *server_args(args, "--admit", "realtime"), stop_timeout=60) as server:
+        url = server.url
+        client = Client(url, timeout=600)
         capacity = client.model_info()["capacity"]
         streams = capacity["admit_limit"]
         stream_url = client.stream_url(0, "pcm16", n_mels)
@@ -268,9 +253,6 @@ def run_admission(name: str, model, audio_config, args, folder: Path) -> list[li
                          f"{bound * 1000:.0f} ms" if background < streams else "-",
                          ", ".join(others) or "-", "yes" if met else "NO"])
             print(bench.text_table(ADMISSION_HEADER, rows[-1:]), flush=True)
-    finally:
-        process.terminate()
-        process.wait(60)
     return rows
 
 

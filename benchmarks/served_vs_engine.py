@@ -29,38 +29,23 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import torch
 
-from nvwavenet import bench, build_check
+from nvwavenet import bench
 from nvwavenet.checkpoint import save_model
 from nvwavenet.client import Client
+from nvwavenet.testing import serve_process
 from nvwavenet.vocoder import Vocoder
 from streaming import make_model
 
 HERE = Path(__file__).resolve().parent
 CHUNK_FRAMES = 4
-
-
-def start_server(checkpoint: Path, max_streams: int) -> tuple[subprocess.Popen, str]:
-    # --admit all: the comparison is at a fixed stream count, beyond the real-time capacity if need be.
-    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
-                                "--max-streams", str(max_streams), "--chunk-frames", str(CHUNK_FRAMES),
-                                "--admit", "all"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=build_check.python_env())  # this nvwavenet, whatever the current directory
-    for line in process.stdout:
-        if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
-            threading.Thread(target=process.stdout.read, daemon=True).start()  # a full pipe would block it
-            return process, found.group(1)
-    raise RuntimeError(f"the server did not start (exit code {process.wait()})")
 
 
 def utterance(frames: int, seed: int) -> torch.Tensor:
@@ -135,8 +120,10 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = save_model(Path(folder) / "r64-l20", model, audio_config)
-        process, url = start_server(checkpoint, max(args.streams))
-        try:
+        # --admit all: the comparison is at a fixed stream count, beyond the real-time capacity if need be.
+        with serve_process(checkpoint, "--max-streams", str(max(args.streams)), "--chunk-frames", str(CHUNK_FRAMES),
+                           "--admit", "all", stop_timeout=60) as server:
+            url = server.url
             client = Client(url, timeout=600)
             asyncio.run(served_round(client, [utterance(CHUNK_FRAMES, 999)]))  # warm-up
             for count in args.streams:
@@ -159,9 +146,6 @@ def main(argv=None) -> int:
                              f"{host / spent['engine']:.1%}", f"{spent['calls_count']:.0f}",
                              f"{spent['calls_sum'] / spent['calls_count']:.1f}"])
                 print(bench.text_table(HEADER, rows[-1:]), flush=True)
-        finally:
-            process.terminate()
-            process.wait(60)
     load_after = os.getloadavg()
     lines = [f"R64/S256/A256 L=20 max dilation 512, 24 kHz, hop 300, 80 mels, float32, random weights. Server: "
              f"`python -m nvwavenet serve CKPT --chunk-frames {CHUNK_FRAMES}` in its own process; clients: asyncio "

@@ -4,13 +4,23 @@ and the checks that every engine's tests share.
 SPEC section 4: weights ~ N(0, 1/fan_in) and conditioning of unit scale, never zeros, so that a
 wrong index or an unwritten output cannot hide. :func:`compare_with_reference` is that section's
 check of one path against the float64 reference; :func:`generate_in_chunks` generates through a
-resumed state, for the tests that chunked calls equal one call.
+resumed state, for the tests that chunked calls equal one call. :func:`serve_process` runs
+``nvwavenet serve`` as a user would, for the tests and benchmarks that need a real server process.
 """
 from __future__ import annotations
 
+import contextlib
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["random_nv_wavenet_args", "random_cond_input", "generate_in_chunks", "compare_with_reference"]
+__all__ = ["random_nv_wavenet_args", "random_cond_input", "generate_in_chunks", "compare_with_reference",
+           "ServeProcess", "serve_process"]
 
 
 def _normal(generator, *shape, fan_in: int) -> torch.Tensor:
@@ -133,3 +143,58 @@ def compare_with_reference(net, cond_input: torch.Tensor, implementation=None, *
     assert torch.equal(free, replay), "free-running samples differ from the same path teacher-forced with them"
     return {"logits_rel_l2": rel_l2, "boundary_mismatches": int(differ.sum()),
             "positions": batch * samples}
+
+
+@dataclass
+class ServeProcess:
+    """A running ``nvwavenet serve`` (from :func:`serve_process`): its process, its base URL
+    (``http://127.0.0.1:PORT``) and every line it has written so far (stdout and stderr)."""
+
+    process: subprocess.Popen
+    url: str
+    lines: list[str]
+    _reader: threading.Thread
+
+    def log(self) -> str:
+        """Everything it has written; once it has exited, up to its last line."""
+        if self.process.poll() is not None:
+            self._reader.join(5)
+        return "".join(self.lines)
+
+
+@contextlib.contextmanager
+def serve_process(checkpoint, *args: str, stop_timeout: float = 20.0) -> Iterator[ServeProcess]:
+    """``python -m nvwavenet serve CHECKPOINT --port 0 ARGS...`` (this nvwavenet, whatever the current
+    directory), once it logs "Uvicorn running on"; an AssertionError with its output if it exits before.
+
+    Its output is read on in a thread (into :attr:`ServeProcess.lines`), so that a full pipe never
+    blocks the server. On leaving, a server still running is terminated (a graceful shutdown,
+    whose log the caller can still check), and killed if it has not exited ``stop_timeout`` later.
+    """
+    from . import build_check
+
+    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=build_check.python_env())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+                break
+        else:
+            raise AssertionError(f"the server did not start (exit code {process.wait()}):\n" + "".join(lines))
+        reader.start()
+        yield ServeProcess(process, found.group(1), lines, reader)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if reader.is_alive():
+            reader.join(5)
+        process.stdout.close()

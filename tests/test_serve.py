@@ -17,7 +17,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 
@@ -41,6 +40,7 @@ from nvwavenet.model import WaveNet  # noqa: E402
 from nvwavenet.server import (ServeSettings, create_app, measure_capacity, read_token,  # noqa: E402
                               startup_lines, uvicorn_config)
 from nvwavenet.session import Session  # noqa: E402
+from nvwavenet.testing import serve_process  # noqa: E402
 from nvwavenet.vocoder import Vocoder  # noqa: E402
 
 MELS = 10
@@ -509,31 +509,12 @@ def _port_no_process_takes_meanwhile() -> int:
     raise AssertionError("no free loopback port in 20000-32767 outside the ephemeral range")
 
 
-@contextlib.contextmanager
-def serve_process(checkpoint, *args):
-    # --admit all: the capacity measured at startup on a loaded machine must not refuse these tests' streams.
-    process = subprocess.Popen([sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0",
-                                "--admit", "all", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=build_check.python_env())  # this nvwavenet, not a clone's root
-    lines = []
-    try:
-        for line in process.stdout:
-            lines.append(line)
-            if found := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                break
-        else:
-            raise AssertionError("the server did not start:\n" + "".join(lines))
-        yield process, f"http://127.0.0.1:{found.group(1)}", lines
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
-
-
 def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(vocoder, checkpoint):
     mel = torch.randn(MELS, 24) - 2.0
-    with serve_process(checkpoint, "--shutdown-grace", "10") as (process, base, lines):
+    # --admit all: the capacity measured at startup on a loaded machine must not refuse these streams.
+    with serve_process(checkpoint, "--admit", "all", "--shutdown-grace", "10") as server:
+        process, base = server.process, server.url
+
         async def scenario():
             finishing, abandoned = await connect(ws_url(base, seed=5)), await connect(ws_url(base))
             await finishing.send(frames_bytes(mel[:, :10]))
@@ -557,14 +538,14 @@ def test_sigterm_finishes_open_streams_refuses_new_ones_and_exits_0(vocoder, che
             await expect_close(abandoned, 1001, r"did not end within the 10 s grace period", seconds=30)
 
         asyncio.run(scenario())
-        assert process.wait(20) == 0, "".join(lines) + process.stdout.read()
+        assert process.wait(20) == 0, server.log()
 
 
 def test_sigint_with_nothing_open_exits_0(checkpoint):
-    with serve_process(checkpoint) as (process, base, lines):
-        assert httpx.get(base + "/healthz").status_code == 200
-        process.send_signal(signal.SIGINT)
-        assert process.wait(20) == 0, "".join(lines) + process.stdout.read()
+    with serve_process(checkpoint, "--admit", "all") as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(20) == 0, server.log()
 
 
 @pytest.mark.parametrize("args, message", [

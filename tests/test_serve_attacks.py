@@ -12,8 +12,6 @@ import io
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -27,11 +25,11 @@ import httpx  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import InvalidStatus  # noqa: E402
 
-from nvwavenet import build_check  # noqa: E402
 from nvwavenet.audio import AudioConfig  # noqa: E402
 from nvwavenet.checkpoint import save_model  # noqa: E402
 from nvwavenet.client import Client  # noqa: E402
 from nvwavenet.model import WaveNet  # noqa: E402
+from nvwavenet.testing import serve_process  # noqa: E402
 from test_serve import MEL, MELS, WAVENET_CONFIG, expect_close, frames_bytes, metric, wait_for  # noqa: E402
 
 SLOTS, MAX_CONNECTIONS, HEADER_TIMEOUT, BODY_TIMEOUT, IDLE_TIMEOUT = 8, 120, 1.0, 2.0, 1.5
@@ -45,29 +43,13 @@ def server(tmp_path_factory):
     torch.manual_seed(0)
     checkpoint = save_model(tmp_path_factory.mktemp("attacks") / "ckpt", WaveNet(**WAVENET_CONFIG).eval(),
                             AudioConfig(8000, 64, MEL))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nvwavenet", "serve", str(checkpoint), "--port", "0", "--max-streams", str(SLOTS),
-         "--admit", "all", "--capacity", str(SLOTS), "--max-request-frames", str(REQUEST_FRAMES), "--max-connections", str(MAX_CONNECTIONS),
-         "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
-         "--idle-timeout", str(IDLE_TIMEOUT), "--allow-origin", ALLOWED, "--shutdown-grace", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=build_check.python_env())  # this nvwavenet, not a clone's root
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if found := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
-            break
-    else:
-        raise AssertionError("the server did not start:\n" + "".join(lines))
-    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
-    reader.start()
-    try:
-        yield process, found.group(1), lines
-    finally:
-        process.terminate()
-        process.wait(20)
-        reader.join(5)
-    log = "".join(lines)
+    with serve_process(
+            checkpoint, "--max-streams", str(SLOTS), "--admit", "all", "--capacity", str(SLOTS),
+            "--max-request-frames", str(REQUEST_FRAMES), "--max-connections", str(MAX_CONNECTIONS),
+            "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
+            "--idle-timeout", str(IDLE_TIMEOUT), "--allow-origin", ALLOWED, "--shutdown-grace", "0") as served:
+        yield served.process, served.url, served.lines
+    log = served.log()
     assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
 
 
