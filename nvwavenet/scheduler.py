@@ -5,8 +5,10 @@ Each turn the loop takes every stream that has mel frames waiting and room for m
 with as many frames as it has waiting (at most ``chunk_frames``; one for a stream's first chunk, so
 that a stream joining a busy batch gets its first audio after one short call). Their conditioning
 is one batched call (:class:`~nvwavenet.conditioning.FrameConditioner` with per-stream counts);
-streams with equal counts then share an engine call, the joining ones first, and each stream gets
-its audio as soon as its call returns. A slow sender shrinks only its own call, not everyone's.
+the joining streams then share one engine call, and the others one more, each stream running its
+own number of steps (on CUDA, whose kernels run one step count per call, streams with equal counts
+share a call); each stream gets its audio as soon as its call returns. A slow sender shrinks only
+its own part of the call, not everyone's.
 
 Every stream's audio is bit for bit what :class:`~nvwavenet.vocoder.Vocoder` gives for its mel and
 seed alone, whatever else runs in the batch and however its frames arrive:
@@ -271,8 +273,8 @@ class Scheduler:
                     stream._in_flight = True
                     stream._wake()  # room for more frames
             self._release_rows()
-            # Calls of equal frame counts share an engine call (the engine runs one step count per
-            # call); first chunks go first, then the rest, largest count first.
+            # First chunks go first, then the rest, largest count first (the order _groups cuts
+            # runs of equal counts from).
             by_count: dict[int, list[int]] = {}
             for index, n in enumerate(counts):
                 by_count.setdefault(n, []).append(index)
@@ -294,21 +296,25 @@ class Scheduler:
         except Exception as error:  # noqa: BLE001 - a failed call must not end the loop for every other stream
             self._fail(streams, f"engine error: {type(error).__name__}: {error}")
             return
-        first = 0
-        while first < len(streams):
-            last = first
-            while last < len(streams) and counts[last] == counts[first]:
-                last += 1
+        for first, last in self._groups(counts):
             group = streams[first:last]
-            samples = counts[first] * self.vocoder.hop_length
             try:
-                audio = self._generate(group, cond[:, first:last, :, :samples])
+                audio = self._generate(group, cond[:, first:last, :, :max(counts[first:last]) * self.vocoder.hop_length],
+                                       counts[first:last])
             except Exception as error:  # noqa: BLE001
                 self._fail(group, f"engine error: {type(error).__name__}: {error}")
-                first = last
                 continue
-            self._deliver(group, audio, samples)
-            first = last
+            self._deliver(group, audio)
+
+    def _groups(self, counts: list[int]) -> list[tuple[int, int]]:
+        """The ``[first, last)`` ranges of streams that share an engine call. On the CPU the engine
+        runs each stream its own number of steps (``Session.step``'s ``steps``), so all of them:
+        a turn's streams in one call at its whole batch, the engine's fastest per sample. The CUDA
+        kernels run one step count per call: there, runs of equal counts."""
+        if self.vocoder.device.type == "cpu":
+            return [(0, len(counts))]
+        bounds = [i for i in range(1, len(counts)) if counts[i] != counts[i - 1]]
+        return list(zip([0, *bounds], [*bounds, len(counts)]))
 
     def _condition(self, streams: list[Stream], frames: list[torch.Tensor], counts: list[int],
                    reuse: bool) -> torch.Tensor:
@@ -332,9 +338,15 @@ class Scheduler:
         self.seconds["conditioning"] += time.perf_counter() - started
         return cond
 
-    def _generate(self, streams: list[Stream], cond: torch.Tensor) -> list[torch.Tensor]:
+    def _generate(self, streams: list[Stream], cond: torch.Tensor, counts: list[int]) -> list[torch.Tensor]:
+        """Stream ``i``'s next ``counts[i]`` frames of audio; ``cond`` covers the largest count."""
         vocoder = self.vocoder
-        selectors = torch.cat([draw_selectors(1, cond.shape[3], s._generator, vocoder.device) for s in streams])
+        lengths = [n * vocoder.hop_length for n in counts]
+        total = cond.shape[3]
+        # Each stream draws only its own steps' selectors, so that its generator stays in time order.
+        selectors = torch.zeros(len(streams), total, device=vocoder.device)
+        for row, (stream, length) in enumerate(zip(streams, lengths)):
+            selectors[row, :length] = draw_selectors(1, length, stream._generator, vocoder.device)[0]
         session = self._session
         slots = []
         for stream in streams:
@@ -348,16 +360,19 @@ class Scheduler:
         # call when no stream can open (every slot taken, or closing), shorter calls being slower.
         with self._lock:
             can_join = not self._closing and len(self._streams) < self.max_streams
-        parts, step = [], self.join_frames * vocoder.hop_length if can_join else cond.shape[3]
-        for start in range(0, cond.shape[3], step):
+        parts, step = [], self.join_frames * vocoder.hop_length if can_join else total
+        for start in range(0, total, step):
             if start:
                 self._admit_joiners()
+            steps = None if min(lengths) == total else [min(max(length - start, 0), step) for length in lengths]
             started = time.perf_counter()
-            _, audio = session.step(slots, cond[..., start:start + step], selectors[:, start:start + step], audio=True)
+            classes = session.step(slots, cond[..., start:start + step], selectors[:, start:start + step], steps=steps)
             self.seconds["engine"] += time.perf_counter() - started
             self.engine_calls += 1
-            parts.append(audio.clone())  # the session's buffer, reused by its next step
-        return list((torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).cpu().unbind(0))
+            parts.append(classes.clone())  # the session's buffer, reused by its next step
+        # Past its own steps a stream's classes are whatever the buffer held: only its own are decoded.
+        classes = (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).cpu()
+        return [vocoder.decode(row[:length]) for row, length in zip(classes.unbind(0), lengths)]
 
     def _admit_joiners(self) -> None:
         """Runs, now, the first frame of every stream that has frames and no audio yet."""
@@ -373,7 +388,7 @@ class Scheduler:
         if joining:
             self._turn(joining, frames, [1] * len(joining), reuse=False)
 
-    def _deliver(self, streams: list[Stream], audio: list[torch.Tensor], samples: int) -> None:
+    def _deliver(self, streams: list[Stream], audio: list[torch.Tensor]) -> None:
         now = time.monotonic()
         with self._lock:
             for stream, chunk in zip(streams, audio):
@@ -387,9 +402,10 @@ class Scheduler:
                 if stream.ended and not stream.pending_frames:
                     self._finish(stream)
                 stream._wake()
-            self.samples_generated += samples * len(streams)
+            samples = sum(chunk.shape[0] for chunk in audio)
+            self.samples_generated += samples
         if self.on_turn is not None:
-            self.on_turn(len(streams), samples * len(streams))
+            self.on_turn(len(streams), samples)
 
     def _fail(self, streams: list[Stream], reason: str) -> None:
         with self._lock:

@@ -88,7 +88,8 @@ def test_a_slow_sender_shrinks_only_its_own_call_and_a_joiner_starts_short(vocod
     calls = []
     session = scheduler._session
     original = session.step
-    session.step = lambda slots, cond, *a, **k: calls.append(tuple(cond.shape[1::2])) or original(slots, cond, *a, **k)
+    session.step = lambda slots, cond, *a, steps=None, **k: (calls.append((*cond.shape[1::2], steps))
+                                                             or original(slots, cond, *a, steps=steps, **k))
     try:
         scheduler.start()
         deadline = time.monotonic() + 30
@@ -98,11 +99,11 @@ def test_a_slow_sender_shrinks_only_its_own_call_and_a_joiner_starts_short(vocod
             time.sleep(0.001)
     finally:
         scheduler.stop(timeout=10)
-    # (streams, samples) per engine call: both joiners' one-frame first chunks together; then the
-    # fast stream's 4 frames apart from the slow one's last frame; then its last 4.
-    assert calls == [(2, 32), (1, 128), (1, 32), (1, 128)]
+    # (streams, samples, steps) per engine call: both joiners' one-frame first chunks together; then
+    # the fast stream's 4 frames beside the slow one's last frame, each its own steps; then its last 4.
+    assert calls == [(2, 32, None), (2, 128, [128, 32]), (1, 128, None)]
     seconds = scheduler.seconds
-    assert scheduler.engine_calls == 4 and scheduler.turns == 3
+    assert scheduler.engine_calls == 3 and scheduler.turns == 3
     assert 0 < seconds["engine"] and 0 < seconds["conditioning"] and seconds["engine"] + seconds["conditioning"] < seconds["turn"]
 
 
@@ -133,7 +134,8 @@ def test_a_stream_opening_mid_turn_gets_its_first_frame_at_the_next_frame_bounda
     # Calls: busy's first frame; two frames of its 4-frame chunk (the late stream opens in the
     # second); the late stream's first frame, delivered before busy's two remaining frames run.
     assert seen[4] == (32, 32)
-    assert len(seen) == 1 + 4 + 1 + 3 + 1  # then busy's last 3 frames and the late stream's last one
+    # Then busy's last 3 frames, the late stream's last one running beside the first of them.
+    assert len(seen) == 1 + 4 + 1 + 3
 
 
 def test_a_full_scheduler_does_not_split_its_calls(vocoder):
