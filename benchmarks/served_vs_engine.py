@@ -13,7 +13,10 @@ weights), saved as a checkpoint with ``nvwavenet.checkpoint.save_model``, served
   process) timed too, which the server has to do as well;
 - inside the server, from its ``nvwavenet_scheduler_seconds`` metric over the served round: engine
   time, conditioning time, and the rest of each turn (the scheduler's host overhead: state,
-  selectors, audio, bookkeeping), each as a share of the engine's time.
+  selectors, audio, bookkeeping), each as a share of the engine's time; the engine's own rate
+  there (served samples / engine seconds), beside the raw engine's; and the share of the served
+  rounds' wall time the engine loop spent outside any turn (waiting for frames, for the clients
+  to take audio, or for a core).
 
 The server's conditioning is work the raw engine is given for free, so "served / raw" counts it
 against the server; "served / (raw + conditioning)" does not. The clients share the machine with
@@ -62,7 +65,8 @@ def server_counters(url: str) -> dict[str, float]:
     return counters
 
 
-async def served_round(client: Client, mels: list[torch.Tensor]) -> float:
+async def served_round(client: Client, mels: list[torch.Tensor]) -> tuple[int, float]:
+    """(samples, seconds) from the first connection to the last audio."""
     async def one(seed: int, mel: torch.Tensor) -> int:
         samples = 0
         async for chunk in client.astream(torch.split(mel, CHUNK_FRAMES, dim=1), seed=seed, sample_format="pcm16"):
@@ -71,7 +75,7 @@ async def served_round(client: Client, mels: list[torch.Tensor]) -> float:
 
     start = time.perf_counter()
     total = sum(await asyncio.gather(*(one(seed, mel) for seed, mel in enumerate(mels))))
-    return total / (time.perf_counter() - start)
+    return total, time.perf_counter() - start
 
 
 def raw_rates(vocoder: Vocoder, mels: list[torch.Tensor]) -> tuple[float, float]:
@@ -97,7 +101,7 @@ def raw_rates(vocoder: Vocoder, mels: list[torch.Tensor]) -> tuple[float, float]
 
 
 HEADER = ["streams", "served samples/s", "raw engine samples/s", "served / raw", "raw engine + conditioning samples/s",
-          "served / (raw + conditioning)", "server engine s",
+          "served / (raw + conditioning)", "server engine s", "server engine samples/s", "server idle / wall",
           "conditioning / engine", "host overhead / engine", "server deliveries", "streams per delivery"]
 
 
@@ -131,18 +135,21 @@ def main(argv=None) -> int:
                 # Rounds alternate served and raw, so that a change in the machine's load falls on
                 # both; medians over the rounds.
                 before = server_counters(url)
-                served, raw, raw_conditioned = [], [], []
+                served, raw, raw_conditioned, rounds = [], [], [], []
                 for _ in range(args.rounds):
-                    served.append(asyncio.run(served_round(client, mels)))
+                    rounds.append(asyncio.run(served_round(client, mels)))
+                    served.append(rounds[-1][0] / rounds[-1][1])
                     for rates, rate in zip((raw, raw_conditioned), raw_rates(vocoder, mels)):
                         rates.append(rate)
                 after = server_counters(url)
                 spent = {name: after[name] - before[name] for name in after}
                 served, raw, raw_conditioned = map(statistics.median, (served, raw, raw_conditioned))
                 host = spent["turn"] - spent["engine"] - spent["conditioning"]
+                samples, wall = map(sum, zip(*rounds))
                 rows.append([str(count), f"{served:,.0f}", f"{raw:,.0f}", f"{served / raw:.2f}x",
                              f"{raw_conditioned:,.0f}", f"{served / raw_conditioned:.2f}x",
-                             f"{spent['engine']:.1f}", f"{spent['conditioning'] / spent['engine']:.1%}",
+                             f"{spent['engine']:.1f}", f"{samples / spent['engine']:,.0f}",
+                             f"{max(0.0, 1 - spent['turn'] / wall):.1%}", f"{spent['conditioning'] / spent['engine']:.1%}",
                              f"{host / spent['engine']:.1%}", f"{spent['calls_count']:.0f}",
                              f"{spent['calls_sum'] / spent['calls_count']:.1f}"])
                 print(bench.text_table(HEADER, rows[-1:]), flush=True)
@@ -153,7 +160,8 @@ def main(argv=None) -> int:
              f"medians of {args.rounds} rounds, served and raw alternating; the server's shares over all rounds. "
              f"Raw engine: `NVWaveNet.infer` at batch N on the same conditioning, 4-frame calls with state, only "
              f"the calls timed (and with each chunk's conditioning timed too). Inside the server (its `nvwavenet_scheduler_seconds` over the served rounds): "
-             f"conditioning and the rest of the turns (host overhead) as shares of the engine's time. "
+             f"conditioning and the rest of the turns (host overhead) as shares of the engine's time; the engine's rate "
+             f"there; the loop's time outside turns as a share of the served rounds' wall time. "
              f"Load average (1, 5, 15 min) {', '.join(f'{x:.2f}' for x in load_before)} before, "
              f"{', '.join(f'{x:.2f}' for x in load_after)} after; {os.cpu_count()} CPUs."]
     if args.note:
