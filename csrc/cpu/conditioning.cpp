@@ -66,38 +66,52 @@ void project_scalar(const float* w, const float* bias, int64_t rows, int64_t C, 
 #ifdef NVWAVENET_CONDITIONING_AVX512
 #define NVWAVENET_AVX512 __attribute__((target("avx512f")))
 
-// project_scalar's sums for kTileRows rows and 4 vectors of 16 samples from r0 (masked past H).
-// Written out by hand: with loops over arrays of accumulators GCC kept them on the stack.
+// project_scalar's sums for kTileRows rows and V vectors of 16 samples from r0 (masked past H).
+// Written out by hand: with loops over arrays of accumulators GCC kept them on the stack. V < 4
+// for a hop's last slab, so that no vector past H runs its multiply-adds on nothing (a 300-sample
+// hop's last slab is 44 samples: three vectors, not four).
+template <int V>
 NVWAVENET_AVX512 void project_tile(const float* w, const float* bias, int64_t C, const float* x, int64_t H,
                                    int64_t r0, float* out, int64_t ldo) {
-  static_assert(kTileRows == 4, "the tile below is written for 4 rows");
+  static_assert(kTileRows == 4 && V >= 1 && V <= 4, "the tile below is written for 4 rows and 1 to 4 vectors");
   auto mask_at = [&](int64_t v) { return __mmask16((1u << std::clamp<int64_t>(H - r0 - 16 * v, 0, 16)) - 1u); };
   const __mmask16 m0 = mask_at(0), m1 = mask_at(1), m2 = mask_at(2), m3 = mask_at(3);
   __m512 a00 = _mm512_set1_ps(bias[0]), a01 = a00, a02 = a00, a03 = a00;
   __m512 a10 = _mm512_set1_ps(bias[1]), a11 = a10, a12 = a10, a13 = a10;
   __m512 a20 = _mm512_set1_ps(bias[2]), a21 = a20, a22 = a20, a23 = a20;
   __m512 a30 = _mm512_set1_ps(bias[3]), a31 = a30, a32 = a30, a33 = a30;
+  const __m512 zero = _mm512_setzero_ps();
   const float* xr = x + r0;
   for (int64_t d = 0; d < C; ++d, xr += H) {
-    const __m512 x0 = _mm512_maskz_loadu_ps(m0, xr), x1 = _mm512_maskz_loadu_ps(m1, xr + 16);
-    const __m512 x2 = _mm512_maskz_loadu_ps(m2, xr + 32), x3 = _mm512_maskz_loadu_ps(m3, xr + 48);
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, xr);
+    const __m512 x1 = V > 1 ? _mm512_maskz_loadu_ps(m1, xr + 16) : zero;
+    const __m512 x2 = V > 2 ? _mm512_maskz_loadu_ps(m2, xr + 32) : zero;
+    const __m512 x3 = V > 3 ? _mm512_maskz_loadu_ps(m3, xr + 48) : zero;
     __m512 wi = _mm512_set1_ps(w[d]);
-    a00 = _mm512_fmadd_ps(wi, x0, a00), a01 = _mm512_fmadd_ps(wi, x1, a01);
-    a02 = _mm512_fmadd_ps(wi, x2, a02), a03 = _mm512_fmadd_ps(wi, x3, a03);
+    a00 = _mm512_fmadd_ps(wi, x0, a00);
+    if constexpr (V > 1) a01 = _mm512_fmadd_ps(wi, x1, a01);
+    if constexpr (V > 2) a02 = _mm512_fmadd_ps(wi, x2, a02);
+    if constexpr (V > 3) a03 = _mm512_fmadd_ps(wi, x3, a03);
     wi = _mm512_set1_ps(w[C + d]);
-    a10 = _mm512_fmadd_ps(wi, x0, a10), a11 = _mm512_fmadd_ps(wi, x1, a11);
-    a12 = _mm512_fmadd_ps(wi, x2, a12), a13 = _mm512_fmadd_ps(wi, x3, a13);
+    a10 = _mm512_fmadd_ps(wi, x0, a10);
+    if constexpr (V > 1) a11 = _mm512_fmadd_ps(wi, x1, a11);
+    if constexpr (V > 2) a12 = _mm512_fmadd_ps(wi, x2, a12);
+    if constexpr (V > 3) a13 = _mm512_fmadd_ps(wi, x3, a13);
     wi = _mm512_set1_ps(w[2 * C + d]);
-    a20 = _mm512_fmadd_ps(wi, x0, a20), a21 = _mm512_fmadd_ps(wi, x1, a21);
-    a22 = _mm512_fmadd_ps(wi, x2, a22), a23 = _mm512_fmadd_ps(wi, x3, a23);
+    a20 = _mm512_fmadd_ps(wi, x0, a20);
+    if constexpr (V > 1) a21 = _mm512_fmadd_ps(wi, x1, a21);
+    if constexpr (V > 2) a22 = _mm512_fmadd_ps(wi, x2, a22);
+    if constexpr (V > 3) a23 = _mm512_fmadd_ps(wi, x3, a23);
     wi = _mm512_set1_ps(w[3 * C + d]);
-    a30 = _mm512_fmadd_ps(wi, x0, a30), a31 = _mm512_fmadd_ps(wi, x1, a31);
-    a32 = _mm512_fmadd_ps(wi, x2, a32), a33 = _mm512_fmadd_ps(wi, x3, a33);
+    a30 = _mm512_fmadd_ps(wi, x0, a30);
+    if constexpr (V > 1) a31 = _mm512_fmadd_ps(wi, x1, a31);
+    if constexpr (V > 2) a32 = _mm512_fmadd_ps(wi, x2, a32);
+    if constexpr (V > 3) a33 = _mm512_fmadd_ps(wi, x3, a33);
   }
   const __m512 rows[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
   const __mmask16 masks[4] = {m0, m1, m2, m3};
   for (int i = 0; i < 4; ++i) {
-    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(out + i * ldo + r0 + 16 * v, masks[v], rows[i][v]);
+    for (int v = 0; v < V; ++v) _mm512_mask_storeu_ps(out + i * ldo + r0 + 16 * v, masks[v], rows[i][v]);
   }
 }
 
@@ -107,7 +121,17 @@ NVWAVENET_AVX512 void project_avx512(const float* w, const float* bias, int64_t 
                                      int64_t H, float* out, int64_t ldo) {
   const int64_t whole = rows / kTileRows * kTileRows;
   for (int64_t r0 = 0; r0 < H; r0 += 64) {
-    for (int64_t i = 0; i < whole; i += kTileRows) project_tile(w + i * C, bias + i, C, x, H, r0, out + i * ldo, ldo);
+    const int64_t vectors = std::min<int64_t>((H - r0 + 15) / 16, 4);
+    for (int64_t i = 0; i < whole; i += kTileRows) {
+      const float *wi = w + i * C, *bi = bias + i;
+      float* oi = out + i * ldo;
+      switch (vectors) {
+        case 4: project_tile<4>(wi, bi, C, x, H, r0, oi, ldo); break;
+        case 3: project_tile<3>(wi, bi, C, x, H, r0, oi, ldo); break;
+        case 2: project_tile<2>(wi, bi, C, x, H, r0, oi, ldo); break;
+        default: project_tile<1>(wi, bi, C, x, H, r0, oi, ldo); break;
+      }
+    }
   }
   project_scalar(w + whole * C, bias + whole, rows - whole, C, x, H, 0, H, out + whole * ldo, ldo);
 }
