@@ -366,13 +366,15 @@ class Scheduler:
                 self._admit_joiners()
             steps = None if min(lengths) == total else [min(max(length - start, 0), step) for length in lengths]
             started = time.perf_counter()
-            classes = session.step(slots, cond[..., start:start + step], selectors[:, start:start + step], steps=steps)
+            _, audio = session.step(slots, cond[..., start:start + step], selectors[:, start:start + step], audio=True,
+                                    steps=steps)
             self.seconds["engine"] += time.perf_counter() - started
             self.engine_calls += 1
-            parts.append(classes.clone())  # the session's buffer, reused by its next step
-        # Past its own steps a stream's classes are whatever the buffer held: only its own are decoded.
-        classes = (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).cpu()
-        return [vocoder.decode(row[:length]) for row, length in zip(classes.unbind(0), lengths)]
+            parts.append(audio.clone())  # the session's buffer, reused by its next step
+        # Past its own steps a stream's audio is that of whatever its row of the session's outputs
+        # held (their poison, -1, decodes as a class too): each stream keeps its own steps only.
+        audio = (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).cpu()
+        return [row[:length] for row, length in zip(audio.unbind(0), lengths)]
 
     def _admit_joiners(self) -> None:
         """Runs, now, the first frame of every stream that has frames and no audio yet."""
