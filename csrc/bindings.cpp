@@ -54,11 +54,12 @@ py::dict build_info() {
   std::vector<std::tuple<int, int, int>> persistent;
   for (const auto& size : nvwavenet::gpu::persistent_sizes()) persistent.emplace_back(size[0], size[1], size[2]);
   py::dict variant_sizes;
-  // PERSISTENT, CLUSTER and CLUSTER_ROLES (one kernel) only where a layer fits one block;
-  // TENSOR_CORE's plan refuses R=256 float32 (shared memory) with the reason.
+  // PERSISTENT, CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD (one kernel) only where a layer fits one
+  // block; TENSOR_CORE's plan refuses R=256 float32 (shared memory) with the reason.
 #define NVWAVENET_VARIANT_SIZES(enumerator, value, name)                                              \
   variant_sizes[name] = Variant::enumerator == Variant::Persistent || Variant::enumerator == Variant::Cluster || \
-                                Variant::enumerator == Variant::ClusterRoles                                  \
+                                Variant::enumerator == Variant::ClusterRoles ||                               \
+                                Variant::enumerator == Variant::ClusterFold                                   \
                             ? persistent                                                               \
                             : sizes;
   NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_SIZES)
@@ -130,6 +131,8 @@ PYBIND11_MODULE(_C, m) {
       .POINTER_FIELD(Params, out_b, const void*)
       .POINTER_FIELD(Params, end_w, const void*)
       .POINTER_FIELD(Params, end_b, const void*)
+      .POINTER_FIELD(Params, fold_w, const void*)
+      .POINTER_FIELD(Params, fold_b, const void*)
       .POINTER_FIELD(Params, cpu_weights, const void*)
       .def_readwrite("cpu_weights_bytes", &Params::cpu_weights_bytes)
       .POINTER_FIELD(Params, cond, const void*)

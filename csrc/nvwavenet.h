@@ -27,6 +27,7 @@ enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
   X(Persistent, 3, "PERSISTENT")       \
   X(Cluster, 4, "CLUSTER")             \
   X(TensorCore, 5, "TENSOR_CORE")      \
+  X(ClusterFold, 6, "CLUSTER_FOLD")    \
   X(ClusterRoles, 8, "CLUSTER_ROLES")
 
 #define NVWAVENET_VARIANT_ENUMERATOR(enumerator, value, name) enumerator = value,
@@ -101,6 +102,11 @@ struct Params {
   const void* out_b = nullptr;       // [A]
   const void* end_w = nullptr;       // [A][A]
   const void* end_b = nullptr;       // [A]
+  // CLUSTER_FOLD only (the others ignore them): F_l = W_cur(l+1) W_res(l) and g_l = W_cur(l+1) b_res(l),
+  // made in float64 from the weights above and rounded once to weight_dtype (engines.PackedWeights),
+  // so that layer l+1's x_t-tap product W_cur(l+1) x_{l+1} = W_cur(l+1) x_l + F_l h_l + g_l.
+  const void* fold_w = nullptr;  // [L-1][2R][R], W_cur(l+1) = dilate_w[l+1][:, R:2R]
+  const void* fold_b = nullptr;  // [L-1][2R]
 
   // The CPU engine's own copy of the weights above, blocked for streaming through the cache:
   // filled once by pack_cpu_weights() (csrc/cpu/packing.h) into a buffer of cpu_packed_bytes()

@@ -38,6 +38,16 @@ void for_each_weight(const Params& p, Fn&& fn) {
   fn(p.end_b, "end_b");
 }
 
+// Calls fn(pointer, name) for the folded weights that CLUSTER_FOLD reads besides for_each_weight's
+// (none for one layer: there is no next layer to fold into).
+template <typename Fn>
+void for_each_fold_weight(const Params& p, Fn&& fn) {
+  if (p.L > 1) {
+    fn(p.fold_w, "fold_w");
+    fn(p.fold_b, "fold_b");
+  }
+}
+
 // `memory` says where the engine expects the pointer to point: "host" or "device".
 inline void require_pointer(const void* pointer, const char* name, const char* memory) {
   require(pointer != nullptr, std::string(name) + ": expected a " + memory + " pointer, got null");

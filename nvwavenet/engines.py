@@ -78,8 +78,8 @@ def cpu_isa() -> str:
 
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
-    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT, CLUSTER and
-    CLUSTER_ROLES only have the sizes whose layers fit one block's shared memory), ``variants`` (the compiled module's
+    kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT, CLUSTER,
+    CLUSTER_FOLD and CLUSTER_ROLES only have the sizes whose layers fit one block's shared memory), ``variants`` (the compiled module's
     variant names and codes, as :class:`Impl` has them), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on). Without the
@@ -112,14 +112,21 @@ class PackedWeights:
     out_b: torch.Tensor
     end_w: torch.Tensor
     end_b: torch.Tensor
+    fold_w: torch.Tensor  # (L-1) x 2R x R: W_cur(l+1) W_res(l), for CLUSTER_FOLD
+    fold_b: torch.Tensor  # (L-1) x 2R: W_cur(l+1) b_res(l)
 
     @classmethod
     def pack(cls, weights: WaveNetWeights, device: torch.device, dtype: torch.dtype) -> PackedWeights:
         w = weights.to(device, dtype)
         both_taps = torch.cat([w.dilate_w[..., 0], w.dilate_w[..., 1]], dim=2)
         names = [f.name for f in dataclasses.fields(cls)]
-        tensors = {name: getattr(w, name) for name in names if name != "dilate_w"}
+        tensors = {name: getattr(w, name) for name in names if name not in ("dilate_w", "fold_w", "fold_b")}
         tensors["dilate_w"] = both_taps
+        # The fold in float64 from the stored weights, rounded once to dtype (csrc/nvwavenet.h).
+        layers = weights.n_layers - 1
+        cur = weights.dilate_w[1:, :, :, 1].to(device, torch.float64)
+        tensors["fold_w"] = (cur @ weights.res_w[:layers].to(device, torch.float64)).to(dtype)
+        tensors["fold_b"] = (cur @ weights.res_b[:layers, :, None].to(device, torch.float64))[..., 0].to(dtype)
         return cls(**{name: tensor.contiguous() for name, tensor in tensors.items()})
 
 
@@ -242,6 +249,9 @@ class Impl(enum.IntEnum):
     - ``CLUSTER``: PERSISTENT's kernel with fence-free hand-offs (``st.async`` into the consumer's
       shared memory, completed on its ``mbarrier``). Opt-in only: it has not run on a GPU yet,
       and ``AUTO`` never picks it.
+    - ``CLUSTER_FOLD``: CLUSTER with W_cur(l+1) W_res(l) folded into one stored matrix per layer, so
+      a layer block's chain has one barrier per layer instead of two (fewer layers fit a block).
+      Opt-in only: it has not run on a GPU yet, and ``AUTO`` never picks it.
     - ``TENSOR_CORE``: one block per tile of 8-64 streams, every product on the tensor cores
       (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
       R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
@@ -261,6 +271,7 @@ class Impl(enum.IntEnum):
     PERSISTENT = 3
     CLUSTER = 4
     TENSOR_CORE = 5
+    CLUSTER_FOLD = 6
     CLUSTER_ROLES = 8
 
 

@@ -1,15 +1,20 @@
-"""Would folding W_cur(l+1) W_res(l) into one stored matrix keep the CUDA tolerances?
+"""CLUSTER_FOLD's order of computation replayed in float64 (no GPU): does the W_cur(l+1) W_res(l)
+fold keep the CUDA tolerances?
 
-    python scripts/fold_replay.py [--layers 20] [--steps 64] [--seeds 3]
+    python scripts/fold_replay.py [--layers 20] [--steps 64] [--seeds 3] [--layers-per-block 2]
 
 The fold shortens the dependent chain to one product per layer: the x_t-tap input of layer l+1 is
-    W_cur(l+1) x_{l+1} = W_cur(l+1) x_l + F_l h_l + W_cur(l+1) b_res(l),   F_l = W_cur(l+1) W_res(l),
-where W_cur(l+1) x_l runs beside layer l's own product (x_l is known when layer l starts) and only
-F_l h_l (2R x R) waits for h_l. F_l is computed once on the host in float64 and stored in the
-network's dtype, so it is rounded once more than the reference's separate products. This replays
-the target network teacher-forced in float64 with F_l (and the folded bias) rounded to each dtype
-and prints the relative L2 error of the logits against nvwavenet.reference (SPEC section 4
-tolerances: float32 1e-4, float16 1e-2, bfloat16 3e-2). No GPU needed.
+    W_cur(l+1) x_{l+1} = W_cur(l+1) x_l + F_l h_l + g_l,   F_l = W_cur(l+1) W_res(l), g_l = W_cur(l+1) b_res(l),
+where W_cur(l+1) x_l needs only x_l, and F_l h_l (2R x R) waits for h_l. CLUSTER_FOLD does this
+inside each layer block of its cluster; a block's first layer multiplies the x that arrived, and x
+leaving a block is made with W_res as everywhere else (csrc/cuda/persistent.cuh, fold_layers).
+F and g come from the pack the kernels get (nvwavenet.engines.PackedWeights: float64 from the
+stored weights, rounded once to the network's dtype), so they are rounded once more than the
+reference's separate products. :class:`FoldedReplay` replays that order, block by block, with
+the state carried across calls as the kernels carry it; tests/test_fold_replay.py checks it against
+``reference.incremental`` over chunked calls. This script prints, per dtype, the relative L2
+error of teacher-forced logits against nvwavenet.reference with the weights and the fold rounded
+to the dtype (SPEC section 4 tolerances: float32 1e-4, float16 1e-2, bfloat16 3e-2).
 """
 from __future__ import annotations
 
@@ -17,40 +22,75 @@ import argparse
 
 import torch
 
-from nvwavenet import NVWaveNet, reference
+from nvwavenet import NVWaveNet, engines, reference
+from nvwavenet.sampling import select_classes
 from nvwavenet.testing import TOLERANCES, random_cond_input, random_nv_wavenet_args
 
 
-def folded_logits(weights, cond, samples, u, fold_dtype):
-    """Teacher-forced logits (batch, A, T) with the fold, in float64 arithmetic on the weights
-    rounded to fold_dtype (as the kernels store them), F_l and its bias rounded once more."""
-    net = reference.prepare(weights.to("cpu", fold_dtype), torch.float64, torch.device("cpu"))
-    w, R, L = net.w, weights.n_residual, weights.n_layers
-    cur = [w.dilate_w[l, :, :, 1] for l in range(L)]  # (2R, R): the x_l[t] tap
-    fold = [(cur[l + 1] @ w.res_w[l]).to(fold_dtype).double() for l in range(L - 1)]
-    fold_b = [(cur[l + 1] @ w.res_b[l]).to(fold_dtype).double() for l in range(L - 1)]
-    state = reference.init_state(weights, cond.shape[1])
-    queues, history = state["queues"], state["history"].long()
-    offsets, dilations = reference.slot_table(weights, "cpu")
-    out = []
-    for t in range(cond.shape[3]):
-        slots = offsets + t % dilations
-        pasts = queues[:, slots]
-        x = reference._embed(net, history[:, 0], history[:, 1])
-        inputs, skip = [], torch.zeros(x.shape[0], weights.n_skip, dtype=torch.float64)
-        cur_x = x @ cur[0].T  # W_cur(0) x_0
-        for l in range(L):
-            inputs.append(x)
-            pre = w.dilate_b[l] + cond[:, :, l, t].T + pasts[:, l] @ w.dilate_w[l, :, :, 0].T + cur_x
-            h = reference._gate(pre, R)
-            if l < L - 1:
-                cur_x = x @ cur[l + 1].T + h @ fold[l].T + fold_b[l]  # the chain: one product on h
-                x = x + h @ w.res_w[l].T + w.res_b[l]  # off the chain: queues and W_cur(l+2) x_{l+1}
-            skip = skip + h @ w.skip_w[l].T + w.skip_b[l]
-        queues[:, slots] = torch.stack(inputs, dim=1)
-        out.append(reference._head(net, skip))
-        history = torch.stack([history[:, 1], samples[:, t].long()], dim=1)
-    return torch.stack(out, dim=2)
+def layer_split(layers: int, layer_blocks: int) -> list[int]:
+    """Layers per layer block as the cluster planner splits them (PersistentSplit: the first
+    ``layers % layer_blocks`` blocks hold one more)."""
+    base, extra = divmod(layers, layer_blocks)
+    return [base + (1 if j < extra else 0) for j in range(layer_blocks)]
+
+
+class FoldedReplay:
+    """SPEC section 1 in CLUSTER_FOLD's order, in float64 on the CPU, with the weights rounded to
+    ``dtype`` first (float64: not rounded) and the fold packed for ``dtype``. Enough of NVWaveNet's
+    interface for nvwavenet.testing's generate_in_chunks: ``infer`` continues from ``state`` (a
+    reference state, float64 queues) and updates it in place."""
+
+    def __init__(self, weights, layers_per_block: list[int], dtype: torch.dtype = torch.float64):
+        if sum(layers_per_block) != weights.n_layers or min(layers_per_block) < 1:
+            raise ValueError(f"layers_per_block: expected positive counts summing to L = {weights.n_layers}, "
+                             f"got {layers_per_block}")
+        self.weights, self.blocks, self.A = weights, list(layers_per_block), weights.n_classes
+        self.net = reference.prepare(weights.to("cpu", dtype), torch.float64, torch.device("cpu"))
+        packed = engines.PackedWeights.pack(weights, torch.device("cpu"), dtype)
+        self.fold_w, self.fold_b = packed.fold_w.double(), packed.fold_b.double()
+
+    def init_state(self, batch: int, device="cpu") -> dict:
+        return reference.init_state(self.weights, batch)
+
+    def infer(self, cond_input, implementation=None, *, selectors, teacher_forcing=None,
+              return_logits: bool = False, state: dict | None = None):
+        w, R, L = self.net.w, self.weights.n_residual, self.weights.n_layers
+        batch, samples = cond_input.shape[1], cond_input.shape[3]
+        state = self.init_state(batch) if state is None else state
+        queues, history, position = state["queues"], state["history"].long(), int(state["position"])
+        offsets, dilations = reference.slot_table(self.weights, "cpu")
+        cond = cond_input.double()
+        out = torch.empty(batch, samples, dtype=torch.int32)
+        logits_out = torch.empty(batch, self.A, samples, dtype=torch.float64)
+        for t in range(samples):
+            slots = offsets + (position + t) % dilations
+            pasts = queues[:, slots]
+            x = reference._embed(self.net, history[:, 0], history[:, 1])
+            inputs, skip, first = [], torch.zeros(batch, self.weights.n_skip, dtype=torch.float64), 0
+            for count in self.blocks:
+                cur_x = x @ w.dilate_w[first, :, :, 1].T  # the block's first layer multiplies x
+                for i in range(count):
+                    layer = first + i
+                    inputs.append(x)
+                    pre = w.dilate_b[layer] + cond[:, :, layer, t].T + pasts[:, layer] @ w.dilate_w[layer, :, :, 0].T
+                    h = reference._gate(pre + cur_x, R)
+                    skip = skip + h @ w.skip_w[layer].T + w.skip_b[layer]
+                    if layer < L - 1:
+                        if i < count - 1:  # the fold: the next layer's x_t-tap term from x_l and h_l
+                            cur_x = x @ w.dilate_w[layer + 1, :, :, 1].T + (h @ self.fold_w[layer].T
+                                                                            + self.fold_b[layer])
+                        x = x + (h @ w.res_w[layer].T + w.res_b[layer])
+                first += count
+            queues[:, slots] = torch.stack(inputs, dim=1).to(queues.dtype)
+            logits = reference._head(self.net, skip)
+            drawn = select_classes(logits, selectors[:, t].double())
+            out[:, t] = drawn.to(torch.int32)
+            logits_out[:, :, t] = logits
+            fed = drawn if teacher_forcing is None else teacher_forcing[:, t].long()
+            history = torch.stack([history[:, 1], fed], dim=1)
+        state["history"].copy_(history)
+        state["position"].fill_(position + samples)
+        return (out, logits_out) if return_logits else out
 
 
 def main() -> None:
@@ -58,8 +98,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=20)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--layers-per-block", type=int, default=2,
+                        help="the fold's split (2: R64/S256/A256 float16's, from the planner)")
     args = parser.parse_args()
-    print(f"R64/S256/A256 L={args.layers} max_dilation=512, {args.steps} steps teacher-forced, float64 replay")
+    blocks = layer_split(args.layers, -(-args.layers // args.layers_per_block))
+    print(f"R64/S256/A256 L={args.layers} max_dilation=512, layer blocks {blocks}, {args.steps} steps "
+          f"teacher-forced, float64 replay")
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         worst = worst_unfolded = 0.0
         for seed in range(args.seeds):
@@ -67,7 +111,8 @@ def main() -> None:
             cond = random_cond_input(64, 2, args.layers, args.steps, seed=seed).double()
             u = torch.rand(2, args.steps, generator=torch.Generator().manual_seed(seed))
             samples, ref = reference.incremental(net.weights, cond, u, return_logits=True)
-            got = folded_logits(net.weights, cond, samples, u, dtype)
+            _, got = FoldedReplay(net.weights, blocks, dtype).infer(cond, selectors=u, teacher_forcing=samples,
+                                                                     return_logits=True)
             worst = max(worst, float((got - ref).norm() / ref.norm()))
             _, unfolded = reference.incremental(net.weights.to("cpu", dtype), cond, u, teacher_forcing=samples,
                                                 return_logits=True)

@@ -33,14 +33,15 @@ pytestmark = pytest.mark.skipif(
     shutil.which(cuda_host.compiler()) is None or platform.machine() != "x86_64" or not engines.has_extension(),
     reason="the host build needs g++ on x86-64 and the compiled nvwavenet._C (for its Params type)")
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES]
-CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES)  # persistent.cuh's one kernel
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
+            Impl.CLUSTER_FOLD]
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD)  # persistent.cuh's one kernel
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Streams per block where the variant has a tile: chosen so that the batches below leave the last
 # block's tile partly empty.
 TILES = {Impl.SINGLE_BLOCK: 2, Impl.TENSOR_CORE: 8}
 BATCH = {Impl.SINGLE_BLOCK: 3, Impl.DUAL_BLOCK: 2, Impl.PERSISTENT: 1, Impl.CLUSTER: 1, Impl.TENSOR_CORE: 9,
-         Impl.CLUSTER_ROLES: 1}
+         Impl.CLUSTER_ROLES: 1, Impl.CLUSTER_FOLD: 1}
 
 RESULTS: dict[str, dict[str, int]] = defaultdict(lambda: {"cases": 0, "passed": 0, "refused": 0})
 
@@ -169,7 +170,7 @@ def test_random_schedules_give_the_same_bits(host, variant):
 
 # The block that the others wait on and that is starved: DUAL_BLOCK's head block (the residual
 # block waits for its sample), a cluster's layer block 0 (the head blocks wait for its skip share).
-STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0, Impl.CLUSTER_ROLES: 0}
+STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0, Impl.CLUSTER_ROLES: 0, Impl.CLUSTER_FOLD: 0}
 
 
 @pytest.mark.parametrize("variant", list(STARVED), ids=lambda v: v.name)
@@ -205,6 +206,32 @@ def test_cluster_roles_equals_cluster_bit_for_bit(host, R, layers, dtype_name):
         assert roles.last_plan["layer_blocks"] == cluster.last_plan["layer_blocks"]
         assert torch.equal(got[0], expected[0])
         assert torch.equal(got[1], expected[1])
+
+
+def test_cluster_fold_splits_with_the_folds_bytes_and_crosses_blocks(host):
+    """R32 float16 at L=11: CLUSTER holds all 11 layers in one block; with F and g beside them only
+    10 fit, so CLUSTER_FOLD's planner makes two blocks of 6 (the fold inside each, x handed from
+    one to the other). That split meets SPEC section 4, chunked calls and random block schedules
+    give its bits, and they are not CLUSTER's (the fold's products run)."""
+    net = make_net(32, 11, 8, torch.float16, seed=13)
+    batch, samples = 2, 5
+    cond = random_cond_input(32, batch, 11, samples, seed=14)
+    u = torch.rand(batch, samples, generator=torch.Generator().manual_seed(15))
+    cluster = cuda_host.HostNet(net, host, Impl.CLUSTER)
+    cluster_logits = cluster.infer(cond, selectors=u, return_logits=True)[1]
+    assert (cluster.last_plan["layer_blocks"], cluster.last_plan["max_layers_per_block"]) == (1, 11)
+    with case(Impl.CLUSTER_FOLD):
+        fold = cuda_host.HostNet(net, host, Impl.CLUSTER_FOLD)
+        compare_with_reference(fold, cond, Impl.CLUSTER_FOLD, seed=16)
+        assert (fold.last_plan["layer_blocks"], fold.last_plan["max_layers_per_block"]) == (2, 6)
+        whole, whole_logits, whole_state = generate_in_chunks(fold, cond, u, [samples], Impl.CLUSTER_FOLD)
+        parts, parts_logits, parts_state = generate_in_chunks(fold, cond, u, [2, 1, 2], Impl.CLUSTER_FOLD)
+        assert torch.equal(whole, parts) and torch.equal(whole_logits, parts_logits)
+        for key in ("queues", "history", "position"):
+            assert torch.equal(whole_state[key], parts_state[key]), key
+        shuffled = cuda_host.HostNet(net, host, Impl.CLUSTER_FOLD, seed=5).infer(cond, selectors=u, return_logits=True)
+        assert torch.equal(shuffled[1], fold.infer(cond, selectors=u, return_logits=True)[1])
+        assert not torch.equal(shuffled[1], cluster_logits)
 
 
 @pytest.mark.parametrize("window, stride", [(16, 4), (7, 2)])

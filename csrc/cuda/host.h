@@ -78,6 +78,14 @@ struct ClusterRoles {
   static void launch(const Params& p, const Plan& plan);
 };
 
+// CLUSTER with the W_cur(l+1) W_res(l) fold inside each layer block (Params::fold_w); opt-in,
+// never run on a GPU yet.
+template <int R, int S, int A, class W>
+struct ClusterFold {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
 template <int R, int S, int A, class W>
 struct TensorCore {
   static Plan plan(const Params& p, const DeviceFacts& device);

@@ -131,6 +131,12 @@ void validate(const Params& p, Variant variant, bool launching) {
   check_call(p, "device");
   require(p.steps == nullptr, "steps: the CUDA kernels run every stream for num_samples steps (pass null)");
   for_each_weight(p, [](const void* pointer, const char* name) { require_aligned(pointer, name); });
+  if (variant == Variant::ClusterFold) {
+    for_each_fold_weight(p, [](const void* pointer, const char* name) {
+      require_pointer(pointer, name, "device");
+      require_aligned(pointer, name);
+    });
+  }
   require_aligned(p.queues, "queues");
   if (launching) {
     require_pointer(p.workspace, "workspace", "device");
@@ -139,7 +145,8 @@ void validate(const Params& p, Variant variant, bool launching) {
 }
 
 // Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent, Cluster,
-// TensorCore or ClusterRoles) for p's size and weight type; AUTO names no class of its own and throws `auto_error`.
+// TensorCore, ClusterRoles or ClusterFold) for p's size and weight type; AUTO names no class of its
+// own and throws `auto_error`.
 template <class F>
 decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
   return dispatch_size_and_type(p, [&](auto size, auto type) -> decltype(auto) {
@@ -158,6 +165,8 @@ decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* au
         return f(TypeTag<TensorCore<Size::R, Size::S, Size::A, W>>{});
       case Variant::ClusterRoles:
         return f(TypeTag<ClusterRoles<Size::R, Size::S, Size::A, W>>{});
+      case Variant::ClusterFold:
+        return f(TypeTag<ClusterFold<Size::R, Size::S, Size::A, W>>{});
       case Variant::Auto:
         break;
     }
@@ -295,7 +304,8 @@ void generate(const Params& p, Variant variant) {
   if (status.code != kStatusOk)
     throw std::runtime_error(status_message(status, static_cast<int32_t>(variant), p.spin_timeout_ns));
 #ifdef NVWAVENET_TRACE
-  if (variant == Variant::Persistent || variant == Variant::Cluster || variant == Variant::ClusterRoles)
+  if (variant == Variant::Persistent || variant == Variant::Cluster || variant == Variant::ClusterRoles ||
+      variant == Variant::ClusterFold)
     print_trace(p, chosen, variant);
 #endif
 }

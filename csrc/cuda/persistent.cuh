@@ -195,13 +195,84 @@ __device__ void roles_skip_warps(const Params& p, const PersistentSplit& split, 
   }
 }
 
-template <int R, int S, int A, class W, class H, bool kRoles>
+// CLUSTER_FOLD's layers of one layer block in step t (issue 24, design item 1; csrc/cuda/NOTES.md).
+// Layer l after the block's first gets its x_t-tap term from layer l-1's input and output,
+//   W_cur(l) x_l = W_cur(l) x_{l-1} + F_{l-1} h_{l-1} + g_{l-1}   (F, g: Params::fold_w, fold_b),
+// so h_l needs only products of h_{l-1} and x_{l-1}, and x_l = x_{l-1} + W_res(l-1) h_{l-1} + b is
+// made between the same two barriers, beside them: one barrier per layer, where CLUSTER has two.
+// The block's first layer multiplies the x that arrived, as CLUSTER does, and x leaving the block
+// is made after its last layer as CLUSTER makes it, so nothing changes across a block boundary.
+// x (the input buffer) and next_x alternate as x_{l-1} and x_l; on return x holds x entering the
+// next block (when the block's last layer is not the network's), as CLUSTER's loop leaves it.
+template <int R, class W>
+__device__ __forceinline__ void fold_layers(const Params& p, const W* dilate_w, const W* res_w, const W* res_b,
+                                            const W* fold_w, const W* fold_b, const float* pre, float* gated, float* x,
+                                            float* next_x, float* fold_cur, int first, int count, int64_t stream,
+                                            int64_t rows, int64_t offset, int dilation, int64_t t, int rank,
+                                            int tid) {
+  constexpr int NT = kPersistentThreads;
+  const int64_t first_slot = queue_slot(p, stream, rows, offset, dilation, t);
+  for (int k = tid; k < R; k += NT) p.queues[first_slot * R + k] = x[k];
+  matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
+      dilate_w + R, 2 * R, R, R, x, 0, tid, NoTransform{},
+      [&](int m, int, const float (&v)[2]) { gated[m] = gate(v[0] + pre[m], v[1] + pre[R + m]); });
+  __syncthreads();
+  trace_event(p, rank, 1, t);
+  // x_l of the block's layer i: x for even i, next_x for odd (selected, not indexed: an indexed
+  // pair of pointers would live in local memory).
+  const auto x_of = [&](int i) { return (i & 1) != 0 ? next_x : x; };
+  for (int i = 1; i < count; ++i) {
+    offset += dilation;
+    dilation = next_dilation(dilation, p.max_dilation);
+    const int64_t slot = queue_slot(p, stream, rows, offset, dilation, t);
+    const float* const x_prev = x_of(i - 1);
+    float* const x_this = x_of(i);
+    const float* const h_prev = gated + (i - 1) * R;
+    const W* const bias_prev = res_b + (i - 1) * R;
+    matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+        res_w + int64_t(i - 1) * R * R, R, 0, R, h_prev, 0, tid, NoTransform{}, [&](int m, int, const float (&v)[1]) {
+          const float value = x_prev[m] + (v[0] + WeightsInShared::value(bias_prev + m));
+          x_this[m] = value;
+          p.queues[slot * R + m] = value;
+        });
+    // fold_cur carries each row pair from the first product to the second: both have the same
+    // shape, so rows m and R + m have the same owner thread in both, and no barrier is needed.
+    matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
+        dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x_prev, 0, tid, NoTransform{},
+        [&](int m, int, const float (&v)[2]) {
+          fold_cur[m] = v[0];
+          fold_cur[R + m] = v[1];
+        });
+    const float* const layer_pre = pre + i * 2 * R;
+    const W* const g = fold_b + (i - 1) * 2 * R;
+    float* const layer_gated = gated + i * R;
+    matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
+        fold_w + int64_t(i - 1) * 2 * R * R, R, R, R, h_prev, 0, tid, NoTransform{},
+        [&](int m, int, const float (&v)[2]) {
+          const float tanh_in = fold_cur[m] + (v[0] + WeightsInShared::value(g + m));
+          const float sigmoid_in = fold_cur[R + m] + (v[1] + WeightsInShared::value(g + R + m));
+          layer_gated[m] = gate(tanh_in + layer_pre[m], sigmoid_in + layer_pre[R + m]);
+        });
+    __syncthreads();
+    trace_event(p, rank, 1 + i, t);
+  }
+  if (first + count - 1 < p.L - 1) {  // x entering the next block, into the input buffer
+    const float* const x_last = x_of(count - 1);
+    const W* const bias_last = res_b + (count - 1) * R;
+    matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+        res_w + int64_t(count - 1) * R * R, R, 0, R, gated + (count - 1) * R, 0, tid, NoTransform{},
+        [&](int m, int, const float (&v)[1]) { x[m] = x_last[m] + (v[0] + WeightsInShared::value(bias_last + m)); });
+    __syncthreads();
+  }
+}
+
+template <int R, int S, int A, class W, class H, bool kRoles, bool kFold>
 __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
                                        const cg::cluster_group& cluster, int rank, int64_t stream,
                                        DeviceStatus* status) {
   using Layout = PersistentLayout<R, S, A, W>;
   constexpr int NT = kRoles ? kRoleThreads : kPersistentThreads;  // the chain's threads
-  const Layout layout(split);
+  const Layout layout(split, kFold);
   const int tid = threadIdx.x;
   const int first = rank * split.layers_base + (rank < split.layers_extra ? rank : split.layers_extra);
   const int count = split.layers_base + (rank < split.layers_extra ? 1 : 0);
@@ -257,30 +328,38 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
     }
     trace_event(p, rank, 0, t);
 
-    int64_t offset = first_offset;
-    int dilation = first_dilation;
-    for (int i = 0; i < count; ++i) {
-      const int l = first + i;
-      const int64_t slot = queue_slot(p, stream, rows, offset, dilation, t);
-      for (int k = tid; k < R; k += NT) p.queues[slot * R + k] = x[k];
-      const float* layer_pre = pre + i * 2 * R;
-      float* layer_gated = gated + i * R;
-      matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
-          dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x, 0, tid, NoTransform{},
-          [&](int m, int, const float (&v)[2]) {
-            layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]);
-          });
-      if constexpr (kRoles) group_arrive(kRolesReadyBarrier + i, kPersistentThreads);
-      chain_sync<kRoles>();
-      if (l < L - 1) {
-        matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
-            res_w + int64_t(i) * R * R, R, 0, R, layer_gated, 0, tid, NoTransform{},
-            [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
+    if constexpr (kFold) {
+      fold_layers<R, W>(p, dilate_w, res_w, res_b, reinterpret_cast<const W*>(smem + layout.fold_w),
+                        reinterpret_cast<const W*>(smem + layout.fold_b), pre, gated, x,
+                        reinterpret_cast<float*>(smem + layout.next_x),
+                        reinterpret_cast<float*>(smem + layout.fold_cur), first, count, stream, rows, first_offset,
+                        first_dilation, t, rank, tid);
+    } else {
+      int64_t offset = first_offset;
+      int dilation = first_dilation;
+      for (int i = 0; i < count; ++i) {
+        const int l = first + i;
+        const int64_t slot = queue_slot(p, stream, rows, offset, dilation, t);
+        for (int k = tid; k < R; k += NT) p.queues[slot * R + k] = x[k];
+        const float* layer_pre = pre + i * 2 * R;
+        float* layer_gated = gated + i * R;
+        matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
+            dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x, 0, tid, NoTransform{},
+            [&](int m, int, const float (&v)[2]) {
+              layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]);
+            });
+        if constexpr (kRoles) group_arrive(kRolesReadyBarrier + i, kPersistentThreads);
         chain_sync<kRoles>();
+        if (l < L - 1) {
+          matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+              res_w + int64_t(i) * R * R, R, 0, R, layer_gated, 0, tid, NoTransform{},
+              [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
+          chain_sync<kRoles>();
+        }
+        trace_event(p, rank, 1 + i, t);
+        offset += dilation;
+        dilation = next_dilation(dilation, p.max_dilation);
       }
-      trace_event(p, rank, 1 + i, t);
-      offset += dilation;
-      dilation = next_dilation(dilation, p.max_dilation);
     }
 
     if (!last_block) {  // x entering the next block's first layer
@@ -485,7 +564,8 @@ __device__ void drain_handoffs(const Params& p, const PersistentSplit& split, ch
 
 // kMbarrier: the hand-offs of CLUSTER (MbarrierHandoff), else PERSISTENT's (FlagHandoff).
 // kRoles: CLUSTER_ROLES's layer blocks (chain and skip warps; CLUSTER's hand-offs).
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles>
+// kFold: CLUSTER_FOLD's layer blocks (fold_layers).
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     persistent_kernel(const __grid_constant__ Params p, const PersistentSplit split) {
   auto* const status = static_cast<DeviceStatus*>(p.workspace);
@@ -500,7 +580,7 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   const cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
   const int64_t stream = blockIdx.x / (split.layer_blocks + split.head_blocks);
-  const Layout layout(split);
+  const Layout layout(split, kFold);
   const int tid = threadIdx.x;
   if (tid < 4) {
     H::init(reinterpret_cast<uint64_t*>(smem) + tid);
@@ -527,6 +607,12 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
            kPersistentThreads);
     copy16(smem + layout.skip_b, static_cast<const W*>(p.skip_b) + int64_t(first) * S, count * S * w, tid,
            kPersistentThreads);
+    if constexpr (kFold) {  // F and g for every layer of the block but its first
+      copy16(smem + layout.fold_w, static_cast<const W*>(p.fold_w) + int64_t(first) * 2 * R * R,
+             (count - 1) * 2 * R * R * w, tid, kPersistentThreads);
+      copy16(smem + layout.fold_b, static_cast<const W*>(p.fold_b) + int64_t(first) * 2 * R, (count - 1) * 2 * R * w,
+             tid, kPersistentThreads);
+    }
   } else {
     const int64_t row0 = int64_t(rank - split.layer_blocks) * split.head_rows;
     const int64_t rows = split.head_rows;
@@ -538,9 +624,10 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   }
   // Counters are zero and weights in place in every block before anyone signals anyone.
   cluster.sync();
-  const StopPoint stop = rank < split.layer_blocks
-                             ? persistent_layer_block<R, S, A, W, H, kRoles>(p, split, smem, cluster, rank, stream, status)
-                             : persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
+  const StopPoint stop =
+      rank < split.layer_blocks
+          ? persistent_layer_block<R, S, A, W, H, kRoles, kFold>(p, split, smem, cluster, rank, stream, status)
+          : persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
   // No block may exit while another can still write into its shared memory: after this barrier
   // no block sends, and CLUSTER's consumers drain the st.async already sent (drain_handoffs).
   if constexpr (kMbarrier)
@@ -551,13 +638,18 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 #endif
 }
 
-// PERSISTENT's, CLUSTER's and CLUSTER_ROLES's planner: the same split and shared-memory layout
-// (CLUSTER_ROLES: at most kRolesMaxLayers layers per block, one named barrier each).
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles>
+// PERSISTENT's, CLUSTER's, CLUSTER_ROLES's and CLUSTER_FOLD's planner: the same split and
+// shared-memory layout (CLUSTER_ROLES: at most kRolesMaxLayers layers per block, one named barrier
+// each; CLUSTER_FOLD: the fold's buffers added, so fewer layers fit a block).
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false>
 Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
   static_assert(kMbarrier || !kRoles, "the roles use CLUSTER's hand-offs");
-  constexpr Variant kVariant = kRoles ? Variant::ClusterRoles : kMbarrier ? Variant::Cluster : Variant::Persistent;
-  const char* const name = kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT";
+  static_assert(!(kRoles && kFold), "the fold runs the layers its own way (fold_layers), without roles");
+  constexpr Variant kVariant = kFold    ? Variant::ClusterFold
+                               : kRoles ? Variant::ClusterRoles
+                               : kMbarrier ? Variant::Cluster
+                                           : Variant::Persistent;
+  const char* const name = kFold ? "CLUSTER_FOLD" : kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT";
   const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
   if (device.major < 9)
     return refuse(kVariant, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
@@ -568,17 +660,18 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
                                            "size is not built for " + name);
   } else {
     using Layout = PersistentLayout<R, S, A, W>;
-    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, kMbarrier, kRoles>);
+    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold>);
     cudaFuncAttributes attributes{};
     NVWAVENET_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
     const int64_t budget = device.shared_per_block_optin - int64_t(attributes.sharedSizeBytes);
 
     int capacity = 0;  // the most layers one block can hold
-    while (capacity < p.L && (!kRoles || capacity < kRolesMaxLayers) && Layout(capacity + 1, 1, A).layer_end <= budget)
+    while (capacity < p.L && (!kRoles || capacity < kRolesMaxLayers) &&
+           Layout(capacity + 1, 1, A, kFold).layer_end <= budget)
       ++capacity;
     if (capacity == 0)
       return refuse(kVariant,
-                    "one layer of " + size + " needs " + std::to_string(Layout(1, 1, A).layer_end) +
+                    "one layer of " + size + " needs " + std::to_string(Layout(1, 1, A, kFold).layer_end) +
                         " bytes of shared memory; a block on this device has " + std::to_string(budget));
     PersistentSplit split{};
     split.layer_blocks = (p.L + capacity - 1) / capacity;
@@ -599,7 +692,7 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
     plan.blocks_per_group = cluster_blocks;
     plan.threads_per_block = kPersistentThreads;
     plan.grid_blocks = int64_t(cluster_blocks) * p.batch;
-    plan.shared_bytes = Layout(split).bytes();
+    plan.shared_bytes = Layout(split, kFold).bytes();
     plan.workspace_bytes = kWorkspaceHeaderBytes + kPersistentTraceBytes;
     plan.layer_blocks = split.layer_blocks;
     plan.head_blocks = split.head_blocks;
@@ -650,10 +743,11 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
   }
 }
 
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles>
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false>
 void launch_cluster_kernel(const Params& p, const Plan& plan) {
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    throw std::invalid_argument(std::string(kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT") +
+    throw std::invalid_argument(
+        std::string(kFold ? "CLUSTER_FOLD" : kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT") +
                                 " is not built for R=" +
                                 std::to_string(R) + ": " + plan.reason);
   } else {
@@ -676,7 +770,8 @@ void launch_cluster_kernel(const Params& p, const Plan& plan) {
     config.stream = static_cast<cudaStream_t>(p.stream);
     config.attrs = &attribute;
     config.numAttrs = 1;
-    NVWAVENET_CUDA_CHECK(cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles>, p, split));
+    NVWAVENET_CUDA_CHECK(
+        cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold>, p, split));
   }
 }
 
@@ -704,6 +799,14 @@ Plan ClusterRoles<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) 
 template <int R, int S, int A, class W>
 void ClusterRoles<R, S, A, W>::launch(const Params& p, const Plan& plan) {
   launch_cluster_kernel<R, S, A, W, true, true>(p, plan);
+}
+template <int R, int S, int A, class W>
+Plan ClusterFold<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+  return plan_cluster_kernel<R, S, A, W, true, false, true>(p, device);
+}
+template <int R, int S, int A, class W>
+void ClusterFold<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+  launch_cluster_kernel<R, S, A, W, true, false, true>(p, plan);
 }
 
 }  // namespace nvwavenet::gpu

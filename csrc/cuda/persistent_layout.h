@@ -45,12 +45,15 @@ struct PersistentLayout {
   static constexpr int64_t kInput = 64;  // layer block: float[R], x entering its first layer
   static constexpr int64_t kSlots = 64;  // head block: float[layer_blocks][S], the skip shares
 
-  // Layer block, for `capacity` layers.
-  int64_t dilate_w, res_w, skip_w, dilate_b, res_b, skip_b, pre, gated, partial, layer_end;
+  // Layer block, for `capacity` layers. With the fold (CLUSTER_FOLD), also F and g for each layer
+  // but the block's first (fold_w [capacity-1][2R][R], fold_b [capacity-1][2R]), the next layer's
+  // x (next_x [R]: x is read while the next one is made) and the fold's running sum (fold_cur [2R]).
+  int64_t dilate_w, res_w, skip_w, dilate_b, res_b, skip_b, pre, gated, partial, fold_w, fold_b, next_x, fold_cur,
+      layer_end;
   // Head block, for `layer_blocks` skip shares and `rows` rows.
   int64_t hidden, logits, out_w, end_w, out_b, end_b, skip_sum, head_end;
 
-  __host__ __device__ PersistentLayout(int capacity, int layer_blocks, int rows) {
+  __host__ __device__ PersistentLayout(int capacity, int layer_blocks, int rows, bool fold = false) {
     dilate_w = kInput + R * 4;
     res_w = dilate_w + capacity * 4 * R * R * kW;
     skip_w = res_w + capacity * R * R * kW;
@@ -60,7 +63,12 @@ struct PersistentLayout {
     pre = skip_b + capacity * S * kW;
     gated = pre + capacity * 2 * R * 4;
     partial = gated + capacity * R * 4;
-    layer_end = partial + S * 4;
+    const int64_t folds = fold && capacity > 1 ? capacity - 1 : 0;
+    fold_w = partial + S * 4;
+    fold_b = fold_w + folds * 2 * R * R * kW;
+    next_x = fold_b + folds * 2 * R * kW;
+    fold_cur = next_x + (fold ? R * 4 : 0);
+    layer_end = fold_cur + (fold ? 2 * R * 4 : 0);
 
     hidden = kSlots + int64_t(layer_blocks) * S * 4;
     logits = hidden + A * 4;
@@ -71,8 +79,8 @@ struct PersistentLayout {
     skip_sum = end_b + rows * kW;
     head_end = skip_sum + S * 4;
   }
-  __host__ __device__ PersistentLayout(const PersistentSplit& split)
-      : PersistentLayout(split.layer_capacity, split.layer_blocks, split.head_rows) {}
+  __host__ __device__ PersistentLayout(const PersistentSplit& split, bool fold = false)
+      : PersistentLayout(split.layer_capacity, split.layer_blocks, split.head_rows, fold) {}
 
   __host__ __device__ int64_t bytes() const { return layer_end > head_end ? layer_end : head_end; }
 };
