@@ -42,7 +42,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--variants", nargs="*", default=[v.name for v in
                                                           (Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT,
-                                                           Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES)])
+                                                           Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
+                                                           Impl.CLUSTER_FOLD)])
     args = parser.parse_args()
     host = cuda_host.load()
     summary = defaultdict(lambda: defaultdict(int))

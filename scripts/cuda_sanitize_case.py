@@ -33,7 +33,7 @@ def run(variant: Impl) -> None:
 
 if __name__ == "__main__":
     names = sys.argv[1:] or ["SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT", "CLUSTER", "TENSOR_CORE",
-                             "CLUSTER_ROLES"]
+                             "CLUSTER_ROLES", "CLUSTER_FOLD"]
     if not torch.cuda.is_available():
         raise SystemExit(f"{__file__}: needs a CUDA GPU")
     for name in names:

@@ -33,7 +33,8 @@ from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
-VARIANTS = (Impl.CLUSTER_ROLES, Impl.CLUSTER, Impl.PERSISTENT, Impl.DUAL_BLOCK, Impl.SINGLE_BLOCK, Impl.TENSOR_CORE)
+VARIANTS = (Impl.CLUSTER_ROLES, Impl.CLUSTER, Impl.CLUSTER_FOLD, Impl.PERSISTENT, Impl.DUAL_BLOCK, Impl.SINGLE_BLOCK,
+            Impl.TENSOR_CORE)
 
 
 class PowerMeter:

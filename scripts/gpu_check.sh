@@ -3,7 +3,7 @@
 #
 #     bash scripts/gpu_check.sh
 #
-# Builds nvwavenet in place, runs the CUDA tests (CLUSTER, CLUSTER_ROLES and TENSOR_CORE, never run on a GPU
+# Builds nvwavenet in place, runs the CUDA tests (CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and TENSOR_CORE, never run on a GPU
 # before, first: their failures are the news; then every variant), times nvwavenet (Impl.AUTO)
 # beside NV-WaveNet's own nv_wavenet_perf at the same sizes in this lease (R64/S256/A256 L20
 # max_dilation 512, batch 1/8/64/256, float16 and float32: scripts/nv_wavenet_compare.py; the ratio
@@ -15,7 +15,7 @@
 # samples/s per watt (scripts/cuda_timing.py) and writes the measured table AUTO follows
 # ($LOGS/autotune_table.json: copy it to nvwavenet/autotune_table.json and commit it; only variants
 # whose CUDA tests passed here are in its `passed` list), rebuilds with NVWAVENET_TRACE=1 and prints
-# the %globaltimer trace of one step of PERSISTENT and CLUSTER (trace.log: each hop, layer block and
+# the %globaltimer trace of one step of PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD (trace.log: each hop, layer block and
 # the head), restores the untraced build, runs benchmarks/throughput.py --quick when it exists and
 # time is left, and prints one summary. Steps run in that order of importance. Full logs go to
 # $OUT (the device tool's output folder) when set, else ./gpu_check_out. Exit status: 0 when every
@@ -107,6 +107,7 @@ if ! run_step build 180 "$PYTHON" setup.py build_ext --inplace; then
   exit 1
 fi
 "$PYTHON" -c 'import nvwavenet; print(nvwavenet.build_info())' >"$LOGS/build_info.txt" 2>&1
+# (-k CLUSTER also selects CLUSTER_FOLD)
 run_step tests-new 90 "$PYTHON" -m pytest -q -rs -x -m cuda tests/test_cuda.py -k "CLUSTER or TENSOR_CORE"
 run_step tests 210 "$PYTHON" -m pytest -q -rs -m cuda tests/test_cuda.py --junitxml="$LOGS/cuda_tests.xml"
 NV_WAVENET_PERF="${NV_WAVENET_PERF:-build/nv-wavenet/nv_wavenet_perf}"
@@ -127,7 +128,7 @@ for tool in memcheck racecheck; do
     FAILED=1
     continue
   fi
-  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER TENSOR_CORE CLUSTER_ROLES; do
+  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER TENSOR_CORE CLUSTER_ROLES CLUSTER_FOLD; do
     run_step "$tool-$variant" 25 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
       "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py "$variant"
   done
@@ -145,7 +146,7 @@ from nvwavenet import Impl, NVWaveNet
 from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
 net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, 20, 512), dtype=torch.float16)
 cond = random_cond_input(64, 1, 20, 256, device="cuda")
-for variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES):
+for variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD):
     net.infer(cond, variant)
 print("trace: see the nvwavenet trace lines above")'
   run_step build-untraced 120 env NVWAVENET_TRACE=0 "$PYTHON" setup.py build_ext --inplace

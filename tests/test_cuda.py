@@ -35,10 +35,11 @@ def needs_gpu(test):
     return pytest.mark.cuda(_skip_without_gpu(test))
 
 
-VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES]
-# One kernel, two hand-offs and CLUSTER_ROLES's layer blocks: the same plans (CLUSTER_ROLES: at
-# most 11 layers per block).
-CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES)
+VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
+            Impl.CLUSTER_FOLD]
+# One kernel, two hand-offs, CLUSTER_ROLES's layer blocks and the fold: the same kind of plans
+# (CLUSTER_ROLES: at most 11 layers per block; CLUSTER_FOLD: fewer layers per block).
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD)
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 
@@ -95,6 +96,8 @@ def test_persistent_is_built_for_sizes_whose_layer_fits_one_block():
 
     expected = [s for s in map(tuple, INFO["sizes"]) if all(fits(*s, b) for b in (4, 2))]
     assert [tuple(s) for s in INFO["variant_sizes"]["PERSISTENT"]] == expected
+    for variant in ("CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"):  # the same kernel
+        assert INFO["variant_sizes"][variant] == INFO["variant_sizes"]["PERSISTENT"]
     assert (64, 256, 256) in expected and (128, 256, 256) not in expected
 
 
@@ -113,7 +116,7 @@ def test_auto_prefers_latency_variants_while_their_groups_run_at_once():
     assert autotune.choose_variant(100000, plans) == "SINGLE_BLOCK"
 
 
-@pytest.mark.parametrize("name", ["CLUSTER", "CLUSTER_ROLES"])
+@pytest.mark.parametrize("name", ["CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"])
 def test_auto_never_plans_or_picks_cluster_before_it_has_run_on_a_gpu(name):
     # Without a measured table that lists it as passed, AUTO does not even plan it.
     assert name not in autotune.candidates(None, "NVIDIA H200", "float16", (64, 256, 256))
