@@ -2,12 +2,13 @@
 per-precision .cu file) compiled by g++ as C++ with the emulation layer of csrc/cuda/host
 force-included, as the Python module ``nvwavenet_cuda_host`` (not part of the shipped
 nvwavenet._C), and :class:`HostNet`, which runs an NVWaveNet's generation through it. R32 and
-R64 sizes only, so that it builds quickly.
+R64 sizes only (SIZES), so that it builds quickly; ``sizes`` builds others (e.g. the target network,
+``"X(64, 256, 256)"``, to see its plans).
 
 The module is cached under build/cuda_host/<hash of the sources and flags>/, so the tests of one
 run (and later runs on unchanged sources) build it once.
 
-    python scripts/cuda_host.py [--jobs N] [--source-root DIR]
+    python scripts/cuda_host.py [--jobs N] [--source-root DIR] [--sizes "X(64, 256, 256)"]
 
 builds and prints the module's path. ``load()`` builds if needed and imports it.
 """
@@ -30,9 +31,10 @@ SIZES = "X(32, 128, 256) X(64, 128, 256)"
 # -fno-extern-tls-init: `__shared__` is thread_local (emu.h) and never dynamically initialised, so
 # no TLS init call (a null weak symbol under -fPIC) is emitted. g++ ignores nvcc's `#pragma unroll N`,
 # which leaves N's constant unused.
-KERNEL_FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-extern-tls-init", "-DNVWAVENET_HOST_BUILD",
-                f"-DNVWAVENET_FOR_EACH_SIZE(X)={SIZES}", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
-                "-Wno-unused-variable"]
+def kernel_flags(sizes: str = SIZES) -> list[str]:
+    return ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-fno-extern-tls-init", "-DNVWAVENET_HOST_BUILD",
+            f"-DNVWAVENET_FOR_EACH_SIZE(X)={sizes}", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function",
+            "-Wno-unused-variable"]
 
 
 def compiler() -> str:
@@ -63,7 +65,7 @@ def _digest(parts) -> str:
 
 
 def build(source_root: Path | None = None, jobs: int | None = None, out_dir: Path | None = None,
-          verbose: bool = False) -> Path:
+          verbose: bool = False, sizes: str = SIZES) -> Path:
     """The path of the built module for the sources under ``source_root`` (default: this checkout).
     Each object is cached under a hash of its flags and of every file it includes, so a change to
     one kernel recompiles only that kernel's files. Raises subprocess.CalledProcessError with the
@@ -75,7 +77,8 @@ def build(source_root: Path | None = None, jobs: int | None = None, out_dir: Pat
     host = root / "csrc" / "cuda" / "host"
     emu = host / "emu.h"
     version = subprocess.run([compiler(), "--version"], capture_output=True, text=True, check=True).stdout
-    kernel = [compiler(), *KERNEL_FLAGS, "-I", str(host / "include"), "-include", str(emu)]
+    flags = kernel_flags(sizes)
+    kernel = [compiler(), *flags, "-I", str(host / "include"), "-include", str(emu)]
     python = [compiler(), "-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-I", pybind11.get_include(),
               "-I", sysconfig.get_paths()["include"]]
     units = [(src, [*kernel, "-x", "c++"], True) for src in sorted((root / "csrc" / "cuda").glob("*.cu"))]
@@ -86,7 +89,7 @@ def build(source_root: Path | None = None, jobs: int | None = None, out_dir: Pat
         # headers it stands in for).
         files = _closure(src.resolve()) + (sorted(p.resolve() for p in host.rglob("*.h")) if emulated else [])
         # Independent of where the sources are (the mutants script builds copies elsewhere).
-        key = _digest([version, emulated, " ".join(KERNEL_FLAGS), pybind11.__version__, sys.version,
+        key = _digest([version, emulated, " ".join(flags), pybind11.__version__, sys.version,
                        *(part for f in files for part in (f.relative_to(root), f.read_bytes()))])
         obj = cache / "objects" / f"{src.stem}-{key}.o"
         objects.append(obj)
@@ -123,11 +126,11 @@ def build(source_root: Path | None = None, jobs: int | None = None, out_dir: Pat
     return target
 
 
-def load(source_root: Path | None = None, jobs: int | None = None):
+def load(source_root: Path | None = None, jobs: int | None = None, sizes: str = SIZES):
     """Builds (if needed) and imports the module."""
     import nvwavenet._C  # noqa: F401  (the module takes its Params type)
 
-    path = build(source_root, jobs)
+    path = build(source_root, jobs, sizes=sizes)
     spec = importlib.util.spec_from_file_location(MODULE, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -205,9 +208,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--source-root", type=Path, default=None)
     parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--sizes", default=SIZES, help=f"the (R, S, A) built (default {SIZES!r})")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
-    print(build(args.source_root, args.jobs, args.out_dir, args.verbose))
+    print(build(args.source_root, args.jobs, args.out_dir, args.verbose, args.sizes))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,14 @@ MUTANTS = [
      "void roles_skip_warps(", "    group_barrier(kRolesSkipBarrier, kRoleThreads);\n", ""),
     ("cluster_roles: a chain that gave up leaves the skip warps at ready(0)", "CLUSTER_ROLES", "persistent.cuh",
      "if (roles_chain_stop() == t) {", "        group_arrive(kRolesReadyBarrier, kPersistentThreads);\n", ""),
+    ("cluster_fold: the folded bias g_l left out", "CLUSTER_FOLD", "persistent.cuh",
+     "const float tanh_in", "(v[0] + WeightsInShared::value(g + m))", "v[0]"),
+    ("cluster_fold: x_l not written into its queue row", "CLUSTER_FOLD", "persistent.cuh",
+     "x_this[m] = value;", "          p.queues[slot * R + m] = value;\n", ""),
+    ("cluster_fold: W_cur(l) multiplies x_l, being written, instead of x_{l-1}", "CLUSTER_FOLD", "persistent.cuh",
+     "dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x_prev", "x_prev", "x_this"),
+    ("cluster_fold: the planner splits without the fold's bytes", "CLUSTER_FOLD", "persistent.cuh",
+     "int capacity = 0;", "Layout(capacity + 1, 1, A, kFold)", "Layout(capacity + 1, 1, A)"),
     ("tensor_core: no cp.async wait before the slab is read", "TENSOR_CORE", "tensor_core.cuh",
      "const auto next_slab", "    ptx::cp_async_wait_group<kTcStages - 2>();\n", ""),
     ("tensor_core: ldmatrix B rows from the wrong k half", "TENSOR_CORE", "tensor_core.cuh",
@@ -92,8 +100,8 @@ from nvwavenet.testing import compare_with_reference, random_cond_input, random_
 variant = Impl[{variant!r}]
 batch = {{"SINGLE_BLOCK": 3, "DUAL_BLOCK": 2, "TENSOR_CORE": 9}}.get(variant.name, 1)
 tile = {{"SINGLE_BLOCK": 2, "TENSOR_CORE": 8}}.get(variant.name, 0)
-# Several layer blocks: hand-offs between them.
-layers = 12 if variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES) else 3
+# Several layer blocks (hand-offs between them; CLUSTER_FOLD: 2 blocks of 6 in float16, 3 of 4 in float32).
+layers = 12 if variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD) else 3
 for dtype in (torch.float16, torch.float32):
     net = NVWaveNet(**random_nv_wavenet_args(32, 128, 256, layers, 2, seed=1), dtype=dtype)
     cond = random_cond_input(32, batch, layers, 6, seed=2)
@@ -101,7 +109,7 @@ for dtype in (torch.float16, torch.float32):
         compare_with_reference(cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile), cond, variant)
 # The abort path: a 1 ns limit with the block the others wait on starved must stop the kernel with
 # its status report, not with an emulation error (tests/test_cuda_host.py does the same).
-starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0, "CLUSTER_ROLES": 0}}.get(variant.name)
+starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0, "CLUSTER_ROLES": 0, "CLUSTER_FOLD": 0}}.get(variant.name)
 if starved is not None:
     runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=starved)
     try:

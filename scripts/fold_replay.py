@@ -2,6 +2,7 @@
 fold keep the CUDA tolerances?
 
     python scripts/fold_replay.py [--layers 20] [--steps 64] [--seeds 3] [--layers-per-block 2]
+    python scripts/fold_replay.py --plans     # CLUSTER's and CLUSTER_FOLD's splits of R64/S256/A256
 
 The fold shortens the dependent chain to one product per layer: the x_t-tap input of layer l+1 is
     W_cur(l+1) x_{l+1} = W_cur(l+1) x_l + F_l h_l + g_l,   F_l = W_cur(l+1) W_res(l), g_l = W_cur(l+1) b_res(l),
@@ -19,6 +20,8 @@ to the dtype (SPEC section 4 tolerances: float32 1e-4, float16 1e-2, bfloat16 3e
 from __future__ import annotations
 
 import argparse
+import importlib.util
+from pathlib import Path
 
 import torch
 
@@ -93,6 +96,39 @@ class FoldedReplay:
         return (out, logits_out) if return_logits else out
 
 
+def print_plans(layers_list=(20, 30)) -> None:
+    """The planners' splits (launch.cu on the host build's emulated sm_90, 227 KB per block) of
+    R64/S256/A256 for CLUSTER and CLUSTER_FOLD. Barriers per step in the layer blocks, from
+    persistent.cuh's loops: CLUSTER two per layer but the network's last (2L - 1); CLUSTER_FOLD one
+    per layer and one more per block that hands x on (L + layer blocks - 1). Hand-offs on the
+    step's path: x into each layer block (x_0 from the sampler, then block to block), then the skip
+    shares, z and the logits (layer blocks + 3)."""
+    spec = importlib.util.spec_from_file_location("cuda_host", Path(__file__).with_name("cuda_host.py"))
+    cuda_host = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_host)
+    host = cuda_host.load(sizes="X(64, 256, 256)")
+    from nvwavenet import Impl
+
+    print(f"{'variant':<13} {'dtype':<9} {'L':>3} {'layer blocks':>12} {'head blocks':>11} {'layers/block':>12} "
+          f"{'shared B':>9} {'hand-offs':>9} {'barriers':>8}")
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for layers in layers_list:
+            net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, layers, 512), dtype=dtype)
+            for variant in (Impl.CLUSTER, Impl.CLUSTER_FOLD):
+                runner = cuda_host.HostNet(net, host, variant)
+                p = runner.params(random_cond_input(64, 1, layers, 1), torch.rand(1, 1),
+                                  torch.zeros(1, 1, dtype=torch.int32), net.init_state(1))
+                plan = host.plan(p, int(variant))
+                name = str(dtype).replace("torch.", "")
+                if not plan["runnable"]:
+                    print(f"{variant.name:<13} {name:<9} {layers:>3}  refused: {plan['reason']}")
+                    continue
+                blocks = plan["layer_blocks"]
+                barriers = 2 * layers - 1 if variant is Impl.CLUSTER else layers + blocks - 1
+                print(f"{variant.name:<13} {name:<9} {layers:>3} {blocks:>12} {plan['head_blocks']:>11} "
+                      f"{plan['max_layers_per_block']:>12} {plan['shared_bytes']:>9} {blocks + 3:>9} {barriers:>8}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=20)
@@ -100,7 +136,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--layers-per-block", type=int, default=2,
                         help="the fold's split (2: R64/S256/A256 float16's, from the planner)")
+    parser.add_argument("--plans", action="store_true", help="print the planners' splits instead (host build)")
     args = parser.parse_args()
+    if args.plans:
+        print_plans()
+        return
     blocks = layer_split(args.layers, -(-args.layers // args.layers_per_block))
     print(f"R64/S256/A256 L={args.layers} max_dilation=512, layer blocks {blocks}, {args.steps} steps "
           f"teacher-forced, float64 replay")
