@@ -2,15 +2,17 @@
 
     python scripts/sass_check.py [--arch 90] [--size 64 256 256] [--weights __half]
 
-Compiles PERSISTENT, CLUSTER and CLUSTER_ROLES (csrc/cuda/persistent.cuh) for one size and weight type to a
-cubin, disassembles it with cuobjdump (the pip package nvidia-cuda-cuobjdump provides one), and
-prints, per kernel, the device-scope fences (MEMBAR.*.GPU), L1 invalidates (CCTL.IVALL), cluster
-barriers, st.async stores (STAS) and mbarrier operations (SYNCS.*), and ptxas' registers and spills.
+Compiles PERSISTENT, CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD (csrc/cuda/persistent.cuh) for one
+size and weight type to a cubin, disassembles it with cuobjdump (the pip package
+nvidia-cuda-cuobjdump provides one), and prints, per kernel, the device-scope fences (MEMBAR.*.GPU),
+L1 invalidates (CCTL.IVALL), cluster barriers, st.async stores (STAS) and mbarrier operations
+(SYNCS.*), and ptxas' registers and spills.
 
-The claim checked for CLUSTER and CLUSTER_ROLES: their per-step code holds no device-scope fence and no L1
-invalidate. Those instructions may only appear (a) next to the two cluster barriers of the whole
-call (cluster.sync() before the first step and before exit, UCGABAR_ARV/WAIT) and (b) in the
-out-of-line timeout report (report_timeout, common.cuh), which runs once a wait has given up.
+The claim checked for CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD (the same hand-offs): their per-step
+code holds no device-scope fence and no L1 invalidate. Those instructions may only appear (a) next
+to the two cluster barriers of the whole call (cluster.sync() before the first step and before
+exit, UCGABAR_ARV/WAIT) and (b) in the out-of-line timeout report (report_timeout, common.cuh),
+which runs once a wait has given up.
 Exit status 1 when the claim fails.
 """
 from __future__ import annotations
@@ -47,13 +49,15 @@ def find_tool(name: str) -> str | None:
 
 
 def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights: str) -> tuple[Path, str]:
-    """The cubin of PERSISTENT, CLUSTER and CLUSTER_ROLES for one size, and ptxas -v's report."""
+    """The cubin of PERSISTENT, CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD for one size, and ptxas -v's
+    report."""
     source = out_dir / "cluster_kernels.cu"
     R, S, A = size
     source.write_text(f'#include "persistent.cuh"\nnamespace nvwavenet::gpu {{\n'
                       f"template struct Persistent<{R}, {S}, {A}, {weights}>;\n"
                       f"template struct Cluster<{R}, {S}, {A}, {weights}>;\n"
-                      f"template struct ClusterRoles<{R}, {S}, {A}, {weights}>;\n}}\n")
+                      f"template struct ClusterRoles<{R}, {S}, {A}, {weights}>;\n"
+                      f"template struct ClusterFold<{R}, {S}, {A}, {weights}>;\n}}\n")
     cubin = out_dir / "cluster_kernels.cubin"
     result = subprocess.run(["nvcc", "-std=c++17", f"-arch=sm_{arch}", "--use_fast_math", f"-I{CUDA_DIR}", "-cubin",
                              "-o", str(cubin), str(source), "-Xptxas", "-v"],
@@ -62,11 +66,13 @@ def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights:
 
 
 def kernel_name(mangled: str) -> str:
-    """The variant of a persistent_kernel instantiation, from its last two template arguments
-    (kMbarrier, kRoles)."""
-    match = re.search(r"Lb([01])ELb([01])EE", mangled)
+    """The variant of a persistent_kernel instantiation, from its last three template arguments
+    (kMbarrier, kRoles, kFold)."""
+    match = re.search(r"Lb([01])ELb([01])ELb([01])EE", mangled)
     if not match:
-        raise ValueError(f"not a persistent_kernel<..., kMbarrier, kRoles> name: {mangled}")
+        raise ValueError(f"not a persistent_kernel<..., kMbarrier, kRoles, kFold> name: {mangled}")
+    if match.group(3) == "1":
+        return "CLUSTER_FOLD"
     return "CLUSTER_ROLES" if match.group(2) == "1" else "CLUSTER" if match.group(1) == "1" else "PERSISTENT"
 
 
@@ -120,7 +126,7 @@ def summarise(name: str, code: list[tuple[int, str]]) -> dict:
 
 
 def check_cluster_kernel(code: list[tuple[int, str]]) -> list[str]:
-    """What is wrong with CLUSTER's (or CLUSTER_ROLES's) SASS (empty: the claim holds)."""
+    """What is wrong with CLUSTER's (or CLUSTER_ROLES's, CLUSTER_FOLD's) SASS (empty: the claim holds)."""
     problems = []
     sites = fence_sites(code)
     if sites["step code"]:

@@ -1,7 +1,7 @@
-"""CLUSTER's and CLUSTER_ROLES's step code holds no device-scope fence or L1 invalidate, and no
-cluster kernel spills: checked on the SASS that nvcc + cuobjdump make for sm_90 (no GPU needed; skipped without
-nvcc or cuobjdump, e.g. `pip install nvidia-cuda-cuobjdump`). scripts/sass_check.py prints the
-same facts for any size and weight type."""
+"""The step code of CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD holds no device-scope fence or L1
+invalidate, and no cluster kernel spills: checked on the SASS that nvcc + cuobjdump make for sm_90
+(no GPU needed; skipped without nvcc or cuobjdump, e.g. `pip install nvidia-cuda-cuobjdump`).
+scripts/sass_check.py prints the same facts for any size and weight type."""
 from __future__ import annotations
 
 import importlib.util
@@ -27,10 +27,10 @@ def test_cluster_step_code_has_no_device_fence_and_no_kernel_spills(tmp_path):
     sass = subprocess.run([CUOBJDUMP, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
     code = {sass_check.kernel_name(name): instructions
             for name, instructions in sass_check.kernels(sass).items() if "persistent_kernel" in name}
-    assert set(code) == {"CLUSTER", "PERSISTENT", "CLUSTER_ROLES"}
-    assert sass_check.check_cluster_kernel(code["CLUSTER"]) == []
-    assert sass_check.check_cluster_kernel(code["CLUSTER_ROLES"]) == []
+    assert set(code) == {"CLUSTER", "PERSISTENT", "CLUSTER_ROLES", "CLUSTER_FOLD"}
+    for variant in ("CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"):
+        assert sass_check.check_cluster_kernel(code[variant]) == [], variant
     # The checker can fail: PERSISTENT's flag hand-offs put fences in its step code.
     assert sass_check.fence_sites(code["PERSISTENT"])["step code"]
     rows = sass_check.ptxas_rows(report)
-    assert len(rows) == 3 and all("spill stores 0 B, spill loads 0 B" in row for row in rows), rows
+    assert len(rows) == 4 and all("spill stores 0 B, spill loads 0 B" in row for row in rows), rows
