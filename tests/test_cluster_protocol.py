@@ -365,7 +365,8 @@ def all_blocked(blocks):
     return all(next(block, "done") == "blocked" for block in list(blocks))
 
 
-CONFIGS = [(1, 1), (2, 1), (3, 2), (7, 2), (9, 4), (14, 2), (8, 8)]
+# (7, 2): CLUSTER's split of R64/S256/A256 float16 L20; (10, 2): CLUSTER_FOLD's (fewer layers per block).
+CONFIGS = [(1, 1), (2, 1), (3, 2), (7, 2), (10, 2), (9, 4), (14, 2), (8, 8)]
 
 
 def handoffs_per_step(layer_blocks, head_blocks):
