@@ -240,7 +240,8 @@ def fake_params(**fields):
     p.batch, p.num_samples = 2, 10
     address = 1 << 20
     for name in ("embed_prev", "embed_curr", "dilate_w", "dilate_b", "res_w", "res_b", "skip_w", "skip_b", "out_w",
-                 "out_b", "end_w", "end_b", "cond", "selectors", "samples", "queues", "history", "workspace"):
+                 "out_b", "end_w", "end_b", "fold_w", "fold_b", "cond", "selectors", "samples", "queues", "history",
+                 "workspace"):
         setattr(p, name, address)
         address += 1 << 16
     for name, value in fields.items():
@@ -285,10 +286,11 @@ def test_cuda_entry_points_reject_auto_and_unknown_variants():
 
     with pytest.raises(ValueError, match="AUTO is resolved in Python"):
         _C.cuda_plan(fake_params(), 0)
+    unknown = max(CUDA_VARIANTS.values()) + 1
     with pytest.raises(ValueError, match="variant: expected an nvwavenet.Impl value"):
-        _C.cuda_generate(fake_params(), 7)
+        _C.cuda_generate(fake_params(), unknown + 1)
     with pytest.raises(ValueError, match="variant: expected an nvwavenet.Impl value"):
-        _C.cuda_plan(fake_params(), 6)
+        _C.cuda_plan(fake_params(), unknown)
     with pytest.raises(ValueError, match="workspace: expected a device pointer"):
         _C.cuda_generate(fake_params(workspace=0), 1)
 
@@ -302,6 +304,25 @@ def test_one_layer_network_needs_no_residual_weights():
         pytest.skip("on a GPU this would plan for real; the GPU tests run L = 1")
     with pytest.raises(RuntimeError, match="CUDA error"):  # past validation, at the first CUDA call
         _C.cuda_plan(fake_params(L=1, res_w=0, res_b=0), 1)
+    with pytest.raises(RuntimeError, match="CUDA error"):  # nor folded weights: no next layer to fold into
+        _C.cuda_plan(fake_params(L=1, res_w=0, res_b=0, fold_w=0, fold_b=0), int(Impl.CLUSTER_FOLD))
+
+
+@needs_kernels
+@pytest.mark.parametrize("fields, message", [
+    (dict(fold_w=0), r"fold_w: expected a device pointer, got null"),
+    (dict(fold_b=(1 << 20) + 8), r"fold_b: .* must be 16-byte aligned"),
+])
+def test_cluster_fold_requires_its_folded_weights(fields, message):
+    """Only CLUSTER_FOLD reads Params.fold_w / fold_b: it names them, the other variants ignore them."""
+    from nvwavenet import _C
+
+    for call in (_C.cuda_plan, _C.cuda_generate, _C.cuda_launch):
+        with pytest.raises(ValueError, match=message):
+            call(fake_params(**fields), int(Impl.CLUSTER_FOLD))
+    if not HAVE_GPU:
+        with pytest.raises(RuntimeError, match="CUDA error"):  # past validation, at the first CUDA call
+            _C.cuda_plan(fake_params(**fields), int(Impl.CLUSTER))
 
 
 @needs_kernels
