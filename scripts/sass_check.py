@@ -12,8 +12,7 @@ The claim checked for CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD (the same hand-off
 code holds no device-scope fence and no L1 invalidate. Those instructions may only appear (a) next
 to the two cluster barriers of the whole call (cluster.sync() before the first step and before
 exit, UCGABAR_ARV/WAIT) and (b) in the out-of-line timeout report (report_timeout, common.cuh),
-which runs once a wait has given up.
-Exit status 1 when the claim fails.
+which runs once a wait has given up. Exit status 1 when the claim fails.
 """
 from __future__ import annotations
 
