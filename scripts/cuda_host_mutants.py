@@ -47,7 +47,7 @@ MUTANTS = [
     ("dual_block: a chain that gave up leaves the publisher at its barrier", "DUAL_BLOCK", "dual_block.cuh",
      "if (!ok) {  // release the publisher", "    group_arrive(kDualPublishBarrier, kDualThreads);\n", ""),
     ("cluster: one hand-off mbarrier never initialised", "CLUSTER", "persistent.cuh",
-     "using H = std::conditional_t", "if (tid < 4) H::init", "if (tid < 3) H::init"),
+     "using H = std::conditional_t", "if (tid < 4) {", "if (tid < 3) {"),
     ("persistent: signal before the block finished storing x", "PERSISTENT", "persistent.cuh",
      "// x entering the next block's first layer", "        __syncthreads();\n", ""),
     ("cluster: expect_tx of the skip shares 4 bytes short", "CLUSTER", "persistent.cuh",
