@@ -28,6 +28,7 @@ enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
   X(Cluster, 4, "CLUSTER")             \
   X(TensorCore, 5, "TENSOR_CORE")      \
   X(ClusterFold, 6, "CLUSTER_FOLD")    \
+  X(ClusterBatched, 7, "CLUSTER_BATCHED") \
   X(ClusterRoles, 8, "CLUSTER_ROLES")
 
 #define NVWAVENET_VARIANT_ENUMERATOR(enumerator, value, name) enumerator = value,

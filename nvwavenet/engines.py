@@ -79,8 +79,9 @@ def cpu_isa() -> str:
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT, CLUSTER,
-    CLUSTER_FOLD and CLUSTER_ROLES only have the sizes whose layers fit one block's shared memory), ``variants`` (the compiled module's
-    variant names and codes, as :class:`Impl` has them), ``precisions``, ``version``,
+    CLUSTER_FOLD, CLUSTER_BATCHED and CLUSTER_ROLES only have the sizes whose layers fit one block's
+    shared memory), ``variants`` (the compiled module's variant names and codes, as :class:`Impl`
+    has them), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on). Without the
     compiled module, ``error`` says why (:mod:`nvwavenet.build_check`) and ``shadowed`` whether this
@@ -256,6 +257,9 @@ class Impl(enum.IntEnum):
       (mma.sync, float32 accumulation; float32 weights through the 3xTF32 split, not built for
       R=256). Opt-in: no GPU has run it yet, and AUTO picks it only where a measured table says
       it passed and is fastest.
+    - ``CLUSTER_BATCHED``: CLUSTER's kernel with several streams per cluster (``streams_per_block``
+      1, 2, 4 or 8; 0: its plan chooses), so that each weight read serves every stream of the
+      cluster. Opt-in only: it has not run on a GPU yet, and ``AUTO`` never picks it.
     - ``CLUSTER_ROLES``: CLUSTER with warp-specialised roles in its layer blocks (8 warps run the
       layer chain, 8 the skip products as each layer's gated output is ready). Opt-in only: it has
       not run on a GPU yet, and ``AUTO`` never picks it.
@@ -272,6 +276,7 @@ class Impl(enum.IntEnum):
     CLUSTER = 4
     TENSOR_CORE = 5
     CLUSTER_FOLD = 6
+    CLUSTER_BATCHED = 7
     CLUSTER_ROLES = 8
 
 

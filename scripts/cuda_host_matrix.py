@@ -1,9 +1,12 @@
 """The larger matrix of the host build (tests/test_cuda_host.py runs a small one in CI): every CUDA
 variant x float32/float16/bfloat16 x R32/R64 x the shapes below, each compared with the float64
 reference as SPEC section 4 says (nvwavenet.testing.compare_with_reference) under the in-order
-schedule and, with --seeds, random block and thread schedules.
+schedule and, with --seeds, random block and thread schedules. With --aborts N, each cluster
+variant also runs N aborted calls (1 ns wait limit, a random block starved, a random schedule and
+tile): each must stop with the kernel's status report, never an emulation error (a deadlock, an
+st.async landing in a block that exited: the abort drain's byte counts).
 
-    python scripts/cuda_host_matrix.py [--samples T] [--seeds 0 1 2] [--variants CLUSTER ...]
+    python scripts/cuda_host_matrix.py [--samples T] [--seeds 0 1 2] [--variants CLUSTER ...] [--aborts N]
 
 Prints one line per case (figures, or why it failed or was refused) and a summary per variant;
 exits non-zero if any case failed.
@@ -33,7 +36,33 @@ SIZES = [(32, 128, 256), (64, 128, 256)]
 # (batch, layers, max_dilation): batch 1, 3, 8, 17 (partial tiles of 2, 4, 8 and 16), L 1 to 30,
 # max_dilation 1 to 512.
 SHAPES = [(1, 20, 512), (3, 2, 1), (8, 16, 128), (17, 1, 1), (3, 30, 512)]
-TILES = {Impl.SINGLE_BLOCK: [0, 2, 4, 8], Impl.TENSOR_CORE: [8, 16]}
+TILES = {Impl.SINGLE_BLOCK: [0, 2, 4, 8], Impl.TENSOR_CORE: [8, 16], Impl.CLUSTER_BATCHED: [0, 2, 4, 8]}
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_BATCHED)
+
+
+def aborted_call(host, variant, run: int) -> tuple[str, str]:
+    """One call that must stop at a wait (1 ns limit, a starved block): (outcome, text)."""
+    g = torch.Generator().manual_seed(run)
+    tile = int(TILES.get(variant, [0])[torch.randint(0, len(TILES.get(variant, [0])), (1,), generator=g)])
+    batch = int(torch.randint(1, 6, (1,), generator=g))
+    layers = int(torch.randint(1, 13, (1,), generator=g))
+    net = NVWaveNet(**random_nv_wavenet_args(32, 128, 256, layers, 2, seed=run), dtype=torch.float16)
+    cond = random_cond_input(32, batch, layers, 6, seed=run)
+    probe = cuda_host.HostNet(net, host, variant, streams_per_block=tile)  # for the plan's grid
+    probe.infer(cond[..., :1], selectors=torch.rand(batch, 1, generator=g))
+    starved = int(torch.randint(0, probe.last_plan["grid_blocks"], (1,), generator=g))
+    runner = cuda_host.HostNet(net, host, variant, seed=run + 1, spin_timeout_ns=1, starve_block=starved,
+                               streams_per_block=tile)
+    label = f"batch {batch} L{layers} tile {tile or 'auto'} starved block {starved} schedule {run + 1}"
+    try:
+        runner.infer(cond, selectors=torch.rand(batch, 6, generator=g))
+    except host.EmulationError as error:
+        return "FAILED", f"{label}: {str(error).splitlines()[0][:300]}"
+    except RuntimeError as error:
+        if "kernel stopped" in str(error):
+            return "aborted", label
+        return "FAILED", f"{label}: {str(error).splitlines()[0][:300]}"
+    return "finished", label  # the starved block got to run before any wait gave up
 
 
 def main() -> int:
@@ -43,7 +72,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=[v.name for v in
                                                           (Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT,
                                                            Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
-                                                           Impl.CLUSTER_FOLD)])
+                                                           Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED)])
+    parser.add_argument("--aborts", type=int, default=0, help="aborted calls per cluster variant")
     args = parser.parse_args()
     host = cuda_host.load()
     summary = defaultdict(lambda: defaultdict(int))
@@ -73,9 +103,13 @@ def main() -> int:
                                 outcome, text = "FAILED", str(error).splitlines()[0][:300]
                             summary[name][outcome] += 1
                             print(f"{outcome:8s} {label} ({time.time() - start:.1f} s): {text}", flush=True)
+        for run in range(args.aborts if variant in CLUSTER_KERNELS else 0):
+            outcome, text = aborted_call(host, variant, run)
+            summary[name][outcome] += 1
+            print(f"{outcome:8s} {name} abort: {text}", flush=True)
     print()
     for name, counts in summary.items():
-        print(f"{name:13s} " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        print(f"{name:15s} " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return 1 if any(counts["FAILED"] for counts in summary.values()) else 0
 
 

@@ -51,11 +51,9 @@ MUTANTS = [
     ("persistent: signal before the block finished storing x", "PERSISTENT", "persistent.cuh",
      "// x entering the next block's first layer", "        __syncthreads();\n", ""),
     ("cluster: expect_tx of the skip shares 4 bytes short", "CLUSTER", "persistent.cuh",
-     "block_wait<H>(counters + Layout::kSkipCounter", "uint32_t(split.layer_blocks) * S * 4,",
-     "uint32_t(split.layer_blocks) * S * 4 - 4,"),
+     "block_wait<H>(counters + Layout::kSkipCounter", "uint32_t(live) * S * 4,", "uint32_t(live) * S * 4 - 4,"),
     ("cluster: expect_tx of the input 4 bytes too many", "CLUSTER", "persistent.cuh",
-     "block_wait<H>(counters + Layout::kInputCounter", "R * 4, kSitePersistentInput",
-     "R * 4 + 4, kSitePersistentInput"),
+     "block_wait<H>(counters + Layout::kInputCounter", "uint32_t(live) * R * 4,", "uint32_t(live) * R * 4 + 4,"),
     ("cluster: waits on the wrong mbarrier parity", "CLUSTER", "handoff.cuh",
      "const uint32_t parity", "static_cast<uint32_t>(phase & 1)", "static_cast<uint32_t>((phase + 1) & 1)"),
     ("cluster_roles: skip warps read h_i without the chain's named barrier", "CLUSTER_ROLES", "persistent.cuh",
@@ -71,7 +69,15 @@ MUTANTS = [
     ("cluster_fold: W_cur(l) multiplies x_l, being written, instead of x_{l-1}", "CLUSTER_FOLD", "persistent.cuh",
      "dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x_prev", "x_prev", "x_this"),
     ("cluster_fold: the planner splits without the fold's bytes", "CLUSTER_FOLD", "persistent.cuh",
-     "int capacity = 0;", "Layout(capacity + 1, 1, A, kFold)", "Layout(capacity + 1, 1, A)"),
+     "int capacity = 0;", "Layout(capacity + 1, 1, A, kFold, KS)", "Layout(capacity + 1, 1, A, false, KS)"),
+    ("cluster_batched: every sampling warp draws from stream 0's logits", "CLUSTER_BATCHED", "persistent.cuh",
+     "if (sampling_warp) {\n        const float*", "logits + own * A", "logits"),
+    ("cluster_batched: the W_prev terms of every stream from stream 0's queue", "CLUSTER_BATCHED", "persistent.cuh",
+     "void precompute_layers_batched(", "queue_slot(p, stream0 + k / R,", "queue_slot(p, stream0,"),
+    ("cluster_batched: expect_tx of the skip shares counts one stream", "CLUSTER_BATCHED", "persistent.cuh",
+     "block_wait<H>(counters + Layout::kSkipCounter", "uint32_t(live) * S * 4,", "S * 4,"),
+    ("cluster_batched: the abort drain counts one stream's bytes sent", "CLUSTER_BATCHED", "persistent.cuh",
+     "void add_sent_bytes(", "phases * bytes * live", "phases * bytes"),
     ("tensor_core: no cp.async wait before the slab is read", "TENSOR_CORE", "tensor_core.cuh",
      "const auto next_slab", "    ptx::cp_async_wait_group<kTcStages - 2>();\n", ""),
     ("tensor_core: ldmatrix B rows from the wrong k half", "TENSOR_CORE", "tensor_core.cuh",
@@ -98,10 +104,11 @@ host = importlib.util.module_from_spec(spec); spec.loader.exec_module(host)
 from nvwavenet import Impl, NVWaveNet
 from nvwavenet.testing import compare_with_reference, random_cond_input, random_nv_wavenet_args
 variant = Impl[{variant!r}]
-batch = {{"SINGLE_BLOCK": 3, "DUAL_BLOCK": 2, "TENSOR_CORE": 9}}.get(variant.name, 1)
-tile = {{"SINGLE_BLOCK": 2, "TENSOR_CORE": 8}}.get(variant.name, 0)
+batch = {{"SINGLE_BLOCK": 3, "DUAL_BLOCK": 2, "TENSOR_CORE": 9, "CLUSTER_BATCHED": 3}}.get(variant.name, 1)
+tile = {{"SINGLE_BLOCK": 2, "TENSOR_CORE": 8, "CLUSTER_BATCHED": 2}}.get(variant.name, 0)
 # Several layer blocks (hand-offs between them; CLUSTER_FOLD: 2 blocks of 6 in float16, 3 of 4 in float32).
-layers = 12 if variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD) else 3
+layers = 12 if variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD,
+                           Impl.CLUSTER_BATCHED) else 3
 for dtype in (torch.float16, torch.float32):
     net = NVWaveNet(**random_nv_wavenet_args(32, 128, 256, layers, 2, seed=1), dtype=dtype)
     cond = random_cond_input(32, batch, layers, 6, seed=2)
@@ -109,9 +116,10 @@ for dtype in (torch.float16, torch.float32):
         compare_with_reference(cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile), cond, variant)
 # The abort path: a 1 ns limit with the block the others wait on starved must stop the kernel with
 # its status report, not with an emulation error (tests/test_cuda_host.py does the same).
-starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0, "CLUSTER_ROLES": 0, "CLUSTER_FOLD": 0}}.get(variant.name)
+starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0, "CLUSTER_ROLES": 0, "CLUSTER_FOLD": 0,
+            "CLUSTER_BATCHED": 0}}.get(variant.name)
 if starved is not None:
-    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=starved)
+    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=starved, streams_per_block=tile)
     try:
         runner.infer(cond, selectors=torch.rand(batch, 6))
     except host.EmulationError:

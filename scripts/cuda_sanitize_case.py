@@ -13,8 +13,12 @@ import sys
 
 import torch
 
-from nvwavenet import Impl, NVWaveNet
+from nvwavenet import Impl, NVWaveNet, autotune
 from nvwavenet.testing import random_cond_input, random_nv_wavenet_args
+
+# CLUSTER_BATCHED's plan gives each of two streams its own cluster (CLUSTER's kernel): run both in one.
+_chosen_tile = autotune.streams_per_block
+autotune.streams_per_block = lambda name, batch, sms: 2 if name == "CLUSTER_BATCHED" else _chosen_tile(name, batch, sms)
 
 
 def run(variant: Impl) -> None:
@@ -33,7 +37,7 @@ def run(variant: Impl) -> None:
 
 if __name__ == "__main__":
     names = sys.argv[1:] or ["SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT", "CLUSTER", "TENSOR_CORE",
-                             "CLUSTER_ROLES", "CLUSTER_FOLD"]
+                             "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_BATCHED"]
     if not torch.cuda.is_available():
         raise SystemExit(f"{__file__}: needs a CUDA GPU")
     for name in names:

@@ -2,17 +2,18 @@
 
     python scripts/sass_check.py [--arch 90] [--size 64 256 256] [--weights __half]
 
-Compiles PERSISTENT, CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD (csrc/cuda/persistent.cuh) for one
-size and weight type to a cubin, disassembles it with cuobjdump (the pip package
-nvidia-cuda-cuobjdump provides one), and prints, per kernel, the device-scope fences (MEMBAR.*.GPU),
-L1 invalidates (CCTL.IVALL), cluster barriers, st.async stores (STAS) and mbarrier operations
-(SYNCS.*), and ptxas' registers and spills.
+Compiles PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and CLUSTER_BATCHED (k = 2, 4, 8;
+csrc/cuda/persistent.cuh) for one size and weight type to a cubin, disassembles it with cuobjdump
+(the pip package nvidia-cuda-cuobjdump provides one), and prints, per kernel, the device-scope
+fences (MEMBAR.*.GPU), L1 invalidates (CCTL.IVALL), cluster barriers, st.async stores (STAS) and
+mbarrier operations (SYNCS.*), and ptxas' registers and spills.
 
-The claim checked for CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD (the same hand-offs): their per-step
-code holds no device-scope fence and no L1 invalidate. Those instructions may only appear (a) next
-to the two cluster barriers of the whole call (cluster.sync() before the first step and before
-exit, UCGABAR_ARV/WAIT) and (b) in the out-of-line timeout report (report_timeout, common.cuh),
-which runs once a wait has given up. Exit status 1 when the claim fails.
+The claim checked for CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and each CLUSTER_BATCHED kernel (the
+same hand-offs): their per-step code holds no device-scope fence and no L1 invalidate. Those
+instructions may only appear (a) next to the two cluster barriers of the whole call
+(cluster.sync() before the first step and before exit, UCGABAR_ARV/WAIT) and (b) in the
+out-of-line timeout report (report_timeout, common.cuh), which runs once a wait has given up. Exit
+status 1 when the claim fails.
 """
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def find_tool(name: str) -> str | None:
 
 
 def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights: str) -> tuple[Path, str]:
-    """The cubin of PERSISTENT, CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD for one size, and ptxas -v's
+    """The cubin of PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and CLUSTER_BATCHED for one size,
+    and ptxas -v's
     report."""
     source = out_dir / "cluster_kernels.cu"
     R, S, A = size
@@ -56,7 +58,8 @@ def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights:
                       f"template struct Persistent<{R}, {S}, {A}, {weights}>;\n"
                       f"template struct Cluster<{R}, {S}, {A}, {weights}>;\n"
                       f"template struct ClusterRoles<{R}, {S}, {A}, {weights}>;\n"
-                      f"template struct ClusterFold<{R}, {S}, {A}, {weights}>;\n}}\n")
+                      f"template struct ClusterFold<{R}, {S}, {A}, {weights}>;\n"
+                      f"template struct ClusterBatched<{R}, {S}, {A}, {weights}>;\n}}\n")
     cubin = out_dir / "cluster_kernels.cubin"
     result = subprocess.run(["nvcc", "-std=c++17", f"-arch=sm_{arch}", "--use_fast_math", f"-I{CUDA_DIR}", "-cubin",
                              "-o", str(cubin), str(source), "-Xptxas", "-v"],
@@ -66,13 +69,18 @@ def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights:
 
 def kernel_name(mangled: str) -> str:
     """The variant of a persistent_kernel instantiation, from its last three template arguments
-    (kMbarrier, kRoles, kFold)."""
-    match = re.search(r"Lb([01])ELb([01])ELb([01])EE", mangled)
+    (kMbarrier, kRoles, kFold, KS: streams per cluster, CLUSTER being CLUSTER_BATCHED's KS = 1)."""
+    match = re.search(r"Lb([01])ELb([01])ELb([01])ELi(\d+)EE", mangled)
     if not match:
-        raise ValueError(f"not a persistent_kernel<..., kMbarrier, kRoles, kFold> name: {mangled}")
-    if match.group(3) == "1":
+        raise ValueError(f"not a persistent_kernel<..., kMbarrier, kRoles, kFold, KS> name: {mangled}")
+    mbarrier, roles, fold, streams = match.groups()
+    if fold == "1":
         return "CLUSTER_FOLD"
-    return "CLUSTER_ROLES" if match.group(2) == "1" else "CLUSTER" if match.group(1) == "1" else "PERSISTENT"
+    if roles == "1":
+        return "CLUSTER_ROLES"
+    if mbarrier == "0":
+        return "PERSISTENT"
+    return "CLUSTER" if streams == "1" else f"CLUSTER_BATCHED k={streams}"
 
 
 def kernels(sass: str) -> dict[str, list[tuple[int, str]]]:

@@ -434,3 +434,27 @@ def test_roles_whose_skip_warps_do_not_wait_for_the_chain_are_caught():
     with pytest.raises(ProtocolError, match="stored while"):
         for _ in range(50):
             emulate(3, 2, 64, 256, 256, 4, rng, roles="roles without ready")
+
+
+@pytest.mark.parametrize("streams", [2, 8])
+def test_several_streams_per_cluster_scale_every_byte_count(streams):
+    """CLUSTER_BATCHED (k streams per cluster): the same schedule, each hand-off carrying the k
+    streams' rows, each announced, sent and drained count k times CLUSTER's. Every byte count here
+    is linear in R, S or A, so the schedule with R, S and A scaled by k is that protocol; the
+    splits are the target network's at k = 2 (7 + 2 blocks) and k = 8 (10 + 4), full runs and
+    aborts, within PTX's transaction-count range."""
+    rng = random.Random(streams)
+    totals = Counter()
+    for layer_blocks, head_blocks in [(7, 2), (10, 4)]:
+        for _ in range(20):
+            steps = rng.randint(1, 3)
+            rounds = steps * handoffs_per_step(layer_blocks, head_blocks) * 12
+            abort_at = None
+            if rng.random() < 0.7:
+                abort_at = (rng.randrange(rounds), rng.choice([INPUT, SKIP, HIDDEN, LOGITS]))
+            stats = emulate(layer_blocks, head_blocks, 64 * streams, 256 * streams, 256 * streams, steps, rng,
+                            abort_at=abort_at)
+            if abort_at is None:
+                assert stats["handoffs"] == steps * handoffs_per_step(layer_blocks, head_blocks)
+            totals += stats
+    assert totals["bytes in flight at the final barrier"] > 0 and totals["phases drained"] > 0, totals

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nvwavenet import Impl, NVWaveNet, autotune, build_info, reference
+from nvwavenet import Impl, NVWaveNet, autotune, build_info, engines, reference
 from nvwavenet.engines import CUDA_VARIANTS, check_cuda_build, spin_timeout_ns
 from nvwavenet.state import layer_offsets
 from nvwavenet.testing import (TOLERANCES, compare_with_reference, generate_in_chunks, random_cond_input,
@@ -36,16 +36,33 @@ def needs_gpu(test):
 
 
 VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
-            Impl.CLUSTER_FOLD]
-# One kernel, two hand-offs, CLUSTER_ROLES's layer blocks and the fold: the same kind of plans
-# (CLUSTER_ROLES: at most 11 layers per block; CLUSTER_FOLD: fewer layers per block).
-CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD)
+            Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED]
+# One kernel, two hand-offs, CLUSTER_ROLES's layer blocks, the fold or several streams per cluster:
+# the same kind of plans (CLUSTER_ROLES: at most 11 layers per block; CLUSTER_FOLD, CLUSTER_BATCHED:
+# fewer layers per block).
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED)
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 
 # (batch, layers, max_dilation, samples): together they cover batch 1, 3, 8, 64, L 1, 2, 16, 20,
 # 30 and max_dilation 1, 128, 512 without the full product.
 SHAPES = [(1, 20, 512, 48), (3, 2, 1, 40), (8, 16, 128, 32), (64, 1, 1, 12), (3, 30, 512, 24)]
+
+
+def streams_per_cluster(monkeypatch, k):
+    """CLUSTER_BATCHED runs with k streams per cluster (the other variants keep their tiles)."""
+    chosen = autotune.streams_per_block
+    monkeypatch.setattr(autotune, "streams_per_block",
+                        lambda name, batch, sms: k if name == "CLUSTER_BATCHED" else chosen(name, batch, sms))
+    monkeypatch.setattr(engines, "_DECISIONS", {})  # the cached decisions hold the tile
+
+
+@pytest.fixture(autouse=True)
+def _cluster_batched_with_two_streams(monkeypatch):
+    """At the batches of these tests CLUSTER_BATCHED's plan would mostly pick one stream per cluster
+    (CLUSTER's own kernel), so the shared tests run it with 2, a partial last group wherever the
+    batch is odd; test_cluster_batched_* cover 1, 4, 8 and the plan's own choice."""
+    streams_per_cluster(monkeypatch, 2)
 
 
 def make_net(size, layers, max_dilation, dtype, seed=0, **kwargs):
@@ -116,7 +133,7 @@ def test_auto_prefers_latency_variants_while_their_groups_run_at_once():
     assert autotune.choose_variant(100000, plans) == "SINGLE_BLOCK"
 
 
-@pytest.mark.parametrize("name", ["CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"])
+@pytest.mark.parametrize("name", ["CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_BATCHED"])
 def test_auto_never_plans_or_picks_cluster_before_it_has_run_on_a_gpu(name):
     # Without a measured table that lists it as passed, AUTO does not even plan it.
     assert name not in autotune.candidates(None, "NVIDIA H200", "float16", (64, 256, 256))
@@ -431,6 +448,29 @@ def test_cluster_roles_equals_cluster_bit_for_bit(dtype):
     roles = net.infer(cond, Impl.CLUSTER_ROLES, selectors=u, return_logits=True)
     assert torch.equal(roles[0], cluster[0])
     assert torch.equal(roles[1], cluster[1])
+
+
+@needs_gpu
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 0])
+def test_cluster_batched_streams_equal_each_stream_alone_through_cluster(k, monkeypatch):
+    """CLUSTER_BATCHED with k streams per cluster (0: the plan's choice) at the target network,
+    a partial last group: within SPEC section 4 of the reference, and each stream's samples and
+    logits are CLUSTER's for that stream alone, bit for bit (matvec's per-stream sums do not depend
+    on the tile; the host build checks the same on the CPU)."""
+    major, _ = torch.cuda.get_device_capability()
+    if major < 9:
+        pytest.skip("CLUSTER_BATCHED needs thread-block clusters (sm_90)")
+    streams_per_cluster(monkeypatch, k)
+    batch = 2 * max(k, 1) + 1
+    net = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=torch.float16)
+    cond = random_cond_input(64, batch, 20, 16, device="cuda")
+    compare_with_reference(net, cond, Impl.CLUSTER_BATCHED)
+    u = torch.rand(batch, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(k))
+    out, logits = net.infer(cond, Impl.CLUSTER_BATCHED, selectors=u, return_logits=True)
+    for b in range(batch):
+        alone, alone_logits = net.infer(cond[:, b:b + 1], Impl.CLUSTER, selectors=u[b:b + 1], return_logits=True)
+        assert torch.equal(out[b:b + 1], alone), f"stream {b}: samples"
+        assert torch.equal(logits[b:b + 1], alone_logits), f"stream {b}: logits"
 
 
 @needs_gpu

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from nvwavenet import Impl, NVWaveNet, engines
+from nvwavenet.state import new_state
 from nvwavenet.testing import compare_with_reference, generate_in_chunks, random_cond_input, random_nv_wavenet_args
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cuda_host.py"
@@ -34,14 +35,15 @@ pytestmark = pytest.mark.skipif(
     reason="the host build needs g++ on x86-64 and the compiled nvwavenet._C (for its Params type)")
 
 VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
-            Impl.CLUSTER_FOLD]
-CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD)  # persistent.cuh's one kernel
+            Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED]
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD,  # persistent.cuh's one kernel
+                   Impl.CLUSTER_BATCHED)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-# Streams per block where the variant has a tile: chosen so that the batches below leave the last
-# block's tile partly empty.
-TILES = {Impl.SINGLE_BLOCK: 2, Impl.TENSOR_CORE: 8}
+# Streams per block (per cluster for CLUSTER_BATCHED) where the variant has a tile: chosen so that
+# the batches below leave the last block's (cluster's) tile partly empty.
+TILES = {Impl.SINGLE_BLOCK: 2, Impl.TENSOR_CORE: 8, Impl.CLUSTER_BATCHED: 2}
 BATCH = {Impl.SINGLE_BLOCK: 3, Impl.DUAL_BLOCK: 2, Impl.PERSISTENT: 1, Impl.CLUSTER: 1, Impl.TENSOR_CORE: 9,
-         Impl.CLUSTER_ROLES: 1, Impl.CLUSTER_FOLD: 1}
+         Impl.CLUSTER_ROLES: 1, Impl.CLUSTER_FOLD: 1, Impl.CLUSTER_BATCHED: 3}
 
 RESULTS: dict[str, dict[str, int]] = defaultdict(lambda: {"cases": 0, "passed": 0, "refused": 0})
 
@@ -63,7 +65,7 @@ class _Summary:
             return
         terminalreporter.section("host build of csrc/cuda against the float64 reference")
         for name, counts in RESULTS.items():
-            terminalreporter.write_line(f"{name:13s} {counts['cases']:3d} cases run, {counts['passed']:3d} passed; "
+            terminalreporter.write_line(f"{name:15s} {counts['cases']:3d} cases run, {counts['passed']:3d} passed; "
                                         f"{counts['refused']} refused by the plan (by design)")
 
 
@@ -126,8 +128,13 @@ def test_plans_the_gpu_refuses_are_refused(host):
     cond = random_cond_input(64, 1, 20, 2)
     for variant in CLUSTER_KERNELS:
         with pytest.raises(ValueError, match=r"needs a cluster of \d+ blocks .*the largest cluster has 16"):
-            cuda_host.HostNet(net, host, variant).infer(cond, selectors=torch.rand(1, 2))
+            cuda_host.HostNet(net, host, variant, streams_per_block=TILES.get(variant, 0)).infer(
+                cond, selectors=torch.rand(1, 2))
         RESULTS[variant.name]["refused"] += 1
+    with pytest.raises(ValueError, match=r"at most 1 per block with 4 streams per cluster"):
+        cuda_host.HostNet(net, host, Impl.CLUSTER_BATCHED, streams_per_block=4).infer(cond, selectors=torch.rand(1, 2))
+    with pytest.raises(ValueError, match="streams_per_block must be 1, 2, 4 or 8 for CLUSTER_BATCHED"):
+        cuda_host.HostNet(net, host, Impl.CLUSTER_BATCHED, streams_per_block=3).infer(cond, selectors=torch.rand(1, 2))
     with pytest.raises(ValueError, match="streams_per_block must be 1, 2, 4 or 8"):
         cuda_host.HostNet(net, host, Impl.SINGLE_BLOCK, streams_per_block=3).infer(cond, selectors=torch.rand(1, 2))
     with pytest.raises(ValueError, match="streams_per_block must be 8, 16, 32 or 64"):
@@ -170,7 +177,8 @@ def test_random_schedules_give_the_same_bits(host, variant):
 
 # The block that the others wait on and that is starved: DUAL_BLOCK's head block (the residual
 # block waits for its sample), a cluster's layer block 0 (the head blocks wait for its skip share).
-STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0, Impl.CLUSTER_ROLES: 0, Impl.CLUSTER_FOLD: 0}
+STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0, Impl.CLUSTER_ROLES: 0, Impl.CLUSTER_FOLD: 0,
+           Impl.CLUSTER_BATCHED: 0}
 
 
 @pytest.mark.parametrize("variant", list(STARVED), ids=lambda v: v.name)
@@ -181,13 +189,93 @@ def test_a_wait_that_times_out_stops_the_kernel_cleanly(host, variant):
     normal call is right."""
     net = make_net(32, 3, 2, torch.float16, seed=8)
     cond = random_cond_input(32, BATCH[variant], 3, 6, seed=9)
-    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=STARVED[variant])
+    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=STARVED[variant],
+                               streams_per_block=TILES.get(variant, 0))
     with case(variant):
         stopped = r"kernel stopped: block \d+, .+ at step \d+, waited more than"
         with pytest.raises(RuntimeError, match=stopped) as caught:
             runner.infer(cond, selectors=torch.rand(BATCH[variant], 6))
         assert not isinstance(caught.value, host.EmulationError), str(caught.value)
-        compare_with_reference(cuda_host.HostNet(net, host, variant), cond, variant)
+        compare_with_reference(cuda_host.HostNet(net, host, variant, streams_per_block=TILES.get(variant, 0)), cond,
+                               variant)
+
+
+def run_in_pool(host, runner, pool, cond, u, slots, positions, teacher=None, seed=0):
+    """One call of runner's variant on streams at pool rows `slots`, each at its own position:
+    (samples, logits, plan)."""
+    batch, samples = cond.shape[1], cond.shape[3]
+    out = torch.full((batch, samples), -1, dtype=torch.int32)
+    logits = torch.full((batch, runner.A, samples), float("nan"))
+    p = runner.params(cond, u, out, pool, teacher, logits)
+    slots, positions = torch.tensor(slots, dtype=torch.int32), torch.tensor(positions, dtype=torch.int64)
+    p.pool_rows, p.slots, p.positions = pool["queues"].shape[0], slots.data_ptr(), positions.data_ptr()
+    plan = host.plan(p, int(runner.variant))
+    assert plan["runnable"], plan["reason"]
+    workspace = torch.empty(plan["workspace_bytes"], dtype=torch.uint8)
+    p.workspace, p.workspace_bytes = workspace.data_ptr(), workspace.numel()
+    host.generate(p, int(runner.variant), seed, starve_block=-1)
+    return out, logits, plan
+
+
+@pytest.mark.parametrize("k, teacher", [(2, False), (4, True)])
+def test_each_stream_of_a_batched_call_equals_it_alone_through_cluster(host, k, teacher):
+    """CLUSTER_BATCHED's k streams per cluster share every weight read, and matvec's per-stream sums
+    do not depend on the tile: each stream (own pool row, own position, own conditioning,
+    selectors, teacher) gives CLUSTER's bits when run alone, samples, logits and state, also in
+    the partial last group and under a random schedule; rows no call names stay untouched."""
+    layers, samples, batch = 4, 5, 5  # k=2: groups of 2, 2, 1; k=4: 4, 1
+    net = make_net(32, layers, 4, torch.float16, seed=k)
+    generator = torch.Generator().manual_seed(k)
+    pool = new_state(net.weights, 7)
+    pool["queues"].normal_(generator=generator)
+    pool["history"].random_(0, net.A, generator=generator)
+    slots, positions = [5, 0, 3, 6, 2], [0, 7, 3, 12, 1]
+    cond = random_cond_input(32, batch, layers, samples, seed=k)
+    u = torch.rand(batch, samples, generator=generator)
+    forced = torch.randint(0, net.A, (batch, samples), generator=generator, dtype=torch.int32) if teacher else None
+    batched_pool = {key: value.clone() for key, value in pool.items()}
+    runner = cuda_host.HostNet(net, host, Impl.CLUSTER_BATCHED, streams_per_block=k)
+    with case(Impl.CLUSTER_BATCHED):
+        out, logits, plan = run_in_pool(host, runner, batched_pool, cond, u, slots, positions, forced, seed=k)
+        assert plan["streams_per_group"] == k
+        assert plan["grid_blocks"] == plan["blocks_per_group"] * -(-batch // k)
+        alone = cuda_host.HostNet(net, host, Impl.CLUSTER)
+        for b in range(batch):
+            alone_pool = {key: value.clone() for key, value in pool.items()}
+            one = slice(b, b + 1)
+            alone_out, alone_logits, _ = run_in_pool(
+                host, alone, alone_pool, cond[:, one].contiguous(), u[one].contiguous(), slots[one], positions[one],
+                None if forced is None else forced[one].contiguous())
+            assert torch.equal(out[one], alone_out), f"stream {b}: samples"
+            assert torch.equal(logits[one], alone_logits), f"stream {b}: logits"
+            for key in ("queues", "history"):
+                assert torch.equal(batched_pool[key][slots[b]], alone_pool[key][slots[b]]), f"stream {b}: {key}"
+        for row in set(range(7)) - set(slots):
+            assert torch.equal(batched_pool["queues"][row], pool["queues"][row])
+            assert torch.equal(batched_pool["history"][row], pool["history"][row])
+
+
+def test_batched_plan_picks_the_largest_k_that_fills_the_device(host):
+    """streams_per_block 0: the largest of 8, 4, 2 streams per cluster whose clusters still fill
+    every cluster slot of the device, else 1 (CLUSTER's kernel); an explicit k is kept."""
+    net = make_net(32, 3, 2, torch.float16)
+    runner = cuda_host.HostNet(net, host, Impl.CLUSTER_BATCHED)
+
+    def plan(batch, k):
+        cond = random_cond_input(32, batch, 3, 1)
+        p = runner.params(cond, torch.rand(batch, 1), torch.zeros(batch, 1, dtype=torch.int32),
+                          runner.init_state(batch))
+        p.streams_per_block = k
+        return host.plan(p, int(Impl.CLUSTER_BATCHED))
+
+    picked = set()
+    for batch in (1, 64, 150, 300, 600):
+        expected = next((k for k in (8, 4, 2) if -(-batch // k) >= plan(batch, k)["co_resident_groups"]), 1)
+        chosen = plan(batch, 0)
+        assert chosen["runnable"] and chosen["streams_per_group"] == expected, (batch, chosen)
+        picked.add(expected)
+        assert plan(batch, 4)["streams_per_group"] == 4
+    assert {1, 8} <= picked
 
 
 @pytest.mark.parametrize("R, layers, dtype_name", [(64, 20, "float16"), (64, 10, "float32"), (32, 20, "bfloat16")])

@@ -27,10 +27,11 @@ def test_cluster_step_code_has_no_device_fence_and_no_kernel_spills(tmp_path):
     sass = subprocess.run([CUOBJDUMP, "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
     code = {sass_check.kernel_name(name): instructions
             for name, instructions in sass_check.kernels(sass).items() if "persistent_kernel" in name}
-    assert set(code) == {"CLUSTER", "PERSISTENT", "CLUSTER_ROLES", "CLUSTER_FOLD"}
-    for variant in ("CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"):
+    batched = {f"CLUSTER_BATCHED k={k}" for k in (2, 4, 8)}
+    assert set(code) == {"CLUSTER", "PERSISTENT", "CLUSTER_ROLES", "CLUSTER_FOLD"} | batched
+    for variant in {"CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"} | batched:
         assert sass_check.check_cluster_kernel(code[variant]) == [], variant
     # The checker can fail: PERSISTENT's flag hand-offs put fences in its step code.
     assert sass_check.fence_sites(code["PERSISTENT"])["step code"]
     rows = sass_check.ptxas_rows(report)
-    assert len(rows) == 4 and all("spill stores 0 B, spill loads 0 B" in row for row in rows), rows
+    assert len(rows) == 7 and all("spill stores 0 B, spill loads 0 B" in row for row in rows), rows

@@ -48,11 +48,12 @@ def host():
 
 
 @pytest.mark.parametrize("variant", [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER,
-                                     Impl.TENSOR_CORE, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD],
+                                     Impl.TENSOR_CORE, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED],
                          ids=lambda variant: variant.name)
 def test_every_variant_reads_and_writes_each_streams_own_row_and_slot(host, variant):
     net = NVWaveNet(**random_nv_wavenet_args(R, 128, 256, L, 4, seed=5))
-    alone_net = cuda_host.HostNet(net, host, variant)
+    # CLUSTER_BATCHED with 2 streams per cluster: the 3-stream calls make a full and a partial group.
+    alone_net = cuda_host.HostNet(net, host, variant, streams_per_block=2 if variant == Impl.CLUSTER_BATCHED else 0)
     conds = [random_cond_input(R, 1, L, T, seed=20 + i) for i in range(3)]
     us = [torch.rand(1, T, generator=torch.Generator().manual_seed(30 + i)) for i in range(3)]
     pool = new_state(net.weights, 4)

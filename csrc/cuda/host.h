@@ -70,6 +70,13 @@ struct Cluster {
   static void launch(const Params& p, const Plan& plan);
 };
 
+// CLUSTER's kernel generating Params.streams_per_block streams per cluster; opt-in, never run on a GPU yet.
+template <int R, int S, int A, class W>
+struct ClusterBatched {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
 // CLUSTER with warp-specialised chain and skip roles in its layer blocks (persistent.cuh);
 // opt-in, never run on a GPU yet.
 template <int R, int S, int A, class W>

@@ -145,8 +145,8 @@ void validate(const Params& p, Variant variant, bool launching) {
 }
 
 // Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent, Cluster,
-// TensorCore, ClusterRoles or ClusterFold) for p's size and weight type; AUTO names no class of its
-// own and throws `auto_error`.
+// TensorCore, ClusterRoles, ClusterFold or ClusterBatched) for p's size and weight type; AUTO names
+// no class of its own and throws `auto_error`.
 template <class F>
 decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
   return dispatch_size_and_type(p, [&](auto size, auto type) -> decltype(auto) {
@@ -163,6 +163,8 @@ decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* au
         return f(TypeTag<Cluster<Size::R, Size::S, Size::A, W>>{});
       case Variant::TensorCore:
         return f(TypeTag<TensorCore<Size::R, Size::S, Size::A, W>>{});
+      case Variant::ClusterBatched:
+        return f(TypeTag<ClusterBatched<Size::R, Size::S, Size::A, W>>{});
       case Variant::ClusterRoles:
         return f(TypeTag<ClusterRoles<Size::R, Size::S, Size::A, W>>{});
       case Variant::ClusterFold:
@@ -305,7 +307,7 @@ void generate(const Params& p, Variant variant) {
     throw std::runtime_error(status_message(status, static_cast<int32_t>(variant), p.spin_timeout_ns));
 #ifdef NVWAVENET_TRACE
   if (variant == Variant::Persistent || variant == Variant::Cluster || variant == Variant::ClusterRoles ||
-      variant == Variant::ClusterFold)
+      variant == Variant::ClusterFold || variant == Variant::ClusterBatched)
     print_trace(p, chosen, variant);
 #endif
 }

@@ -27,7 +27,8 @@
 // memory; the consumer's thread 0 waits on the phase (bounded) and meets its threads at a barrier. Buffers are single: every
 // producer writes step t+1's data only after a chain of hand-offs that starts from the consumer
 // having finished with step t's. CLUSTER_ROLES is CLUSTER with each layer block's warps split into
-// a chain role and a skip-product role (kRoles; see roles_skip_warps).
+// a chain role and a skip-product role (kRoles; see roles_skip_warps). CLUSTER_BATCHED is CLUSTER
+// generating KS streams per cluster, each product over all of them (see persistent_layer_block).
 //
 // Co-residency: a cluster's blocks are scheduled together by the hardware, so waiting on each
 // other is safe; before launch the plan checks that one cluster of this size and shared memory
@@ -147,28 +148,29 @@ __device__ __forceinline__ void chain_sync() {
 
 // Layer i's skip product into partial (the block's share of the skip sum). Each row has one
 // owner thread for all layers (one shape), so accumulating across layers needs no barrier.
-template <int R, int S, class W, int NT>
+template <int R, int S, class W, int NT, int KS = 1>
 __device__ __forceinline__ void skip_product(const W* skip_w, const W* skip_b, const float* gated, float* partial,
-                                             int i, int tid) {
-  matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
-      skip_w + int64_t(i) * S * R, R, 0, S, gated + i * R, 0, tid, NoTransform{},
-      [&](int m, int, const float (&v)[1]) {
+                                             int i, int tid, int live = 1) {
+  matvec<W, R, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
+      skip_w + int64_t(i) * S * R, R, 0, S, gated + i * KS * R, R, tid, NoTransform{},
+      [&](int m, int b, const float (&v)[1]) {
+        if (b >= live) return;
         const float term = v[0] + WeightsInShared::value(skip_b + i * S + m);
-        partial[m] = i == 0 ? term : partial[m] + term;
+        partial[b * S + m] = i == 0 ? term : partial[b * S + m] + term;
       });
 }
 
 // The block's share of the skip sum to every head block, by the NT threads that computed it
-// (after a barrier of theirs).
-template <int R, int S, int A, class W, class H, int NT>
+// (after a barrier of theirs); the `live` first of KS streams' rows.
+template <int R, int S, int A, class W, class H, int NT, int KS = 1>
 __device__ __forceinline__ void send_skip_share(const PersistentSplit& split, char* smem,
                                                 const cg::cluster_group& cluster, int rank, const float* partial,
-                                                int tid) {
+                                                int tid, int live = 1) {
   using Layout = PersistentLayout<R, S, A, W>;
   uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
-  float* const own_slot = reinterpret_cast<float*>(smem + Layout::kSlots) + int64_t(rank) * S;
+  float* const own_slot = reinterpret_cast<float*>(smem + Layout::kSlots) + int64_t(rank) * KS * S;
   for (int h = 0; h < split.head_blocks; ++h)
-    for (int k = tid; k < S; k += NT)
+    for (int k = tid; k < live * S; k += NT)
       H::put(cluster, own_slot + k, split.layer_blocks + h, counters + Layout::kSkipCounter, partial[k]);
   if constexpr (H::kProducerSignals) {
     __syncthreads();
@@ -266,13 +268,57 @@ __device__ __forceinline__ void fold_layers(const Params& p, const W* dilate_w, 
   }
 }
 
-template <int R, int S, int A, class W, class H, bool kRoles, bool kFold>
+// CLUSTER_BATCHED's W_prev terms: precompute_layers for the KS streams of a cluster at once, so
+// that each weight read serves every stream. The streams' x_l[t - d_l] sit in different queue rows,
+// so they are first gathered into `staging` ([count][KS][R]; the layer block passes `gated`, free
+// between the skip products and the next step's chain). Per (row, stream) the same products and
+// sums as precompute_layers (matvec's per-stream order does not depend on the tile).
+template <class W, int R, int KS, int NT>
+__device__ __forceinline__ void precompute_layers_batched(const Params& p, const W* dilate_w, const W* dilate_b,
+                                                          int first, int count, int64_t stream0, int live,
+                                                          int64_t rows, int64_t t, float* pre, float* staging,
+                                                          int tid) {
+  int64_t offset;
+  int dilation;
+  layer_position(first, p.max_dilation, offset, dilation);
+  for (int i = 0; i < count; ++i) {
+    for (int k = tid; k < live * R; k += NT)
+      staging[int64_t(i) * KS * R + k] =
+          p.queues[queue_slot(p, stream0 + k / R, rows, offset, dilation, t) * R + k % R];
+    offset += dilation;
+    dilation = next_dilation(dilation, p.max_dilation);
+  }
+  __syncthreads();
+  for (int i = 0; i < count; ++i) {
+    const int l = first + i;
+    const W* bias = dilate_b + int64_t(i) * 2 * R;
+    matvec<W, R, KS, 2, NT, WeightsInShared, InputFromThisBlock>(
+        dilate_w + int64_t(i) * 4 * R * R, 2 * R, R, R, staging + int64_t(i) * KS * R, R, tid, NoTransform{},
+        [&](int m, int b, const float (&v)[2]) {
+          if (b >= live) return;
+          float* out = pre + (int64_t(i) * KS + b) * 2 * R;
+          out[m] = v[0] + WeightsInShared::value(bias + m) + load_cond(p, stream0 + b, l, m, t);
+          out[R + m] = v[1] + WeightsInShared::value(bias + R + m) + load_cond(p, stream0 + b, l, R + m, t);
+        });
+  }
+}
+
+// KS streams per cluster (CLUSTER_BATCHED; 1 for PERSISTENT and CLUSTER): streams
+// [stream0, stream0 + live) of the call, live < KS only in a partial last group. Every product
+// runs over the KS streams' buffers at once (matvec's batch tile). A missing stream's rows are
+// computed from whatever its buffers hold (matvec keeps streams apart) and go nowhere: the
+// epilogues skip them, nothing of theirs is read from or written to global memory or sent, and
+// the hand-offs carry the live streams' bytes.
+template <int R, int S, int A, class W, class H, bool kRoles, bool kFold, int KS>
 __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
-                                       const cg::cluster_group& cluster, int rank, int64_t stream,
+                                       const cg::cluster_group& cluster, int rank, int64_t stream0, int group_live,
                                        DeviceStatus* status) {
+  static_assert(KS == 1 || (!H::kProducerSignals && !kRoles && !kFold),
+                "several streams per cluster only with the mbarrier hand-offs, without roles or the fold");
+  const int live = KS == 1 ? 1 : group_live;  // a constant for every variant but CLUSTER_BATCHED
   using Layout = PersistentLayout<R, S, A, W>;
   constexpr int NT = kRoles ? kRoleThreads : kPersistentThreads;  // the chain's threads
-  const Layout layout(split, kFold);
+  const Layout layout(split, kFold, KS);
   const int tid = threadIdx.x;
   const int first = rank * split.layers_base + (rank < split.layers_extra ? rank : split.layers_extra);
   const int count = split.layers_base + (rank < split.layers_extra ? 1 : 0);
@@ -282,16 +328,16 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
   const int64_t rows = queue_rows(L, p.max_dilation);
 
   uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
-  float* const x = reinterpret_cast<float*>(smem + Layout::kInput);
+  float* const x = reinterpret_cast<float*>(smem + Layout::kInput);  // [KS][R]
   const W* const dilate_w = reinterpret_cast<const W*>(smem + layout.dilate_w);
   const W* const res_w = reinterpret_cast<const W*>(smem + layout.res_w);
   const W* const skip_w = reinterpret_cast<const W*>(smem + layout.skip_w);
   const W* const dilate_b = reinterpret_cast<const W*>(smem + layout.dilate_b);
   const W* const res_b = reinterpret_cast<const W*>(smem + layout.res_b);
   const W* const skip_b = reinterpret_cast<const W*>(smem + layout.skip_b);
-  float* const pre = reinterpret_cast<float*>(smem + layout.pre);          // [count][2R]
-  float* const gated = reinterpret_cast<float*>(smem + layout.gated);      // [count][R]
-  float* const partial = reinterpret_cast<float*>(smem + layout.partial);  // [S]
+  float* const pre = reinterpret_cast<float*>(smem + layout.pre);          // [count][KS][2R]
+  float* const gated = reinterpret_cast<float*>(smem + layout.gated);      // [count][KS][R]
+  float* const partial = reinterpret_cast<float*>(smem + layout.partial);  // [KS][S]
 
   int64_t first_offset;
   int first_dilation;
@@ -307,7 +353,14 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
       return StopPoint{T, kSiteNone};
     }
   }
-  precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, 0, pre, tid);
+  const auto precompute = [&](int64_t t) {
+    if constexpr (KS == 1)
+      precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream0, rows, t, pre, tid);
+    else
+      precompute_layers_batched<W, R, KS, NT>(p, dilate_w, dilate_b, first, count, stream0, live, rows, t, pre, gated,
+                                              tid);
+  };
+  precompute(0);
   for (int64_t t = 0; t < T; ++t) {
     wait.step = t;
     if constexpr (kRoles) {
@@ -323,7 +376,8 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
         return StopPoint{t, kSitePersistentInput};
       }
     } else {
-      if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, R * 4, kSitePersistentInput, wait))
+      if (!block_wait<H>(counters + Layout::kInputCounter, t, uint64_t(t) + 1, uint32_t(live) * R * 4,
+                         kSitePersistentInput, wait))
         return StopPoint{t, kSitePersistentInput};
     }
     trace_event(p, rank, 0, t);
@@ -332,28 +386,33 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
       fold_layers<R, W>(p, dilate_w, res_w, res_b, reinterpret_cast<const W*>(smem + layout.fold_w),
                         reinterpret_cast<const W*>(smem + layout.fold_b), pre, gated, x,
                         reinterpret_cast<float*>(smem + layout.next_x),
-                        reinterpret_cast<float*>(smem + layout.fold_cur), first, count, stream, rows, first_offset,
+                        reinterpret_cast<float*>(smem + layout.fold_cur), first, count, stream0, rows, first_offset,
                         first_dilation, t, rank, tid);
     } else {
       int64_t offset = first_offset;
       int dilation = first_dilation;
       for (int i = 0; i < count; ++i) {
         const int l = first + i;
-        const int64_t slot = queue_slot(p, stream, rows, offset, dilation, t);
-        for (int k = tid; k < R; k += NT) p.queues[slot * R + k] = x[k];
-        const float* layer_pre = pre + i * 2 * R;
-        float* layer_gated = gated + i * R;
-        matvec<W, R, 1, 2, NT, WeightsInShared, InputFromThisBlock>(
-            dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x, 0, tid, NoTransform{},
-            [&](int m, int, const float (&v)[2]) {
-              layer_gated[m] = gate(v[0] + layer_pre[m], v[1] + layer_pre[R + m]);
+        for (int b = 0; b < live; ++b) {
+          const int64_t slot = queue_slot(p, stream0 + b, rows, offset, dilation, t);
+          for (int k = tid; k < R; k += NT) p.queues[slot * R + k] = x[b * R + k];
+        }
+        const float* layer_pre = pre + i * KS * 2 * R;
+        float* layer_gated = gated + i * KS * R;
+        matvec<W, R, KS, 2, NT, WeightsInShared, InputFromThisBlock>(
+            dilate_w + int64_t(i) * 4 * R * R + R, 2 * R, R, R, x, R, tid, NoTransform{},
+            [&](int m, int b, const float (&v)[2]) {
+              if (b < live)
+                layer_gated[b * R + m] = gate(v[0] + layer_pre[b * 2 * R + m], v[1] + layer_pre[b * 2 * R + R + m]);
             });
         if constexpr (kRoles) group_arrive(kRolesReadyBarrier + i, kPersistentThreads);
         chain_sync<kRoles>();
         if (l < L - 1) {
-          matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
-              res_w + int64_t(i) * R * R, R, 0, R, layer_gated, 0, tid, NoTransform{},
-              [&](int m, int, const float (&v)[1]) { x[m] += v[0] + WeightsInShared::value(res_b + i * R + m); });
+          matvec<W, R, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
+              res_w + int64_t(i) * R * R, R, 0, R, layer_gated, R, tid, NoTransform{},
+              [&](int m, int b, const float (&v)[1]) {
+                if (b < live) x[b * R + m] += v[0] + WeightsInShared::value(res_b + i * R + m);
+              });
           chain_sync<kRoles>();
         }
         trace_event(p, rank, 1 + i, t);
@@ -363,7 +422,8 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
     }
 
     if (!last_block) {  // x entering the next block's first layer
-      for (int k = tid; k < R; k += NT) H::put(cluster, x + k, rank + 1, counters + Layout::kInputCounter, x[k]);
+      for (int k = tid; k < live * R; k += NT)
+        H::put(cluster, x + k, rank + 1, counters + Layout::kInputCounter, x[k]);
       if constexpr (H::kProducerSignals) {
         __syncthreads();
         if (tid == 0) H::signal(cluster, counters + Layout::kInputCounter, rank + 1);
@@ -372,27 +432,28 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
     }
 
     if constexpr (!kRoles) {  // this block's share of the skip sum, to every head block
-      for (int i = 0; i < count; ++i) skip_product<R, S, W, NT>(skip_w, skip_b, gated, partial, i, tid);
+      for (int i = 0; i < count; ++i) skip_product<R, S, W, NT, KS>(skip_w, skip_b, gated, partial, i, tid, live);
       __syncthreads();
-      send_skip_share<R, S, A, W, H, NT>(split, smem, cluster, rank, partial, tid);
+      send_skip_share<R, S, A, W, H, NT, KS>(split, smem, cluster, rank, partial, tid, live);
       trace_event(p, rank, 31, t);
     }
 
     // Next step's W_prev terms while the head works; the next input wait ends with a barrier
     // (with roles, the chain's part of the consumed barrier).
-    if (t + 1 < T)
-      precompute_layers<W, R, NT, WeightsInShared>(p, dilate_w, dilate_b, first, count, stream, rows, t + 1, pre, tid);
+    if (t + 1 < T) precompute(t + 1);
   }
   return StopPoint{T, kSiteNone};
 }
 
-template <int R, int S, int A, class W, class H>
+// Streams as in persistent_layer_block; the sampler draws stream stream0 + w with its warp w.
+template <int R, int S, int A, class W, class H, int KS>
 __device__ StopPoint persistent_head_block(const Params& p, const PersistentSplit& split, char* smem,
-                                      const cg::cluster_group& cluster, int rank, int64_t stream,
+                                      const cg::cluster_group& cluster, int rank, int64_t stream0, int group_live,
                                       DeviceStatus* status) {
+  const int live = KS == 1 ? 1 : group_live;
   using Layout = PersistentLayout<R, S, A, W>;
   constexpr int NT = kPersistentThreads;
-  const Layout layout(split);
+  const Layout layout(split, false, KS);
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
@@ -403,20 +464,24 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
   const int64_t T = p.num_samples;
 
   uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
-  const float* const slots = reinterpret_cast<const float*>(smem + Layout::kSlots);  // [layer_blocks][S]
-  float* const hidden = reinterpret_cast<float*>(smem + layout.hidden);              // [A], all of z
-  float* const logits = reinterpret_cast<float*>(smem + layout.logits);              // [A] (sampler)
+  const float* const slots = reinterpret_cast<const float*>(smem + Layout::kSlots);  // [layer_blocks][KS][S]
+  float* const hidden = reinterpret_cast<float*>(smem + layout.hidden);              // [KS][A], all of z
+  float* const logits = reinterpret_cast<float*>(smem + layout.logits);              // [KS][A] (sampler)
   const W* const out_w = reinterpret_cast<const W*>(smem + layout.out_w);            // [rows][S]
   const W* const end_w = reinterpret_cast<const W*>(smem + layout.end_w);            // [rows][A]
   const W* const out_b = reinterpret_cast<const W*>(smem + layout.out_b);
   const W* const end_b = reinterpret_cast<const W*>(smem + layout.end_b);
-  float* const skip_sum = reinterpret_cast<float*>(smem + layout.skip_sum);  // [S]
-  float* const first_input = reinterpret_cast<float*>(smem + Layout::kInput);  // in rank 0
+  float* const skip_sum = reinterpret_cast<float*>(smem + layout.skip_sum);  // [KS][S]
+  // The sampler's warp w draws stream stream0 + w and sends its x_0 into rank 0's input row w.
+  const bool sampling_warp = sampler && warp < live;
+  const int own = KS == 1 ? 0 : (warp < live ? warp : 0);
+  const int64_t stream = stream0 + own;
+  float* const first_input = reinterpret_cast<float*>(smem + Layout::kInput) + own * R;
 
   // The sampler tracks the fed-back classes: x_0 needs the last two.
   int y_prev2 = p.history[stream_row(p, stream) * 2];
   int y_prev1 = p.history[stream_row(p, stream) * 2 + 1];
-  if (sampler && warp == 0) {  // x_0[0]
+  if (sampling_warp) {  // x_0[0]
     for (int k = lane; k < R; k += 32)
       H::put(cluster, first_input + k, 0, counters + Layout::kInputCounter, embed<W, R>(p, y_prev2, y_prev1, k));
     if constexpr (H::kProducerSignals) {
@@ -429,27 +494,28 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
   for (int64_t t = 0; t < T; ++t) {
     float u = 0.f;
     int teacher = 0;
-    if (sampler && warp == 0) {
+    if (sampling_warp) {
       u = load_selector(p, stream, t);
       teacher = fed_back_class(p, stream, t, 0);
     }
     wait.step = t;
 
     if (!block_wait<H>(counters + Layout::kSkipCounter, t, uint64_t(split.layer_blocks) * uint64_t(t + 1),
-                       uint32_t(split.layer_blocks) * S * 4, kSitePersistentSkip, wait))
+                       uint32_t(split.layer_blocks) * uint32_t(live) * S * 4, kSitePersistentSkip, wait))
       return StopPoint{t, kSitePersistentSkip};
     trace_event(p, rank, 0, t);
-    for (int k = tid; k < S; k += NT) {
+    for (int k = tid; k < live * S; k += NT) {
       float sum = 0.f;
-      for (int j = 0; j < split.layer_blocks; ++j) sum += slots[j * S + k];
+      for (int j = 0; j < split.layer_blocks; ++j) sum += slots[j * KS * S + k];
       skip_sum[k] = sum;
     }
     __syncthreads();
-    matvec<W, S, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
-        out_w, S, 0, split.head_rows, skip_sum, 0, tid, ReluTransform{}, [&](int m, int, const float (&v)[1]) {
+    matvec<W, S, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
+        out_w, S, 0, split.head_rows, skip_sum, S, tid, ReluTransform{}, [&](int m, int b, const float (&v)[1]) {
+          if (b >= live) return;
           const float z = fmaxf(v[0] + WeightsInShared::value(out_b + m), 0.f);
           for (int h = 0; h < split.head_blocks; ++h)
-            H::put(cluster, hidden + row0 + m, split.layer_blocks + h, counters + Layout::kHiddenCounter, z);
+            H::put(cluster, hidden + b * A + row0 + m, split.layer_blocks + h, counters + Layout::kHiddenCounter, z);
         });
     if constexpr (H::kProducerSignals) {
       __syncthreads();
@@ -457,15 +523,16 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
     }
     trace_event(p, rank, 1, t);
 
-    if (!block_wait<H>(counters + Layout::kHiddenCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
-                       kSitePersistentHidden, wait))
+    if (!block_wait<H>(counters + Layout::kHiddenCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1),
+                       uint32_t(live) * A * 4, kSitePersistentHidden, wait))
       return StopPoint{t, kSitePersistentHidden};
     trace_event(p, rank, 2, t);
-    matvec<W, A, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
-        end_w, A, 0, split.head_rows, hidden, 0, tid, NoTransform{},
-        [&](int m, int, const float (&v)[1]) {
-          H::put(cluster, logits + row0 + m, sampler_rank, counters + Layout::kLogitCounter,
-                 v[0] + WeightsInShared::value(end_b + m));
+    matvec<W, A, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
+        end_w, A, 0, split.head_rows, hidden, A, tid, NoTransform{},
+        [&](int m, int b, const float (&v)[1]) {
+          if (b < live)
+            H::put(cluster, logits + b * A + row0 + m, sampler_rank, counters + Layout::kLogitCounter,
+                   v[0] + WeightsInShared::value(end_b + m));
         });
     if constexpr (H::kProducerSignals) {
       __syncthreads();
@@ -474,13 +541,14 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
     trace_event(p, rank, 3, t);
 
     if (sampler) {
-      if (!block_wait<H>(counters + Layout::kLogitCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1), A * 4,
-                         kSitePersistentLogits, wait))
+      if (!block_wait<H>(counters + Layout::kLogitCounter, t, uint64_t(split.head_blocks) * uint64_t(t + 1),
+                         uint32_t(live) * A * 4, kSitePersistentLogits, wait))
         return StopPoint{t, kSitePersistentLogits};
       trace_event(p, rank, 4, t);
-      if (warp == 0) {
-        const int drawn = warp_sample<A>(logits, u, lane);
-        write_step_outputs<A>(p, stream, t, drawn, logits, lane);
+      if (sampling_warp) {
+        const float* const own_logits = logits + own * A;
+        const int drawn = warp_sample<A>(own_logits, u, lane);
+        write_step_outputs<A>(p, stream, t, drawn, own_logits, lane);
         const int fed = p.teacher ? teacher : drawn;
         y_prev2 = y_prev1;
         y_prev1 = fed;
@@ -496,7 +564,7 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
       }
     }
   }
-  if (sampler && warp == 0 && lane < 2) p.history[stream_row(p, stream) * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
+  if (sampling_warp && lane < 2) p.history[stream_row(p, stream) * 2 + lane] = lane == 0 ? y_prev2 : y_prev1;
   return StopPoint{T, kSiteNone};
 }
 
@@ -509,17 +577,18 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
 // can still receive bytes (MbarrierHandoff::drain). Only the open phase of a slot can: a producer sends
 // phase c + 1 only after a chain of hand-offs that starts with its consumer completing phase c,
 // so bytes sent - completed phases x bytes per phase are that phase's, at most one phase.
-// Thread 0 only; every block after its step loop, off the steps' path (once per call).
+// Thread 0 only; every block after its step loop, off the steps' path (once per call). Every
+// hand-off carries `live` streams' rows (CLUSTER_BATCHED), hence the byte counts x live.
 template <int R, int S, int A, class W>
 __device__ void add_sent_bytes(const Params& p, const PersistentSplit& split, char* smem,
-                               const cg::cluster_group& cluster, int rank, StopPoint stop) {
+                               const cg::cluster_group& cluster, int rank, StopPoint stop, int live) {
   using Layout = PersistentLayout<R, S, A, W>;
   uint64_t* const sent = reinterpret_cast<uint64_t*>(smem) + Layout::kSentBytes;
   const int64_t T = p.num_samples;
   const auto add = [&](int consumer, int slot, int64_t phases, int64_t bytes) {
     if (phases > 0)
       atomicAdd(reinterpret_cast<unsigned long long*>(cluster.map_shared_rank(sent + slot, consumer)),
-                static_cast<unsigned long long>(phases * bytes));
+                static_cast<unsigned long long>(phases * bytes * live));
   };
   if (rank < split.layer_blocks) {  // x and the skip share go out once per completed input wait
     const int64_t phases = phases_done(stop, kSitePersistentInput, T);
@@ -542,11 +611,12 @@ __device__ void add_sent_bytes(const Params& p, const PersistentSplit& split, ch
 // Thread 0, after the final cluster barrier: drains each slot this block consumes.
 template <int R, int S, int A, class W>
 __device__ void drain_handoffs(const Params& p, const PersistentSplit& split, char* smem, int rank, StopPoint stop,
-                               DeviceStatus* status) {
+                               int live, DeviceStatus* status) {
   using Layout = PersistentLayout<R, S, A, W>;
   uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
   const int64_t T = p.num_samples;
-  const auto drain = [&](int slot, int32_t site, int64_t phase_bytes) {
+  const auto drain = [&](int slot, int32_t site, int64_t stream_bytes) {
+    const int64_t phase_bytes = stream_bytes * live;
     const int64_t phase = phases_done(stop, site, T);
     const WaitContext wait{status, p.spin_timeout_ns, site, phase};
     MbarrierHandoff::drain(counters + slot, phase, stop.site == site ? uint32_t(phase_bytes) : 0u,
@@ -564,8 +634,9 @@ __device__ void drain_handoffs(const Params& p, const PersistentSplit& split, ch
 
 // kMbarrier: the hand-offs of CLUSTER (MbarrierHandoff), else PERSISTENT's (FlagHandoff).
 // kRoles: CLUSTER_ROLES's layer blocks (chain and skip warps; CLUSTER's hand-offs).
-// kFold: CLUSTER_FOLD's layer blocks (fold_layers).
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false>
+// kFold: CLUSTER_FOLD's layer blocks (fold_layers). KS: streams per cluster (CLUSTER_BATCHED), 1
+// for the others.
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false, int KS = 1>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     persistent_kernel(const __grid_constant__ Params p, const PersistentSplit split) {
   auto* const status = static_cast<DeviceStatus*>(p.workspace);
@@ -579,8 +650,9 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   char* const smem = reinterpret_cast<char*>(shared_vectors);
   const cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
-  const int64_t stream = blockIdx.x / (split.layer_blocks + split.head_blocks);
-  const Layout layout(split, kFold);
+  const int64_t stream0 = int64_t(blockIdx.x / (split.layer_blocks + split.head_blocks)) * KS;
+  const int live = KS == 1 ? 1 : static_cast<int>(p.batch - stream0 < KS ? p.batch - stream0 : KS);
+  const Layout layout(split, kFold, KS);
   const int tid = threadIdx.x;
   if (tid < 4) {
     H::init(reinterpret_cast<uint64_t*>(smem) + tid);
@@ -626,30 +698,40 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   cluster.sync();
   const StopPoint stop =
       rank < split.layer_blocks
-          ? persistent_layer_block<R, S, A, W, H, kRoles, kFold>(p, split, smem, cluster, rank, stream, status)
-          : persistent_head_block<R, S, A, W, H>(p, split, smem, cluster, rank, stream, status);
+          ? persistent_layer_block<R, S, A, W, H, kRoles, kFold, KS>(p, split, smem, cluster, rank, stream0, live,
+                                                                     status)
+          : persistent_head_block<R, S, A, W, H, KS>(p, split, smem, cluster, rank, stream0, live, status);
   // No block may exit while another can still write into its shared memory: after this barrier
   // no block sends, and CLUSTER's consumers drain the st.async already sent (drain_handoffs).
   if constexpr (kMbarrier)
-    if (tid == 0) add_sent_bytes<R, S, A, W>(p, split, smem, cluster, rank, stop);
+    if (tid == 0) add_sent_bytes<R, S, A, W>(p, split, smem, cluster, rank, stop, live);
   cluster.sync();
   if constexpr (kMbarrier)
-    if (tid == 0) drain_handoffs<R, S, A, W>(p, split, smem, rank, stop, status);
+    if (tid == 0) drain_handoffs<R, S, A, W>(p, split, smem, rank, stop, live, status);
 #endif
 }
 
-// PERSISTENT's, CLUSTER's, CLUSTER_ROLES's and CLUSTER_FOLD's planner: the same split and
-// shared-memory layout (CLUSTER_ROLES: at most kRolesMaxLayers layers per block, one named barrier
-// each; CLUSTER_FOLD: the fold's buffers added, so fewer layers fit a block).
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false>
+// PERSISTENT's, CLUSTER's, CLUSTER_ROLES's, CLUSTER_FOLD's and CLUSTER_BATCHED's planner: the same
+// split and shared-memory layout (CLUSTER_ROLES: at most kRolesMaxLayers layers per block, one
+// named barrier each; CLUSTER_FOLD: the fold's buffers added, so fewer layers fit a block;
+// CLUSTER_BATCHED: kBatched streams per cluster, whose buffers also leave room for fewer layers;
+// 0: another variant, one stream per cluster).
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false, int kBatched = 0>
 Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
   static_assert(kMbarrier || !kRoles, "the roles use CLUSTER's hand-offs");
   static_assert(!(kRoles && kFold), "the fold runs the layers its own way (fold_layers), without roles");
-  constexpr Variant kVariant = kFold    ? Variant::ClusterFold
+  constexpr int KS = kBatched == 0 ? 1 : kBatched;
+  constexpr Variant kVariant = kBatched ? Variant::ClusterBatched
+                               : kFold  ? Variant::ClusterFold
                                : kRoles ? Variant::ClusterRoles
                                : kMbarrier ? Variant::Cluster
                                            : Variant::Persistent;
-  const char* const name = kFold ? "CLUSTER_FOLD" : kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT";
+  const char* const name = kBatched ? "CLUSTER_BATCHED"
+                           : kFold  ? "CLUSTER_FOLD"
+                           : kRoles ? "CLUSTER_ROLES"
+                           : kMbarrier ? "CLUSTER"
+                                       : "PERSISTENT";
+  const std::string streams = KS == 1 ? "" : " with " + std::to_string(KS) + " streams per cluster";
   const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
   if (device.major < 9)
     return refuse(kVariant, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
@@ -660,18 +742,20 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
                                            "size is not built for " + name);
   } else {
     using Layout = PersistentLayout<R, S, A, W>;
-    const void* kernel = reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold>);
+    const void* kernel =
+        reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold, KS>);
     cudaFuncAttributes attributes{};
     NVWAVENET_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
     const int64_t budget = device.shared_per_block_optin - int64_t(attributes.sharedSizeBytes);
 
     int capacity = 0;  // the most layers one block can hold
     while (capacity < p.L && (!kRoles || capacity < kRolesMaxLayers) &&
-           Layout(capacity + 1, 1, A, kFold).layer_end <= budget)
+           Layout(capacity + 1, 1, A, kFold, KS).layer_end <= budget)
       ++capacity;
     if (capacity == 0)
       return refuse(kVariant,
-                    "one layer of " + size + " needs " + std::to_string(Layout(1, 1, A, kFold).layer_end) +
+                    "one layer of " + size + streams + " needs " +
+                        std::to_string(Layout(1, 1, A, kFold, KS).layer_end) +
                         " bytes of shared memory; a block on this device has " + std::to_string(budget));
     PersistentSplit split{};
     split.layer_blocks = (p.L + capacity - 1) / capacity;
@@ -679,20 +763,21 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
     split.layers_extra = p.L % split.layer_blocks;
     split.layer_capacity = split.layers_base + (split.layers_extra > 0 ? 1 : 0);
     for (int heads = 1; heads <= 8 && split.head_blocks == 0; heads *= 2) {
-      if (Layout(split.layer_capacity, split.layer_blocks, A / heads).head_end <= budget) split.head_blocks = heads;
+      if (Layout(split.layer_capacity, split.layer_blocks, A / heads, kFold, KS).head_end <= budget)
+        split.head_blocks = heads;
     }
     if (split.head_blocks == 0)
-      return refuse(kVariant, "the output head of " + size + " does not fit in 8 blocks' shared memory");
+      return refuse(kVariant, "the output head of " + size + streams + " does not fit in 8 blocks' shared memory");
     split.head_rows = A / split.head_blocks;
     const int cluster_blocks = split.layer_blocks + split.head_blocks;
 
     Plan plan;
     plan.variant = kVariant;
-    plan.streams_per_group = 1;
+    plan.streams_per_group = KS;
     plan.blocks_per_group = cluster_blocks;
     plan.threads_per_block = kPersistentThreads;
-    plan.grid_blocks = int64_t(cluster_blocks) * p.batch;
-    plan.shared_bytes = Layout(split, kFold).bytes();
+    plan.grid_blocks = int64_t(cluster_blocks) * ((p.batch + KS - 1) / KS);
+    plan.shared_bytes = Layout(split, kFold, KS).bytes();
     plan.workspace_bytes = kWorkspaceHeaderBytes + kPersistentTraceBytes;
     plan.layer_blocks = split.layer_blocks;
     plan.head_blocks = split.head_blocks;
@@ -700,7 +785,7 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
     if (cluster_blocks > kMaxClusterBlocks)
       return refuse(kVariant, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
                                              std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
-                                             " per block" +
+                                             " per block" + streams +
                                              (kRoles && capacity == kRolesMaxLayers
                                                   ? std::string(" (one named barrier per layer)")
                                                   : std::string()) +
@@ -743,7 +828,7 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
   }
 }
 
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false>
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false, int KS = 1>
 void launch_cluster_kernel(const Params& p, const Plan& plan) {
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
     throw std::invalid_argument(
@@ -771,7 +856,7 @@ void launch_cluster_kernel(const Params& p, const Plan& plan) {
     config.attrs = &attribute;
     config.numAttrs = 1;
     NVWAVENET_CUDA_CHECK(
-        cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold>, p, split));
+        cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold, KS>, p, split));
   }
 }
 
@@ -807,6 +892,54 @@ Plan ClusterFold<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
 template <int R, int S, int A, class W>
 void ClusterFold<R, S, A, W>::launch(const Params& p, const Plan& plan) {
   launch_cluster_kernel<R, S, A, W, true, false, true>(p, plan);
+}
+
+// CLUSTER_BATCHED: CLUSTER's kernel with k = Params.streams_per_block streams per cluster (1, 2, 4
+// or 8; k = 1 is CLUSTER's very kernel). 0: the largest k whose clusters still fill every slot
+// the device has for them (ceil(batch / k) >= co-resident clusters), else 1, as TENSOR_CORE's plan
+// picks its tile: below that batch, more clusters of fewer streams run side by side instead.
+template <int R, int S, int A, class W>
+Plan ClusterBatched<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+  constexpr Variant kVariant = Variant::ClusterBatched;
+  const auto with = [&](int k) {
+    switch (k) {
+      case 2:
+        return plan_cluster_kernel<R, S, A, W, true, false, false, 2>(p, device);
+      case 4:
+        return plan_cluster_kernel<R, S, A, W, true, false, false, 4>(p, device);
+      case 8:
+        return plan_cluster_kernel<R, S, A, W, true, false, false, 8>(p, device);
+      default:
+        return plan_cluster_kernel<R, S, A, W, true, false, false, 1>(p, device);
+    }
+  };
+  const int k = p.streams_per_block;
+  if (k != 0) {
+    if (k != 1 && k != 2 && k != 4 && k != 8)
+      return refuse(kVariant, "streams_per_block must be 1, 2, 4 or 8 for CLUSTER_BATCHED (0: chosen from the "
+                              "batch), got " + std::to_string(k));
+    return with(k);
+  }
+  constexpr int kCandidates[] = {8, 4, 2};
+  for (const int candidate : kCandidates) {
+    const Plan plan = with(candidate);
+    if (plan.runnable && (p.batch + candidate - 1) / candidate >= plan.co_resident_groups) return plan;
+  }
+  return with(1);
+}
+
+template <int R, int S, int A, class W>
+void ClusterBatched<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+  switch (plan.streams_per_group) {
+    case 2:
+      return launch_cluster_kernel<R, S, A, W, true, false, false, 2>(p, plan);
+    case 4:
+      return launch_cluster_kernel<R, S, A, W, true, false, false, 4>(p, plan);
+    case 8:
+      return launch_cluster_kernel<R, S, A, W, true, false, false, 8>(p, plan);
+    default:
+      return launch_cluster_kernel<R, S, A, W, true, false, false, 1>(p, plan);
+  }
 }
 
 }  // namespace nvwavenet::gpu

@@ -42,8 +42,10 @@ struct PersistentLayout {
   // CLUSTER: uint64 per counter above at this index, the bytes all producers sent into that slot
   // over the call (added once, at exit; persistent.cuh, add_sent_bytes).
   static constexpr int kSentBytes = 4;
-  static constexpr int64_t kInput = 64;  // layer block: float[R], x entering its first layer
-  static constexpr int64_t kSlots = 64;  // head block: float[layer_blocks][S], the skip shares
+  // Every activation buffer below is per stream: `streams` copies side by side, stream-major
+  // (float[streams][...]), so that one product reads all streams of the cluster at a fixed stride.
+  static constexpr int64_t kInput = 64;  // layer block: float[streams][R], x entering its first layer
+  static constexpr int64_t kSlots = 64;  // head block: float[layer_blocks][streams][S], the skip shares
 
   // Layer block, for `capacity` layers. With the fold (CLUSTER_FOLD), also F and g for each layer
   // but the block's first (fold_w [capacity-1][2R][R], fold_b [capacity-1][2R]), the next layer's
@@ -53,34 +55,37 @@ struct PersistentLayout {
   // Head block, for `layer_blocks` skip shares and `rows` rows.
   int64_t hidden, logits, out_w, end_w, out_b, end_b, skip_sum, head_end;
 
-  __host__ __device__ PersistentLayout(int capacity, int layer_blocks, int rows, bool fold = false) {
-    dilate_w = kInput + R * 4;
+  __host__ __device__ PersistentLayout(int capacity, int layer_blocks, int rows, bool fold = false,
+                                       int streams = 1) {
+    dilate_w = kInput + streams * R * 4;
     res_w = dilate_w + capacity * 4 * R * R * kW;
     skip_w = res_w + capacity * R * R * kW;
     dilate_b = skip_w + capacity * S * R * kW;
     res_b = dilate_b + capacity * 2 * R * kW;
     skip_b = res_b + capacity * R * kW;
-    pre = skip_b + capacity * S * kW;
-    gated = pre + capacity * 2 * R * 4;
-    partial = gated + capacity * R * 4;
+    pre = skip_b + capacity * S * kW;              // [capacity][streams][2R]
+    gated = pre + streams * capacity * 2 * R * 4;  // [capacity][streams][R]
+    partial = gated + streams * capacity * R * 4;  // [streams][S]
     const int64_t folds = fold && capacity > 1 ? capacity - 1 : 0;
-    fold_w = partial + S * 4;
+    fold_w = partial + streams * S * 4;
     fold_b = fold_w + folds * 2 * R * R * kW;
     next_x = fold_b + folds * 2 * R * kW;
     fold_cur = next_x + (fold ? R * 4 : 0);
     layer_end = fold_cur + (fold ? 2 * R * 4 : 0);
 
-    hidden = kSlots + int64_t(layer_blocks) * S * 4;
-    logits = hidden + A * 4;
-    out_w = logits + A * 4;
+    hidden = kSlots + int64_t(layer_blocks) * streams * S * 4;  // [streams][A]
+    logits = hidden + streams * A * 4;                           // [streams][A]
+    out_w = logits + streams * A * 4;
     end_w = out_w + rows * S * kW;
     out_b = end_w + rows * A * kW;
     end_b = out_b + rows * kW;
-    skip_sum = end_b + rows * kW;
-    head_end = skip_sum + S * 4;
+    skip_sum = end_b + rows * kW;  // [streams][S]
+    head_end = skip_sum + streams * S * 4;
   }
-  __host__ __device__ PersistentLayout(const PersistentSplit& split, bool fold = false)
-      : PersistentLayout(split.layer_capacity, split.layer_blocks, split.head_rows, fold) {}
+  // `streams`: per cluster (CLUSTER_BATCHED's k, a compile-time constant in the kernel; 1 for the
+  // other variants).
+  __host__ __device__ PersistentLayout(const PersistentSplit& split, bool fold = false, int streams = 1)
+      : PersistentLayout(split.layer_capacity, split.layer_blocks, split.head_rows, fold, streams) {}
 
   __host__ __device__ int64_t bytes() const { return layer_end > head_end ? layer_end : head_end; }
 };
