@@ -52,8 +52,7 @@ from nvwavenet.checkpoint import load_model, save_model
 from nvwavenet.cli import main as cli_main
 from nvwavenet.mel import MelConfig, MelSpectrogram, load_mel_npy
 from nvwavenet.model import WaveNet
-from nvwavenet.state import (concat_states, copy_state, load_state, move_to_position, reset_streams, save_state,
-                             select_streams)
+from nvwavenet.state import concat_states, copy_state, load_state, move_to_position, save_state, select_streams
 from nvwavenet.testing import compare_with_reference, random_cond_input, random_nv_wavenet_args
 from nvwavenet.vocoder import Vocoder
 
@@ -1066,7 +1065,7 @@ def test_checkpoint_with_overlapping_offsets_is_refused(tmp_path):
     size = header[second]["data_offsets"][1] - header[second]["data_offsets"][0]
     header[second]["data_offsets"] = [header[first]["data_offsets"][0], header[first]["data_offsets"][0] + size]
     (path / "model.safetensors").write_bytes(_with_header(header, body))
-    with pytest.raises(ValueError, match=f"model.safetensors: .*tensor '.*': data_offsets .* overlap"):
+    with pytest.raises(ValueError, match="model.safetensors: .*tensor '.*': data_offsets .* overlap"):
         Vocoder.from_checkpoint(path)
 
 
