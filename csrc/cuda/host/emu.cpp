@@ -895,6 +895,19 @@ uint32_t mapa(uint32_t shared_address, int rank) {
   return (uint32_t(rank + 1) << 24) | shared_address;
 }
 
+// The mbarrier a thread operates on with `what`: one that was never initialised is the caller's bug.
+Mbarrier& initialised_mbarrier(Block& block, int64_t offset, const char* what) {
+  Mbarrier* bar = find_mbarrier(block, offset);
+  if (!bar) fail_here(std::string(what) + " on shared offset " + std::to_string(offset) + ", never initialised");
+  return *bar;
+}
+
+// PTX limits a transaction count to 2^20-1 bytes per operation.
+void check_tx_bytes(uint32_t bytes, const char* what) {
+  if (bytes > (1u << 20) - 1)
+    fail_here(std::string(what) + " of " + std::to_string(bytes) + " bytes (PTX's limit 2^20-1)");
+}
+
 void mbarrier_init(uint32_t address, uint32_t count) {
   auto [block, offset] = decode(address, "mbarrier.init");
   if (block != &my_block()) fail_here("mbarrier.init.shared::cta of another block's shared memory");
@@ -911,35 +924,30 @@ void fence_mbarrier_init() { yield(true); }
 
 void mbarrier_arrive_expect_tx(uint32_t address, uint32_t bytes) {
   auto [block, offset] = decode(address, "mbarrier.arrive.expect_tx");
-  Mbarrier* bar = find_mbarrier(*block, offset);
-  if (!bar) fail_here("mbarrier.arrive.expect_tx on shared offset " + std::to_string(offset) + ", never initialised");
-  if (bytes > (1u << 20) - 1)
-    fail_here("mbarrier.expect_tx of " + std::to_string(bytes) + " bytes (PTX's limit 2^20-1)");
-  bar->tx += bytes;
-  if (--bar->pending < 0) fail_here("mbarrier.arrive: more arrivals than the barrier's count in one phase");
-  complete_phase_if_done(*bar);
+  Mbarrier& bar = initialised_mbarrier(*block, offset, "mbarrier.arrive.expect_tx");
+  check_tx_bytes(bytes, "mbarrier.expect_tx");
+  bar.tx += bytes;
+  if (--bar.pending < 0) fail_here("mbarrier.arrive: more arrivals than the barrier's count in one phase");
+  complete_phase_if_done(bar);
   yield(true);
 }
 
 void mbarrier_complete_tx(uint32_t address, uint32_t bytes) {
   auto [block, offset] = decode(address, "mbarrier.complete_tx");
-  Mbarrier* bar = find_mbarrier(*block, offset);
-  if (!bar) fail_here("mbarrier.complete_tx on shared offset " + std::to_string(offset) + ", never initialised");
-  if (bytes > (1u << 20) - 1)
-    fail_here("mbarrier.complete_tx of " + std::to_string(bytes) + " bytes (PTX's limit 2^20-1)");
-  bar->tx -= bytes;
-  complete_phase_if_done(*bar);
+  Mbarrier& bar = initialised_mbarrier(*block, offset, "mbarrier.complete_tx");
+  check_tx_bytes(bytes, "mbarrier.complete_tx");
+  bar.tx -= bytes;
+  complete_phase_if_done(bar);
   yield(true);
 }
 
 bool mbarrier_try_wait_parity(uint32_t address, uint32_t parity) {
   auto [block, offset] = decode(address, "mbarrier.try_wait.parity");
   poll_point("mbarrier.try_wait.parity");
-  Mbarrier* bar = find_mbarrier(*block, offset);
-  if (!bar) fail_here("mbarrier.try_wait on shared offset " + std::to_string(offset) + ", never initialised");
-  const bool complete = (bar->phase & 1) != (parity & 1);
-  if (complete) bar->unobserved = false;
-  observe(block->shared_base + offset, bar->phase);
+  Mbarrier& bar = initialised_mbarrier(*block, offset, "mbarrier.try_wait");
+  const bool complete = (bar.phase & 1) != (parity & 1);
+  if (complete) bar.unobserved = false;
+  observe(block->shared_base + offset, bar.phase);
   return complete;
 }
 
