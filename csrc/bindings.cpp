@@ -54,15 +54,10 @@ py::dict build_info() {
   std::vector<std::tuple<int, int, int>> persistent;
   for (const auto& size : nvwavenet::gpu::persistent_sizes()) persistent.emplace_back(size[0], size[1], size[2]);
   py::dict variant_sizes;
-  // PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and CLUSTER_BATCHED (one kernel) only where a
-  // layer fits one block; TENSOR_CORE's plan refuses R=256 float32 (shared memory) with the reason.
-#define NVWAVENET_VARIANT_SIZES(enumerator, value, name)                                              \
-  variant_sizes[name] = Variant::enumerator == Variant::Persistent || Variant::enumerator == Variant::Cluster || \
-                                Variant::enumerator == Variant::ClusterRoles ||                               \
-                                Variant::enumerator == Variant::ClusterFold ||                                \
-                                Variant::enumerator == Variant::ClusterBatched                                \
-                            ? persistent                                                               \
-                            : sizes;
+  // The persistent kernel's variants only where a layer fits one block; TENSOR_CORE's plan refuses
+  // R=256 float32 (shared memory) with the reason.
+#define NVWAVENET_VARIANT_SIZES(enumerator, value, name) \
+  variant_sizes[name] = nvwavenet::gpu::runs_persistent_kernel(Variant::enumerator) ? persistent : sizes;
   NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_SIZES)
 #undef NVWAVENET_VARIANT_SIZES
   info["cuda"] = true;

@@ -19,7 +19,8 @@ enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
 #define NVWAVENET_HOST_DEVICE inline
 #endif
 
-// The CUDA kernel variants, the one table of their names in C++: enumerator, nvwavenet.Impl
+// The CUDA kernel variants, the one table of their names in C++: enumerator (also the name of the
+// variant's class template in csrc/cuda/host.h, which launch.cu dispatches to), nvwavenet.Impl
 // value, nvwavenet.Impl name (tests/test_session.py checks it against nvwavenet.Impl).
 #define NVWAVENET_FOR_EACH_VARIANT(X)  \
   X(SingleBlock, 1, "SINGLE_BLOCK")    \

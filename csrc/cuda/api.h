@@ -54,4 +54,11 @@ std::string status_message(const DeviceStatus& status, int32_t variant, int64_t 
 // layers fit one block's shared memory).
 std::vector<std::array<int, 3>> persistent_sizes();
 
+// Whether `variant` runs the persistent kernel (persistent.cuh): PERSISTENT and the CLUSTER
+// family, built for persistent_sizes() only, and traced under NVWAVENET_TRACE.
+constexpr bool runs_persistent_kernel(Variant variant) {
+  return variant == Variant::Persistent || variant == Variant::Cluster || variant == Variant::ClusterRoles ||
+         variant == Variant::ClusterFold || variant == Variant::ClusterBatched;
+}
+
 }  // namespace nvwavenet::gpu

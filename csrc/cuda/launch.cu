@@ -144,31 +144,20 @@ void validate(const Params& p, Variant variant, bool launching) {
   }
 }
 
-// Calls f(TypeTag<V>{}), V the class of `variant` (SingleBlock, DualBlock, Persistent, Cluster,
-// TensorCore, ClusterRoles, ClusterFold or ClusterBatched) for p's size and weight type; AUTO names
-// no class of its own and throws `auto_error`.
+// Calls f(TypeTag<V>{}), V the class of `variant` for p's size and weight type: the class template
+// named by the variant's enumerator in NVWAVENET_FOR_EACH_VARIANT (host.h declares them). AUTO
+// names no class of its own and throws `auto_error`.
 template <class F>
 decltype(auto) dispatch_variant(const Params& p, Variant variant, const char* auto_error, F&& f) {
   return dispatch_size_and_type(p, [&](auto size, auto type) -> decltype(auto) {
     using Size = decltype(size);
     using W = typename decltype(type)::type;
     switch (variant) {
-      case Variant::SingleBlock:
-        return f(TypeTag<SingleBlock<Size::R, Size::S, Size::A, W>>{});
-      case Variant::DualBlock:
-        return f(TypeTag<DualBlock<Size::R, Size::S, Size::A, W>>{});
-      case Variant::Persistent:
-        return f(TypeTag<Persistent<Size::R, Size::S, Size::A, W>>{});
-      case Variant::Cluster:
-        return f(TypeTag<Cluster<Size::R, Size::S, Size::A, W>>{});
-      case Variant::TensorCore:
-        return f(TypeTag<TensorCore<Size::R, Size::S, Size::A, W>>{});
-      case Variant::ClusterBatched:
-        return f(TypeTag<ClusterBatched<Size::R, Size::S, Size::A, W>>{});
-      case Variant::ClusterRoles:
-        return f(TypeTag<ClusterRoles<Size::R, Size::S, Size::A, W>>{});
-      case Variant::ClusterFold:
-        return f(TypeTag<ClusterFold<Size::R, Size::S, Size::A, W>>{});
+#define NVWAVENET_VARIANT_CASE(enumerator, value, name) \
+  case Variant::enumerator:                             \
+    return f(TypeTag<enumerator<Size::R, Size::S, Size::A, W>>{});
+      NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_CASE)
+#undef NVWAVENET_VARIANT_CASE
       case Variant::Auto:
         break;
     }
@@ -306,9 +295,7 @@ void generate(const Params& p, Variant variant) {
   if (status.code != kStatusOk)
     throw std::runtime_error(status_message(status, static_cast<int32_t>(variant), p.spin_timeout_ns));
 #ifdef NVWAVENET_TRACE
-  if (variant == Variant::Persistent || variant == Variant::Cluster || variant == Variant::ClusterRoles ||
-      variant == Variant::ClusterFold || variant == Variant::ClusterBatched)
-    print_trace(p, chosen, variant);
+  if (runs_persistent_kernel(variant)) print_trace(p, chosen, variant);
 #endif
 }
 
