@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--naive-limit", type=float, default=2.0,
                         help="stop naive generation once one sample takes longer than this (seconds)")
     parser.add_argument("--out", type=Path, default=HERE / "out")
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to leave it alone")
+    bench.add_results_option(parser, HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     env = bench.environment(device)
@@ -96,13 +96,11 @@ def main(argv=None) -> int:
     bench.write_csv(args.out / f"{stem}.csv", HEADER, table)
     plot(table, args.out / f"{stem}.png", bench.environment_line(env, command))
     print(f"wrote {args.out / (stem + '.csv')} and {args.out / (stem + '.png')}")
-    if str(args.results) != "-":
-        body = (f"## Naive vs fast generation (Fast WaveNet timing experiment), {device.type.upper()}\n\n"
-                f"R{args.R}/S{args.S}/A{args.A}, 2 blocks of L layers, batch 1. "
-                f"{bench.environment_line(env, command)}\n\n" + "\n".join(notes) + "\n\n"
-                + bench.markdown_table(HEADER, cells))
-        bench.update_results(args.results, stem, body)
-        print(f"updated {args.results}")
+    body = (f"## Naive vs fast generation (Fast WaveNet timing experiment), {device.type.upper()}\n\n"
+            f"R{args.R}/S{args.S}/A{args.A}, 2 blocks of L layers, batch 1. "
+            f"{bench.environment_line(env, command)}\n\n" + "\n".join(notes) + "\n\n"
+            + bench.markdown_table(HEADER, cells))
+    bench.write_results(args.results, {stem: body})
     return 0
 
 

@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     parser.add_argument("--admission-only", action="store_true",
                         help="only the admission rows (--admit realtime: joining below and at capacity)")
     parser.add_argument("--note", default="", help="a line about the machine's conditions, for the results")
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to skip writing")
+    bench.add_results_option(parser, HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
     command = "python benchmarks/serve_load.py " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -311,11 +311,10 @@ def main(argv=None) -> int:
                  f"measured with the server idle, + 50 ms. {args.device}, {args.dtype}."
                  + (f" {args.note}" if args.note else "") + "\n" + bench.environment_line(env, command) + "\n\n"
                  + bench.markdown_table(ADMISSION_HEADER, admission_rows))
+    admission_section = f"serve-admission-{args.device}"
+    admission_body = f"## Serving: admission at real-time capacity, {args.device.upper()}\n\n{admission}"
     if args.admission_only:
-        if str(args.results) != "-":
-            bench.update_results(args.results, f"serve-admission-{args.device}",
-                                 f"## Serving: admission at real-time capacity, {args.device.upper()}\n\n{admission}")
-            print(f"updated {args.results}")
+        bench.write_results(args.results, {admission_section: admission_body})
         return 0
     lines = [f"Models: r64-l20 = R64/S256/A256 L=20 max dilation 512, 24 kHz, hop 300, 80 mels; demo = the demo's "
              f"R{demo.n_residual}/S{demo.n_skip}/A{demo.n_classes} L={demo.n_layers}, {demo.sample_rate} Hz, hop "
@@ -334,12 +333,8 @@ def main(argv=None) -> int:
                      f"{soak_result['max']:,.1f} MiB at most ({soak_result['samples']} samples, every 2 s).")
         print(soak_line)
         body += "\n\n" + soak_line
-    if str(args.results) != "-":
-        bench.update_results(args.results, f"serve-load-{args.device}",
-                             f"## Serving under load, {args.device.upper()}\n\n{body}")
-        bench.update_results(args.results, f"serve-admission-{args.device}",
-                             f"## Serving: admission at real-time capacity, {args.device.upper()}\n\n{admission}")
-        print(f"updated {args.results}")
+    bench.write_results(args.results, {f"serve-load-{args.device}": f"## Serving under load, {args.device.upper()}\n\n{body}",
+                                       admission_section: admission_body})
     return 0
 
 

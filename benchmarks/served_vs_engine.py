@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=40, help="frames per utterance (40: 0.5 s at 24 kHz)")
     parser.add_argument("--rounds", type=int, default=3, help="served and raw rounds per stream count (medians)")
     parser.add_argument("--note", default="", help="a line about the machine's conditions, for the results")
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to skip writing")
+    bench.add_results_option(parser, HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     # This process's PyTorch work (conditioning the raw engine's input, the clients) on one thread:
     # the server and the engine have the CPUs.
@@ -167,9 +167,7 @@ def main(argv=None) -> int:
     if args.note:
         lines.append(args.note)
     body = "\n".join(lines) + "\n" + bench.environment_line(env, command) + "\n\n" + bench.markdown_table(HEADER, rows)
-    if str(args.results) != "-":
-        bench.update_results(args.results, "served-vs-engine-cpu", f"## Served vs the raw engine, CPU\n\n{body}")
-        print(f"updated {args.results}")
+    bench.write_results(args.results, {"served-vs-engine-cpu": f"## Served vs the raw engine, CPU\n\n{body}"})
     return 0
 
 

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=400, help="timed calls of each kind per batch (median)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to leave it alone")
+    bench.add_results_option(parser, HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     command = " ".join(["python benchmarks/session_overhead.py", shlex.join(sys.argv[1:] if argv is None else argv)]).strip()
     env = bench.environment(torch.device("cpu"))
@@ -92,11 +92,9 @@ def main(argv=None) -> int:
                    f"{' '.join(f'{x:.2f}' for x in load_after)} after (other jobs share the machine).")
     print(description)
     print(bench.text_table(header, rows))
-    if str(args.results) != "-":
-        bench.update_results(args.results, "session-overhead-cpu",
-                             f"## Session overhead, CPU\n\n{description}\n{bench.environment_line(env, command)}"
-                             f"\n\n{bench.markdown_table(header, rows)}")
-        print(f"updated {args.results}")
+    bench.write_results(args.results, {
+        "session-overhead-cpu": f"## Session overhead, CPU\n\n{description}\n{bench.environment_line(env, command)}"
+                                f"\n\n{bench.markdown_table(header, rows)}"})
     return 0
 
 

@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-residual", type=int, default=32)
     parser.add_argument("--memory-skip", type=int, default=128)
     parser.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="'-' to leave it alone")
+    bench.add_results_option(parser, HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     args.child_args = ["--device", args.device, "--dtype", args.dtype,
                        "--memory-layers", str(args.memory_layers), "--memory-max-dilation", str(args.memory_max_dilation),
@@ -174,11 +174,10 @@ def main(argv=None) -> int:
                    f"{args.device}, {args.dtype}.")
     print(description)
     print(bench.text_table(["measure", "value"], rows))
-    if str(args.results) != "-":
-        bench.update_results(args.results, f"streaming-{device.type}",
-                             f"## Streaming, {device.type.upper()}\n\n{description}\n{bench.environment_line(env, command)}"
-                             f"\n\n{bench.markdown_table(['measure', 'value'], rows)}")
-        print(f"updated {args.results}")
+    bench.write_results(args.results, {
+        f"streaming-{device.type}": f"## Streaming, {device.type.upper()}\n\n{description}\n"
+                                    f"{bench.environment_line(env, command)}\n\n"
+                                    f"{bench.markdown_table(['measure', 'value'], rows)}"})
     return 0
 
 

@@ -78,8 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=2048, help="samples of conditioning per call")
     parser.add_argument("--quick", action="store_true", help="r64-l20 only, batch 1, 8 and 64")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="folder for the CSV and PNG")
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md",
-                        help="RESULTS.md to update ('-' to leave it alone)")
+    bench.add_results_option(parser, HERE / "RESULTS.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.configs, args.batches = ["r64-l20"], [1, 8, 64]
@@ -97,11 +96,9 @@ def main(argv=None) -> int:
     bench.write_csv(args.out / f"{stem}.csv", bench.COLUMNS, cells)
     plot(rows, configs, args.out / f"{stem}.png", bench.environment_line(env, command))
     print(f"\nwrote {args.out / (stem + '.csv')} and {args.out / (stem + '.png')}")
-    if str(args.results) != "-":
-        body = (f"## Throughput, {device.type.upper()}\n\n{bench.environment_line(env, command)}\n\n"
-                f"{bench.markdown_table(bench.COLUMNS, cells)}")
-        bench.update_results(args.results, stem, body)
-        print(f"updated {args.results}")
+    bench.write_results(args.results, {stem: f"## Throughput, {device.type.upper()}\n\n"
+                                             f"{bench.environment_line(env, command)}\n\n"
+                                             f"{bench.markdown_table(bench.COLUMNS, cells)}"})
     return 0
 
 

@@ -366,6 +366,21 @@ def update_results(path: Path, section: str, body: str) -> None:
     path.write_text(text)
 
 
+def add_results_option(parser, default: Path) -> None:
+    """The benchmarks' ``--results`` option: the RESULTS.md whose sections they rewrite."""
+    parser.add_argument("--results", type=Path, default=default,
+                        help="RESULTS.md to update with this run's section ('-' prints only)")
+
+
+def write_results(target: Path, sections: dict) -> None:
+    """Rewrite each ``{section: body}`` in ``target`` and say so; a target of ``-`` leaves every file alone."""
+    if str(target) == "-":
+        return
+    for section, body in sections.items():
+        update_results(target, section, body)
+    print(f"updated {target}")
+
+
 def save_figure(figure, path: Path, dpi: int = 120) -> None:
     """Lay out, write and release a matplotlib figure."""
     import matplotlib.pyplot as plt

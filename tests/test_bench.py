@@ -37,6 +37,18 @@ def test_results_sections_are_replaced_not_duplicated(tmp_path):
     assert "second" in text and "first" not in text and text.count("throughput-cpu:begin") == 1 and "gpu" in text
 
 
+def test_write_results_writes_every_section_and_a_dash_writes_nothing(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "RESULTS.md"
+    bench.write_results(results, {"serve-load-cpu": "load", "serve-admission-cpu": "admission"})
+    text = results.read_text()
+    assert "serve-load-cpu:begin -->\nload" in text and "serve-admission-cpu:begin -->\nadmission" in text
+    assert capsys.readouterr().out == f"updated {results}\n"
+    monkeypatch.chdir(tmp_path)
+    bench.write_results(Path("-"), {"serve-load-cpu": "other"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md"] and results.read_text() == text
+    assert capsys.readouterr().out == ""
+
+
 def test_compiled_baseline_is_the_reference_step():
     """``pytorch-compiled`` runs the reference's arithmetic, not a cheaper stand-in: after 16 steps
     its samples and queues are the float32 reference's."""
