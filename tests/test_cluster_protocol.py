@@ -3,6 +3,19 @@ persistent.cuh's schedule), run in random block interleavings: the mbarrier phas
 counts, single-buffer reuse across steps and the exit after an abort are where a cluster kernel
 deadlocks or races, and no GPU has run this kernel yet.
 
+Two block sets run through the one emulator (`emulate`). CLUSTER's: layer blocks (the chain: x in,
+x on to the next, a skip share of S rows to every head) and head blocks (the first samples; skip
+wait, z all-gather, logits to the sampler, x_0 to layer block 0); CLUSTER_FOLD, CLUSTER_ROLES and
+CLUSTER_BATCHED run this schedule too. CLUSTER_SKIP_BLOCKS's (notes design_skip_blocks.md,
+issue 24 item 2) adds skip blocks and splits the skip rows: each chain block sends the gated h of
+each of its layers (R floats) into every skip block's single h buffer and a share of rows
+[0, c) to every head; each skip block waits for all L layers' h of the step (site 8,
+kInputCounter: L*R*4 bytes) and sends its q rows of [c, S) to every head; a head waits for
+(layer_blocks*c + S - c)*4 bytes. Head rows and skip rows may be uneven (86/85/85 at A = 256 over 3
+heads). The single h buffer is safe only because a chain block sends h of step t + 1 after its
+input x of t + 1, which follows the sample of step t, hence every head's read of every skip share
+of t, which each skip block sends after its last read of h of t; the model checks that chain.
+
 Each block is a generator that yields at every operation that another block can observe; a
 scheduler runs a random ready block or lands a random st.async in flight. The mbarrier model
 follows the PTX ISA: an expected arrival count (1: the consumer's thread 0), a transaction count
@@ -23,18 +36,22 @@ present (never early, never a byte of the next phase); no st.async overwrites da
 has not finished reading; the transaction count stays within PTX's range; no barrier runs two
 phases ahead of its waiter; the drain's byte counts are within one phase; and no block exits
 while an st.async into its shared memory is still in flight (nor does one land after it exited).
+Planted bugs (wrong byte counts, a wrong exit, skip warps or a chain block that do not wait) show
+that each check can fail.
 """
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 
 import pytest
 
 TX_LIMIT = 2**20 - 1
 # status.h's WaitSite values of CLUSTER's waits; within a step a block waits at increasing sites.
-NONE, INPUT, SKIP, HIDDEN, LOGITS = 0, 4, 5, 6, 7
-SLOT = {INPUT: 0, SKIP: 1, HIDDEN: 2, LOGITS: 3}  # persistent_layout.h's k*Counter
+# H_INPUT: kSitePersistentSkipInput, a skip block waiting for the layers' gated activations.
+NONE, INPUT, SKIP, HIDDEN, LOGITS, H_INPUT = 0, 4, 5, 6, 7, 8
+SLOT = {INPUT: 0, SKIP: 1, HIDDEN: 2, LOGITS: 3, H_INPUT: 0}  # persistent_layout.h's k*Counter
 
 
 class ProtocolError(AssertionError):
@@ -113,8 +130,9 @@ def phases_done(stop, site, steps):
 
 
 # The block exits emulated: the kernel's (drain), the one before issue 24 (barrier: the final
-# cluster barrier, then exit), and two wrong drains that must be caught.
-EXITS = ("drain", "barrier", "drain without complete_tx", "drain counting x_0 after the last step")
+# cluster barrier, then exit), and three wrong drains that must be caught.
+EXITS = ("drain", "barrier", "drain without complete_tx", "drain counting x_0 after the last step",
+         "drain without the skip blocks' input")
 
 
 # How a layer block is run: CLUSTER's (one role), CLUSTER_ROLES's chain and skip warps interleaved
@@ -122,25 +140,51 @@ EXITS = ("drain", "barrier", "drain without complete_tx", "drain counting x_0 af
 ROLES = (None, "roles", "roles without ready")
 
 
+def shares(total, parts):
+    """The base/extra split of `total` rows (or layers) over `parts` blocks, as the planner splits
+    the layers: the first total % parts blocks hold one more."""
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
 def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, abort_at=None, exit="drain",
-            roles=None):
+            roles=None, skip_blocks=0, layers=None, chain_rows=None, early_h=False):
     """Runs persistent.cuh's CLUSTER schedule and exit; returns statistics of the run.
-    expect_bytes overrides what a consumer announces (to show that a wrong count is caught);
+    expect_bytes: {site: bytes} overrides what a consumer announces (to show that a wrong count is
+    caught);
     abort_at: (round, site): from that scheduler round on, the next wait blocked at that site times
-    out (None: none does). roles: one of ROLES."""
+    out (None: none does). roles: one of ROLES.
+    CLUSTER_SKIP_BLOCKS (design_skip_blocks.md): skip_blocks > 0 blocks hold W_skip rows
+    [chain_rows, S) of all `layers` layers; the chain blocks (layer_blocks, `layers` split over
+    them) keep rows [0, chain_rows) and send each layer's h to every skip block. early_h: a chain
+    block sends its h before its input wait (must be caught). With skip_blocks = 0 (chain_rows = S)
+    this is CLUSTER's schedule."""
     assert exit in EXITS and roles in ROLES
-    rows = A // head_blocks
-    blocks_total = layer_blocks + head_blocks
+    assert not (skip_blocks and roles), "CLUSTER_SKIP_BLOCKS does not combine with roles"
+    layers = layer_blocks if layers is None else layers
+    chain_rows = S if chain_rows is None else chain_rows
+    assert (chain_rows < S) == (skip_blocks > 0) and layers >= layer_blocks
+    head_rows = shares(A, head_blocks)
+    skip_rows = shares(S - chain_rows, skip_blocks) if skip_blocks else []
+    counts = shares(layers, layer_blocks)  # layers of each chain block, from layer sum(counts[:j])
+    heads = range(layer_blocks, layer_blocks + head_blocks)  # cluster ranks
+    skippers = range(layer_blocks + head_blocks, layer_blocks + head_blocks + skip_blocks)
+    blocks_total = layer_blocks + head_blocks + skip_blocks
+    phase_bytes = {INPUT: R * 4, H_INPUT: layers * R * 4, SKIP: (layer_blocks * chain_rows + S - chain_rows) * 4,
+                   HIDDEN: A * 4, LOGITS: A * 4}
     bars = [{INPUT: Mbarrier(f"input barrier of layer block {j}")} for j in range(layer_blocks)]
     bars += [{SKIP: Mbarrier(f"skip barrier of head {h}"), HIDDEN: Mbarrier(f"z barrier of head {h}")}
              for h in range(head_blocks)]
     bars[layer_blocks][LOGITS] = Mbarrier("logit barrier of the sampler")
+    bars += [{H_INPUT: Mbarrier(f"h barrier of skip block {k}")} for k in range(skip_blocks)]
     sent = [Counter() for _ in range(blocks_total)]  # each block's kSentBytes words, by site
     x = [Buffer(f"x of layer block {j}") for j in range(layer_blocks)]
-    slots = [[Buffer(f"skip slot {j} of head {h}") for j in range(layer_blocks)] for h in range(head_blocks)]
+    # A head's slot of each producer: the chain blocks' rows [0, chain_rows), then the skip blocks'.
+    slots = [[Buffer(f"skip slot {p} of head {h}") for p in range(layer_blocks + skip_blocks)]
+             for h in range(head_blocks)]
     hidden = [[Buffer(f"z rows of head {g} in head {h}") for g in range(head_blocks)] for h in range(head_blocks)]
     logits = [Buffer(f"logit rows of head {g}") for g in range(head_blocks)]
-    announced = expect_bytes or {}
+    h_in = [[Buffer(f"h of layer {i} in skip block {k}") for i in range(layers)] for k in range(skip_blocks)]
+    announced = {**phase_bytes, **(expect_bytes or {})}  # bytes per phase, by wait site
     in_flight = []  # (consumer block, site, buffer, bytes, phase) of st.async not landed yet
     exited = set()
     stats = Counter()
@@ -158,10 +202,10 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
         bars[consumer][site].complete_tx(nbytes, phase)
         stats["handoffs"] += 1
 
-    def wait(block, site, nbytes, phase):
+    def wait(block, site, phase):
         """MbarrierHandoff::wait through bounded_wait: False when it gave up."""
         bar = bars[block][site]
-        bar.arrive_expect_tx(nbytes)
+        bar.arrive_expect_tx(announced[site])
         while not bar.try_wait_parity(phase):
             if not state["abort"] and abort_at is not None and state["round"] >= abort_at[0] and site == abort_at[1]:
                 state["abort"] = True  # this wait timed out
@@ -172,19 +216,30 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
             yield "blocked"
         return True
 
+    def send_h(j, t):
+        """Chain block j's gated h of each of its layers to every skip block (st.async per layer)."""
+        for i in range(sum(counts[:j]), sum(counts[:j + 1])):
+            for k in range(skip_blocks):
+                put(skippers[k], H_INPUT, h_in[k][i], R * 4, t)
+                yield "sent h"
+
     def layer_block(j):
         for t in range(steps):
-            if not (yield from wait(j, INPUT, announced.get("input", R * 4), t)):
+            if early_h:
+                yield from send_h(j, t)
+            if not (yield from wait(j, INPUT, t)):
                 return t, INPUT
             x[j].read(t)  # the chain reads and updates x in place
             yield "chain"
+            if not early_h:
+                yield from send_h(j, t)
             if j + 1 < layer_blocks:  # st.async of the local x to block j+1
                 x[j].read(t)
                 put(j + 1, INPUT, x[j + 1], R * 4, t)
                 yield "sent x"
             x[j].done(t)
-            for h in range(head_blocks):
-                put(layer_blocks + h, SKIP, slots[h][j], S * 4, t)
+            for h in heads:
+                put(h, SKIP, slots[h - layer_blocks][j], chain_rows * 4, t)
                 yield "sent skip share"
         return steps, NONE
 
@@ -198,7 +253,7 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
 
         def chain():
             for t in range(steps):
-                ok = yield from wait(j, INPUT, announced.get("input", R * 4), t)
+                ok = yield from wait(j, INPUT, t)
                 while mark["consumed"] < t - 1:  # the consumed barrier
                     yield "blocked"
                 if not ok:
@@ -246,6 +301,19 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
             yield outcome
         return stop
 
+    def skip_block(k):
+        me = skippers[k]
+        for t in range(steps):
+            if not (yield from wait(me, H_INPUT, t)):
+                return t, H_INPUT
+            for i in range(layers):
+                h_in[k][i].done(t)  # the skip product's last read of h, then the block barrier
+            yield "skip product"
+            for h in heads:
+                put(h, SKIP, slots[h - layer_blocks][layer_blocks + k], skip_rows[k] * 4, t)
+                yield "sent skip share"
+        return steps, NONE
+
     def head_block(h):
         me = layer_blocks + h
         sampler = h == 0
@@ -253,22 +321,22 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
             put(0, INPUT, x[0], R * 4, 0)
             yield "sent x0"
         for t in range(steps):
-            if not (yield from wait(me, SKIP, announced.get("skip", layer_blocks * S * 4), t)):
+            if not (yield from wait(me, SKIP, t)):
                 return t, SKIP
-            for j in range(layer_blocks):
-                slots[h][j].done(t)
+            for slot in slots[h]:
+                slot.done(t)
             yield "z"
             for g in range(head_blocks):
-                put(layer_blocks + g, HIDDEN, hidden[g][h], rows * 4, t)
+                put(layer_blocks + g, HIDDEN, hidden[g][h], head_rows[h] * 4, t)
                 yield "sent z rows"
-            if not (yield from wait(me, HIDDEN, announced.get("hidden", A * 4), t)):
+            if not (yield from wait(me, HIDDEN, t)):
                 return t, HIDDEN
             for g in range(head_blocks):
                 hidden[h][g].done(t)
-            put(layer_blocks, LOGITS, logits[h], rows * 4, t)
+            put(layer_blocks, LOGITS, logits[h], head_rows[h] * 4, t)
             yield "sent logit rows"
             if sampler:
-                if not (yield from wait(me, LOGITS, announced.get("logits", A * 4), t)):
+                if not (yield from wait(me, LOGITS, t)):
                     return t, LOGITS
                 for g in range(head_blocks):
                     logits[g].done(t)
@@ -284,11 +352,17 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
             phases = phases_done(stop, INPUT, steps)
             if block + 1 < layer_blocks:
                 sent[block + 1][INPUT] += phases * R * 4
-            for h in range(head_blocks):
-                sent[layer_blocks + h][SKIP] += phases * S * 4
+            for k in skippers:
+                sent[k][H_INPUT] += phases * counts[block] * R * 4
+            for h in heads:
+                sent[h][SKIP] += phases * chain_rows * 4
+        elif block in skippers:
+            for h in heads:
+                sent[h][SKIP] += phases_done(stop, H_INPUT, steps) * skip_rows[block - skippers[0]] * 4
         else:
-            for h in range(head_blocks):
-                sent[layer_blocks + h][HIDDEN] += phases_done(stop, SKIP, steps) * rows * 4
+            rows = head_rows[block - layer_blocks]
+            for h in heads:
+                sent[h][HIDDEN] += phases_done(stop, SKIP, steps) * rows * 4
             sent[layer_blocks][LOGITS] += phases_done(stop, HIDDEN, steps) * rows * 4
             if block == layer_blocks:
                 sampled = phases_done(stop, LOGITS, steps)
@@ -297,8 +371,9 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
 
     def drain_handoffs(block, stop):
         """persistent.cuh's drain_handoffs and MbarrierHandoff::drain."""
-        phase_bytes = {INPUT: R * 4, SKIP: layer_blocks * S * 4, HIDDEN: A * 4, LOGITS: A * 4}
         for site, bar in bars[block].items():
+            if site == H_INPUT and exit == "drain without the skip blocks' input":
+                continue
             phase = phases_done(stop, site, steps)
             expected = phase_bytes[site] if stop[1] == site else 0
             sent_now = sent[block][site] - phase * phase_bytes[site]
@@ -315,8 +390,10 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
                 yield "blocked"
 
     def block(b):
-        if b >= layer_blocks:
+        if b in heads:
             stop = yield from head_block(b - layer_blocks)
+        elif b in skippers:
+            stop = yield from skip_block(b - skippers[0])
         else:
             stop = yield from (roles_layer_block(b) if roles else layer_block(b))
         if stop[1] != NONE:
@@ -369,9 +446,27 @@ def all_blocked(blocks):
 CONFIGS = [(1, 1), (2, 1), (3, 2), (7, 2), (10, 2), (9, 4), (14, 2), (8, 8)]
 
 
-def handoffs_per_step(layer_blocks, head_blocks):
-    # x down the chain, skip shares, the z all-gather, logits, x_0 (one put per element group).
-    return (layer_blocks - 1) + layer_blocks * head_blocks + head_blocks ** 2 + head_blocks + 1
+# CLUSTER_SKIP_BLOCKS's splits: (layer_blocks, head_blocks, skip_blocks, layers, chain_rows, S, A).
+SKIP_SPLITS = [
+    (10, 3, 3, 20, 124, 256, 256),  # the target, float32 R64/S256/A256 L20: head rows 86/85/85, skip rows 44
+    (2, 2, 2, 3, 125, 256, 255),  # layers 2/1, skip rows 66/65, head rows 128/127
+    (1, 3, 1, 2, 200, 256, 256),  # one chain block (its x only from the sampler), one skip block
+    (3, 1, 4, 5, 1, 256, 256),  # the sampler the only head; layers 2/2/1, skip rows 64/64/64/63
+]
+TARGET = SKIP_SPLITS[0]
+
+
+def handoffs_per_step(layer_blocks, head_blocks, skip_blocks=0, layers=0):
+    # x down the chain, skip shares, the z all-gather, logits, x_0; h of each layer into each skip
+    # block and the skip blocks' shares (one put per element group).
+    return ((layer_blocks - 1) + layer_blocks * head_blocks + head_blocks ** 2 + head_blocks + 1
+            + layers * skip_blocks + skip_blocks * head_blocks)
+
+
+def emulate_skip_split(split, steps, rng, **kwargs):
+    layer_blocks, head_blocks, skip_blocks, layers, chain_rows, S, A = split
+    return emulate(layer_blocks, head_blocks, 64, S, A, steps, rng, skip_blocks=skip_blocks, layers=layers,
+                   chain_rows=chain_rows, **kwargs)
 
 
 @pytest.mark.parametrize("roles", ROLES[:2], ids=["CLUSTER", "CLUSTER_ROLES"])
@@ -417,7 +512,7 @@ def test_an_exit_that_does_not_drain_exactly_is_caught(exit, failure):
             emulate(3, 2, 64, 256, 256, steps, rng, abort_at=abort_at, exit=exit)
 
 
-@pytest.mark.parametrize("wrong", [{"skip": 256 * 4}, {"hidden": 4}, {"input": 64 * 4 + 4}])
+@pytest.mark.parametrize("wrong", [{SKIP: 256 * 4}, {HIDDEN: 4}, {INPUT: 64 * 4 + 4}])
 def test_a_wrong_byte_count_is_caught(wrong):
     """The emulation can fail: a consumer that announces too few bytes completes its phase early
     (a later byte then lands in the next phase), too many never completes (deadlock)."""
@@ -458,3 +553,67 @@ def test_several_streams_per_cluster_scale_every_byte_count(streams):
                 assert stats["handoffs"] == steps * handoffs_per_step(layer_blocks, head_blocks)
             totals += stats
     assert totals["bytes in flight at the final barrier"] > 0 and totals["phases drained"] > 0, totals
+
+
+@pytest.mark.parametrize("split", SKIP_SPLITS, ids=lambda split: "+".join(map(str, split[:3])))
+def test_skip_blocks_handoffs_are_race_and_deadlock_free_in_random_orders(split):
+    """CLUSTER_SKIP_BLOCKS: the single h buffer of each skip block is rewritten each step by every
+    chain block, the heads' slots by chain and skip blocks, rows uneven."""
+    rng = random.Random(sum(split))
+    for _ in range(30):
+        steps = rng.randint(1, 4)
+        stats = emulate_skip_split(split, steps, rng)
+        assert stats["handoffs"] == steps * handoffs_per_step(*split[:4])
+        assert stats["phases drained"] == 0 and stats["blocks that gave up"] == 0
+
+
+@pytest.mark.parametrize("split", SKIP_SPLITS, ids=lambda split: "+".join(map(str, split[:3])))
+def test_an_abort_anywhere_with_skip_blocks_leaves_no_st_async_in_flight_at_exit(split):
+    """The exit of CLUSTER_SKIP_BLOCKS: the chain blocks' h and the skip blocks' shares counted in
+    add_sent_bytes, each skip block's h slot drained; timeouts at every kind of wait."""
+    rng = random.Random(9000 + sum(split))
+    totals = Counter()
+    for _ in range(60):
+        steps = rng.randint(1, 3)
+        rounds = steps * handoffs_per_step(*split[:4]) * 12
+        abort_at = (rng.randrange(rounds), rng.choice([INPUT, H_INPUT, SKIP, HIDDEN, LOGITS]))
+        totals += emulate_skip_split(split, steps, rng, abort_at=abort_at)
+    assert {f"timed out at site {site}" for site in (INPUT, H_INPUT, SKIP, HIDDEN, LOGITS)} <= set(totals), totals
+    assert totals["bytes in flight at the final barrier"] > 0 and totals["phases drained"] > 0, totals
+
+
+@pytest.mark.parametrize("split", [TARGET, SKIP_SPLITS[1]], ids=["target", "small"])
+@pytest.mark.parametrize("bug,every,some", [
+    # the skip block expects one layer's h per chain block, or one layer more than there are
+    (lambda split: {"expect_bytes": {H_INPUT: split[0] * 64 * 4}}, "read phase .* holds phase", None),
+    (lambda split: {"expect_bytes": {H_INPUT: (split[3] + 1) * 64 * 4}}, "deadlock", None),
+    (lambda split: {"expect_bytes": {SKIP: split[0] * split[4] * 4}}, r"skip (slot \d+|barrier) of head|deadlock",
+     "skip slot"),
+    (lambda split: {"early_h": True}, "stored while", "^h of layer"),
+    (lambda split: {"exit": "drain without the skip blocks' input"}, "exits with .* in flight", None),
+], ids=["h count too small", "h count too large", "head without skip shares", "h before the input wait",
+        "drain without the h slot"])
+def test_skip_blocks_protocol_bugs_are_caught(split, bug, every, some):
+    """The emulation of CLUSTER_SKIP_BLOCKS can fail, each planted bug for its own reason in every
+    run that fails (and `some` of them at the site of the bug): a skip block announcing too few h
+    bytes completes its phase before the last h arrived, too many never completes; a head
+    announcing the chain shares only completes before the skip shares arrived (or, when a share
+    overshoots its count, never); a chain block that sends h before its input wait overwrites h of
+    the previous step that a skip block is still reading (or, downstream, the skip share of the
+    previous step in a head's slot); an exit that does not drain the skip blocks' h slot leaves
+    with st.async into it in flight (aborts needed)."""
+    kwargs = bug(split)
+    rng = random.Random(17)
+    failures = []
+    for _ in range(100):
+        steps = rng.randint(1, 4)
+        abort_at = None
+        if "exit" in kwargs:
+            rounds = steps * handoffs_per_step(*split[:4]) * 12
+            abort_at = (rng.randrange(rounds), rng.choice([INPUT, H_INPUT, SKIP, HIDDEN, LOGITS]))
+        try:
+            emulate_skip_split(split, steps, rng, abort_at=abort_at, **kwargs)
+        except ProtocolError as error:
+            failures.append(str(error))
+    assert failures and all(re.search(every, failure) for failure in failures), failures
+    assert any(re.search(some or every, failure) for failure in failures), failures
