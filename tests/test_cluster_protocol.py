@@ -17,7 +17,8 @@ input x of t + 1, which follows the sample of step t, hence every head's read of
 of t, which each skip block sends after its last read of h of t; the model checks that chain.
 
 Each block is a generator that yields at every operation that another block can observe; a
-scheduler runs a random ready block or lands a random st.async in flight. The mbarrier model
+scheduler runs a random block (in some runs one of them slowly) or lands a random st.async in
+flight; a deadlock: every block polled blocked over 50 times, nothing in flight. The mbarrier model
 follows the PTX ISA: an expected arrival count (1: the consumer's thread 0), a transaction count
 that st.async's complete_tx lowers (it may go negative before the consumer's arrive.expect_tx
 raises it) and a phase that completes when both reach zero; try_wait.parity(P) succeeds once the
@@ -413,33 +414,40 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
 
     blocks = [block(b) for b in range(blocks_total)]
     land_chance = rng.choice([0.05, 0.3, 0.8])  # how late st.async lands, per run
-    blocked_rounds = 0
+    # In a third of the runs one block runs slowly: a long chain of hand-offs, such as the one that
+    # protects a single buffer from the next step, then completes between two of its operations
+    # (uniform choices almost never let it). It runs anyway once every other block found itself
+    # blocked twice since anything moved, so that no rounds are spent waiting for it.
+    slow, slow_chance = rng.choice(blocks), rng.choice([1, 1, 0.01])
+    idle = Counter()  # polls of each block that found it blocked since anything moved
     while blocks:
         state["round"] += 1
         if in_flight and rng.random() < land_chance:
             land(rng.randrange(len(in_flight)))
-            blocked_rounds = 0
+            idle.clear()
             continue
         chosen = rng.choice(blocks)
+        if chosen is slow and rng.random() >= slow_chance and any(idle[b] < 2 for b in blocks if b is not slow):
+            continue
         try:
             outcome = next(chosen)
         except StopIteration:
             blocks.remove(chosen)
-            blocked_rounds = 0
+            idle.clear()
             continue
-        blocked_rounds = blocked_rounds + 1 if outcome == "blocked" else 0
-        if blocked_rounds > 50 * (len(blocks) + 1) and not in_flight and all_blocked(blocks):
+        if outcome != "blocked":
+            idle.clear()
+            continue
+        idle[chosen] += 1
+        # A wait gives up after the abort at a poll with chance 0.3, so more than 50 polls of every
+        # block that found it blocked, nothing landing or moving between, are a deadlock (a false
+        # alarm has chance 0.7**50 per such wait).
+        if idle[chosen] > 50 and not in_flight and all(idle[block] > 50 for block in blocks):
             raise ProtocolError("deadlock: every remaining block waits and no st.async is in flight")
     while in_flight:  # st.async into blocks that exited
         land(0)
     stats["rounds"] = state["round"]
     return stats
-
-
-def all_blocked(blocks):
-    """Whether every generator's next step is still 'blocked' (advances each by one poll, which a
-    spinning waiter does anyway)."""
-    return all(next(block, "done") == "blocked" for block in list(blocks))
 
 
 # (7, 2): CLUSTER's split of R64/S256/A256 float16 L20; (10, 2): CLUSTER_FOLD's (fewer layers per block).
@@ -585,17 +593,17 @@ def test_an_abort_anywhere_with_skip_blocks_leaves_no_st_async_in_flight_at_exit
 @pytest.mark.parametrize("split", [TARGET, SKIP_SPLITS[1]], ids=["target", "small"])
 @pytest.mark.parametrize("bug,every,some", [
     # the skip block expects one layer's h per chain block, or one layer more than there are
-    (lambda split: {"expect_bytes": {H_INPUT: split[0] * 64 * 4}}, "read phase .* holds phase", None),
+    (lambda split: {"expect_bytes": {H_INPUT: split[0] * 64 * 4}}, "read phase .* holds phase|arrived while", None),
     (lambda split: {"expect_bytes": {H_INPUT: (split[3] + 1) * 64 * 4}}, "deadlock", None),
     (lambda split: {"expect_bytes": {SKIP: split[0] * split[4] * 4}}, r"skip (slot \d+|barrier) of head|deadlock",
-     "skip slot"),
+     None),
     (lambda split: {"early_h": True}, "stored while", "^h of layer"),
     (lambda split: {"exit": "drain without the skip blocks' input"}, "exits with .* in flight", None),
 ], ids=["h count too small", "h count too large", "head without skip shares", "h before the input wait",
         "drain without the h slot"])
 def test_skip_blocks_protocol_bugs_are_caught(split, bug, every, some):
-    """The emulation of CLUSTER_SKIP_BLOCKS can fail, each planted bug for its own reason in every
-    run that fails (and `some` of them at the site of the bug): a skip block announcing too few h
+    """The emulation of CLUSTER_SKIP_BLOCKS can fail, each planted bug for its own reason in each of
+    the first five runs that fail (and `some` of them at the site of the bug): a skip block announcing too few h
     bytes completes its phase before the last h arrived, too many never completes; a head
     announcing the chain shares only completes before the skip shares arrived (or, when a share
     overshoots its count, never); a chain block that sends h before its input wait overwrites h of
@@ -605,7 +613,9 @@ def test_skip_blocks_protocol_bugs_are_caught(split, bug, every, some):
     kwargs = bug(split)
     rng = random.Random(17)
     failures = []
-    for _ in range(100):
+    for _ in range(200):
+        if len(failures) == 5:
+            break
         steps = rng.randint(1, 4)
         abort_at = None
         if "exit" in kwargs:
