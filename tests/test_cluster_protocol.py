@@ -603,19 +603,17 @@ def test_an_abort_anywhere_with_skip_blocks_leaves_no_st_async_in_flight_at_exit
         "drain without the h slot"])
 def test_skip_blocks_protocol_bugs_are_caught(split, bug, every, some):
     """The emulation of CLUSTER_SKIP_BLOCKS can fail, each planted bug for its own reason in each of
-    the first five runs that fail (and `some` of them at the site of the bug): a skip block announcing too few h
-    bytes completes its phase before the last h arrived, too many never completes; a head
-    announcing the chain shares only completes before the skip shares arrived (or, when a share
-    overshoots its count, never); a chain block that sends h before its input wait overwrites h of
-    the previous step that a skip block is still reading (or, downstream, the skip share of the
-    previous step in a head's slot); an exit that does not drain the skip blocks' h slot leaves
-    with st.async into it in flight (aborts needed)."""
+    the first five runs that fail (`some` of them at the site of the bug): a skip block announcing
+    too few h bytes completes its phase before the last h arrived, too many never completes; a
+    head announcing the chain shares only completes before the skip shares arrived (or, when a
+    share overshoots its count, never); a chain block that sends h before its input wait
+    overwrites h of the previous step that a skip block is still reading (or, downstream, the skip
+    share of the previous step in a head's slot); an exit that does not drain the skip blocks' h
+    slot leaves with st.async into it in flight (aborts needed)."""
     kwargs = bug(split)
     rng = random.Random(17)
     failures = []
     for _ in range(200):
-        if len(failures) == 5:
-            break
         steps = rng.randint(1, 4)
         abort_at = None
         if "exit" in kwargs:
@@ -625,5 +623,7 @@ def test_skip_blocks_protocol_bugs_are_caught(split, bug, every, some):
             emulate_skip_split(split, steps, rng, abort_at=abort_at, **kwargs)
         except ProtocolError as error:
             failures.append(str(error))
+            if len(failures) == 5:
+                break
     assert failures and all(re.search(every, failure) for failure in failures), failures
     assert any(re.search(some or every, failure) for failure in failures), failures
