@@ -597,16 +597,20 @@ def test_an_abort_anywhere_with_skip_blocks_leaves_no_st_async_in_flight_at_exit
     (lambda split: {"expect_bytes": {H_INPUT: (split[3] + 1) * 64 * 4}}, "deadlock", None),
     (lambda split: {"expect_bytes": {SKIP: split[0] * split[4] * 4}}, r"skip (slot \d+|barrier) of head|deadlock",
      None),
+    # each head expects z rows of head_blocks equal heads (today's planner's A // head_blocks)
+    (lambda split: {"expect_bytes": {HIDDEN: split[1] * (split[6] // split[1]) * 4}},
+     "deadlock", None),
     (lambda split: {"early_h": True}, "stored while", "^h of layer"),
     (lambda split: {"exit": "drain without the skip blocks' input"}, "exits with .* in flight", None),
-], ids=["h count too small", "h count too large", "head without skip shares", "h before the input wait",
-        "drain without the h slot"])
+], ids=["h count too small", "h count too large", "head without skip shares", "z count of equal rows",
+        "h before the input wait", "drain without the h slot"])
 def test_skip_blocks_protocol_bugs_are_caught(split, bug, every, some):
     """The emulation of CLUSTER_SKIP_BLOCKS can fail, each planted bug for its own reason in each of
     the first five runs that fail (`some` of them at the site of the bug): a skip block announcing
     too few h bytes completes its phase before the last h arrived, too many never completes; a
     head announcing the chain shares only completes before the skip shares arrived (or, when a
-    share overshoots its count, never); a chain block that sends h before its input wait
+    share overshoots its count, never); a head that counts z rows as if every head had
+    A // head_blocks (86/85/85 is not 3 x 85) never completes (the z rows overshoot); a chain block that sends h before its input wait
     overwrites h of the previous step that a skip block is still reading (or, downstream, the skip
     share of the previous step in a head's slot); an exit that does not drain the skip blocks' h
     slot leaves with st.async into it in flight (aborts needed)."""
