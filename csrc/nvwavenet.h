@@ -30,7 +30,8 @@ enum class DType : int32_t { Float32 = 0, Float16 = 1, BFloat16 = 2 };
   X(TensorCore, 5, "TENSOR_CORE")      \
   X(ClusterFold, 6, "CLUSTER_FOLD")    \
   X(ClusterBatched, 7, "CLUSTER_BATCHED") \
-  X(ClusterRoles, 8, "CLUSTER_ROLES")
+  X(ClusterRoles, 8, "CLUSTER_ROLES")    \
+  X(ClusterSkipBlocks, 9, "CLUSTER_SKIP_BLOCKS")
 
 #define NVWAVENET_VARIANT_ENUMERATOR(enumerator, value, name) enumerator = value,
 enum class Variant : int32_t { Auto = 0, NVWAVENET_FOR_EACH_VARIANT(NVWAVENET_VARIANT_ENUMERATOR) };

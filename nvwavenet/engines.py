@@ -79,8 +79,8 @@ def cpu_isa() -> str:
 def build_info() -> dict:
     """What was compiled: ``cuda`` (bool), ``cuda_archs``, ``sizes`` ((R, S, A) tuples the CUDA
     kernels were built for), ``variant_sizes`` (the sizes per CUDA variant name: PERSISTENT, CLUSTER,
-    CLUSTER_FOLD, CLUSTER_BATCHED and CLUSTER_ROLES only have the sizes whose layers fit one block's
-    shared memory), ``variants`` (the compiled module's variant names and codes, as :class:`Impl`
+    CLUSTER_FOLD, CLUSTER_BATCHED, CLUSTER_ROLES and CLUSTER_SKIP_BLOCKS only have the sizes whose
+    layers fit one block's shared memory), ``variants`` (the compiled module's variant names and codes, as :class:`Impl`
     has them), ``precisions``, ``version``,
     ``extension`` (whether ``_C`` loaded), and for the CPU engine ``cpu_isa`` (``"avx512"``, ``"avx2+fma"`` or ``"generic"``, see :func:`cpu_isa`)
     and ``cpu_threads`` (threads it uses by default: the CPUs this process may run on). Without the
@@ -263,6 +263,10 @@ class Impl(enum.IntEnum):
     - ``CLUSTER_ROLES``: CLUSTER with warp-specialised roles in its layer blocks (8 warps run the
       layer chain, 8 the skip products as each layer's gated output is ready). Opt-in only: it has
       not run on a GPU yet, and ``AUTO`` never picks it.
+    - ``CLUSTER_SKIP_BLOCKS``: CLUSTER with part of each layer's W_skip moved out of the layer
+      blocks into skip blocks of their own, so that float32 R64/S256/A256 L20 fits one cluster (10
+      layer blocks, 3 head blocks, 3 skip blocks). Opt-in only: it has not run on a GPU yet, and
+      ``AUTO`` never picks it.
 
     ``AUTO``'s rule lives in :mod:`nvwavenet.autotune` and never picks a variant that cannot run the
     call. A CPU ``cond_input`` always runs the CPU path, whatever is asked for. Blocks that wait on
@@ -278,6 +282,7 @@ class Impl(enum.IntEnum):
     CLUSTER_FOLD = 6
     CLUSTER_BATCHED = 7
     CLUSTER_ROLES = 8
+    CLUSTER_SKIP_BLOCKS = 9
 
 
 # The concrete CUDA variants and their codes: Impl without AUTO (C++'s table, NVWAVENET_FOR_EACH_VARIANT

@@ -14,7 +14,8 @@ def net():
 
 def test_public_surface():
     assert [i.name for i in Impl] == ["AUTO", "SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT", "CLUSTER", "TENSOR_CORE",
-                                      "CLUSTER_FOLD", "CLUSTER_BATCHED", "CLUSTER_ROLES"]
+                                      "CLUSTER_FOLD", "CLUSTER_BATCHED", "CLUSTER_ROLES",
+                                      "CLUSTER_SKIP_BLOCKS"]
     info = nvwavenet.build_info()
     for key in ("cuda", "cuda_archs", "sizes", "precisions", "version"):
         assert key in info

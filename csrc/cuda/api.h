@@ -30,6 +30,8 @@ struct Plan {
   int layer_blocks = 0;            // PERSISTENT: blocks that hold layers
   int head_blocks = 0;             // PERSISTENT: blocks that hold the output head
   int max_layers_per_block = 0;    // PERSISTENT
+  int skip_blocks = 0;             // CLUSTER_SKIP_BLOCKS: blocks that hold rows [chain_skip_rows, S) of W_skip
+  int chain_skip_rows = 0;         // CLUSTER_SKIP_BLOCKS: rows of each layer's W_skip in the layer blocks
 };
 
 // The plan for `variant` (not Auto): validates Params, queries the device named by p.device, and
@@ -58,7 +60,8 @@ std::vector<std::array<int, 3>> persistent_sizes();
 // family, built for persistent_sizes() only, and traced under NVWAVENET_TRACE.
 constexpr bool runs_persistent_kernel(Variant variant) {
   return variant == Variant::Persistent || variant == Variant::Cluster || variant == Variant::ClusterRoles ||
-         variant == Variant::ClusterFold || variant == Variant::ClusterBatched;
+         variant == Variant::ClusterFold || variant == Variant::ClusterBatched ||
+         variant == Variant::ClusterSkipBlocks;
 }
 
 }  // namespace nvwavenet::gpu

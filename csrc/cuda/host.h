@@ -93,6 +93,14 @@ struct ClusterFold {
   static void launch(const Params& p, const Plan& plan);
 };
 
+// CLUSTER with part of W_skip in skip blocks of its own, so that float32 layers fit two per block
+// (persistent.cuh, persistent_skip_block); opt-in, never run on a GPU yet.
+template <int R, int S, int A, class W>
+struct ClusterSkipBlocks {
+  static Plan plan(const Params& p, const DeviceFacts& device);
+  static void launch(const Params& p, const Plan& plan);
+};
+
 template <int R, int S, int A, class W>
 struct TensorCore {
   static Plan plan(const Params& p, const DeviceFacts& device);

@@ -207,7 +207,10 @@ void print_trace(const Params& p, const Plan& plan, Variant variant) {
     if (stamp != 0 && stamp < first) first = stamp;
   for (int rank = 0; rank < plan.blocks_per_group; ++rank) {
     std::string line = std::string("nvwavenet trace ") + variant_name(variant) + " step " +
-                       std::to_string(p.num_samples / 2) + (rank < plan.layer_blocks ? " layer block " : " head block ") +
+                       std::to_string(p.num_samples / 2) +
+                       (rank < plan.layer_blocks                       ? " layer block "
+                        : rank < plan.layer_blocks + plan.head_blocks ? " head block "
+                                                                       : " skip block ") +
                        std::to_string(rank) + ":";
     for (int event = 0; event < kTraceEvents; ++event) {
       const uint64_t stamp = stamps[rank * kTraceEvents + event];
@@ -232,6 +235,7 @@ std::string status_message(const DeviceStatus& status, int32_t variant, int64_t 
       "a head block waiting for the skip sums",
       "a head block waiting for the hidden vector",
       "the sampling block waiting for the logits",
+      "a skip block waiting for the layers' gated activations",
   };
   constexpr int32_t kKnownSites = static_cast<int32_t>(sizeof(kSites) / sizeof(kSites[0]));
   const std::string site = status.site >= 0 && status.site < kKnownSites

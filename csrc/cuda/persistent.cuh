@@ -57,6 +57,40 @@
 
 namespace nvwavenet::gpu {
 
+// CLUSTER_SKIP_BLOCKS splits rows of W_skip (products over R) and of the head (over S and A)
+// between blocks in whole units of the rows one warp of matvec computes (its rows % kRowsPerWarp).
+template <int R, int S, int A, class W>
+struct SkipBlocksUnits {
+  static constexpr int kSkip = MatvecShape<W, R, kPersistentThreads>::kRowsPerWarp;
+  static constexpr int kHeadS = MatvecShape<W, S, kPersistentThreads>::kRowsPerWarp;
+  static constexpr int kHeadA = MatvecShape<W, A, kPersistentThreads>::kRowsPerWarp;
+  static constexpr int kHead = kHeadS > kHeadA ? kHeadS : kHeadA;
+};
+
+// CLUSTER_SKIP_BLOCKS's split for its block counts and c = chain_skip_rows (the planner tries
+// these; the launcher rebuilds the plan's): layers as the other variants split them, the head's A
+// rows and W_skip's rows [c, S) as evenly as whole units allow.
+template <int R, int S, int A, class W>
+PersistentSplit skip_blocks_split(int L, int layer_blocks, int head_blocks, int skip_blocks, int chain_skip_rows) {
+  using Units = SkipBlocksUnits<R, S, A, W>;
+  PersistentSplit split{};
+  split.layer_blocks = layer_blocks;
+  split.layers_base = L / layer_blocks;
+  split.layers_extra = L % layer_blocks;
+  split.layer_capacity = split.layers_base + (split.layers_extra > 0 ? 1 : 0);
+  split.head_blocks = head_blocks;
+  split.head_rows = A / Units::kHead / head_blocks * Units::kHead;
+  split.head_rows_extra = A / Units::kHead % head_blocks;
+  split.skip_blocks = skip_blocks;
+  split.chain_skip_rows = chain_skip_rows;
+  if (skip_blocks > 0) {
+    const int units = (S - chain_skip_rows) / Units::kSkip;
+    split.skip_rows_base = units / skip_blocks * Units::kSkip;
+    split.skip_rows_extra = units % skip_blocks;
+  }
+  return split;
+}
+
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 namespace cg = cooperative_groups;
 
@@ -148,29 +182,31 @@ __device__ __forceinline__ void chain_sync() {
 
 // Layer i's skip product into partial (the block's share of the skip sum). Each row has one
 // owner thread for all layers (one shape), so accumulating across layers needs no barrier.
+// `rows`: rows [0, rows) of each layer's W_skip are in the block (S but for CLUSTER_SKIP_BLOCKS).
 template <int R, int S, class W, int NT, int KS = 1>
 __device__ __forceinline__ void skip_product(const W* skip_w, const W* skip_b, const float* gated, float* partial,
-                                             int i, int tid, int live = 1) {
+                                             int i, int tid, int live = 1, int rows = S) {
   matvec<W, R, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
-      skip_w + int64_t(i) * S * R, R, 0, S, gated + i * KS * R, R, tid, NoTransform{},
+      skip_w + int64_t(i) * rows * R, R, 0, rows, gated + i * KS * R, R, tid, NoTransform{},
       [&](int m, int b, const float (&v)[1]) {
         if (b >= live) return;
-        const float term = v[0] + WeightsInShared::value(skip_b + i * S + m);
+        const float term = v[0] + WeightsInShared::value(skip_b + i * rows + m);
         partial[b * S + m] = i == 0 ? term : partial[b * S + m] + term;
       });
 }
 
 // The block's share of the skip sum to every head block, by the NT threads that computed it
-// (after a barrier of theirs); the `live` first of KS streams' rows.
+// (after a barrier of theirs); the `live` first of KS streams' rows. `rows`: rows [0, rows) of the
+// share (S but for CLUSTER_SKIP_BLOCKS's layer blocks, whose KS is 1).
 template <int R, int S, int A, class W, class H, int NT, int KS = 1>
 __device__ __forceinline__ void send_skip_share(const PersistentSplit& split, char* smem,
                                                 const cg::cluster_group& cluster, int rank, const float* partial,
-                                                int tid, int live = 1) {
+                                                int tid, int live = 1, int rows = S) {
   using Layout = PersistentLayout<R, S, A, W>;
   uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
   float* const own_slot = reinterpret_cast<float*>(smem + Layout::kSlots) + int64_t(rank) * KS * S;
   for (int h = 0; h < split.head_blocks; ++h)
-    for (int k = tid; k < live * S; k += NT)
+    for (int k = tid; k < live * rows; k += NT)
       H::put(cluster, own_slot + k, split.layer_blocks + h, counters + Layout::kSkipCounter, partial[k]);
   if constexpr (H::kProducerSignals) {
     __syncthreads();
@@ -309,7 +345,11 @@ __device__ __forceinline__ void precompute_layers_batched(const Params& p, const
 // computed from whatever its buffers hold (matvec keeps streams apart) and go nowhere: the
 // epilogues skip them, nothing of theirs is read from or written to global memory or sent, and
 // the hand-offs carry the live streams' bytes.
-template <int R, int S, int A, class W, class H, bool kRoles, bool kFold, int KS>
+//
+// CLUSTER_SKIP_BLOCKS (kSkipBlocks): the block holds rows [0, c) of its layers' W_skip
+// (c = split.chain_skip_rows); each layer's gated h goes to every skip block as soon as it is made,
+// and the block's share of the skip sum is rows [0, c).
+template <int R, int S, int A, class W, class H, bool kRoles, bool kFold, int KS, bool kSkipBlocks>
 __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSplit& split, char* smem,
                                        const cg::cluster_group& cluster, int rank, int64_t stream0, int group_live,
                                        DeviceStatus* status) {
@@ -317,8 +357,11 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
                 "several streams per cluster only with the mbarrier hand-offs, without roles or the fold");
   const int live = KS == 1 ? 1 : group_live;  // a constant for every variant but CLUSTER_BATCHED
   using Layout = PersistentLayout<R, S, A, W>;
+  using Units = SkipBlocksUnits<R, S, A, W>;
   constexpr int NT = kRoles ? kRoleThreads : kPersistentThreads;  // the chain's threads
-  const Layout layout(split, kFold, KS);
+  const Layout layout =
+      kSkipBlocks ? Layout::with_skip_blocks(split, p.L, Units::kHead, Units::kSkip) : Layout(split, kFold, KS);
+  const int skip_rows = kSkipBlocks ? split.chain_skip_rows : S;  // rows of W_skip per layer here
   const int tid = threadIdx.x;
   const int first = rank * split.layers_base + (rank < split.layers_extra ? rank : split.layers_extra);
   const int count = split.layers_base + (rank < split.layers_extra ? 1 : 0);
@@ -407,6 +450,13 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
             });
         if constexpr (kRoles) group_arrive(kRolesReadyBarrier + i, kPersistentThreads);
         chain_sync<kRoles>();
+        if constexpr (kSkipBlocks) {  // h_l into row l of every skip block's h buffer
+          float* const h_row = reinterpret_cast<float*>(smem + Layout::kInput) + l * R;
+          const int skip_rank0 = split.layer_blocks + split.head_blocks;
+          for (int k = tid; k < split.skip_blocks * R; k += NT)
+            H::put(cluster, h_row + k % R, skip_rank0 + k / R, counters + Layout::kInputCounter,
+                   layer_gated[k % R]);
+        }
         if (l < L - 1) {
           matvec<W, R, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
               res_w + int64_t(i) * R * R, R, 0, R, layer_gated, R, tid, NoTransform{},
@@ -432,9 +482,10 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
     }
 
     if constexpr (!kRoles) {  // this block's share of the skip sum, to every head block
-      for (int i = 0; i < count; ++i) skip_product<R, S, W, NT, KS>(skip_w, skip_b, gated, partial, i, tid, live);
+      for (int i = 0; i < count; ++i)
+        skip_product<R, S, W, NT, KS>(skip_w, skip_b, gated, partial, i, tid, live, skip_rows);
       __syncthreads();
-      send_skip_share<R, S, A, W, H, NT, KS>(split, smem, cluster, rank, partial, tid, live);
+      send_skip_share<R, S, A, W, H, NT, KS>(split, smem, cluster, rank, partial, tid, live, skip_rows);
       trace_event(p, rank, 31, t);
     }
 
@@ -446,19 +497,30 @@ __device__ StopPoint persistent_layer_block(const Params& p, const PersistentSpl
 }
 
 // Streams as in persistent_layer_block; the sampler draws stream stream0 + w with its warp w.
-template <int R, int S, int A, class W, class H, int KS>
+// CLUSTER_SKIP_BLOCKS (kSkipBlocks): the skip sum's rows [0, c) are the layer blocks' shares summed,
+// rows [c, S) each one skip block's share; head blocks hold uneven rows (split_rows).
+template <int R, int S, int A, class W, class H, int KS, bool kSkipBlocks>
 __device__ StopPoint persistent_head_block(const Params& p, const PersistentSplit& split, char* smem,
                                       const cg::cluster_group& cluster, int rank, int64_t stream0, int group_live,
                                       DeviceStatus* status) {
   const int live = KS == 1 ? 1 : group_live;
   using Layout = PersistentLayout<R, S, A, W>;
+  using Units = SkipBlocksUnits<R, S, A, W>;
   constexpr int NT = kPersistentThreads;
-  const Layout layout(split, false, KS);
+  const Layout layout =
+      kSkipBlocks ? Layout::with_skip_blocks(split, p.L, Units::kHead, Units::kSkip) : Layout(split, false, KS);
   const int tid = threadIdx.x;
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int head = rank - split.layer_blocks;
-  const int row0 = head * split.head_rows;
+  const RowRange own_rows = kSkipBlocks ? split_rows(head, split.head_rows, split.head_rows_extra, Units::kHead)
+                                        : RowRange{head * split.head_rows, split.head_rows};
+  const int row0 = own_rows.first;
+  const int c = split.chain_skip_rows;
+  // Bytes of skip shares per step: every stream's S rows from each layer block, or (skip blocks)
+  // rows [0, c) from each layer block and rows [c, S) once.
+  const uint32_t skip_bytes = kSkipBlocks ? uint32_t(split.layer_blocks * c + S - c) * 4
+                                          : uint32_t(split.layer_blocks) * uint32_t(live) * S * 4;
   const int sampler_rank = split.layer_blocks;
   const bool sampler = rank == sampler_rank;
   const int64_t T = p.num_samples;
@@ -501,17 +563,24 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
     wait.step = t;
 
     if (!block_wait<H>(counters + Layout::kSkipCounter, t, uint64_t(split.layer_blocks) * uint64_t(t + 1),
-                       uint32_t(split.layer_blocks) * uint32_t(live) * S * 4, kSitePersistentSkip, wait))
+                       skip_bytes, kSitePersistentSkip, wait))
       return StopPoint{t, kSitePersistentSkip};
     trace_event(p, rank, 0, t);
-    for (int k = tid; k < live * S; k += NT) {
+    for (int k = tid; k < live * (kSkipBlocks ? c : S); k += NT) {
       float sum = 0.f;
       for (int j = 0; j < split.layer_blocks; ++j) sum += slots[j * KS * S + k];
       skip_sum[k] = sum;
     }
+    if constexpr (kSkipBlocks) {  // skip block k's rows sit in its own slot, slot layer_blocks + k
+      for (int k = 0; k < split.skip_blocks; ++k) {
+        const RowRange rows = split_rows(k, split.skip_rows_base, split.skip_rows_extra, Units::kSkip);
+        const float* const share = slots + (split.layer_blocks + k) * S + c + rows.first;
+        for (int m = tid; m < rows.count; m += NT) skip_sum[c + rows.first + m] = share[m];
+      }
+    }
     __syncthreads();
     matvec<W, S, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
-        out_w, S, 0, split.head_rows, skip_sum, S, tid, ReluTransform{}, [&](int m, int b, const float (&v)[1]) {
+        out_w, S, 0, own_rows.count, skip_sum, S, tid, ReluTransform{}, [&](int m, int b, const float (&v)[1]) {
           if (b >= live) return;
           const float z = fmaxf(v[0] + WeightsInShared::value(out_b + m), 0.f);
           for (int h = 0; h < split.head_blocks; ++h)
@@ -528,7 +597,7 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
       return StopPoint{t, kSitePersistentHidden};
     trace_event(p, rank, 2, t);
     matvec<W, A, KS, 1, NT, WeightsInShared, InputFromThisBlock>(
-        end_w, A, 0, split.head_rows, hidden, A, tid, NoTransform{},
+        end_w, A, 0, own_rows.count, hidden, A, tid, NoTransform{},
         [&](int m, int b, const float (&v)[1]) {
           if (b < live)
             H::put(cluster, logits + b * A + row0 + m, sampler_rank, counters + Layout::kLogitCounter,
@@ -568,6 +637,57 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
   return StopPoint{T, kSiteNone};
 }
 
+// CLUSTER_SKIP_BLOCKS's skip block k: rows [r0, r0 + q) of the skip sum, r0 = c + split_rows(k).first
+// (issue 24, design item 2; csrc/cuda/NOTES.md). Per step it waits for all L layers' gated h (the
+// layer blocks put each into row l of its h buffer as soon as it is made), sums W_skip,l h_l over
+// the layers in order, adds the layers' biases (summed once per call in the prologue), and sends
+// the q sums to every head block, into its own slot (slot layer_blocks + k) at rows [r0, r0 + q).
+// h of step t + 1 arrives only after the sampler drew step t, i.e. after every head had this
+// block's share of step t, which it sends after its last read of h (the barrier before it).
+template <int R, int S, int A, class W, class H>
+__device__ StopPoint persistent_skip_block(const Params& p, const PersistentSplit& split, char* smem,
+                                           const cg::cluster_group& cluster, int rank, DeviceStatus* status) {
+  using Layout = PersistentLayout<R, S, A, W>;
+  using Units = SkipBlocksUnits<R, S, A, W>;
+  constexpr int NT = kPersistentThreads;
+  const Layout layout = Layout::with_skip_blocks(split, p.L, Units::kHead, Units::kSkip);
+  const int tid = threadIdx.x;
+  const int k = rank - split.layer_blocks - split.head_blocks;
+  const RowRange own = split_rows(k, split.skip_rows_base, split.skip_rows_extra, Units::kSkip);
+  const int r0 = split.chain_skip_rows + own.first;
+  const int q = own.count;
+  const int L = p.L;
+  const int64_t T = p.num_samples;
+
+  uint64_t* const counters = reinterpret_cast<uint64_t*>(smem);
+  const float* const h = reinterpret_cast<const float*>(smem + Layout::kInput);  // [L][R]
+  const W* const w = reinterpret_cast<const W*>(smem + layout.rows_w);            // [L][q][R]
+  const float* const bias = reinterpret_cast<const float*>(smem + layout.rows_bias);
+  float* const share = reinterpret_cast<float*>(smem + layout.rows_share);
+  float* const slot = reinterpret_cast<float*>(smem + Layout::kSlots) + (split.layer_blocks + k) * S + r0;
+
+  WaitContext wait{status, p.spin_timeout_ns, kSitePersistentSkipInput, 0};
+  for (int64_t t = 0; t < T; ++t) {
+    wait.step = t;
+    if (!block_wait<H>(counters + Layout::kInputCounter, t, 0, uint32_t(L) * R * 4, kSitePersistentSkipInput, wait))
+      return StopPoint{t, kSitePersistentSkipInput};
+    trace_event(p, rank, 0, t);
+    // Each row has one owner thread for every layer (one shape): no barrier between the layers.
+    for (int l = 0; l < L; ++l)
+      matvec<W, R, 1, 1, NT, WeightsInShared, InputFromThisBlock>(
+          w + int64_t(l) * q * R, R, 0, q, h + l * R, 0, tid, NoTransform{}, [&](int m, int, const float (&v)[1]) {
+            const float sum = l == 0 ? v[0] : share[m] + v[0];
+            share[m] = l == L - 1 ? sum + bias[m] : sum;
+          });
+    __syncthreads();
+    for (int head = 0; head < split.head_blocks; ++head)
+      for (int m = tid; m < q; m += NT)
+        H::put(cluster, slot + m, split.layer_blocks + head, counters + Layout::kSkipCounter, share[m]);
+    trace_event(p, rank, 31, t);
+  }
+  return StopPoint{T, kSiteNone};
+}
+
 // CLUSTER's exit (issue 24). A block whose wait gave up leaves its step loop while producers that
 // have not seen the abort yet may already have issued st.async into its shared memory; those
 // bytes may land after the final cluster barrier (it orders memory operations, not the
@@ -579,10 +699,13 @@ __device__ StopPoint persistent_head_block(const Params& p, const PersistentSpli
 // so bytes sent - completed phases x bytes per phase are that phase's, at most one phase.
 // Thread 0 only; every block after its step loop, off the steps' path (once per call). Every
 // hand-off carries `live` streams' rows (CLUSTER_BATCHED), hence the byte counts x live.
-template <int R, int S, int A, class W>
+// CLUSTER_SKIP_BLOCKS (kSkipBlocks): a layer block's h goes to every skip block and its share is
+// c rows; a skip block sends its q rows after each completed wait for h; head rows are uneven.
+template <int R, int S, int A, class W, bool kSkipBlocks>
 __device__ void add_sent_bytes(const Params& p, const PersistentSplit& split, char* smem,
                                const cg::cluster_group& cluster, int rank, StopPoint stop, int live) {
   using Layout = PersistentLayout<R, S, A, W>;
+  using Units = SkipBlocksUnits<R, S, A, W>;
   uint64_t* const sent = reinterpret_cast<uint64_t*>(smem) + Layout::kSentBytes;
   const int64_t T = p.num_samples;
   const auto add = [&](int consumer, int slot, int64_t phases, int64_t bytes) {
@@ -590,17 +713,30 @@ __device__ void add_sent_bytes(const Params& p, const PersistentSplit& split, ch
       atomicAdd(reinterpret_cast<unsigned long long*>(cluster.map_shared_rank(sent + slot, consumer)),
                 static_cast<unsigned long long>(phases * bytes * live));
   };
+  const int skip_rank0 = split.layer_blocks + split.head_blocks;
   if (rank < split.layer_blocks) {  // x and the skip share go out once per completed input wait
     const int64_t phases = phases_done(stop, kSitePersistentInput, T);
     if (rank + 1 < split.layer_blocks) add(rank + 1, Layout::kInputCounter, phases, R * 4);
-    for (int h = 0; h < split.head_blocks; ++h) add(split.layer_blocks + h, Layout::kSkipCounter, phases, S * 4);
+    const int share_rows = kSkipBlocks ? split.chain_skip_rows : S;
+    for (int h = 0; h < split.head_blocks; ++h)
+      add(split.layer_blocks + h, Layout::kSkipCounter, phases, share_rows * 4);
+    if constexpr (kSkipBlocks) {  // and each of its layers' h into every skip block
+      const int count = split.layers_base + (rank < split.layers_extra ? 1 : 0);
+      for (int k = 0; k < split.skip_blocks; ++k) add(skip_rank0 + k, Layout::kInputCounter, phases, count * R * 4);
+    }
+  } else if (kSkipBlocks && rank >= skip_rank0) {  // its rows after each completed wait for h
+    const int64_t phases = phases_done(stop, kSitePersistentSkipInput, T);
+    const int q = split_rows(rank - skip_rank0, split.skip_rows_base, split.skip_rows_extra, Units::kSkip).count;
+    for (int h = 0; h < split.head_blocks; ++h) add(split.layer_blocks + h, Layout::kSkipCounter, phases, q * 4);
   } else {  // z rows after each skip wait, logit rows after each hidden wait, x_0 before step 0
             // and after each sample but the last
+    const int rows = kSkipBlocks ? split_rows(rank - split.layer_blocks, split.head_rows, split.head_rows_extra,
+                                              Units::kHead).count
+                                 : split.head_rows;
     const int64_t z_phases = phases_done(stop, kSitePersistentSkip, T);
     for (int h = 0; h < split.head_blocks; ++h)
-      add(split.layer_blocks + h, Layout::kHiddenCounter, z_phases, split.head_rows * 4);
-    add(split.layer_blocks, Layout::kLogitCounter, phases_done(stop, kSitePersistentHidden, T),
-        split.head_rows * 4);
+      add(split.layer_blocks + h, Layout::kHiddenCounter, z_phases, rows * 4);
+    add(split.layer_blocks, Layout::kLogitCounter, phases_done(stop, kSitePersistentHidden, T), rows * 4);
     if (rank == split.layer_blocks) {
       const int64_t sampled = phases_done(stop, kSitePersistentLogits, T);
       add(0, Layout::kInputCounter, sampled + 1 < T ? sampled + 1 : T, R * 4);
@@ -609,7 +745,7 @@ __device__ void add_sent_bytes(const Params& p, const PersistentSplit& split, ch
 }
 
 // Thread 0, after the final cluster barrier: drains each slot this block consumes.
-template <int R, int S, int A, class W>
+template <int R, int S, int A, class W, bool kSkipBlocks>
 __device__ void drain_handoffs(const Params& p, const PersistentSplit& split, char* smem, int rank, StopPoint stop,
                                int live, DeviceStatus* status) {
   using Layout = PersistentLayout<R, S, A, W>;
@@ -624,8 +760,12 @@ __device__ void drain_handoffs(const Params& p, const PersistentSplit& split, ch
   };
   if (rank < split.layer_blocks) {
     drain(Layout::kInputCounter, kSitePersistentInput, R * 4);
+  } else if (kSkipBlocks && rank >= split.layer_blocks + split.head_blocks) {
+    drain(Layout::kInputCounter, kSitePersistentSkipInput, int64_t(p.L) * R * 4);
   } else {
-    drain(Layout::kSkipCounter, kSitePersistentSkip, int64_t(split.layer_blocks) * S * 4);
+    const int c = split.chain_skip_rows;
+    drain(Layout::kSkipCounter, kSitePersistentSkip,
+          kSkipBlocks ? int64_t(split.layer_blocks * c + S - c) * 4 : int64_t(split.layer_blocks) * S * 4);
     drain(Layout::kHiddenCounter, kSitePersistentHidden, A * 4);
     if (rank == split.layer_blocks) drain(Layout::kLogitCounter, kSitePersistentLogits, A * 4);
   }
@@ -635,10 +775,13 @@ __device__ void drain_handoffs(const Params& p, const PersistentSplit& split, ch
 // kMbarrier: the hand-offs of CLUSTER (MbarrierHandoff), else PERSISTENT's (FlagHandoff).
 // kRoles: CLUSTER_ROLES's layer blocks (chain and skip warps; CLUSTER's hand-offs).
 // kFold: CLUSTER_FOLD's layer blocks (fold_layers). KS: streams per cluster (CLUSTER_BATCHED), 1
-// for the others.
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false, int KS = 1>
+// for the others. kSkipBlocks: CLUSTER_SKIP_BLOCKS's skip blocks (persistent_skip_block).
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false, int KS = 1,
+          bool kSkipBlocks = false>
 __global__ void __launch_bounds__(kPersistentThreads, 1)
     persistent_kernel(const __grid_constant__ Params p, const PersistentSplit split) {
+  static_assert(!kSkipBlocks || (kMbarrier && !kRoles && !kFold && KS == 1),
+                "skip blocks only with CLUSTER's hand-offs, without roles, the fold or several streams per cluster");
   auto* const status = static_cast<DeviceStatus*>(p.workspace);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   // Built for an architecture without clusters; the host refuses such devices before launching.
@@ -650,9 +793,13 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   char* const smem = reinterpret_cast<char*>(shared_vectors);
   const cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
-  const int64_t stream0 = int64_t(blockIdx.x / (split.layer_blocks + split.head_blocks)) * KS;
+  using Units = SkipBlocksUnits<R, S, A, W>;
+  const int cluster_blocks = split.layer_blocks + split.head_blocks + (kSkipBlocks ? split.skip_blocks : 0);
+  const int64_t stream0 = int64_t(blockIdx.x / cluster_blocks) * KS;
   const int live = KS == 1 ? 1 : static_cast<int>(p.batch - stream0 < KS ? p.batch - stream0 : KS);
-  const Layout layout(split, kFold, KS);
+  const Layout layout =
+      kSkipBlocks ? Layout::with_skip_blocks(split, p.L, Units::kHead, Units::kSkip) : Layout(split, kFold, KS);
+  const int skip_rank0 = split.layer_blocks + split.head_blocks;
   const int tid = threadIdx.x;
   if (tid < 4) {
     H::init(reinterpret_cast<uint64_t*>(smem) + tid);
@@ -673,11 +820,21 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       copy16(smem + layout.res_b, static_cast<const W*>(p.res_b) + int64_t(first) * R, with_res * R * w, tid,
              kPersistentThreads);
     }
-    copy16(smem + layout.skip_w, static_cast<const W*>(p.skip_w) + int64_t(first) * S * R, count * S * R * w, tid,
-           kPersistentThreads);
+    if constexpr (kSkipBlocks) {  // rows [0, c) of each layer's W_skip and b_skip
+      const int c = split.chain_skip_rows;
+      for (int i = 0; i < count; ++i)
+        copy16(smem + layout.skip_w + int64_t(i) * c * R * w, static_cast<const W*>(p.skip_w) + int64_t(first + i) * S * R,
+               int64_t(c) * R * w, tid, kPersistentThreads);
+      W* const skip_b = reinterpret_cast<W*>(smem + layout.skip_b);
+      for (int k = tid; k < count * c; k += kPersistentThreads)
+        skip_b[k] = static_cast<const W*>(p.skip_b)[int64_t(first + k / c) * S + k % c];
+    } else {
+      copy16(smem + layout.skip_w, static_cast<const W*>(p.skip_w) + int64_t(first) * S * R, count * S * R * w, tid,
+             kPersistentThreads);
+      copy16(smem + layout.skip_b, static_cast<const W*>(p.skip_b) + int64_t(first) * S, count * S * w, tid,
+             kPersistentThreads);
+    }
     copy16(smem + layout.dilate_b, static_cast<const W*>(p.dilate_b) + int64_t(first) * 2 * R, count * 2 * R * w, tid,
-           kPersistentThreads);
-    copy16(smem + layout.skip_b, static_cast<const W*>(p.skip_b) + int64_t(first) * S, count * S * w, tid,
            kPersistentThreads);
     if constexpr (kFold) {  // F and g for every layer of the block but its first
       copy16(smem + layout.fold_w, static_cast<const W*>(p.fold_w) + int64_t(first) * 2 * R * R,
@@ -685,30 +842,100 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       copy16(smem + layout.fold_b, static_cast<const W*>(p.fold_b) + int64_t(first) * 2 * R, (count - 1) * 2 * R * w,
              tid, kPersistentThreads);
     }
+  } else if (kSkipBlocks && rank >= skip_rank0) {  // rows [r0, r0 + q) of every layer's W_skip
+    const RowRange own = split_rows(rank - skip_rank0, split.skip_rows_base, split.skip_rows_extra, Units::kSkip);
+    const int64_t r0 = split.chain_skip_rows + own.first;
+    const int64_t q = own.count;
+    const int64_t w = sizeof(W);
+    for (int l = 0; l < p.L; ++l)
+      copy16(smem + layout.rows_w + l * q * R * w, static_cast<const W*>(p.skip_w) + (l * S + r0) * R, q * R * w, tid,
+             kPersistentThreads);
+    // The layers' biases of each row, summed in layer order (in float32, once per call): one
+    // number per row instead of L.
+    float* const bias = reinterpret_cast<float*>(smem + layout.rows_bias);
+    for (int m = tid; m < q; m += kPersistentThreads) {
+      float sum = 0.f;
+      for (int l = 0; l < p.L; ++l) sum += WeightsInGlobal::value(static_cast<const W*>(p.skip_b) + l * S + r0 + m);
+      bias[m] = sum;
+    }
   } else {
-    const int64_t row0 = int64_t(rank - split.layer_blocks) * split.head_rows;
-    const int64_t rows = split.head_rows;
+    const RowRange own = kSkipBlocks ? split_rows(rank - split.layer_blocks, split.head_rows, split.head_rows_extra,
+                                                  Units::kHead)
+                                     : RowRange{(rank - split.layer_blocks) * split.head_rows, split.head_rows};
+    const int64_t row0 = own.first;
+    const int64_t rows = own.count;
     const int64_t w = sizeof(W);
     copy16(smem + layout.out_w, static_cast<const W*>(p.out_w) + row0 * S, rows * S * w, tid, kPersistentThreads);
     copy16(smem + layout.end_w, static_cast<const W*>(p.end_w) + row0 * A, rows * A * w, tid, kPersistentThreads);
-    copy16(smem + layout.out_b, static_cast<const W*>(p.out_b) + row0, rows * w, tid, kPersistentThreads);
-    copy16(smem + layout.end_b, static_cast<const W*>(p.end_b) + row0, rows * w, tid, kPersistentThreads);
+    if constexpr (kSkipBlocks) {  // uneven rows: the biases need not start or end on 16 bytes
+      for (int m = tid; m < rows; m += kPersistentThreads) {
+        reinterpret_cast<W*>(smem + layout.out_b)[m] = static_cast<const W*>(p.out_b)[row0 + m];
+        reinterpret_cast<W*>(smem + layout.end_b)[m] = static_cast<const W*>(p.end_b)[row0 + m];
+      }
+    } else {
+      copy16(smem + layout.out_b, static_cast<const W*>(p.out_b) + row0, rows * w, tid, kPersistentThreads);
+      copy16(smem + layout.end_b, static_cast<const W*>(p.end_b) + row0, rows * w, tid, kPersistentThreads);
+    }
   }
   // Counters are zero and weights in place in every block before anyone signals anyone.
   cluster.sync();
-  const StopPoint stop =
-      rank < split.layer_blocks
-          ? persistent_layer_block<R, S, A, W, H, kRoles, kFold, KS>(p, split, smem, cluster, rank, stream0, live,
-                                                                     status)
-          : persistent_head_block<R, S, A, W, H, KS>(p, split, smem, cluster, rank, stream0, live, status);
+  const auto run_block = [&]() -> StopPoint {
+    if (rank < split.layer_blocks)
+      return persistent_layer_block<R, S, A, W, H, kRoles, kFold, KS, kSkipBlocks>(p, split, smem, cluster, rank,
+                                                                                   stream0, live, status);
+    if constexpr (kSkipBlocks)
+      if (rank >= skip_rank0) return persistent_skip_block<R, S, A, W, H>(p, split, smem, cluster, rank, status);
+    return persistent_head_block<R, S, A, W, H, KS, kSkipBlocks>(p, split, smem, cluster, rank, stream0, live, status);
+  };
+  const StopPoint stop = run_block();
   // No block may exit while another can still write into its shared memory: after this barrier
   // no block sends, and CLUSTER's consumers drain the st.async already sent (drain_handoffs).
   if constexpr (kMbarrier)
-    if (tid == 0) add_sent_bytes<R, S, A, W>(p, split, smem, cluster, rank, stop, live);
+    if (tid == 0) add_sent_bytes<R, S, A, W, kSkipBlocks>(p, split, smem, cluster, rank, stop, live);
   cluster.sync();
   if constexpr (kMbarrier)
-    if (tid == 0) drain_handoffs<R, S, A, W>(p, split, smem, rank, stop, live, status);
+    if (tid == 0) drain_handoffs<R, S, A, W, kSkipBlocks>(p, split, smem, rank, stop, live, status);
 #endif
+}
+
+// A cluster plan's last word: raises the kernel's shared-memory limit and asks the device whether
+// one cluster of plan.blocks_per_group blocks with plan.shared_bytes each can be resident; `plan`
+// runnable with the clusters the device holds at once, or refused with the reason.
+inline Plan placed_cluster_plan(Plan plan, const void* kernel, const DeviceFacts& device,
+                                const cudaFuncAttributes& attributes) {
+  const int cluster_blocks = plan.blocks_per_group;
+  allow_dynamic_shared(kernel, device, attributes);
+  // A device that cannot make such a cluster says so through these two calls; that is a plan
+  // that says no (AUTO then picks another variant), not a failure.
+  const auto declined = [&](cudaError_t error, const char* what) {
+    (void)cudaGetLastError();  // not sticky: clear it so that later calls do not report it
+    return refuse(plan.variant, std::string(what) + " a cluster of " + std::to_string(cluster_blocks) +
+                                    " blocks: " + cudaGetErrorString(error));
+  };
+  cudaError_t error =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, cluster_blocks > 8 ? 1 : 0);
+  if (error != cudaSuccess) return declined(error, "the device does not allow");
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = static_cast<unsigned>(cluster_blocks);
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(cluster_blocks));
+  config.blockDim = dim3(kPersistentThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(plan.shared_bytes);
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  error = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
+  if (error != cudaSuccess) return declined(error, "the device cannot place");
+  if (clusters < 1)
+    return refuse(plan.variant, "a cluster of " + std::to_string(cluster_blocks) + " blocks with " +
+                                    std::to_string(plan.shared_bytes) +
+                                    " bytes of shared memory each cannot be resident on " + device.name);
+  plan.co_resident_groups = clusters;
+  plan.runnable = true;
+  return plan;
 }
 
 // PERSISTENT's, CLUSTER's, CLUSTER_ROLES's, CLUSTER_FOLD's and CLUSTER_BATCHED's planner: the same
@@ -793,56 +1020,118 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
                                              " head blocks); the largest cluster has " +
                                              std::to_string(kMaxClusterBlocks));
 
-    allow_dynamic_shared(kernel, device, attributes);
-    // A device that cannot make such a cluster says so through these two calls; that is a plan
-    // that says no (AUTO then picks another variant), not a failure.
-    const auto declined = [&](cudaError_t error, const char* what) {
-      (void)cudaGetLastError();  // not sticky: clear it so that later calls do not report it
-      return refuse(kVariant, std::string(what) + " a cluster of " + std::to_string(cluster_blocks) +
-                                             " blocks: " + cudaGetErrorString(error));
-    };
-    cudaError_t error =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, cluster_blocks > 8 ? 1 : 0);
-    if (error != cudaSuccess) return declined(error, "the device does not allow");
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = static_cast<unsigned>(cluster_blocks);
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = 1;
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(cluster_blocks));
-    config.blockDim = dim3(kPersistentThreads);
-    config.dynamicSmemBytes = static_cast<size_t>(plan.shared_bytes);
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    int clusters = 0;
-    error = cudaOccupancyMaxActiveClusters(&clusters, kernel, &config);
-    if (error != cudaSuccess) return declined(error, "the device cannot place");
-    if (clusters < 1)
-      return refuse(kVariant, "a cluster of " + std::to_string(cluster_blocks) + " blocks with " +
-                                             std::to_string(plan.shared_bytes) +
-                                             " bytes of shared memory each cannot be resident on " + device.name);
-    plan.co_resident_groups = clusters;
-    plan.runnable = true;
-    return plan;
+    return placed_cluster_plan(plan, kernel, device, attributes);
   }
 }
 
-template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false, int KS = 1>
+// CLUSTER_SKIP_BLOCKS's planner (issue 24, design item 2; csrc/cuda/NOTES.md), for any size and
+// weight type: the most layers whose chain (W_dil, W_res, biases, buffers: no W_skip) fits one block,
+// then c, the most rows of each layer's W_skip that fit beside them (whole units of a warp's rows);
+// rows [c, S) in the fewest skip blocks that hold them (every layer's rows, their biases summed, the
+// layers' h), the head in the fewest blocks (1 to 8, uneven rows) that hold it beside the skip
+// shares of layer and skip blocks. c = S needs no skip block.
+template <int R, int S, int A, class W>
+Plan plan_skip_blocks(const Params& p, const DeviceFacts& device) {
+  constexpr Variant kVariant = Variant::ClusterSkipBlocks;
+  const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
+  if (device.major < 9)
+    return refuse(kVariant, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name + " is " +
+                                std::to_string(device.major) + "." + std::to_string(device.minor));
+  if constexpr (!persistent_layer_fits<R, S, A, W>()) {
+    return refuse(kVariant, "one layer of " + size + " (" + std::to_string(sizeof(W) * 8) +
+                                "-bit weights) does not fit in one block's shared memory, so this size is not built "
+                                "for CLUSTER_SKIP_BLOCKS");
+  } else {
+    using Layout = PersistentLayout<R, S, A, W>;
+    using Units = SkipBlocksUnits<R, S, A, W>;
+    const void* kernel =
+        reinterpret_cast<const void*>(&persistent_kernel<R, S, A, W, true, false, false, 1, true>);
+    cudaFuncAttributes attributes{};
+    NVWAVENET_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+    const int64_t budget = device.shared_per_block_optin - int64_t(attributes.sharedSizeBytes);
+    const auto layout = [&](const PersistentSplit& split) {
+      return Layout::with_skip_blocks(split, p.L, Units::kHead, Units::kSkip);
+    };
+
+    int capacity = 0;  // the most layers one block can hold without W_skip
+    while (capacity < p.L && Layout(capacity + 1, 1, A, false, 1, 0).layer_end <= budget) ++capacity;
+    if (capacity == 0)
+      return refuse(kVariant, "one layer's chain (W_dil, W_res, biases, buffers) of " + size + " needs " +
+                                  std::to_string(Layout(1, 1, A, false, 1, 0).layer_end) +
+                                  " bytes of shared memory; a block on this device has " + std::to_string(budget));
+    const int layer_blocks = (p.L + capacity - 1) / capacity;
+    PersistentSplit split = skip_blocks_split<R, S, A, W>(p.L, layer_blocks, 1, 0, 0);
+    int c = 0;  // rows of W_skip beside the chain, in whole units
+    while (c < S && Layout(split.layer_capacity, 1, A, false, 1, c + Units::kSkip).layer_end <= budget)
+      c += Units::kSkip;
+    int skip_blocks = 0;
+    if (c < S) {
+      const int units = (S - c) / Units::kSkip;
+      for (int k = 1; k <= units && skip_blocks == 0; ++k)
+        if (layout(skip_blocks_split<R, S, A, W>(p.L, layer_blocks, 1, k, c)).skip_block_end <= budget) skip_blocks = k;
+      if (skip_blocks == 0)
+        return refuse(kVariant, "W_skip rows of " + std::to_string(p.L) + " layers of " + size +
+                                    " do not fit in skip blocks: " + std::to_string(Units::kSkip) + " rows need " +
+                                    std::to_string(layout(skip_blocks_split<R, S, A, W>(p.L, layer_blocks, 1, units, c))
+                                                       .skip_block_end) +
+                                    " bytes of shared memory; a block on this device has " + std::to_string(budget));
+    }
+    int head_blocks = 0;
+    for (int h = 1; h <= 8 && h <= A / Units::kHead && head_blocks == 0; ++h)
+      if (layout(skip_blocks_split<R, S, A, W>(p.L, layer_blocks, h, skip_blocks, c)).head_end <= budget)
+        head_blocks = h;
+    if (head_blocks == 0)
+      return refuse(kVariant, "the output head of " + size + " does not fit in 8 blocks' shared memory beside " +
+                                  std::to_string(layer_blocks + skip_blocks) + " skip shares");
+    split = skip_blocks_split<R, S, A, W>(p.L, layer_blocks, head_blocks, skip_blocks, c);
+    const int cluster_blocks = layer_blocks + head_blocks + skip_blocks;
+
+    Plan plan;
+    plan.variant = kVariant;
+    plan.blocks_per_group = cluster_blocks;
+    plan.threads_per_block = kPersistentThreads;
+    plan.grid_blocks = int64_t(cluster_blocks) * p.batch;
+    plan.shared_bytes = layout(split).bytes();
+    plan.workspace_bytes = kWorkspaceHeaderBytes + kPersistentTraceBytes;
+    plan.layer_blocks = layer_blocks;
+    plan.head_blocks = head_blocks;
+    plan.skip_blocks = skip_blocks;
+    plan.chain_skip_rows = c;
+    plan.max_layers_per_block = split.layer_capacity;
+    if (cluster_blocks > kMaxClusterBlocks)
+      return refuse(kVariant, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
+                                  std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
+                                  " per block, plus " + std::to_string(head_blocks) + " head blocks and " +
+                                  std::to_string(skip_blocks) + " skip blocks for W_skip rows " + std::to_string(c) +
+                                  " to " + std::to_string(S - 1) + "); the largest cluster has " +
+                                  std::to_string(kMaxClusterBlocks));
+    return placed_cluster_plan(plan, kernel, device, attributes);
+  }
+}
+
+template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold = false, int KS = 1,
+          bool kSkipBlocks = false>
 void launch_cluster_kernel(const Params& p, const Plan& plan) {
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    throw std::invalid_argument(
-        std::string(kFold ? "CLUSTER_FOLD" : kRoles ? "CLUSTER_ROLES" : kMbarrier ? "CLUSTER" : "PERSISTENT") +
-                                " is not built for R=" +
-                                std::to_string(R) + ": " + plan.reason);
+    throw std::invalid_argument(std::string(kSkipBlocks ? "CLUSTER_SKIP_BLOCKS"
+                                            : kFold     ? "CLUSTER_FOLD"
+                                            : kRoles    ? "CLUSTER_ROLES"
+                                            : kMbarrier ? "CLUSTER"
+                                                        : "PERSISTENT") +
+                                " is not built for R=" + std::to_string(R) + ": " + plan.reason);
   } else {
     PersistentSplit split{};
-    split.layer_blocks = plan.layer_blocks;
-    split.head_blocks = plan.head_blocks;
-    split.layers_base = p.L / plan.layer_blocks;
-    split.layers_extra = p.L % plan.layer_blocks;
-    split.layer_capacity = plan.max_layers_per_block;
-    split.head_rows = A / plan.head_blocks;
+    if constexpr (kSkipBlocks) {
+      split = skip_blocks_split<R, S, A, W>(p.L, plan.layer_blocks, plan.head_blocks, plan.skip_blocks,
+                                            plan.chain_skip_rows);
+    } else {
+      split.layer_blocks = plan.layer_blocks;
+      split.head_blocks = plan.head_blocks;
+      split.layers_base = p.L / plan.layer_blocks;
+      split.layers_extra = p.L % plan.layer_blocks;
+      split.layer_capacity = plan.max_layers_per_block;
+      split.head_rows = A / plan.head_blocks;
+    }
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeClusterDimension;
     attribute.val.clusterDim.x = static_cast<unsigned>(plan.blocks_per_group);
@@ -856,7 +1145,7 @@ void launch_cluster_kernel(const Params& p, const Plan& plan) {
     config.attrs = &attribute;
     config.numAttrs = 1;
     NVWAVENET_CUDA_CHECK(
-        cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold, KS>, p, split));
+        cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold, KS, kSkipBlocks>, p, split));
   }
 }
 
@@ -892,6 +1181,15 @@ Plan ClusterFold<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
 template <int R, int S, int A, class W>
 void ClusterFold<R, S, A, W>::launch(const Params& p, const Plan& plan) {
   launch_cluster_kernel<R, S, A, W, true, false, true>(p, plan);
+}
+
+template <int R, int S, int A, class W>
+Plan ClusterSkipBlocks<R, S, A, W>::plan(const Params& p, const DeviceFacts& device) {
+  return plan_skip_blocks<R, S, A, W>(p, device);
+}
+template <int R, int S, int A, class W>
+void ClusterSkipBlocks<R, S, A, W>::launch(const Params& p, const Plan& plan) {
+  launch_cluster_kernel<R, S, A, W, true, false, false, 1, true>(p, plan);
 }
 
 // CLUSTER_BATCHED: CLUSTER's kernel with k = Params.streams_per_block streams per cluster (1, 2, 4

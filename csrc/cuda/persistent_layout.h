@@ -25,8 +25,25 @@ struct PersistentSplit {
   int layers_base;   // layer block j holds layers_base layers, plus one when j < layers_extra
   int layers_extra;
   int layer_capacity;  // the most layers any block holds (shared-memory layout)
-  int head_rows;       // rows of W_out and W_end per head block
+  int head_rows;       // rows of W_out and W_end per head block (CLUSTER_SKIP_BLOCKS: the base, below)
+  // CLUSTER_SKIP_BLOCKS only (zero for the others). Rows are split in units of `unit` rows (the
+  // rows one warp of the product computes: persistent.cuh, skip_blocks_units): a block k of n holds
+  // base rows, plus one unit when k < extra, from row k * base + min(k, extra) * unit on.
+  int head_rows_extra;  // head blocks with head_rows + one unit rows
+  int skip_blocks;      // ranks [layer_blocks + head_blocks, + skip_blocks) hold rows [chain_skip_rows, S) of W_skip
+  int chain_skip_rows;  // c: the layer blocks hold rows [0, c) of their layers' W_skip
+  int skip_rows_base;   // rows of W_skip (from row c) per skip block, plus one unit when k < skip_rows_extra
+  int skip_rows_extra;
 };
+
+// Rows [first, first + count) of block k of a split into `base` rows each plus one `unit` more
+// for the first `extra` blocks (PersistentSplit's head and skip rows).
+struct RowRange {
+  int first, count;
+};
+__host__ __device__ inline RowRange split_rows(int k, int base, int extra, int unit) {
+  return RowRange{k * base + (k < extra ? k : extra) * unit, base + (k < extra ? unit : 0)};
+}
 
 // Byte offsets in shared memory. Every block computes the same layout, so a producer can address
 // its consumer's buffers; the buffers that other blocks write come first, at fixed offsets.
@@ -54,20 +71,28 @@ struct PersistentLayout {
       layer_end;
   // Head block, for `layer_blocks` skip shares and `rows` rows.
   int64_t hidden, logits, out_w, end_w, out_b, end_b, skip_sum, head_end;
+  // CLUSTER_SKIP_BLOCKS's skip block, for `layers` layers and `skip_rows` rows of W_skip: the
+  // layers' gated h at kInput (float[layers][R], written by the layer blocks), its rows of every
+  // layer's W_skip ([layers][skip_rows][R]), the layers' biases of each row summed (float[skip_rows])
+  // and its share of the skip sum (float[skip_rows]).
+  int64_t rows_w, rows_bias, rows_share, skip_block_end;
 
+  // chain_skip_rows: rows of each layer's W_skip a layer block holds (S but for CLUSTER_SKIP_BLOCKS,
+  // whose head blocks take `layer_blocks` = layer blocks + skip blocks skip shares).
   __host__ __device__ PersistentLayout(int capacity, int layer_blocks, int rows, bool fold = false,
-                                       int streams = 1) {
+                                       int streams = 1, int chain_skip_rows = S, int layers = 0,
+                                       int skip_rows = 0) {
     dilate_w = kInput + streams * R * 4;
     res_w = dilate_w + capacity * 4 * R * R * kW;
     skip_w = res_w + capacity * R * R * kW;
-    dilate_b = skip_w + capacity * S * R * kW;
+    dilate_b = skip_w + capacity * chain_skip_rows * R * kW;
     res_b = dilate_b + capacity * 2 * R * kW;
     skip_b = res_b + capacity * R * kW;
-    pre = skip_b + capacity * S * kW;              // [capacity][streams][2R]
+    pre = skip_b + round_up16(capacity * chain_skip_rows * kW);  // [capacity][streams][2R]
     gated = pre + streams * capacity * 2 * R * 4;  // [capacity][streams][R]
     partial = gated + streams * capacity * R * 4;  // [streams][S]
     const int64_t folds = fold && capacity > 1 ? capacity - 1 : 0;
-    fold_w = partial + streams * S * 4;
+    fold_w = partial + round_up16(streams * chain_skip_rows * 4);
     fold_b = fold_w + folds * 2 * R * R * kW;
     next_x = fold_b + folds * 2 * R * kW;
     fold_cur = next_x + (fold ? R * 4 : 0);
@@ -78,16 +103,38 @@ struct PersistentLayout {
     out_w = logits + streams * A * 4;
     end_w = out_w + rows * S * kW;
     out_b = end_w + rows * A * kW;
-    end_b = out_b + rows * kW;
-    skip_sum = end_b + rows * kW;  // [streams][S]
+    end_b = out_b + round_up16(rows * kW);  // (uneven rows: CLUSTER_SKIP_BLOCKS)
+    skip_sum = end_b + round_up16(rows * kW);  // [streams][S]
     head_end = skip_sum + streams * S * 4;
+
+    rows_w = kInput + int64_t(layers) * R * 4;
+    rows_bias = rows_w + int64_t(layers) * skip_rows * R * kW;
+    rows_share = rows_bias + round_up16(skip_rows * 4);
+    skip_block_end = rows_share + round_up16(skip_rows * 4);
   }
   // `streams`: per cluster (CLUSTER_BATCHED's k, a compile-time constant in the kernel; 1 for the
   // other variants).
   __host__ __device__ PersistentLayout(const PersistentSplit& split, bool fold = false, int streams = 1)
       : PersistentLayout(split.layer_capacity, split.layer_blocks, split.head_rows, fold, streams) {}
 
-  __host__ __device__ int64_t bytes() const { return layer_end > head_end ? layer_end : head_end; }
+  // A split with skip blocks (CLUSTER_SKIP_BLOCKS) for `layers` layers: W_skip rows [0, c) in the
+  // layer blocks, the head blocks' skip shares from layer blocks and skip blocks, rows up to one
+  // unit (`unit`) more than the base in head and skip blocks.
+  __host__ __device__ static PersistentLayout with_skip_blocks(const PersistentSplit& split, int layers, int head_unit,
+                                                               int skip_unit) {
+    return PersistentLayout(split.layer_capacity, split.layer_blocks + split.skip_blocks,
+                            split.head_rows + (split.head_rows_extra > 0 ? head_unit : 0), false, 1,
+                            split.chain_skip_rows, layers,
+                            split.skip_rows_base + (split.skip_rows_extra > 0 ? skip_unit : 0));
+  }
+
+  __host__ __device__ int64_t bytes() const {
+    const int64_t most = layer_end > head_end ? layer_end : head_end;
+    return most > skip_block_end ? most : skip_block_end;
+  }
+
+ private:
+  __host__ __device__ static int64_t round_up16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 };
 
 // Whether one layer of this size can live in one sm_90 block at all; sizes where it cannot are

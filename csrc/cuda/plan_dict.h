@@ -22,6 +22,8 @@ inline pybind11::dict plan_dict(const Plan& plan) {
   out["layer_blocks"] = plan.layer_blocks;
   out["head_blocks"] = plan.head_blocks;
   out["max_layers_per_block"] = plan.max_layers_per_block;
+  out["skip_blocks"] = plan.skip_blocks;
+  out["chain_skip_rows"] = plan.chain_skip_rows;
   return out;
 }
 

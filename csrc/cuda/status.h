@@ -27,6 +27,7 @@ enum WaitSite : int32_t {
   kSitePersistentSkip = 5,    // PERSISTENT head block waiting for the skip partial sums
   kSitePersistentHidden = 6,  // PERSISTENT head block waiting for the hidden vector z slices
   kSitePersistentLogits = 7,  // PERSISTENT sampling block waiting for the logit slices
+  kSitePersistentSkipInput = 8,  // CLUSTER_SKIP_BLOCKS skip block waiting for the layers' gated activations
 };
 
 struct DeviceStatus {

@@ -1,0 +1,10 @@
+// Explicit instantiations of ClusterSkipBlocks for bfloat16 weights, every size in sizes.h (one file per
+// variant and precision, so the build compiles them in parallel).
+#include "../sizes.h"
+#include "persistent.cuh"
+
+namespace nvwavenet::gpu {
+#define NVWAVENET_INSTANTIATE(R, S, A) template struct ClusterSkipBlocks<R, S, A, __nv_bfloat16>;
+NVWAVENET_FOR_EACH_SIZE(NVWAVENET_INSTANTIATE)
+#undef NVWAVENET_INSTANTIATE
+}  // namespace nvwavenet::gpu
