@@ -145,14 +145,15 @@ class HostNet:
 
     ``seed``: 0 runs blocks and threads in order, any other value a random schedule from it.
     ``streams_per_block``: the tile (0: the one autotune picks for the batch on 132 SMs).
-    ``starve_block``: a block (grid index) that runs only when every other block is stuck."""
+    ``starve_block``: a block (grid index) that runs only when every other block is stuck.
+    ``device``: the emulated device, 0 (an H100's 227 KB of shared memory per block) or 1 (64 KB)."""
 
     def __init__(self, net, module, variant, *, seed: int = 0, streams_per_block: int = 0,
-                 spin_timeout_ns: int | None = None, starve_block: int = -1):
+                 spin_timeout_ns: int | None = None, starve_block: int = -1, device: int = 0):
         import torch
         from nvwavenet import engines
 
-        self.net, self.module, self.variant, self.seed = net, module, variant, seed
+        self.net, self.module, self.variant, self.seed, self.device = net, module, variant, seed, device
         self.starve_block = starve_block
         self.weights, self.dtype, self.A = net.weights, net.dtype, net.A
         self.streams_per_block = streams_per_block
@@ -168,7 +169,7 @@ class HostNet:
 
         p = engines.make_params(self.weights, self.packed, cond_input, selectors, samples, state,
                                 teacher=teacher, logits=logits)
-        p.device, p.spin_timeout_ns = 0, self.spin_timeout_ns
+        p.device, p.spin_timeout_ns = self.device, self.spin_timeout_ns
         p.streams_per_block = (self.streams_per_block or
                                autotune.streams_per_block(self.variant.name, p.batch, 132))
         return p

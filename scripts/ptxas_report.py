@@ -73,15 +73,17 @@ def report(source: Path, arch: str, sass_path: str | None) -> list[tuple]:
         elif kernel and (match := re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?$", line)):
             variant, R, S, A, weight, trailing = kernel.groups()
             # The template arguments after the weight type: SINGLE_BLOCK's tile (Li8E), or the
-            # cluster kernel's hand-off, roles, fold and streams per cluster (Lb1ELb0ELb0ELi1E: CLUSTER,
-            # Lb1ELb1ELb0ELi1E: CLUSTER_ROLES, Lb1ELb0ELb1ELi1E: CLUSTER_FOLD, Lb1ELb0ELb0ELi4E:
-            # CLUSTER_BATCHED with k = 4, whose k = 1 is CLUSTER); TENSOR_CORE chooses its tile at run time.
+            # cluster kernel's hand-off, roles, fold, streams per cluster and skip blocks
+            # (Lb1ELb0ELb0ELi1ELb0E: CLUSTER, Lb1ELb1ELb0ELi1ELb0E: CLUSTER_ROLES, Lb1ELb0ELb1ELi1ELb0E:
+            # CLUSTER_FOLD, Lb1ELb0ELb0ELi4ELb0E: CLUSTER_BATCHED with k = 4, whose k = 1 is CLUSTER,
+            # Lb1ELb0ELb0ELi1ELb1E: CLUSTER_SKIP_BLOCKS); TENSOR_CORE chooses its tile at run time.
             rest = re.findall(r"L([ib])(\d+)E", trailing)
             flags = [value for kind, value in rest if kind == "b"]
             ints = [value for kind, value in rest if kind == "i"]
             tile = ints[0] if ints else ("run time" if variant == "tensor_core" else "1")
             if flags[:1] == ["1"]:
-                variant = ("cluster_fold" if flags[2:3] == ["1"] else
+                variant = ("cluster_skip_blocks" if flags[3:4] == ["1"] else
+                           "cluster_fold" if flags[2:3] == ["1"] else
                            "cluster_roles" if flags[1:2] == ["1"] else
                            "cluster" if tile == "1" else "cluster_batched")
             counts = sass.get(mangled)

@@ -2,14 +2,14 @@
 
     python scripts/sass_check.py [--arch 90] [--size 64 256 256] [--weights __half]
 
-Compiles PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and CLUSTER_BATCHED (k = 2, 4, 8;
-csrc/cuda/persistent.cuh) for one size and weight type to a cubin, disassembles it with cuobjdump
+Compiles PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD, CLUSTER_BATCHED (k = 2, 4, 8) and
+CLUSTER_SKIP_BLOCKS (csrc/cuda/persistent.cuh) for one size and weight type to a cubin, disassembles it with cuobjdump
 (the pip package nvidia-cuda-cuobjdump provides one), and prints, per kernel, the device-scope
 fences (MEMBAR.*.GPU), L1 invalidates (CCTL.IVALL), cluster barriers, st.async stores (STAS) and
 mbarrier operations (SYNCS.*), and ptxas' registers and spills.
 
-The claim checked for CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and each CLUSTER_BATCHED kernel (the
-same hand-offs): their per-step code holds no device-scope fence and no L1 invalidate. Those
+The claim checked for CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD, each CLUSTER_BATCHED kernel and
+CLUSTER_SKIP_BLOCKS (the same hand-offs): their per-step code holds no device-scope fence and no L1 invalidate. Those
 instructions may only appear (a) next to the two cluster barriers of the whole call
 (cluster.sync() before the first step and before exit, UCGABAR_ARV/WAIT) and (b) in the
 out-of-line timeout report (report_timeout, common.cuh), which runs once a wait has given up. Exit
@@ -49,9 +49,8 @@ def find_tool(name: str) -> str | None:
 
 
 def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights: str) -> tuple[Path, str]:
-    """The cubin of PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and CLUSTER_BATCHED for one size,
-    and ptxas -v's
-    report."""
+    """The cubin of PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD, CLUSTER_BATCHED and
+    CLUSTER_SKIP_BLOCKS for one size, and ptxas -v's report."""
     source = out_dir / "cluster_kernels.cu"
     R, S, A = size
     source.write_text(f'#include "persistent.cuh"\nnamespace nvwavenet::gpu {{\n'
@@ -59,7 +58,8 @@ def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights:
                       f"template struct Cluster<{R}, {S}, {A}, {weights}>;\n"
                       f"template struct ClusterRoles<{R}, {S}, {A}, {weights}>;\n"
                       f"template struct ClusterFold<{R}, {S}, {A}, {weights}>;\n"
-                      f"template struct ClusterBatched<{R}, {S}, {A}, {weights}>;\n}}\n")
+                      f"template struct ClusterBatched<{R}, {S}, {A}, {weights}>;\n"
+                      f"template struct ClusterSkipBlocks<{R}, {S}, {A}, {weights}>;\n}}\n")
     cubin = out_dir / "cluster_kernels.cubin"
     result = subprocess.run(["nvcc", "-std=c++17", f"-arch=sm_{arch}", "--use_fast_math", f"-I{CUDA_DIR}", "-cubin",
                              "-o", str(cubin), str(source), "-Xptxas", "-v"],
@@ -68,12 +68,15 @@ def compile_cubin(out_dir: Path, arch: str, size: tuple[int, int, int], weights:
 
 
 def kernel_name(mangled: str) -> str:
-    """The variant of a persistent_kernel instantiation, from its last three template arguments
-    (kMbarrier, kRoles, kFold, KS: streams per cluster, CLUSTER being CLUSTER_BATCHED's KS = 1)."""
-    match = re.search(r"Lb([01])ELb([01])ELb([01])ELi(\d+)EE", mangled)
+    """The variant of a persistent_kernel instantiation, from its last five template arguments
+    (kMbarrier, kRoles, kFold, KS: streams per cluster, CLUSTER being CLUSTER_BATCHED's KS = 1,
+    kSkipBlocks)."""
+    match = re.search(r"Lb([01])ELb([01])ELb([01])ELi(\d+)ELb([01])EE", mangled)
     if not match:
-        raise ValueError(f"not a persistent_kernel<..., kMbarrier, kRoles, kFold, KS> name: {mangled}")
-    mbarrier, roles, fold, streams = match.groups()
+        raise ValueError(f"not a persistent_kernel<..., kMbarrier, kRoles, kFold, KS, kSkipBlocks> name: {mangled}")
+    mbarrier, roles, fold, streams, skip_blocks = match.groups()
+    if skip_blocks == "1":
+        return "CLUSTER_SKIP_BLOCKS"
     if fold == "1":
         return "CLUSTER_FOLD"
     if roles == "1":
@@ -133,7 +136,8 @@ def summarise(name: str, code: list[tuple[int, str]]) -> dict:
 
 
 def check_cluster_kernel(code: list[tuple[int, str]]) -> list[str]:
-    """What is wrong with CLUSTER's (or CLUSTER_ROLES's, CLUSTER_FOLD's) SASS (empty: the claim holds)."""
+    """What is wrong with CLUSTER's (or CLUSTER_ROLES's, CLUSTER_FOLD's, CLUSTER_BATCHED's,
+    CLUSTER_SKIP_BLOCKS's) SASS (empty: the claim holds)."""
     problems = []
     sites = fence_sites(code)
     if sites["step code"]:

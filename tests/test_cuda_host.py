@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import platform
+import re
 import shutil
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,15 +38,15 @@ pytestmark = pytest.mark.skipif(
     reason="the host build needs g++ on x86-64 and the compiled nvwavenet._C (for its Params type)")
 
 VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
-            Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED]
+            Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED, Impl.CLUSTER_SKIP_BLOCKS]
 CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD,  # persistent.cuh's one kernel
-                   Impl.CLUSTER_BATCHED)
+                   Impl.CLUSTER_BATCHED, Impl.CLUSTER_SKIP_BLOCKS)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Streams per block (per cluster for CLUSTER_BATCHED) where the variant has a tile: chosen so that
 # the batches below leave the last block's (cluster's) tile partly empty.
 TILES = {Impl.SINGLE_BLOCK: 2, Impl.TENSOR_CORE: 8, Impl.CLUSTER_BATCHED: 2}
 BATCH = {Impl.SINGLE_BLOCK: 3, Impl.DUAL_BLOCK: 2, Impl.PERSISTENT: 1, Impl.CLUSTER: 1, Impl.TENSOR_CORE: 9,
-         Impl.CLUSTER_ROLES: 1, Impl.CLUSTER_FOLD: 1, Impl.CLUSTER_BATCHED: 3}
+         Impl.CLUSTER_ROLES: 1, Impl.CLUSTER_FOLD: 1, Impl.CLUSTER_BATCHED: 3, Impl.CLUSTER_SKIP_BLOCKS: 1}
 
 RESULTS: dict[str, dict[str, int]] = defaultdict(lambda: {"cases": 0, "passed": 0, "refused": 0})
 
@@ -86,7 +89,8 @@ def make_net(R, layers, max_dilation, dtype, seed=0):
 def shape(variant, R, dtype):
     """(layers, max_dilation, samples) of a matrix case: R64 at L=20, max_dilation 512 on three
     steps (float32 cluster kernels at L=10: twenty float32 R64 layers need more than a 16-block
-    cluster, which the next test checks is refused); R32 at L=3 on six steps."""
+    cluster, which the next test checks is refused; CLUSTER_SKIP_BLOCKS's 5 layer blocks there hold
+    rows [0, 124) of W_skip and 1 skip block the rest); R32 at L=3 on six steps."""
     if R == 32:
         return 3, 2, 6
     if variant in CLUSTER_KERNELS and dtype is torch.float32:
@@ -127,6 +131,8 @@ def test_plans_the_gpu_refuses_are_refused(host):
     net = make_net(64, 20, 512, torch.float32)
     cond = random_cond_input(64, 1, 20, 2)
     for variant in CLUSTER_KERNELS:
+        if variant == Impl.CLUSTER_SKIP_BLOCKS:  # what it is for: its refusals are below
+            continue
         with pytest.raises(ValueError, match=r"needs a cluster of \d+ blocks .*the largest cluster has 16"):
             cuda_host.HostNet(net, host, variant, streams_per_block=TILES.get(variant, 0)).infer(
                 cond, selectors=torch.rand(1, 2))
@@ -178,7 +184,7 @@ def test_random_schedules_give_the_same_bits(host, variant):
 # The block that the others wait on and that is starved: DUAL_BLOCK's head block (the residual
 # block waits for its sample), a cluster's layer block 0 (the head blocks wait for its skip share).
 STARVED = {Impl.DUAL_BLOCK: 1, Impl.PERSISTENT: 0, Impl.CLUSTER: 0, Impl.CLUSTER_ROLES: 0, Impl.CLUSTER_FOLD: 0,
-           Impl.CLUSTER_BATCHED: 0}
+           Impl.CLUSTER_BATCHED: 0, Impl.CLUSTER_SKIP_BLOCKS: 0}
 
 
 @pytest.mark.parametrize("variant", list(STARVED), ids=lambda v: v.name)
@@ -320,6 +326,119 @@ def test_cluster_fold_splits_with_the_folds_bytes_and_crosses_blocks(host):
         shuffled = cuda_host.HostNet(net, host, Impl.CLUSTER_FOLD, seed=5).infer(cond, selectors=u, return_logits=True)
         assert torch.equal(shuffled[1], fold.infer(cond, selectors=u, return_logits=True)[1])
         assert not torch.equal(shuffled[1], cluster_logits)
+
+
+# CLUSTER_SKIP_BLOCKS (issue 24, design item 2). The target network in the three precisions, through
+# a host build of R64/S256/A256 (~75 s of compiling once, cached) in a process of its own (one
+# process imports one build of the module); and R32 float32/bfloat16 L6 on the emulated device with
+# 64 KB per block (device 1), where the planner splits W_skip as it does at the target: c < S,
+# several skip blocks, uneven skip and head rows; bfloat16 there has c = 0 (every row of W_skip in
+# a skip block).
+SKIP_SPLITS = {  # (R, layers, dtype) on device 1: (layer blocks, head blocks, skip blocks, c)
+    (32, 6, "float32"): (2, 7, 2, 4),
+    (32, 6, "bfloat16"): (1, 4, 1, 0),
+}
+TARGET_RUN = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import cuda_host
+from nvwavenet import Impl, NVWaveNet
+from nvwavenet.testing import compare_with_reference, random_cond_input, random_nv_wavenet_args
+host = cuda_host.load(sizes="X(64, 256, 256)")
+results = {}
+for name, layers in (("float32", 20), ("float16", 20), ("bfloat16", 20), ("float32", 30)):
+    net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, layers, 512, seed=20), dtype=getattr(torch, name))
+    runner = cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS)
+    try:
+        figures = compare_with_reference(runner, random_cond_input(64, 1, layers, 3, seed=21),
+                                         Impl.CLUSTER_SKIP_BLOCKS, seed=22)
+        results[f"{name} L{layers}"] = {"plan": runner.last_plan, "figures": figures}
+    except ValueError as error:
+        results[f"{name} L{layers}"] = {"refused": str(error)}
+print(json.dumps(results))
+"""
+
+
+def split_of(plan):
+    return plan["layer_blocks"], plan["head_blocks"], plan["skip_blocks"], plan["chain_skip_rows"]
+
+
+@pytest.fixture(scope="module")
+def target_results(host):
+    done = subprocess.run([sys.executable, "-c", TARGET_RUN, str(SCRIPT.parent)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"the R64/S256/A256 host-build run failed:\n{done.stderr[-6000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("dtype_name, split", [("float32", (10, 3, 3, 124)), ("float16", (4, 2, 3, 32)),
+                                               ("bfloat16", (4, 2, 3, 32))])
+def test_skip_blocks_run_the_target_network(target_results, dtype_name, split):
+    """R64/S256/A256 L=20 max_dilation 512, which CLUSTER refuses in float32 (20 layer blocks):
+    float32 is 10 layer blocks of 2 layers with rows [0, 124) of W_skip, 3 skip blocks of 44 rows
+    and 3 head blocks of 86/85/85 rows, 16 blocks; float16 and bfloat16 5 layers per block and
+    rows [0, 32). SPEC section 4 against the float64 reference (compare_with_reference raises
+    otherwise, which the run reports as a failure)."""
+    with case(Impl.CLUSTER_SKIP_BLOCKS):
+        result = target_results[f"{dtype_name} L20"]
+        assert "plan" in result, result
+        assert split_of(result["plan"]) == split
+        assert result["plan"]["blocks_per_group"] == sum(split[:3])
+    print(f"CLUSTER_SKIP_BLOCKS {dtype_name} R64/S256/A256 L20: {result}")
+
+
+@pytest.mark.parametrize("R, layers, dtype_name", list(SKIP_SPLITS))
+def test_skip_blocks_split_unevenly_on_a_small_device(host, R, layers, dtype_name):
+    """On 64 KB per block: SPEC section 4; chunked calls and a random schedule (two clusters of 11
+    or 6 blocks; ~10 s of emulation for the 11) give one call's bits."""
+    net = make_net(R, layers, 4, DTYPES[dtype_name], seed=layers)
+    batch, samples = 2, 5
+    cond = random_cond_input(R, batch, layers, samples, seed=23)
+    u = torch.rand(batch, samples, generator=torch.Generator().manual_seed(24))
+    runner = cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS, device=1)
+    with case(Impl.CLUSTER_SKIP_BLOCKS):
+        compare_with_reference(runner, cond, Impl.CLUSTER_SKIP_BLOCKS, seed=25)
+        assert split_of(runner.last_plan) == SKIP_SPLITS[R, layers, dtype_name]
+        whole, whole_logits, whole_state = generate_in_chunks(runner, cond, u, [samples], Impl.CLUSTER_SKIP_BLOCKS)
+        parts, parts_logits, parts_state = generate_in_chunks(runner, cond, u, [2, 1, 2], Impl.CLUSTER_SKIP_BLOCKS)
+        assert torch.equal(whole, parts) and torch.equal(whole_logits, parts_logits)
+        for key in ("queues", "history", "position"):
+            assert torch.equal(whole_state[key], parts_state[key]), key
+        shuffled = cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS, seed=3, device=1)
+        samples_seen, logits_seen = shuffled.infer(cond, selectors=u, return_logits=True)
+        assert torch.equal(samples_seen, whole) and torch.equal(logits_seen, whole_logits)
+
+
+@pytest.mark.parametrize("starve", [0, 9, 10], ids=["layer block", "head block", "skip block"])
+def test_skip_blocks_stop_cleanly_when_a_wait_times_out(host, starve):
+    """R32 float32 L6 on 64 KB per block (2 layer blocks, 7 head blocks, skip blocks 9 and 10), a
+    1 ns limit on the waits and one block starved: a RuntimeError that says where the kernel
+    stopped and no emulation error (no st.async lands in a block that has exited: the abort
+    drain counts the h sent to the skip blocks and their shares); then a normal call is right."""
+    net = make_net(32, 6, 4, torch.float32, seed=6)
+    cond = random_cond_input(32, 1, 6, 6, seed=26)
+    runner = cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS, spin_timeout_ns=1, starve_block=starve, device=1)
+    with case(Impl.CLUSTER_SKIP_BLOCKS):
+        with pytest.raises(RuntimeError, match=r"kernel stopped: block \d+, .+ at step \d+, waited more than") as caught:
+            runner.infer(cond, selectors=torch.rand(1, 6))
+        assert not isinstance(caught.value, host.EmulationError), str(caught.value)
+        compare_with_reference(cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS, device=1), cond,
+                               Impl.CLUSTER_SKIP_BLOCKS)
+
+
+def test_skip_blocks_refusals_say_why(host, target_results):
+    """float32 at L=30 needs 15 layer blocks, 5 skip blocks and 3 head blocks; a float32 R64 layer's
+    chain alone does not fit 64 KB."""
+    assert re.search(r"needs a cluster of 23 blocks \(30 layers at most 2 per block, plus 3 head blocks and 5 skip "
+                     r"blocks for W_skip rows 124 to 255\); the largest cluster has 16",
+                     target_results["float32 L30"].get("refused", "")), target_results["float32 L30"]
+    RESULTS[Impl.CLUSTER_SKIP_BLOCKS.name]["refused"] += 1
+    net = make_net(64, 2, 2, torch.float32)
+    runner = cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS, device=1)
+    with pytest.raises(ValueError, match=r"one layer's chain \(W_dil, W_res, biases, buffers\) of R=64, S=128, A=256 "
+                                         r"needs \d+ bytes of shared memory; a block on this device has 65536"):
+        runner.infer(random_cond_input(64, 1, 2, 2), selectors=torch.rand(1, 2))
+    RESULTS[Impl.CLUSTER_SKIP_BLOCKS.name]["refused"] += 1
 
 
 @pytest.mark.parametrize("window, stride", [(16, 4), (7, 2)])

@@ -1,4 +1,5 @@
-"""The step code of CLUSTER, CLUSTER_ROLES and CLUSTER_FOLD holds no device-scope fence or L1
+"""The step code of CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD, CLUSTER_BATCHED and CLUSTER_SKIP_BLOCKS
+holds no device-scope fence or L1
 invalidate, and no cluster kernel spills: checked on the SASS that nvcc + cuobjdump make for sm_90
 (no GPU needed; skipped without nvcc or cuobjdump, e.g. `pip install nvidia-cuda-cuobjdump`).
 scripts/sass_check.py prints the same facts for any size and weight type."""
@@ -28,10 +29,10 @@ def test_cluster_step_code_has_no_device_fence_and_no_kernel_spills(tmp_path):
     code = {sass_check.kernel_name(name): instructions
             for name, instructions in sass_check.kernels(sass).items() if "persistent_kernel" in name}
     batched = {f"CLUSTER_BATCHED k={k}" for k in (2, 4, 8)}
-    assert set(code) == {"CLUSTER", "PERSISTENT", "CLUSTER_ROLES", "CLUSTER_FOLD"} | batched
-    for variant in {"CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"} | batched:
+    assert set(code) == {"CLUSTER", "PERSISTENT", "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_SKIP_BLOCKS"} | batched
+    for variant in {"CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_SKIP_BLOCKS"} | batched:
         assert sass_check.check_cluster_kernel(code[variant]) == [], variant
     # The checker can fail: PERSISTENT's flag hand-offs put fences in its step code.
     assert sass_check.fence_sites(code["PERSISTENT"])["step code"]
     rows = sass_check.ptxas_rows(report)
-    assert len(rows) == 7 and all("spill stores 0 B, spill loads 0 B" in row for row in rows), rows
+    assert len(rows) == 8 and all("spill stores 0 B, spill loads 0 B" in row for row in rows), rows

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -79,9 +80,13 @@ thread_local dim3 blockIdx, blockDim, gridDim;
 namespace nvw::emu {
 namespace {
 
-// The emulated device: an H100 SXM as the planners see it.
+// The emulated devices: an H100 SXM as the planners see it (device 0), and the same with 64 KB of
+// shared memory per block (device 1), on which the planners split small networks the way they
+// split the large ones on device 0 (CLUSTER_SKIP_BLOCKS's skip blocks at R32, tests/test_cuda_host.py).
+constexpr int kDevices = 2;
 constexpr int kMultiprocessors = 132;
-constexpr int64_t kSharedPerBlockOptin = 227 * 1024;
+constexpr int64_t kSharedPerBlockOptin[kDevices] = {227 * 1024, 64 * 1024};
+thread_local int current_device = 0;  // cudaSetDevice's, per host thread as in CUDA
 constexpr int64_t kSharedPerMultiprocessor = 228 * 1024;
 constexpr int64_t kSharedReservedPerBlock = 1024;
 constexpr int kThreadsPerMultiprocessor = 2048;
@@ -632,11 +637,11 @@ struct KernelAttributes {
   bool non_portable_clusters = false;
 };
 std::mutex kernels_mutex;
-std::unordered_map<const void*, KernelAttributes> kernels;
+std::map<std::pair<int, const void*>, KernelAttributes> kernels;  // per device and kernel, as in CUDA
 
 KernelAttributes attributes_of(const void* kernel) {
   const std::lock_guard<std::mutex> lock(kernels_mutex);
-  return kernels[kernel];
+  return kernels[{current_device, kernel}];
 }
 
 int active_clusters(int cluster, int threads, int64_t shared) {
@@ -1225,31 +1230,38 @@ cudaError_t cudaGetLastError() {
 }
 
 cudaError_t cudaGetDeviceCount(int* count) {
-  *count = 1;
+  *count = kDevices;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* properties, int device) {
-  if (device != 0) return record(cudaErrorInvalidDevice);
+  if (device < 0 || device >= kDevices) return record(cudaErrorInvalidDevice);
   *properties = cudaDeviceProp{};
-  std::snprintf(properties->name, sizeof(properties->name), "emulated sm_90 (nvwavenet host build)");
+  std::snprintf(properties->name, sizeof(properties->name),
+                device == 0 ? "emulated sm_90 (nvwavenet host build)"
+                            : "emulated sm_90 with %d KB of shared memory per block (nvwavenet host build)",
+                int(kSharedPerBlockOptin[device] / 1024));
   properties->major = 9;
   properties->minor = 0;
   properties->multiProcessorCount = kMultiprocessors;
-  properties->sharedMemPerBlockOptin = size_t(kSharedPerBlockOptin);
+  properties->sharedMemPerBlockOptin = size_t(kSharedPerBlockOptin[device]);
   properties->cooperativeLaunch = 1;
   return cudaSuccess;
 }
 
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : record(cudaErrorInvalidDevice); }
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= kDevices) return record(cudaErrorInvalidDevice);
+  current_device = device;
+  return cudaSuccess;
+}
 
 cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attribute, int value) {
   const std::lock_guard<std::mutex> lock(kernels_mutex);
-  KernelAttributes& a = kernels[kernel];
+  KernelAttributes& a = kernels[{current_device, kernel}];
   switch (attribute) {
     case cudaFuncAttributeMaxDynamicSharedMemorySize:
       // Static shared memory is not measured by the host build (NOTES.md): the whole opt-in is allowed.
-      if (value < 0 || value > kSharedPerBlockOptin) return record(cudaErrorInvalidValue);
+      if (value < 0 || value > kSharedPerBlockOptin[current_device]) return record(cudaErrorInvalidValue);
       a.max_dynamic_shared = value;
       return cudaSuccess;
     case cudaFuncAttributeNonPortableClusterSizeAllowed:
