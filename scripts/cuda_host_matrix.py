@@ -37,7 +37,12 @@ SIZES = [(32, 128, 256), (64, 128, 256)]
 # max_dilation 1 to 512.
 SHAPES = [(1, 20, 512), (3, 2, 1), (8, 16, 128), (17, 1, 1), (3, 30, 512)]
 TILES = {Impl.SINGLE_BLOCK: [0, 2, 4, 8], Impl.TENSOR_CORE: [8, 16], Impl.CLUSTER_BATCHED: [0, 2, 4, 8]}
-CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_BATCHED)
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_BATCHED, Impl.CLUSTER_SKIP_BLOCKS)
+# Emulated devices per variant (0: 227 KB per block, 1: 64 KB). CLUSTER_SKIP_BLOCKS splits W_skip
+# off the layer blocks on device 0 at R64 float32 (rows [124, 128) in a skip block) and on device 1
+# at R32 float32 (several skip blocks, uneven rows); its aborted calls run there, in float32.
+DEVICES = {Impl.CLUSTER_SKIP_BLOCKS: [0, 1]}
+ABORT_SETUP = {Impl.CLUSTER_SKIP_BLOCKS: (torch.float32, 1)}  # (weights, device); else float16 on device 0
 
 
 def aborted_call(host, variant, run: int) -> tuple[str, str]:
@@ -46,14 +51,16 @@ def aborted_call(host, variant, run: int) -> tuple[str, str]:
     tile = int(TILES.get(variant, [0])[torch.randint(0, len(TILES.get(variant, [0])), (1,), generator=g)])
     batch = int(torch.randint(1, 6, (1,), generator=g))
     layers = int(torch.randint(1, 13, (1,), generator=g))
-    net = NVWaveNet(**random_nv_wavenet_args(32, 128, 256, layers, 2, seed=run), dtype=torch.float16)
+    dtype, device = ABORT_SETUP.get(variant, (torch.float16, 0))
+    net = NVWaveNet(**random_nv_wavenet_args(32, 128, 256, layers, 2, seed=run), dtype=dtype)
     cond = random_cond_input(32, batch, layers, 6, seed=run)
-    probe = cuda_host.HostNet(net, host, variant, streams_per_block=tile)  # for the plan's grid
+    probe = cuda_host.HostNet(net, host, variant, streams_per_block=tile, device=device)  # for the plan's grid
     probe.infer(cond[..., :1], selectors=torch.rand(batch, 1, generator=g))
     starved = int(torch.randint(0, probe.last_plan["grid_blocks"], (1,), generator=g))
     runner = cuda_host.HostNet(net, host, variant, seed=run + 1, spin_timeout_ns=1, starve_block=starved,
-                               streams_per_block=tile)
-    label = f"batch {batch} L{layers} tile {tile or 'auto'} starved block {starved} schedule {run + 1}"
+                               streams_per_block=tile, device=device)
+    label = (f"batch {batch} L{layers} tile {tile or 'auto'} starved block {starved} of "
+             f"{probe.last_plan['blocks_per_group']} per cluster, schedule {run + 1}")
     try:
         runner.infer(cond, selectors=torch.rand(batch, 6, generator=g))
     except host.EmulationError as error:
@@ -72,7 +79,8 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", default=[v.name for v in
                                                           (Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT,
                                                            Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
-                                                           Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED)])
+                                                           Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED,
+                                                           Impl.CLUSTER_SKIP_BLOCKS)])
     parser.add_argument("--aborts", type=int, default=0, help="aborted calls per cluster variant")
     args = parser.parse_args()
     host = cuda_host.load()
@@ -84,25 +92,26 @@ def main() -> int:
                 for batch, layers, max_dilation in SHAPES:
                     net = NVWaveNet(**random_nv_wavenet_args(R, S, A, layers, max_dilation, seed=layers), dtype=dtype)
                     cond = random_cond_input(R, batch, layers, args.samples, seed=batch)
-                    for tile in TILES.get(variant, [0]):
-                        for seed in args.seeds:
-                            label = (f"{name} {dtype_name} R{R} batch {batch} L{layers} max_dilation {max_dilation} "
-                                     f"tile {tile or 'auto'} schedule {seed}")
-                            start = time.time()
-                            runner = cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile)
-                            try:
-                                figures = compare_with_reference(runner, cond, variant, seed=seed)
-                                outcome = "passed"
-                                text = (f"rel L2 {figures['logits_rel_l2']:.3g}, "
-                                        f"{figures['boundary_mismatches']} boundary mismatches")
-                            except ValueError as error:
-                                if "cannot run this configuration" not in str(error):
-                                    raise
-                                outcome, text = "refused", str(error).split(": ", 2)[-1]
-                            except (AssertionError, RuntimeError) as error:
-                                outcome, text = "FAILED", str(error).splitlines()[0][:300]
-                            summary[name][outcome] += 1
-                            print(f"{outcome:8s} {label} ({time.time() - start:.1f} s): {text}", flush=True)
+                    for tile, seed, device in ((tile, seed, device) for tile in TILES.get(variant, [0])
+                                               for seed in args.seeds for device in DEVICES.get(variant, [0])):
+                        label = (f"{name} {dtype_name} R{R} batch {batch} L{layers} max_dilation {max_dilation} "
+                                 f"tile {tile or 'auto'} schedule {seed}" + (f" device {device}" if device else ""))
+                        start = time.time()
+                        runner = cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile,
+                                                   device=device)
+                        try:
+                            figures = compare_with_reference(runner, cond, variant, seed=seed)
+                            outcome = "passed"
+                            text = (f"rel L2 {figures['logits_rel_l2']:.3g}, "
+                                    f"{figures['boundary_mismatches']} boundary mismatches")
+                        except ValueError as error:
+                            if "cannot run this configuration" not in str(error):
+                                raise
+                            outcome, text = "refused", str(error).split(": ", 2)[-1]
+                        except (AssertionError, RuntimeError) as error:
+                            outcome, text = "FAILED", str(error).splitlines()[0][:300]
+                        summary[name][outcome] += 1
+                        print(f"{outcome:8s} {label} ({time.time() - start:.1f} s): {text}", flush=True)
         for run in range(args.aborts if variant in CLUSTER_KERNELS else 0):
             outcome, text = aborted_call(host, variant, run)
             summary[name][outcome] += 1

@@ -78,6 +78,22 @@ MUTANTS = [
      "block_wait<H>(counters + Layout::kSkipCounter", "uint32_t(live) * S * 4,", "S * 4,"),
     ("cluster_batched: the abort drain counts one stream's bytes sent", "CLUSTER_BATCHED", "persistent.cuh",
      "void add_sent_bytes(", "phases * bytes * live", "phases * bytes"),
+    ("cluster_skip_blocks: expect_tx of the layers' h one layer short", "CLUSTER_SKIP_BLOCKS", "persistent.cuh",
+     "block_wait<H>(counters + Layout::kInputCounter, t, 0,", "uint32_t(L) * R * 4", "uint32_t(L - 1) * R * 4"),
+    ("cluster_skip_blocks: the head reads a skip block's rows one row off", "CLUSTER_SKIP_BLOCKS", "persistent.cuh",
+     "skip block k's rows sit in its own slot", "* S + c + rows.first;", "* S + c + rows.first + 1;"),
+    ("cluster_skip_blocks: the summed biases left out", "CLUSTER_SKIP_BLOCKS", "persistent.cuh",
+     "const float sum = l == 0 ? v[0] : share[m] + v[0];", "l == L - 1 ? sum + bias[m] : sum", "sum"),
+    ("cluster_skip_blocks: the head adds a skip share onto the row's last sum", "CLUSTER_SKIP_BLOCKS",
+     "persistent.cuh", "skip block k's rows sit in its own slot", "skip_sum[c + rows.first + m] = share[m]",
+     "skip_sum[c + rows.first + m] += share[m]"),
+    ("cluster_skip_blocks: the planner's c one unit more than fits", "CLUSTER_SKIP_BLOCKS", "persistent.cuh",
+     "int c = 0;  // rows of W_skip beside the chain", "1, c + Units::kSkip, 0, 0, true)",
+     "1, c, 0, 0, true)"),
+    ("cluster_skip_blocks: the abort drain misses the h sent to the skip blocks", "CLUSTER_SKIP_BLOCKS",
+     "persistent.cuh", "and each of its layers' h into every skip block",
+     "add(skip_rank0 + k, Layout::kInputCounter, phases, count * R * 4)",
+     "add(skip_rank0 + k, Layout::kInputCounter, phases, 0)"),
     ("tensor_core: no cp.async wait before the slab is read", "TENSOR_CORE", "tensor_core.cuh",
      "const auto next_slab", "    ptx::cp_async_wait_group<kTcStages - 2>();\n", ""),
     ("tensor_core: ldmatrix B rows from the wrong k half", "TENSOR_CORE", "tensor_core.cuh",
@@ -109,17 +125,23 @@ tile = {{"SINGLE_BLOCK": 2, "TENSOR_CORE": 8, "CLUSTER_BATCHED": 2}}.get(variant
 # Several layer blocks (hand-offs between them; CLUSTER_FOLD: 2 blocks of 6 in float16, 3 of 4 in float32).
 layers = 12 if variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD,
                            Impl.CLUSTER_BATCHED) else 3
+# CLUSTER_SKIP_BLOCKS on the emulated 64 KB device at L6: float32 2 layer blocks with W_skip rows [0, 4),
+# 2 skip blocks of 64/60 rows, 7 head blocks of 37/36 rows; float16 W_skip all in 1 skip block (c = 0).
+device = 1 if variant == Impl.CLUSTER_SKIP_BLOCKS else 0
+layers = 6 if variant == Impl.CLUSTER_SKIP_BLOCKS else layers
 for dtype in (torch.float16, torch.float32):
     net = NVWaveNet(**random_nv_wavenet_args(32, 128, 256, layers, 2, seed=1), dtype=dtype)
     cond = random_cond_input(32, batch, layers, 6, seed=2)
     for seed in (0, 1, 2):
-        compare_with_reference(cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile), cond, variant)
+        compare_with_reference(cuda_host.HostNet(net, host, variant, seed=seed, streams_per_block=tile, device=device),
+                               cond, variant)
 # The abort path: a 1 ns limit with the block the others wait on starved must stop the kernel with
 # its status report, not with an emulation error (tests/test_cuda_host.py does the same).
 starved = {{"DUAL_BLOCK": 1, "PERSISTENT": 0, "CLUSTER": 0, "CLUSTER_ROLES": 0, "CLUSTER_FOLD": 0,
-            "CLUSTER_BATCHED": 0}}.get(variant.name)
+            "CLUSTER_BATCHED": 0, "CLUSTER_SKIP_BLOCKS": 0}}.get(variant.name)
 if starved is not None:
-    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=starved, streams_per_block=tile)
+    runner = cuda_host.HostNet(net, host, variant, spin_timeout_ns=1, starve_block=starved, streams_per_block=tile,
+                               device=device)
     try:
         runner.infer(cond, selectors=torch.rand(batch, 6))
     except host.EmulationError:

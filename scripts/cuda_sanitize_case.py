@@ -22,8 +22,13 @@ autotune.streams_per_block = lambda name, batch, sms: 2 if name == "CLUSTER_BATC
 
 
 def run(variant: Impl) -> None:
-    net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, 3, 2, seed=1), dtype=torch.float16)
-    cond = random_cond_input(64, 2, 3, 6, device="cuda", dtype=torch.float16)
+    # CLUSTER_SKIP_BLOCKS in float32 at L=6, where it has a skip block (3 layer blocks with W_skip rows
+    # [0, 124), 3 head blocks, 1 skip block); at this float16 size its layer blocks hold all of W_skip.
+    skip_blocks = variant == Impl.CLUSTER_SKIP_BLOCKS
+    layers = 6 if skip_blocks else 3
+    net = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, layers, 2, seed=1),
+                    dtype=torch.float32 if skip_blocks else torch.float16)
+    cond = random_cond_input(64, 2, layers, 6, device="cuda", dtype=torch.float16)
     state = net.init_state(2, "cuda")
     teacher = torch.randint(0, 256, (2, 3), dtype=torch.int32, device="cuda")
     first, logits = net.infer(cond[..., :3], variant, teacher_forcing=teacher, return_logits=True, state=state)
@@ -37,7 +42,7 @@ def run(variant: Impl) -> None:
 
 if __name__ == "__main__":
     names = sys.argv[1:] or ["SINGLE_BLOCK", "DUAL_BLOCK", "PERSISTENT", "CLUSTER", "TENSOR_CORE",
-                             "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_BATCHED"]
+                             "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_BATCHED", "CLUSTER_SKIP_BLOCKS"]
     if not torch.cuda.is_available():
         raise SystemExit(f"{__file__}: needs a CUDA GPU")
     for name in names:

@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 # CLUSTER_BATCHED with the streams per cluster its plan picks (1 where that keeps every cluster slot
 # busy, so at small batches it times CLUSTER's kernel again).
-VARIANTS = (Impl.CLUSTER_ROLES, Impl.CLUSTER, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED, Impl.PERSISTENT,
-            Impl.DUAL_BLOCK, Impl.SINGLE_BLOCK, Impl.TENSOR_CORE)
+# CLUSTER_SKIP_BLOCKS: the one cluster variant that runs float32 at this size (16 blocks).
+VARIANTS = (Impl.CLUSTER_ROLES, Impl.CLUSTER, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED, Impl.CLUSTER_SKIP_BLOCKS,
+            Impl.PERSISTENT, Impl.DUAL_BLOCK, Impl.SINGLE_BLOCK, Impl.TENSOR_CORE)
 
 
 class PowerMeter:
@@ -111,7 +112,7 @@ def main() -> None:
             for dtype in (torch.float32, torch.float16)}
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}  R64/S256/A256 L=20 max_dilation=512")
-    print(f"{'variant':<15} {'dtype':<8} {'batch':>6} {'samples/s':>14} {'per stream':>12} {'x 24 kHz':>9} "
+    print(f"{'variant':<19} {'dtype':<8} {'batch':>6} {'samples/s':>14} {'per stream':>12} {'x 24 kHz':>9} "
           f"{'per W':>9}  note")
     rows = []
     for batch in args.batches:
@@ -121,10 +122,10 @@ def main() -> None:
             for variant in (*VARIANTS, Impl.AUTO):
                 rate, watts, note = time_one(net, variant, batch, samples, args.repeats)
                 if rate is None:
-                    print(f"{variant.name:<15} {name:<8} {batch:>6} {'-':>14} {'-':>12} {'-':>9} {'-':>9}  {note}")
+                    print(f"{variant.name:<19} {name:<8} {batch:>6} {'-':>14} {'-':>12} {'-':>9} {'-':>9}  {note}")
                     continue
                 per_watt = f"{rate / watts:>9,.0f}" if watts else f"{'-':>9}"
-                print(f"{variant.name:<15} {name:<8} {batch:>6} {rate:>14,.0f} {rate / batch:>12,.0f} "
+                print(f"{variant.name:<19} {name:<8} {batch:>6} {rate:>14,.0f} {rate / batch:>12,.0f} "
                       f"{rate / batch / 24000:>9.2f} {per_watt}  {note}", flush=True)
                 if variant is not Impl.AUTO:
                     rows.append({"variant": variant.name, "dtype": name, "size": [64, 256, 256], "batch": batch,

@@ -15,8 +15,9 @@
 # samples/s per watt (scripts/cuda_timing.py) and writes the measured table AUTO follows
 # ($LOGS/autotune_table.json: copy it to nvwavenet/autotune_table.json and commit it; only variants
 # whose CUDA tests passed here are in its `passed` list), rebuilds with NVWAVENET_TRACE=1 and prints
-# the %globaltimer trace of one step of PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD and
-# CLUSTER_BATCHED with 4 streams per cluster (trace.log: each hop, layer block and
+# the %globaltimer trace of one step of PERSISTENT, CLUSTER, CLUSTER_ROLES, CLUSTER_FOLD,
+# CLUSTER_BATCHED with 4 streams per cluster and CLUSTER_SKIP_BLOCKS in float32 and float16
+# (trace.log: each hop, layer block, skip block and
 # the head), restores the untraced build, runs benchmarks/throughput.py --quick when it exists and
 # time is left, and prints one summary. Steps run in that order of importance. Full logs go to
 # $OUT (the device tool's output folder) when set, else ./gpu_check_out. Exit status: 0 when every
@@ -129,7 +130,8 @@ for tool in memcheck racecheck; do
     FAILED=1
     continue
   fi
-  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER TENSOR_CORE CLUSTER_ROLES CLUSTER_FOLD CLUSTER_BATCHED; do
+  for variant in SINGLE_BLOCK DUAL_BLOCK PERSISTENT CLUSTER TENSOR_CORE CLUSTER_ROLES CLUSTER_FOLD CLUSTER_BATCHED \
+    CLUSTER_SKIP_BLOCKS; do
     run_step "$tool-$variant" 25 env NVWAVENET_SPIN_TIMEOUT_MS=600000 \
       "$SANITIZER" --tool "$tool" --error-exitcode 99 "$PYTHON" scripts/cuda_sanitize_case.py "$variant"
   done
@@ -152,6 +154,10 @@ for variant in (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_
 # CLUSTER_BATCHED with 4 streams in one cluster (its plan would give each stream its own).
 autotune.streams_per_block = lambda name, batch, sms: 4 if name == "CLUSTER_BATCHED" else 0
 net.infer(random_cond_input(64, 4, 20, 256, device="cuda"), Impl.CLUSTER_BATCHED)
+# CLUSTER_SKIP_BLOCKS at its reason to be, float32 (10 layer, 3 head, 3 skip blocks), and float16.
+net32 = NVWaveNet(**random_nv_wavenet_args(64, 256, 256, 20, 512), dtype=torch.float32)
+net32.infer(cond, Impl.CLUSTER_SKIP_BLOCKS)
+net.infer(cond, Impl.CLUSTER_SKIP_BLOCKS)
 print("trace: see the nvwavenet trace lines above")'
   run_step build-untraced 120 env NVWAVENET_TRACE=0 "$PYTHON" setup.py build_ext --inplace
 fi

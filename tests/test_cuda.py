@@ -36,11 +36,13 @@ def needs_gpu(test):
 
 
 VARIANTS = [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER, Impl.TENSOR_CORE, Impl.CLUSTER_ROLES,
-            Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED]
-# One kernel, two hand-offs, CLUSTER_ROLES's layer blocks, the fold or several streams per cluster:
-# the same kind of plans (CLUSTER_ROLES: at most 11 layers per block; CLUSTER_FOLD, CLUSTER_BATCHED:
-# fewer layers per block).
-CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED)
+            Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED, Impl.CLUSTER_SKIP_BLOCKS]
+# One kernel, two hand-offs, CLUSTER_ROLES's layer blocks, the fold, several streams per cluster or
+# skip blocks: the same kind of plans (CLUSTER_ROLES: at most 11 layers per block; CLUSTER_FOLD,
+# CLUSTER_BATCHED: fewer layers per block; CLUSTER_SKIP_BLOCKS: more layers, part of W_skip in
+# skip blocks).
+CLUSTER_KERNELS = (Impl.PERSISTENT, Impl.CLUSTER, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED,
+                   Impl.CLUSTER_SKIP_BLOCKS)
 BUILT_SIZES = [tuple(size) for size in INFO["sizes"]] or [(64, 256, 256)]
 TARGET = dict(n_residual=64, n_skip=256, n_classes=256, n_layers=20, max_dilation=512)
 
@@ -113,7 +115,7 @@ def test_persistent_is_built_for_sizes_whose_layer_fits_one_block():
 
     expected = [s for s in map(tuple, INFO["sizes"]) if all(fits(*s, b) for b in (4, 2))]
     assert [tuple(s) for s in INFO["variant_sizes"]["PERSISTENT"]] == expected
-    for variant in ("CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD"):  # the same kernel
+    for variant in ("CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_BATCHED", "CLUSTER_SKIP_BLOCKS"):  # one kernel
         assert INFO["variant_sizes"][variant] == INFO["variant_sizes"]["PERSISTENT"]
     assert (64, 256, 256) in expected and (128, 256, 256) not in expected
 
@@ -133,7 +135,8 @@ def test_auto_prefers_latency_variants_while_their_groups_run_at_once():
     assert autotune.choose_variant(100000, plans) == "SINGLE_BLOCK"
 
 
-@pytest.mark.parametrize("name", ["CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_BATCHED"])
+@pytest.mark.parametrize("name", ["CLUSTER", "CLUSTER_ROLES", "CLUSTER_FOLD", "CLUSTER_BATCHED",
+                                  "CLUSTER_SKIP_BLOCKS"])
 def test_auto_never_plans_or_picks_cluster_before_it_has_run_on_a_gpu(name):
     # Without a measured table that lists it as passed, AUTO does not even plan it.
     assert name not in autotune.candidates(None, "NVIDIA H200", "float16", (64, 256, 256))
@@ -471,6 +474,30 @@ def test_cluster_batched_streams_equal_each_stream_alone_through_cluster(k, monk
         alone, alone_logits = net.infer(cond[:, b:b + 1], Impl.CLUSTER, selectors=u[b:b + 1], return_logits=True)
         assert torch.equal(out[b:b + 1], alone), f"stream {b}: samples"
         assert torch.equal(logits[b:b + 1], alone_logits), f"stream {b}: logits"
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype, split", [(torch.float32, (10, 3, 3, 124)), (torch.float16, (4, 2, 3, 32))], ids=str)
+def test_cluster_skip_blocks_runs_the_target_network_in_float32(dtype, split):
+    """R64/S256/A256 L20 in float32, which the other cluster variants refuse (20 layer blocks):
+    10 layer blocks with rows [0, 124) of W_skip, 3 head blocks and 3 skip blocks, a 16-block
+    cluster, within SPEC section 4 of the reference; float16 (4 + 2 + 3 blocks) too. Not compared
+    bit for bit with another variant: its split and its summed skip biases are its own (the host
+    build checks chunked calls and schedules bit for bit on the CPU)."""
+    from nvwavenet import _C
+    from nvwavenet.engines import make_params
+
+    major, _ = torch.cuda.get_device_capability()
+    if major < 9:
+        pytest.skip("CLUSTER_SKIP_BLOCKS needs thread-block clusters (sm_90)")
+    net = NVWaveNet(**random_nv_wavenet_args(**TARGET), dtype=dtype)
+    cond = random_cond_input(64, 2, 20, 64, device="cuda")
+    compare_with_reference(net, cond, Impl.CLUSTER_SKIP_BLOCKS)
+    params = make_params(net.weights, net._packed_for(cond.device), cond[..., :1], torch.rand(2, 1, device="cuda"),
+                         torch.empty(2, 1, dtype=torch.int32, device="cuda"), net.init_state(2, "cuda"))
+    plan = _C.cuda_plan(params, int(Impl.CLUSTER_SKIP_BLOCKS))
+    assert (plan["layer_blocks"], plan["head_blocks"], plan["skip_blocks"], plan["chain_skip_rows"]) == split, plan
+    print(f"CLUSTER_SKIP_BLOCKS {dtype}: {plan}")
 
 
 @needs_gpu

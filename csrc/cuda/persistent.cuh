@@ -823,19 +823,22 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
     if constexpr (kSkipBlocks) {  // rows [0, c) of each layer's W_skip and b_skip
       const int c = split.chain_skip_rows;
       for (int i = 0; i < count; ++i)
-        copy16(smem + layout.skip_w + int64_t(i) * c * R * w, static_cast<const W*>(p.skip_w) + int64_t(first + i) * S * R,
-               int64_t(c) * R * w, tid, kPersistentThreads);
+        copy16(smem + layout.skip_w + int64_t(i) * c * R * w,
+               static_cast<const W*>(p.skip_w) + int64_t(first + i) * S * R, int64_t(c) * R * w, tid,
+               kPersistentThreads);
       W* const skip_b = reinterpret_cast<W*>(smem + layout.skip_b);
       for (int k = tid; k < count * c; k += kPersistentThreads)
         skip_b[k] = static_cast<const W*>(p.skip_b)[int64_t(first + k / c) * S + k % c];
+      copy16(smem + layout.dilate_b, static_cast<const W*>(p.dilate_b) + int64_t(first) * 2 * R, count * 2 * R * w,
+             tid, kPersistentThreads);
     } else {
       copy16(smem + layout.skip_w, static_cast<const W*>(p.skip_w) + int64_t(first) * S * R, count * S * R * w, tid,
              kPersistentThreads);
+      copy16(smem + layout.dilate_b, static_cast<const W*>(p.dilate_b) + int64_t(first) * 2 * R, count * 2 * R * w,
+             tid, kPersistentThreads);
       copy16(smem + layout.skip_b, static_cast<const W*>(p.skip_b) + int64_t(first) * S, count * S * w, tid,
              kPersistentThreads);
     }
-    copy16(smem + layout.dilate_b, static_cast<const W*>(p.dilate_b) + int64_t(first) * 2 * R, count * 2 * R * w, tid,
-           kPersistentThreads);
     if constexpr (kFold) {  // F and g for every layer of the block but its first
       copy16(smem + layout.fold_w, static_cast<const W*>(p.fold_w) + int64_t(first) * 2 * R * R,
              (count - 1) * 2 * R * R * w, tid, kPersistentThreads);
@@ -859,11 +862,13 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
       bias[m] = sum;
     }
   } else {
-    const RowRange own = kSkipBlocks ? split_rows(rank - split.layer_blocks, split.head_rows, split.head_rows_extra,
-                                                  Units::kHead)
-                                     : RowRange{(rank - split.layer_blocks) * split.head_rows, split.head_rows};
-    const int64_t row0 = own.first;
-    const int64_t rows = own.count;
+    int64_t row0 = int64_t(rank - split.layer_blocks) * split.head_rows;
+    int64_t rows = split.head_rows;
+    if constexpr (kSkipBlocks) {
+      const RowRange own = split_rows(rank - split.layer_blocks, split.head_rows, split.head_rows_extra, Units::kHead);
+      row0 = own.first;
+      rows = own.count;
+    }
     const int64_t w = sizeof(W);
     copy16(smem + layout.out_w, static_cast<const W*>(p.out_w) + row0 * S, rows * S * w, tid, kPersistentThreads);
     copy16(smem + layout.end_w, static_cast<const W*>(p.end_w) + row0 * A, rows * A * w, tid, kPersistentThreads);
@@ -879,15 +884,19 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
   }
   // Counters are zero and weights in place in every block before anyone signals anyone.
   cluster.sync();
-  const auto run_block = [&]() -> StopPoint {
-    if (rank < split.layer_blocks)
-      return persistent_layer_block<R, S, A, W, H, kRoles, kFold, KS, kSkipBlocks>(p, split, smem, cluster, rank,
-                                                                                   stream0, live, status);
-    if constexpr (kSkipBlocks)
-      if (rank >= skip_rank0) return persistent_skip_block<R, S, A, W, H>(p, split, smem, cluster, rank, status);
-    return persistent_head_block<R, S, A, W, H, KS, kSkipBlocks>(p, split, smem, cluster, rank, stream0, live, status);
-  };
-  const StopPoint stop = run_block();
+  StopPoint stop;
+  if constexpr (kSkipBlocks)
+    stop = rank < split.layer_blocks
+               ? persistent_layer_block<R, S, A, W, H, kRoles, kFold, KS, true>(p, split, smem, cluster, rank,
+                                                                                stream0, live, status)
+           : rank >= skip_rank0 ? persistent_skip_block<R, S, A, W, H>(p, split, smem, cluster, rank, status)
+                                : persistent_head_block<R, S, A, W, H, KS, true>(p, split, smem, cluster, rank, stream0,
+                                                                                 live, status);
+  else
+    stop = rank < split.layer_blocks
+               ? persistent_layer_block<R, S, A, W, H, kRoles, kFold, KS, false>(p, split, smem, cluster, rank,
+                                                                                 stream0, live, status)
+               : persistent_head_block<R, S, A, W, H, KS, false>(p, split, smem, cluster, rank, stream0, live, status);
   // No block may exit while another can still write into its shared memory: after this barrier
   // no block sends, and CLUSTER's consumers drain the st.async already sent (drain_handoffs).
   if constexpr (kMbarrier)
@@ -1054,15 +1063,15 @@ Plan plan_skip_blocks(const Params& p, const DeviceFacts& device) {
     };
 
     int capacity = 0;  // the most layers one block can hold without W_skip
-    while (capacity < p.L && Layout(capacity + 1, 1, A, false, 1, 0).layer_end <= budget) ++capacity;
+    while (capacity < p.L && Layout(capacity + 1, 1, A, false, 1, 0, 0, 0, true).layer_end <= budget) ++capacity;
     if (capacity == 0)
       return refuse(kVariant, "one layer's chain (W_dil, W_res, biases, buffers) of " + size + " needs " +
-                                  std::to_string(Layout(1, 1, A, false, 1, 0).layer_end) +
+                                  std::to_string(Layout(1, 1, A, false, 1, 0, 0, 0, true).layer_end) +
                                   " bytes of shared memory; a block on this device has " + std::to_string(budget));
     const int layer_blocks = (p.L + capacity - 1) / capacity;
     PersistentSplit split = skip_blocks_split<R, S, A, W>(p.L, layer_blocks, 1, 0, 0);
     int c = 0;  // rows of W_skip beside the chain, in whole units
-    while (c < S && Layout(split.layer_capacity, 1, A, false, 1, c + Units::kSkip).layer_end <= budget)
+    while (c < S && Layout(split.layer_capacity, 1, A, false, 1, c + Units::kSkip, 0, 0, true).layer_end <= budget)
       c += Units::kSkip;
     int skip_blocks = 0;
     if (c < S) {

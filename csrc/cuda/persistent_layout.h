@@ -77,22 +77,24 @@ struct PersistentLayout {
   // and its share of the skip sum (float[skip_rows]).
   int64_t rows_w, rows_bias, rows_share, skip_block_end;
 
-  // chain_skip_rows: rows of each layer's W_skip a layer block holds (S but for CLUSTER_SKIP_BLOCKS,
-  // whose head blocks take `layer_blocks` = layer blocks + skip blocks skip shares).
+  // skip_blocks: CLUSTER_SKIP_BLOCKS's layout (with_skip_blocks): chain_skip_rows rows of each
+  // layer's W_skip in a layer block, `layer_blocks` = layer blocks + skip blocks skip shares into a
+  // head block, uneven head rows, so the buffers after a row count are rounded up to 16 bytes (the
+  // other variants' row counts keep them aligned: their offsets are the ones they always had).
   __host__ __device__ PersistentLayout(int capacity, int layer_blocks, int rows, bool fold = false,
                                        int streams = 1, int chain_skip_rows = S, int layers = 0,
-                                       int skip_rows = 0) {
+                                       int skip_rows = 0, bool skip_blocks = false) {
     dilate_w = kInput + streams * R * 4;
     res_w = dilate_w + capacity * 4 * R * R * kW;
     skip_w = res_w + capacity * R * R * kW;
     dilate_b = skip_w + capacity * chain_skip_rows * R * kW;
     res_b = dilate_b + capacity * 2 * R * kW;
     skip_b = res_b + capacity * R * kW;
-    pre = skip_b + round_up16(capacity * chain_skip_rows * kW);  // [capacity][streams][2R]
+    pre = skip_b + aligned(capacity * chain_skip_rows * kW, skip_blocks);  // [capacity][streams][2R]
     gated = pre + streams * capacity * 2 * R * 4;  // [capacity][streams][R]
     partial = gated + streams * capacity * R * 4;  // [streams][S]
     const int64_t folds = fold && capacity > 1 ? capacity - 1 : 0;
-    fold_w = partial + round_up16(streams * chain_skip_rows * 4);
+    fold_w = partial + aligned(streams * chain_skip_rows * 4, skip_blocks);
     fold_b = fold_w + folds * 2 * R * R * kW;
     next_x = fold_b + folds * 2 * R * kW;
     fold_cur = next_x + (fold ? R * 4 : 0);
@@ -103,14 +105,14 @@ struct PersistentLayout {
     out_w = logits + streams * A * 4;
     end_w = out_w + rows * S * kW;
     out_b = end_w + rows * A * kW;
-    end_b = out_b + round_up16(rows * kW);  // (uneven rows: CLUSTER_SKIP_BLOCKS)
-    skip_sum = end_b + round_up16(rows * kW);  // [streams][S]
+    end_b = out_b + aligned(rows * kW, skip_blocks);
+    skip_sum = end_b + aligned(rows * kW, skip_blocks);  // [streams][S]
     head_end = skip_sum + streams * S * 4;
 
     rows_w = kInput + int64_t(layers) * R * 4;
     rows_bias = rows_w + int64_t(layers) * skip_rows * R * kW;
-    rows_share = rows_bias + round_up16(skip_rows * 4);
-    skip_block_end = rows_share + round_up16(skip_rows * 4);
+    rows_share = rows_bias + aligned(skip_rows * 4, true);
+    skip_block_end = rows_share + aligned(skip_rows * 4, true);
   }
   // `streams`: per cluster (CLUSTER_BATCHED's k, a compile-time constant in the kernel; 1 for the
   // other variants).
@@ -125,7 +127,7 @@ struct PersistentLayout {
     return PersistentLayout(split.layer_capacity, split.layer_blocks + split.skip_blocks,
                             split.head_rows + (split.head_rows_extra > 0 ? head_unit : 0), false, 1,
                             split.chain_skip_rows, layers,
-                            split.skip_rows_base + (split.skip_rows_extra > 0 ? skip_unit : 0));
+                            split.skip_rows_base + (split.skip_rows_extra > 0 ? skip_unit : 0), true);
   }
 
   __host__ __device__ int64_t bytes() const {
@@ -134,7 +136,7 @@ struct PersistentLayout {
   }
 
  private:
-  __host__ __device__ static int64_t round_up16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
+  __host__ __device__ static int64_t aligned(int64_t bytes, bool round) { return round ? (bytes + 15) / 16 * 16 : bytes; }
 };
 
 // Whether one layer of this size can live in one sm_90 block at all; sizes where it cannot are
