@@ -48,7 +48,8 @@ def host():
 
 
 @pytest.mark.parametrize("variant", [Impl.SINGLE_BLOCK, Impl.DUAL_BLOCK, Impl.PERSISTENT, Impl.CLUSTER,
-                                     Impl.TENSOR_CORE, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED],
+                                     Impl.TENSOR_CORE, Impl.CLUSTER_ROLES, Impl.CLUSTER_FOLD, Impl.CLUSTER_BATCHED,
+                                     Impl.CLUSTER_SKIP_BLOCKS],
                          ids=lambda variant: variant.name)
 def test_every_variant_reads_and_writes_each_streams_own_row_and_slot(host, variant):
     net = NVWaveNet(**random_nv_wavenet_args(R, 128, 256, L, 4, seed=5))

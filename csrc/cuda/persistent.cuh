@@ -1107,13 +1107,18 @@ Plan plan_skip_blocks(const Params& p, const DeviceFacts& device) {
     plan.skip_blocks = skip_blocks;
     plan.chain_skip_rows = c;
     plan.max_layers_per_block = split.layer_capacity;
-    if (cluster_blocks > kMaxClusterBlocks)
+    if (cluster_blocks > kMaxClusterBlocks) {
+      const auto blocks = [](int n, const char* what) {
+        return std::to_string(n) + " " + what + (n == 1 ? " block" : " blocks");
+      };
       return refuse(kVariant, "needs a cluster of " + std::to_string(cluster_blocks) + " blocks (" +
                                   std::to_string(p.L) + " layers at most " + std::to_string(capacity) +
-                                  " per block, plus " + std::to_string(head_blocks) + " head blocks and " +
-                                  std::to_string(skip_blocks) + " skip blocks for W_skip rows " + std::to_string(c) +
-                                  " to " + std::to_string(S - 1) + "); the largest cluster has " +
-                                  std::to_string(kMaxClusterBlocks));
+                                  " per block, plus " + blocks(head_blocks, "head") +
+                                  (skip_blocks == 0 ? std::string()
+                                                    : " and " + blocks(skip_blocks, "skip") + " for W_skip rows " +
+                                                          std::to_string(c) + " to " + std::to_string(S - 1)) +
+                                  "); the largest cluster has " + std::to_string(kMaxClusterBlocks));
+    }
     return placed_cluster_plan(plan, kernel, device, attributes);
   }
 }
