@@ -419,7 +419,8 @@ def test_skip_blocks_stop_cleanly_when_a_wait_times_out(host, starve):
     cond = random_cond_input(32, 1, 6, 6, seed=26)
     runner = cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS, spin_timeout_ns=1, starve_block=starve, device=1)
     with case(Impl.CLUSTER_SKIP_BLOCKS):
-        with pytest.raises(RuntimeError, match=r"kernel stopped: block \d+, .+ at step \d+, waited more than") as caught:
+        stopped = r"kernel stopped: block \d+, .+ at step \d+, waited more than"
+        with pytest.raises(RuntimeError, match=stopped) as caught:
             runner.infer(cond, selectors=torch.rand(1, 6))
         assert not isinstance(caught.value, host.EmulationError), str(caught.value)
         compare_with_reference(cuda_host.HostNet(net, host, Impl.CLUSTER_SKIP_BLOCKS, device=1), cond,

@@ -29,6 +29,9 @@
 // having finished with step t's. CLUSTER_ROLES is CLUSTER with each layer block's warps split into
 // a chain role and a skip-product role (kRoles; see roles_skip_warps). CLUSTER_BATCHED is CLUSTER
 // generating KS streams per cluster, each product over all of them (see persistent_layer_block).
+// CLUSTER_SKIP_BLOCKS is CLUSTER with rows [c, S) of every layer's W_skip in skip blocks of their
+// own, ranks [layer_blocks + head_blocks, + skip_blocks), fed each layer's gated h by the layer
+// blocks (kSkipBlocks; see persistent_skip_block), so that more layers fit a layer block.
 //
 // Co-residency: a cluster's blocks are scheduled together by the hardware, so waiting on each
 // other is safe; before launch the plan checks that one cluster of this size and shared memory
@@ -100,6 +103,7 @@ namespace cg = cooperative_groups;
 // hop, layer and the head is measured rather than estimated. Layer blocks: 0 input arrived,
 // 1 + i layer i done, 30 x sent on, 31 skip share sent. Head blocks: 0 skip shares arrived,
 // 1 z sent, 2 z complete, 3 logits sent, 4 logits complete (sampler), 5 sampled and x_0 sent.
+// Skip blocks (CLUSTER_SKIP_BLOCKS): 0 every layer's h arrived, 31 skip share sent.
 // `thread`: the stamping thread (CLUSTER_ROLES: the skip warps' first stamps event 31).
 __device__ __forceinline__ void trace_event(const Params& p, int rank, int event, int64_t t, unsigned thread = 0) {
 #ifdef NVWAVENET_TRACE
@@ -1159,7 +1163,8 @@ void launch_cluster_kernel(const Params& p, const Plan& plan) {
     config.attrs = &attribute;
     config.numAttrs = 1;
     NVWAVENET_CUDA_CHECK(
-        cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold, KS, kSkipBlocks>, p, split));
+        cudaLaunchKernelEx(&config, persistent_kernel<R, S, A, W, kMbarrier, kRoles, kFold, KS, kSkipBlocks>, p,
+                           split));
   }
 }
 

@@ -136,7 +136,9 @@ struct PersistentLayout {
   }
 
  private:
-  __host__ __device__ static int64_t aligned(int64_t bytes, bool round) { return round ? (bytes + 15) / 16 * 16 : bytes; }
+  __host__ __device__ static int64_t aligned(int64_t bytes, bool round) {
+    return round ? (bytes + 15) / 16 * 16 : bytes;
+  }
 };
 
 // Whether one layer of this size can live in one sm_90 block at all; sizes where it cannot are
