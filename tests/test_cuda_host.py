@@ -68,7 +68,7 @@ class _Summary:
             return
         terminalreporter.section("host build of csrc/cuda against the float64 reference")
         for name, counts in RESULTS.items():
-            terminalreporter.write_line(f"{name:15s} {counts['cases']:3d} cases run, {counts['passed']:3d} passed; "
+            terminalreporter.write_line(f"{name:19s} {counts['cases']:3d} cases run, {counts['passed']:3d} passed; "
                                         f"{counts['refused']} refused by the plan (by design)")
 
 
