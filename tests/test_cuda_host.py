@@ -328,6 +328,18 @@ def test_cluster_fold_splits_with_the_folds_bytes_and_crosses_blocks(host):
         assert not torch.equal(shuffled[1], cluster_logits)
 
 
+def test_a_cached_plan_for_a_large_cluster_launches_after_a_small_one_was_planned(host):
+    """Plans are cached (launch.cu), the kernel's attributes are not: planning a cluster of at most
+    8 blocks must not take back the non-portable cluster size that a cached 9-block plan of the
+    same kernel needs at launch (CLUSTER R64/S128 float16: L24 is 7 + 2 blocks, L2 2 blocks)."""
+    batch = 5  # a batch no other test plans these with, so that the L2 plan is made here
+    for layers in (24, 2, 24):
+        net = make_net(64, layers, 2, torch.float16, seed=layers)
+        runner = cuda_host.HostNet(net, host, Impl.CLUSTER)
+        runner.infer(random_cond_input(64, batch, layers, 1), selectors=torch.rand(batch, 1))
+        assert runner.last_plan["blocks_per_group"] == (9 if layers == 24 else 2)
+
+
 # CLUSTER_SKIP_BLOCKS (issue 24, design item 2). The target network in the three precisions, through
 # a host build of R64/S256/A256 (~75 s of compiling once, cached) in a process of its own (one
 # process imports one build of the module); and R32 float32/bfloat16 L6 on the emulated device with

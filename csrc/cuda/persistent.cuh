@@ -925,8 +925,12 @@ inline Plan placed_cluster_plan(Plan plan, const void* kernel, const DeviceFacts
     return refuse(plan.variant, std::string(what) + " a cluster of " + std::to_string(cluster_blocks) +
                                     " blocks: " + cudaGetErrorString(error));
   };
-  cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, cluster_blocks > 8 ? 1 : 0);
+  // Allowed, never taken back: plans are cached (launch.cu), so a cached plan of more than 8 blocks
+  // may launch after a smaller cluster of the same kernel was planned (as allow_dynamic_shared's
+  // limit; setting it to 0 there made that launch fail with cudaErrorInvalidClusterSize).
+  cudaError_t error = cluster_blocks > 8
+                          ? cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1)
+                          : cudaSuccess;
   if (error != cudaSuccess) return declined(error, "the device does not allow");
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeClusterDimension;
