@@ -377,7 +377,7 @@ def test_status_message_is_total_for_any_status_block():
         if code == 1:
             assert f"block {block}," in text and f"at step {step}," in text
             assert f"(flag {observed}, needed {expected})" in text
-            if not 0 <= site <= 7:
+            if not 0 <= site <= 8:
                 assert f"unknown wait (site {site})" in text
         elif code != 2:
             assert f"unknown status code {code}." in text
