@@ -141,14 +141,16 @@ EXITS = ("drain", "barrier", "drain without complete_tx", "drain counting x_0 af
 ROLES = (None, "roles", "roles without ready")
 
 
-def shares(total, parts):
-    """The base/extra split of `total` rows (or layers) over `parts` blocks, as the planner splits
-    the layers: the first total % parts blocks hold one more."""
-    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+def shares(total, parts, unit=1):
+    """The base/extra split of `total` rows (or layers) over `parts` blocks in whole units, as the
+    planners split them (persistent_layout.h, split_rows): the first (total / unit) % parts blocks
+    hold one unit more."""
+    units = total // unit
+    return [units // parts * unit + (unit if k < units % parts else 0) for k in range(parts)]
 
 
 def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, abort_at=None, exit="drain",
-            roles=None, skip_blocks=0, layers=None, chain_rows=None, early_h=False):
+            roles=None, skip_blocks=0, layers=None, chain_rows=None, skip_unit=1, early_h=False):
     """Runs persistent.cuh's CLUSTER schedule and exit; returns statistics of the run.
     expect_bytes: {site: bytes} overrides what a consumer announces (to show that a wrong count is
     caught);
@@ -156,7 +158,8 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
     out (None: none does). roles: one of ROLES.
     CLUSTER_SKIP_BLOCKS (design_skip_blocks.md): skip_blocks > 0 blocks hold W_skip rows
     [chain_rows, S) of all `layers` layers; the chain blocks (layer_blocks, `layers` split over
-    them) keep rows [0, chain_rows) and send each layer's h to every skip block. early_h: a chain
+    them) keep rows [0, chain_rows) and send each layer's h to every skip block; skip rows are split
+    in units of skip_unit rows, and chain_rows = 0 leaves the chain blocks no share to send. early_h: a chain
     block sends its h before its input wait (must be caught). With skip_blocks = 0 (chain_rows = S)
     this is CLUSTER's schedule."""
     assert exit in EXITS and roles in ROLES
@@ -165,7 +168,7 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
     chain_rows = S if chain_rows is None else chain_rows
     assert (chain_rows < S) == (skip_blocks > 0) and layers >= layer_blocks
     head_rows = shares(A, head_blocks)
-    skip_rows = shares(S - chain_rows, skip_blocks) if skip_blocks else []
+    skip_rows = shares(S - chain_rows, skip_blocks, skip_unit) if skip_blocks else []
     counts = shares(layers, layer_blocks)  # layers of each chain block, from layer sum(counts[:j])
     heads = range(layer_blocks, layer_blocks + head_blocks)  # cluster ranks
     skippers = range(layer_blocks + head_blocks, layer_blocks + head_blocks + skip_blocks)
@@ -217,29 +220,38 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
             yield "blocked"
         return True
 
-    def send_h(j, t):
-        """Chain block j's gated h of each of its layers to every skip block (st.async per layer)."""
-        for i in range(sum(counts[:j]), sum(counts[:j + 1])):
-            for k in range(skip_blocks):
-                put(skippers[k], H_INPUT, h_in[k][i], R * 4, t)
-                yield "sent h"
+    def send_h(i, t):
+        """Layer i's gated h to every skip block (st.async)."""
+        for k in range(skip_blocks):
+            put(skippers[k], H_INPUT, h_in[k][i], R * 4, t)
+            yield "sent h"
 
     def layer_block(j):
+        own_layers = range(sum(counts[:j]), sum(counts[:j + 1]))
         for t in range(steps):
             if early_h:
-                yield from send_h(j, t)
+                for i in own_layers:
+                    yield from send_h(i, t)
             if not (yield from wait(j, INPUT, t)):
                 return t, INPUT
-            x[j].read(t)  # the chain reads and updates x in place
-            yield "chain"
-            if not early_h:
-                yield from send_h(j, t)
-            if j + 1 < layer_blocks:  # st.async of the local x to block j+1
+            # The chain, layer by layer: W_cur x (the network's last layer: the block's last read of
+            # x), h to the skip blocks, x += W_res h (every layer but the network's last).
+            for i in own_layers:
+                x[j].read(t)
+                if i == layers - 1:
+                    x[j].done(t)
+                yield "gate"
+                if not early_h:
+                    yield from send_h(i, t)
+                if i < layers - 1:
+                    x[j].read(t)
+                    yield "residual"
+            if j + 1 < layer_blocks:  # st.async of the local x to block j+1: its last read of x
                 x[j].read(t)
                 put(j + 1, INPUT, x[j + 1], R * 4, t)
+                x[j].done(t)
                 yield "sent x"
-            x[j].done(t)
-            for h in heads:
+            for h in heads if chain_rows else ():  # (no W_skip row here: no share, no st.async)
                 put(h, SKIP, slots[h - layer_blocks][j], chain_rows * 4, t)
                 yield "sent skip share"
         return steps, NONE
@@ -324,7 +336,7 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
         for t in range(steps):
             if not (yield from wait(me, SKIP, t)):
                 return t, SKIP
-            for slot in slots[h]:
+            for slot in slots[h] if chain_rows else slots[h][layer_blocks:]:
                 slot.done(t)
             yield "z"
             for g in range(head_blocks):
@@ -454,27 +466,32 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
 CONFIGS = [(1, 1), (2, 1), (3, 2), (7, 2), (10, 2), (9, 4), (14, 2), (8, 8)]
 
 
-# CLUSTER_SKIP_BLOCKS's splits: (layer_blocks, head_blocks, skip_blocks, layers, chain_rows, S, A).
+# CLUSTER_SKIP_BLOCKS's splits: (layer_blocks, head_blocks, skip_blocks, layers, chain_rows, S, A,
+# skip_unit: the rows one warp of the skip product computes, SkipBlocksUnits::kSkip).
 SKIP_SPLITS = [
-    (10, 3, 3, 20, 124, 256, 256),  # the target, float32 R64/S256/A256 L20: head rows 86/85/85, skip rows 44
-    (2, 2, 2, 3, 125, 256, 255),  # layers 2/1, skip rows 66/65, head rows 128/127
-    (1, 3, 1, 2, 200, 256, 256),  # one chain block (its x only from the sampler), one skip block
-    (3, 1, 4, 5, 1, 256, 256),  # the sampler the only head; layers 2/2/1, skip rows 64/64/64/63
+    (10, 3, 3, 20, 124, 256, 256, 2),  # the target, float32 R64/S256/A256 L20: head rows 86/85/85, skip rows 44
+    (4, 2, 3, 20, 32, 256, 256, 4),  # the planner's float16 R64/S256/A256 L20: skip rows 76/76/72
+    (2, 2, 2, 3, 125, 256, 255, 1),  # layers 2/1, skip rows 66/65, head rows 128/127
+    (1, 3, 1, 2, 200, 256, 256, 1),  # one chain block (its x only from the sampler), one skip block
+    (3, 1, 4, 5, 1, 256, 256, 1),  # the sampler the only head; layers 2/2/1, skip rows 64/64/64/63
+    (2, 2, 2, 4, 0, 256, 256, 4),  # c = 0: every W_skip row in skip blocks, no share from the chain
 ]
 TARGET = SKIP_SPLITS[0]
 
 
-def handoffs_per_step(layer_blocks, head_blocks, skip_blocks=0, layers=0):
-    # x down the chain, skip shares, the z all-gather, logits, x_0; h of each layer into each skip
-    # block and the skip blocks' shares (one put per element group).
-    return ((layer_blocks - 1) + layer_blocks * head_blocks + head_blocks ** 2 + head_blocks + 1
+def handoffs_per_step(layer_blocks, head_blocks, skip_blocks=0, layers=0, chain_rows=None):
+    # x down the chain, skip shares (none from the chain blocks when they hold no W_skip row), the
+    # z all-gather, logits, x_0; h of each layer into each skip block and the skip blocks' shares
+    # (one put per element group).
+    chain_shares = layer_blocks * head_blocks if chain_rows != 0 else 0
+    return ((layer_blocks - 1) + chain_shares + head_blocks ** 2 + head_blocks + 1
             + layers * skip_blocks + skip_blocks * head_blocks)
 
 
 def emulate_skip_split(split, steps, rng, **kwargs):
-    layer_blocks, head_blocks, skip_blocks, layers, chain_rows, S, A = split
+    layer_blocks, head_blocks, skip_blocks, layers, chain_rows, S, A, skip_unit = split
     return emulate(layer_blocks, head_blocks, 64, S, A, steps, rng, skip_blocks=skip_blocks, layers=layers,
-                   chain_rows=chain_rows, **kwargs)
+                   chain_rows=chain_rows, skip_unit=skip_unit, **kwargs)
 
 
 @pytest.mark.parametrize("roles", ROLES[:2], ids=["CLUSTER", "CLUSTER_ROLES"])
@@ -563,7 +580,7 @@ def test_several_streams_per_cluster_scale_every_byte_count(streams):
     assert totals["bytes in flight at the final barrier"] > 0 and totals["phases drained"] > 0, totals
 
 
-@pytest.mark.parametrize("split", SKIP_SPLITS, ids=lambda split: "+".join(map(str, split[:3])))
+@pytest.mark.parametrize("split", SKIP_SPLITS, ids=lambda split: "+".join(map(str, split[:3])) + f"-c{split[4]}")
 def test_skip_blocks_handoffs_are_race_and_deadlock_free_in_random_orders(split):
     """CLUSTER_SKIP_BLOCKS: the single h buffer of each skip block is rewritten each step by every
     chain block, the heads' slots by chain and skip blocks, rows uneven."""
@@ -571,11 +588,11 @@ def test_skip_blocks_handoffs_are_race_and_deadlock_free_in_random_orders(split)
     for _ in range(30):
         steps = rng.randint(1, 4)
         stats = emulate_skip_split(split, steps, rng)
-        assert stats["handoffs"] == steps * handoffs_per_step(*split[:4])
+        assert stats["handoffs"] == steps * handoffs_per_step(*split[:5])
         assert stats["phases drained"] == 0 and stats["blocks that gave up"] == 0
 
 
-@pytest.mark.parametrize("split", SKIP_SPLITS, ids=lambda split: "+".join(map(str, split[:3])))
+@pytest.mark.parametrize("split", SKIP_SPLITS, ids=lambda split: "+".join(map(str, split[:3])) + f"-c{split[4]}")
 def test_an_abort_anywhere_with_skip_blocks_leaves_no_st_async_in_flight_at_exit(split):
     """The exit of CLUSTER_SKIP_BLOCKS: the chain blocks' h and the skip blocks' shares counted in
     add_sent_bytes, each skip block's h slot drained; timeouts at every kind of wait."""
@@ -583,14 +600,14 @@ def test_an_abort_anywhere_with_skip_blocks_leaves_no_st_async_in_flight_at_exit
     totals = Counter()
     for _ in range(60):
         steps = rng.randint(1, 3)
-        rounds = steps * handoffs_per_step(*split[:4]) * 12
+        rounds = steps * handoffs_per_step(*split[:5]) * 12
         abort_at = (rng.randrange(rounds), rng.choice([INPUT, H_INPUT, SKIP, HIDDEN, LOGITS]))
         totals += emulate_skip_split(split, steps, rng, abort_at=abort_at)
     assert {f"timed out at site {site}" for site in (INPUT, H_INPUT, SKIP, HIDDEN, LOGITS)} <= set(totals), totals
     assert totals["bytes in flight at the final barrier"] > 0 and totals["phases drained"] > 0, totals
 
 
-@pytest.mark.parametrize("split", [TARGET, SKIP_SPLITS[1]], ids=["target", "small"])
+@pytest.mark.parametrize("split", [TARGET, SKIP_SPLITS[2]], ids=["target", "small"])
 @pytest.mark.parametrize("bug,every,some", [
     # the skip block expects one layer's h per chain block, or one layer more than there are
     (lambda split: {"expect_bytes": {H_INPUT: split[0] * 64 * 4}}, "read phase .* holds phase|arrived while", None),
@@ -621,7 +638,7 @@ def test_skip_blocks_protocol_bugs_are_caught(split, bug, every, some):
         steps = rng.randint(1, 4)
         abort_at = None
         if "exit" in kwargs:
-            rounds = steps * handoffs_per_step(*split[:4]) * 12
+            rounds = steps * handoffs_per_step(*split[:5]) * 12
             abort_at = (rng.randrange(rounds), rng.choice([INPUT, H_INPUT, SKIP, HIDDEN, LOGITS]))
         try:
             emulate_skip_split(split, steps, rng, abort_at=abort_at, **kwargs)
