@@ -6,7 +6,7 @@ deadlocks or races, and no GPU has run this kernel yet.
 Two block sets run through the one emulator (`emulate`). CLUSTER's: layer blocks (the chain: x in,
 x on to the next, a skip share of S rows to every head) and head blocks (the first samples; skip
 wait, z all-gather, logits to the sampler, x_0 to layer block 0); CLUSTER_FOLD, CLUSTER_ROLES and
-CLUSTER_BATCHED run this schedule too. CLUSTER_SKIP_BLOCKS's (notes design_skip_blocks.md,
+CLUSTER_BATCHED run this schedule too. CLUSTER_SKIP_BLOCKS's (csrc/cuda/NOTES.md,
 issue 24 item 2) adds skip blocks and splits the skip rows: each chain block sends the gated h of
 each of its layers (R floats) into every skip block's single h buffer and a share of rows
 [0, c) to every head; each skip block waits for all L layers' h of the step (site 8,
@@ -156,7 +156,7 @@ def emulate(layer_blocks, head_blocks, R, S, A, steps, rng, expect_bytes=None, a
     caught);
     abort_at: (round, site): from that scheduler round on, the next wait blocked at that site times
     out (None: none does). roles: one of ROLES.
-    CLUSTER_SKIP_BLOCKS (design_skip_blocks.md): skip_blocks > 0 blocks hold W_skip rows
+    CLUSTER_SKIP_BLOCKS (csrc/cuda/NOTES.md, issue 24 item 2): skip_blocks > 0 blocks hold W_skip rows
     [chain_rows, S) of all `layers` layers; the chain blocks (layer_blocks, `layers` split over
     them) keep rows [0, chain_rows) and send each layer's h to every skip block; skip rows are split
     in units of skip_unit rows, and chain_rows = 0 leaves the chain blocks no share to send. early_h: a chain
