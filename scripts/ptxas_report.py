@@ -21,6 +21,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from sass_check import kernel_name  # (scripts/, beside this file)
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 KERNEL = re.compile(r"(single_block|dual_block|persistent|tensor_core)_kernelILi(\d+)ELi(\d+)ELi(\d+)E(\w+?)((?:L[ib]\d+E)*)EEv")
@@ -72,20 +74,12 @@ def report(source: Path, arch: str, sass_path: str | None) -> list[tuple]:
             frame = match.groups()
         elif kernel and (match := re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?$", line)):
             variant, R, S, A, weight, trailing = kernel.groups()
-            # The template arguments after the weight type: SINGLE_BLOCK's tile (Li8E), or the
-            # cluster kernel's hand-off, roles, fold, streams per cluster and skip blocks
-            # (Lb1ELb0ELb0ELi1ELb0E: CLUSTER, Lb1ELb1ELb0ELi1ELb0E: CLUSTER_ROLES, Lb1ELb0ELb1ELi1ELb0E:
-            # CLUSTER_FOLD, Lb1ELb0ELb0ELi4ELb0E: CLUSTER_BATCHED with k = 4, whose k = 1 is CLUSTER,
-            # Lb1ELb0ELb0ELi1ELb1E: CLUSTER_SKIP_BLOCKS); TENSOR_CORE chooses its tile at run time.
-            rest = re.findall(r"L([ib])(\d+)E", trailing)
-            flags = [value for kind, value in rest if kind == "b"]
-            ints = [value for kind, value in rest if kind == "i"]
+            # The integer template argument after the weight type: SINGLE_BLOCK's tile (Li8E) or
+            # the persistent kernel's streams per cluster; TENSOR_CORE chooses its tile at run time.
+            ints = re.findall(r"Li(\d+)E", trailing)
             tile = ints[0] if ints else ("run time" if variant == "tensor_core" else "1")
-            if flags[:1] == ["1"]:
-                variant = ("cluster_skip_blocks" if flags[3:4] == ["1"] else
-                           "cluster_fold" if flags[2:3] == ["1"] else
-                           "cluster_roles" if flags[1:2] == ["1"] else
-                           "cluster" if tile == "1" else "cluster_batched")
+            if variant == "persistent":  # which variant of it its flags make (PERSISTENT, CLUSTER, ...)
+                variant = kernel_name(mangled).split()[0].lower()
             counts = sass.get(mangled)
             rows.append((variant, f"R{R}/S{S}/A{A}", TYPES.get(weight, weight), tile, match.group(1),
                          frame[0], frame[1], match.group(2) or "0",
