@@ -911,6 +911,23 @@ __global__ void __launch_bounds__(kPersistentThreads, 1)
 #endif
 }
 
+// The refusals both cluster planners start with (a device without thread-block clusters, a size
+// whose layer fits no block: not built for the persistent kernel), and the size as they name it.
+inline std::string no_clusters_reason(const DeviceFacts& device) {
+  return "needs thread-block clusters (compute capability 9.0 or newer); " + device.name + " is " +
+         std::to_string(device.major) + "." + std::to_string(device.minor);
+}
+template <int R, int S, int A>
+std::string size_text() {
+  return "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
+}
+template <int R, int S, int A, class W>
+std::string layer_too_large_reason(Variant variant) {
+  return "one layer of " + size_text<R, S, A>() + " (" + std::to_string(sizeof(W) * 8) +
+         "-bit weights) does not fit in one block's shared memory, so this size is not built for " +
+         nvwavenet::variant_name(static_cast<int32_t>(variant));
+}
+
 // A cluster plan's last word: raises the kernel's shared-memory limit and asks the device whether
 // one cluster of plan.blocks_per_group blocks with plan.shared_bytes each can be resident; `plan`
 // runnable with the clusters the device holds at once, or refused with the reason.
@@ -970,20 +987,11 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
                                : kRoles ? Variant::ClusterRoles
                                : kMbarrier ? Variant::Cluster
                                            : Variant::Persistent;
-  const char* const name = kBatched ? "CLUSTER_BATCHED"
-                           : kFold  ? "CLUSTER_FOLD"
-                           : kRoles ? "CLUSTER_ROLES"
-                           : kMbarrier ? "CLUSTER"
-                                       : "PERSISTENT";
   const std::string streams = KS == 1 ? "" : " with " + std::to_string(KS) + " streams per cluster";
-  const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
-  if (device.major < 9)
-    return refuse(kVariant, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name +
-                                           " is " + std::to_string(device.major) + "." + std::to_string(device.minor));
+  const std::string size = size_text<R, S, A>();
+  if (device.major < 9) return refuse(kVariant, no_clusters_reason(device));
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    return refuse(kVariant, "one layer of " + size + " (" + std::to_string(sizeof(W) * 8) +
-                                           "-bit weights) does not fit in one block's shared memory, so this "
-                                           "size is not built for " + name);
+    return refuse(kVariant, layer_too_large_reason<R, S, A, W>(kVariant));
   } else {
     using Layout = PersistentLayout<R, S, A, W>;
     const void* kernel =
@@ -1050,14 +1058,10 @@ Plan plan_cluster_kernel(const Params& p, const DeviceFacts& device) {
 template <int R, int S, int A, class W>
 Plan plan_skip_blocks(const Params& p, const DeviceFacts& device) {
   constexpr Variant kVariant = Variant::ClusterSkipBlocks;
-  const std::string size = "R=" + std::to_string(R) + ", S=" + std::to_string(S) + ", A=" + std::to_string(A);
-  if (device.major < 9)
-    return refuse(kVariant, "needs thread-block clusters (compute capability 9.0 or newer); " + device.name + " is " +
-                                std::to_string(device.major) + "." + std::to_string(device.minor));
+  const std::string size = size_text<R, S, A>();
+  if (device.major < 9) return refuse(kVariant, no_clusters_reason(device));
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    return refuse(kVariant, "one layer of " + size + " (" + std::to_string(sizeof(W) * 8) +
-                                "-bit weights) does not fit in one block's shared memory, so this size is not built "
-                                "for CLUSTER_SKIP_BLOCKS");
+    return refuse(kVariant, layer_too_large_reason<R, S, A, W>(kVariant));
   } else {
     using Layout = PersistentLayout<R, S, A, W>;
     using Units = SkipBlocksUnits<R, S, A, W>;
@@ -1135,11 +1139,7 @@ template <int R, int S, int A, class W, bool kMbarrier, bool kRoles, bool kFold 
           bool kSkipBlocks = false>
 void launch_cluster_kernel(const Params& p, const Plan& plan) {
   if constexpr (!persistent_layer_fits<R, S, A, W>()) {
-    throw std::invalid_argument(std::string(kSkipBlocks ? "CLUSTER_SKIP_BLOCKS"
-                                            : kFold     ? "CLUSTER_FOLD"
-                                            : kRoles    ? "CLUSTER_ROLES"
-                                            : kMbarrier ? "CLUSTER"
-                                                        : "PERSISTENT") +
+    throw std::invalid_argument(std::string(nvwavenet::variant_name(static_cast<int32_t>(plan.variant))) +
                                 " is not built for R=" + std::to_string(R) + ": " + plan.reason);
   } else {
     PersistentSplit split{};
