@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import platform
 import re
 import shutil
@@ -25,8 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import nvwavenet
-from nvwavenet import Impl, NVWaveNet, engines
+from nvwavenet import Impl, NVWaveNet, build_check, engines
 from nvwavenet.state import new_state
 from nvwavenet.testing import compare_with_reference, generate_in_chunks, random_cond_input, random_nv_wavenet_args
 
@@ -380,12 +378,9 @@ def split_of(plan):
 @pytest.fixture(scope="module")
 def target_results(host):
     # The child imports the nvwavenet this process runs (an installed one, or a source tree built in
-    # place), from the scripts folder: `-c` puts the working directory first on sys.path, and from a
-    # clone's root that is the source tree, which has no compiled module when nvwavenet is installed.
-    paths = [str(Path(nvwavenet.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+    # place), not the clone's source tree that `-c` would put first from the clone's root.
     done = subprocess.run([sys.executable, "-c", TARGET_RUN, str(SCRIPT.parent)], capture_output=True, text=True,
-                          cwd=SCRIPT.parent, env=env)
+                          env=build_check.python_env())
     if done.returncode != 0:
         pytest.fail(f"the R64/S256/A256 host-build run failed:\n{done.stderr[-6000:]}")
     return json.loads(done.stdout.splitlines()[-1])
